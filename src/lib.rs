@@ -1,0 +1,23 @@
+//! p2pipe: networking that knows which network it is on.
+//!
+//! The crate is built in layers, each importing only the layers below it:
+//!
+//! | layer | module | what it does |
+//! |---|---|---|
+//! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
+//! | pipe | [`pipe`] | one [`Pipe`](pipe::Pipe) type for TCP and UDP, IPv4 and IPv6, client and server |
+//! | base | [`addr`], [`dns`], [`error`] | target parsing, address classes, name resolution |
+//!
+//! See `docs/architecture.md` for the whole picture.
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+pub mod addr;
+pub mod daemon;
+pub mod dns;
+pub mod error;
+pub mod pipe;
+
+pub use addr::{Af, Target};
+pub use daemon::Daemon;
+pub use pipe::{Framing, Message, Pipe, PipeConfig, Proto, Subscription};
