@@ -40,4 +40,10 @@ pub enum Error {
         /// The wanted family.
         family: crate::addr::Af,
     },
+    /// The name resolved to no address of either family, or does not exist.
+    #[error("{host:?} has no address")]
+    NotFound {
+        /// The name that was looked up.
+        host: String,
+    },
 }
