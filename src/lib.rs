@@ -19,5 +19,4 @@ pub mod error;
 pub mod pipe;
 
 pub use addr::{Af, Target};
-pub use daemon::Daemon;
 pub use pipe::{Framing, Message, Pipe, PipeConfig, Proto, Subscription};

@@ -1,0 +1,1 @@
+//! The Daemon: one handler served on many addresses, ports and protocols.

@@ -1,0 +1,72 @@
+//! The error type of the pipe layer.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::framing::FrameError;
+use super::EndReason;
+
+/// Errors from pipes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The target could not be parsed or resolved.
+    #[error(transparent)]
+    Address(#[from] crate::error::Error),
+    /// No address of the target accepted the connection.
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        /// The target as given.
+        target: String,
+        /// The last failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The local address could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting took longer than allowed.
+    #[error("connecting to {target} timed out after {after:?}")]
+    ConnectTimeout {
+        /// The target as given.
+        target: String,
+        /// The time limit.
+        after: Duration,
+    },
+    /// Nothing arrived in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The pipe has ended; nothing more will arrive or can be sent.
+    #[error("pipe ended: {0}")]
+    Ended(EndReason),
+    /// The message cannot be framed (too large, or forbidden by the framing).
+    #[error("cannot send: {0}")]
+    Frame(#[from] FrameError),
+    /// The pattern is not a valid regular expression.
+    #[error("invalid pattern: {0}")]
+    Pattern(#[from] regex::Error),
+    /// `send` on a listener, which has no single peer.
+    #[error("a listener has no peer: use send_to")]
+    NoPeer,
+    /// `send_to` an address that this pipe cannot reach.
+    #[error("no connection to {0} on this pipe")]
+    UnknownPeer(SocketAddr),
+    /// The operation needs the other kind of pipe.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// The pipe's messages already go to a handler, a link or a merged flow.
+    #[error("this pipe's messages already go to a handler")]
+    HandlerAttached,
+    /// Any other I/O failure.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A result with the pipe layer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

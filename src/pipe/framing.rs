@@ -1,0 +1,462 @@
+//! What one message is on a byte stream.
+//!
+//! A UDP datagram is always one message. On TCP the pipe's [`Framing`] cuts the
+//! stream into messages. Every decoder checks a length against the pipe's
+//! `max_frame` before it reserves room for it, so a peer that claims a 4 GiB
+//! frame costs nothing but the closed connection.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+/// The header size of a btpeer frame: 4 type bytes and a big-endian u32 length.
+pub const BTPEER_HEADER: usize = 8;
+
+/// How a TCP byte stream is cut into messages.
+///
+/// | framing | one message is | `send(data)` writes |
+/// |---|---|---|
+/// | `Raw` | whatever one read returned | `data` |
+/// | `Lines` | a line, without its `\n` (and `\r`) | `data` and `\n` |
+/// | `LengthPrefixed` | a payload after its u32 big-endian length | length, then `data` |
+/// | `Btpeer` | type (4 bytes) followed by payload, without the length | type, length, payload |
+/// | `Custom` | whatever your decoder yields | `data` as given |
+#[derive(Clone, Default)]
+pub enum Framing {
+    /// Chunks as they are read. The fastest; message boundaries are not kept.
+    #[default]
+    Raw,
+    /// Newline-terminated lines.
+    Lines,
+    /// A u32 big-endian length before every payload.
+    LengthPrefixed,
+    /// btpeer frames: 4-byte type, u32 big-endian length, payload
+    /// (see `shared/protocol.md`). A message is the type followed by the payload.
+    Btpeer,
+    /// Any tokio-util [`Decoder`], made fresh for every connection.
+    Custom(CustomFraming),
+}
+
+impl fmt::Debug for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Framing::Raw => "Raw",
+            Framing::Lines => "Lines",
+            Framing::LengthPrefixed => "LengthPrefixed",
+            Framing::Btpeer => "Btpeer",
+            Framing::Custom(_) => "Custom",
+        })
+    }
+}
+
+/// Object-safe form of a user decoder.
+trait DynDecoder: Send {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError>;
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError>;
+}
+
+struct Adapter<D>(D);
+
+impl<D> DynDecoder for Adapter<D>
+where
+    D: Decoder + Send,
+    D::Item: Into<Bytes>,
+    D::Error: fmt::Display,
+{
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        self.0
+            .decode(buf)
+            .map(|o| o.map(Into::into))
+            .map_err(|e| FrameError::Invalid(e.to_string()))
+    }
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        self.0
+            .decode_eof(buf)
+            .map(|o| o.map(Into::into))
+            .map_err(|e| FrameError::Invalid(e.to_string()))
+    }
+}
+
+type DecoderFactory = dyn Fn() -> Box<dyn DynDecoder> + Send + Sync;
+
+/// A factory of user decoders, one per connection. Build it with [`Framing::custom`].
+#[derive(Clone)]
+pub struct CustomFraming(Arc<DecoderFactory>);
+
+impl Framing {
+    /// Frames the stream with any tokio-util decoder. `make` is called once per
+    /// connection. The decoder is responsible for bounding its own lengths;
+    /// the pipe still ends a connection whose unframed bytes exceed `max_frame`.
+    pub fn custom<D, F>(make: F) -> Framing
+    where
+        F: Fn() -> D + Send + Sync + 'static,
+        D: Decoder + Send + 'static,
+        D::Item: Into<Bytes>,
+        D::Error: fmt::Display,
+    {
+        Framing::Custom(CustomFraming(Arc::new(move || {
+            Box::new(Adapter(make())) as Box<dyn DynDecoder>
+        })))
+    }
+
+    pub(crate) fn decoder(&self, max_frame: usize) -> FrameDecoder {
+        let kind = match self {
+            Framing::Raw => Kind::Raw,
+            Framing::Lines => Kind::Lines { scanned: 0 },
+            Framing::LengthPrefixed => Kind::Length,
+            Framing::Btpeer => Kind::Btpeer,
+            Framing::Custom(c) => Kind::Custom((c.0)()),
+        };
+        FrameDecoder { kind, max_frame }
+    }
+
+    /// Bytes written before the payload, and after it, for a message of `len`
+    /// payload bytes. Checks what the framing forbids.
+    pub(crate) fn encode_header(
+        &self,
+        data: &[u8],
+        max_frame: usize,
+        head: &mut [u8; BTPEER_HEADER],
+    ) -> Result<(usize, usize, &'static [u8]), FrameError> {
+        // Returns (header length, payload offset into data, trailer).
+        let payload_len = match self {
+            Framing::Btpeer => data.len().saturating_sub(4),
+            _ => data.len(),
+        };
+        if payload_len > max_frame {
+            return Err(FrameError::TooLarge {
+                len: payload_len as u64,
+                max: max_frame,
+            });
+        }
+        match self {
+            Framing::Raw | Framing::Custom(_) => Ok((0, 0, b"")),
+            Framing::Lines => {
+                if data.contains(&b'\n') {
+                    return Err(FrameError::Invalid(
+                        "a line cannot contain a newline".into(),
+                    ));
+                }
+                Ok((0, 0, b"\n"))
+            }
+            Framing::LengthPrefixed => {
+                head[..4].copy_from_slice(&(data.len() as u32).to_be_bytes());
+                Ok((4, 0, b""))
+            }
+            Framing::Btpeer => {
+                if data.len() < 4 {
+                    return Err(FrameError::Invalid(
+                        "a btpeer message starts with its 4-byte type".into(),
+                    ));
+                }
+                head[..4].copy_from_slice(&data[..4]);
+                head[4..8].copy_from_slice(&(payload_len as u32).to_be_bytes());
+                Ok((8, 4, b""))
+            }
+        }
+    }
+
+    /// Encodes one message into `out` (a convenience for tests and tools).
+    pub fn encode(
+        &self,
+        data: &[u8],
+        max_frame: usize,
+        out: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let mut head = [0u8; BTPEER_HEADER];
+        let (h, skip, trailer) = self.encode_header(data, max_frame, &mut head)?;
+        out.reserve(h + data.len() - skip + trailer.len());
+        out.put_slice(&head[..h]);
+        out.put_slice(&data[skip..]);
+        out.put_slice(trailer);
+        Ok(())
+    }
+}
+
+/// Why a byte stream could not be cut into messages.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// A frame declared (or grew to) more than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The declared or buffered length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({have} of {want} bytes)")]
+    Truncated {
+        /// Bytes received of the frame.
+        have: usize,
+        /// Bytes the frame needed.
+        want: usize,
+    },
+    /// The bytes are not valid for this framing.
+    #[error("invalid frame: {0}")]
+    Invalid(String),
+    /// Reading failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+enum Kind {
+    Raw,
+    Lines { scanned: usize },
+    Length,
+    Btpeer,
+    Custom(Box<dyn DynDecoder>),
+}
+
+/// The decoder a connection reads with.
+pub(crate) struct FrameDecoder {
+    kind: Kind,
+    max_frame: usize,
+}
+
+impl FrameDecoder {
+    /// Bytes a frame needs in all, once its header is readable.
+    fn need(&self, buf: &BytesMut) -> Result<Option<usize>, FrameError> {
+        let (hdr, len) = match self.kind {
+            Kind::Length if buf.len() >= 4 => (4, u32::from_be_bytes(buf[..4].try_into().unwrap())),
+            Kind::Btpeer if buf.len() >= BTPEER_HEADER => (
+                BTPEER_HEADER,
+                u32::from_be_bytes(buf[4..8].try_into().unwrap()),
+            ),
+            _ => return Ok(None),
+        };
+        if len as usize > self.max_frame {
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: self.max_frame,
+            });
+        }
+        Ok(Some(hdr + len as usize))
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = Bytes;
+    type Error = FrameError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        match &mut self.kind {
+            Kind::Raw => Ok((!buf.is_empty()).then(|| buf.split().freeze())),
+            Kind::Lines { scanned } => match buf[*scanned..].iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let end = *scanned + i;
+                    *scanned = 0;
+                    let mut line = buf.split_to(end + 1);
+                    line.truncate(end);
+                    if line.last() == Some(&b'\r') {
+                        line.truncate(end - 1);
+                    }
+                    Ok(Some(line.freeze()))
+                }
+                None if buf.len() > self.max_frame => Err(FrameError::TooLarge {
+                    len: buf.len() as u64,
+                    max: self.max_frame,
+                }),
+                None => {
+                    *scanned = buf.len();
+                    Ok(None)
+                }
+            },
+            Kind::Length | Kind::Btpeer => {
+                let Some(total) = self.need(buf)? else {
+                    return Ok(None);
+                };
+                if buf.len() < total {
+                    // Bounded: total <= header + max_frame.
+                    buf.reserve(total - buf.len());
+                    return Ok(None);
+                }
+                let mut frame = buf.split_to(total);
+                if matches!(self.kind, Kind::Btpeer) {
+                    // Move the type next to the payload: type ++ payload.
+                    frame.copy_within(0..4, 4);
+                }
+                // Both headers end 4 bytes before what the message keeps.
+                frame.advance(4);
+                Ok(Some(frame.freeze()))
+            }
+            Kind::Custom(d) => {
+                let out = d.decode(buf)?;
+                if out.is_none() && buf.len() > self.max_frame {
+                    return Err(FrameError::TooLarge {
+                        len: buf.len() as u64,
+                        max: self.max_frame,
+                    });
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        match &mut self.kind {
+            Kind::Raw => Ok(None),
+            Kind::Lines { scanned } => {
+                // A last line without its newline is still a line.
+                *scanned = 0;
+                Ok(Some(buf.split().freeze()))
+            }
+            Kind::Length | Kind::Btpeer => {
+                let want = match self.need(buf)? {
+                    Some(total) => total,
+                    None if matches!(self.kind, Kind::Length) => 4,
+                    None => BTPEER_HEADER,
+                };
+                Err(FrameError::Truncated {
+                    have: buf.len(),
+                    want,
+                })
+            }
+            Kind::Custom(d) => match d.decode_eof(buf)? {
+                Some(frame) => Ok(Some(frame)),
+                None if buf.is_empty() => Ok(None),
+                None => Err(FrameError::Truncated {
+                    have: buf.len(),
+                    want: buf.len() + 1,
+                }),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: &Framing, max: usize, input: &[u8]) -> (Vec<Bytes>, Option<FrameError>) {
+        let mut d = framing.decoder(max);
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match d.decode(&mut buf) {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => break,
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        match d.decode_eof(&mut buf) {
+            Ok(Some(m)) => out.push(m),
+            Ok(None) => {}
+            Err(e) => return (out, Some(e)),
+        }
+        (out, None)
+    }
+
+    #[test]
+    fn lines_strip_terminators_and_keep_last_line() {
+        let (msgs, err) = decode_all(&Framing::Lines, 64, b"one\r\ntwo\n\nthree");
+        assert!(err.is_none());
+        assert_eq!(msgs, vec![&b"one"[..], b"two", b"", b"three"]);
+    }
+
+    #[test]
+    fn lines_over_limit_is_refused() {
+        let (msgs, err) = decode_all(&Framing::Lines, 4, b"ok\nfarTooLong");
+        assert_eq!(msgs, vec![&b"ok"[..]]);
+        assert!(matches!(
+            err,
+            Some(FrameError::TooLarge { len: 10, max: 4 })
+        ));
+    }
+
+    #[test]
+    fn length_prefixed_round_trip() {
+        let mut wire = BytesMut::new();
+        for m in [&b"alpha"[..], b"", b"\x00\xff"] {
+            Framing::LengthPrefixed.encode(m, 16, &mut wire).unwrap();
+        }
+        assert_eq!(&wire[..9], b"\x00\x00\x00\x05alpha");
+        let (msgs, err) = decode_all(&Framing::LengthPrefixed, 16, &wire);
+        assert!(err.is_none());
+        assert_eq!(msgs, vec![&b"alpha"[..], b"", b"\x00\xff"]);
+    }
+
+    #[test]
+    fn huge_length_is_refused_before_allocation() {
+        let mut d = Framing::LengthPrefixed.decoder(1024);
+        let mut buf = BytesMut::from(&b"\xff\xff\xff\xff"[..]);
+        let cap = buf.capacity();
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(FrameError::TooLarge {
+                len: 0xffff_ffff,
+                max: 1024
+            })
+        ));
+        assert_eq!(buf.capacity(), cap, "nothing was reserved");
+    }
+
+    #[test]
+    fn btpeer_frames_carry_type_then_payload() {
+        let mut wire = BytesMut::new();
+        Framing::Btpeer
+            .encode(b"QUERme k 5", 64, &mut wire)
+            .unwrap();
+        Framing::Btpeer.encode(b"PING", 64, &mut wire).unwrap();
+        assert_eq!(&wire[..], b"QUER\x00\x00\x00\x06me k 5PING\x00\x00\x00\x00");
+        let (msgs, err) = decode_all(&Framing::Btpeer, 64, &wire);
+        assert!(err.is_none());
+        assert_eq!(msgs, vec![&b"QUERme k 5"[..], b"PING"]);
+    }
+
+    #[test]
+    fn btpeer_claiming_4gib_is_refused() {
+        let (msgs, err) = decode_all(&Framing::Btpeer, 65536, b"FGET\xff\xff\xff\xffx");
+        assert!(msgs.is_empty());
+        assert!(matches!(
+            err,
+            Some(FrameError::TooLarge {
+                len: 0xffff_ffff,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn truncated_frames_are_reported() {
+        let (_, err) = decode_all(&Framing::LengthPrefixed, 64, b"\x00\x00\x00\x09abc");
+        assert!(matches!(
+            err,
+            Some(FrameError::Truncated { have: 7, want: 13 })
+        ));
+        let (_, err) = decode_all(&Framing::Btpeer, 64, b"NAM");
+        assert!(matches!(
+            err,
+            Some(FrameError::Truncated { have: 3, want: 8 })
+        ));
+    }
+
+    #[test]
+    fn encode_refuses_what_the_framing_forbids() {
+        let mut out = BytesMut::new();
+        assert!(Framing::Lines.encode(b"a\nb", 64, &mut out).is_err());
+        assert!(Framing::Btpeer.encode(b"AB", 64, &mut out).is_err());
+        assert!(matches!(
+            Framing::LengthPrefixed.encode(&[0; 65], 64, &mut out),
+            Err(FrameError::TooLarge { len: 65, max: 64 })
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn custom_decoder_is_used() {
+        let framing = Framing::custom(tokio_util::codec::LinesCodec::new);
+        let (msgs, err) = decode_all(&framing, 64, b"x\ny\n");
+        assert!(err.is_none());
+        assert_eq!(msgs, vec![&b"x"[..], b"y"]);
+    }
+}

@@ -1,0 +1,1190 @@
+//! The Pipe: one type for TCP and UDP, IPv4 and IPv6, client and server.
+//!
+//! ```no_run
+//! use p2pipe::{Pipe, Proto};
+//! # async fn demo() -> Result<(), p2pipe::pipe::Error> {
+//! // A server: every client arrives as its own pipe.
+//! let server = Pipe::listen(Proto::Tcp, "127.0.0.1:0").await?;
+//! let addr = server.local_addr();
+//! tokio::spawn(async move {
+//!     while let Ok(client) = server.accept().await {
+//!         client.on_message(|msg, reply| async move { reply.send(&msg.data).await });
+//!     }
+//! });
+//!
+//! // A client: subscribe before sending so that no reply is missed.
+//! let pipe = Pipe::connect(Proto::Tcp, addr).await?;
+//! let pongs = pipe.subscribe("^pong", None)?;
+//! pipe.send(b"pong 1").await?;
+//! let reply = pongs.recv_timeout(std::time::Duration::from_secs(2)).await?;
+//! assert_eq!(&reply.data[..], b"pong 1");
+//! # Ok(()) }
+//! ```
+//!
+//! # Where a message goes
+//!
+//! Every message first meets the pipe's subscriptions (and, for a pipe accepted
+//! from a listener, the listener's subscriptions). It is delivered to every
+//! subscription whose pattern and peer filter match; the subscriptions share
+//! the message's bytes. A message that no subscription took goes to the
+//! pipe's *flow*, which has exactly one consumer: [`Pipe::recv`] and
+//! [`Pipe::stream`] by default, or the handler given to [`Pipe::on_message`],
+//! or the pipe given to [`Pipe::link`]. Messages that arrive before a handler
+//! is attached wait in the flow and reach the handler first.
+//!
+//! On TCP the flow pushes back: when it is full the pipe stops reading and the
+//! peer's sends slow down, so nothing is lost. A UDP flow that is full drops
+//! the datagram and counts it ([`PipeStats::dropped`]). Subscriptions keep
+//! their own bounded queues with an explicit [`Overflow`] policy, counted per
+//! subscription.
+//!
+//! # Lifetime
+//!
+//! A pipe stays open while any handle to it, or any handler or link on it,
+//! exists. It ends when the peer ends it, when [`Pipe::close`] is called, or
+//! when the last handle and handler are gone.
+
+mod error;
+mod framing;
+mod queue;
+mod subscribe;
+mod sys;
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream};
+use futures::FutureExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::addr::{Af, ToTarget};
+
+pub use error::{Error, Result};
+pub use framing::{CustomFraming, FrameError, Framing};
+pub use queue::Overflow;
+
+use queue::Queue;
+use subscribe::Subscriptions;
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP: a byte stream, cut into messages by the pipe's [`Framing`].
+    Tcp,
+    /// UDP: every datagram is one message.
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One message: its bytes and where it came from.
+///
+/// Cloning a message shares its bytes; nothing is copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The payload, as the pipe's framing defines it.
+    pub data: Bytes,
+    /// The address it came from.
+    pub peer: SocketAddr,
+    /// The local address it arrived on.
+    pub local: SocketAddr,
+    /// The protocol it arrived over.
+    pub proto: Proto,
+}
+
+/// Why a pipe ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The peer closed its side (TCP FIN).
+    Fin,
+    /// The peer reset the connection.
+    Reset,
+    /// This side closed the pipe.
+    Closed,
+    /// A frame was larger than the limit.
+    TooLarge {
+        /// The declared or buffered length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    Truncated {
+        /// Bytes received of the frame.
+        have: usize,
+        /// Bytes the frame needed.
+        want: usize,
+    },
+    /// The bytes were not valid for the framing.
+    BadFrame(String),
+    /// The idle limit passed with nothing received.
+    Idle,
+    /// Another I/O failure.
+    Io(std::io::ErrorKind),
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::Fin => f.write_str("closed by peer"),
+            EndReason::Reset => f.write_str("reset by peer"),
+            EndReason::Closed => f.write_str("closed"),
+            EndReason::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {max}")
+            }
+            EndReason::Truncated { have, want } => {
+                write!(f, "stream ended inside a frame ({have} of {want} bytes)")
+            }
+            EndReason::BadFrame(e) => write!(f, "invalid frame: {e}"),
+            EndReason::Idle => f.write_str("idle for too long"),
+            EndReason::Io(kind) => write!(f, "i/o error: {kind}"),
+        }
+    }
+}
+
+impl From<FrameError> for EndReason {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::TooLarge { len, max } => EndReason::TooLarge { len, max },
+            FrameError::Truncated { have, want } => EndReason::Truncated { have, want },
+            FrameError::Invalid(s) => EndReason::BadFrame(s),
+            FrameError::Io(e) => EndReason::from(e),
+        }
+    }
+}
+
+impl From<std::io::Error> for EndReason {
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            ConnectionReset | ConnectionAborted | BrokenPipe => EndReason::Reset,
+            UnexpectedEof => EndReason::Fin,
+            kind => EndReason::Io(kind),
+        }
+    }
+}
+
+/// What an end handler learns about the pipe that ended.
+#[derive(Debug, Clone)]
+pub struct EndEvent {
+    /// The protocol.
+    pub proto: Proto,
+    /// The local address.
+    pub local: SocketAddr,
+    /// The peer, for a connection or a UDP peer pipe.
+    pub peer: Option<SocketAddr>,
+    /// Why it ended.
+    pub reason: EndReason,
+}
+
+/// Options for connecting and listening. `PipeConfig::default()` suits most uses.
+///
+/// ```
+/// use p2pipe::{Framing, PipeConfig};
+/// let cfg = PipeConfig::default().framing(Framing::Lines).max_frame(4096);
+/// ```
+#[derive(Debug, Clone)]
+pub struct PipeConfig {
+    pub(crate) framing: Framing,
+    pub(crate) max_frame: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) sub_capacity: usize,
+    pub(crate) sub_overflow: Overflow,
+    pub(crate) backlog: usize,
+    pub(crate) listen_backlog: i32,
+    pub(crate) max_peers: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) resolve_timeout: Duration,
+    pub(crate) bind: Option<SocketAddr>,
+    pub(crate) family: Option<Af>,
+    pub(crate) device: Option<String>,
+    pub(crate) dual_stack: bool,
+    pub(crate) nodelay: bool,
+    pub(crate) read_buffer: usize,
+}
+
+impl Default for PipeConfig {
+    fn default() -> Self {
+        PipeConfig {
+            framing: Framing::Raw,
+            max_frame: 1 << 20,
+            queue_capacity: 1024,
+            sub_capacity: 256,
+            sub_overflow: Overflow::DropNewest,
+            backlog: 1024,
+            listen_backlog: 1024,
+            max_peers: 65_536,
+            connect_timeout: Duration::from_secs(10),
+            resolve_timeout: crate::dns::DEFAULT_TIMEOUT,
+            bind: None,
+            family: None,
+            device: None,
+            dual_stack: false,
+            nodelay: true,
+            read_buffer: 64 * 1024,
+        }
+    }
+}
+
+impl PipeConfig {
+    /// How a TCP stream is cut into messages (default [`Framing::Raw`]).
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+    /// The largest message, in bytes, either way (default 1 MiB). A peer that
+    /// sends or claims a larger frame is disconnected.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+    /// Messages the flow holds for `recv` or a handler (default 1024).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+    /// Default queue size and overflow policy of subscriptions (256, drop newest).
+    /// [`Overflow::Block`] is not allowed here: a subscription must never
+    /// hold up its pipe.
+    pub fn subscription_queue(mut self, capacity: usize, overflow: Overflow) -> Self {
+        self.sub_capacity = capacity.max(1);
+        self.sub_overflow = match overflow {
+            Overflow::Block => Overflow::DropNewest,
+            o => o,
+        };
+        self
+    }
+    /// Peers a listener holds for `accept` (default 1024).
+    pub fn backlog(mut self, n: usize) -> Self {
+        self.backlog = n.max(1);
+        self.listen_backlog = n.clamp(1, i32::MAX as usize) as i32;
+        self
+    }
+    /// Most peers a UDP listener tracks at once (default 65,536). Datagrams
+    /// from further new peers are dropped and counted.
+    pub fn max_peers(mut self, n: usize) -> Self {
+        self.max_peers = n.max(1);
+        self
+    }
+    /// Time limit for a TCP connect, per address tried (default 10 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+    /// Time limit for name resolution (default 5 s).
+    pub fn resolve_timeout(mut self, d: Duration) -> Self {
+        self.resolve_timeout = d;
+        self
+    }
+    /// Local address to bind before connecting (the route's address). Also
+    /// fixes the family that names resolve to.
+    pub fn bind(mut self, local: SocketAddr) -> Self {
+        self.bind = Some(local);
+        self
+    }
+    /// Only connect to addresses of this family.
+    pub fn family(mut self, af: Af) -> Self {
+        self.family = Some(af);
+        self
+    }
+    /// Bind to a network device by name (SO_BINDTODEVICE; Linux only).
+    pub fn device(mut self, name: impl Into<String>) -> Self {
+        self.device = Some(name.into());
+        self
+    }
+    /// Let an IPv6 listener on `[::]` accept IPv4 too. Off by default:
+    /// IPv6 sockets are IPv6-only unless asked. IPv4 peers then appear with
+    /// their IPv4 addresses, not as mapped IPv6.
+    pub fn dual_stack(mut self, yes: bool) -> Self {
+        self.dual_stack = yes;
+        self
+    }
+    /// TCP_NODELAY (default on).
+    pub fn nodelay(mut self, yes: bool) -> Self {
+        self.nodelay = yes;
+        self
+    }
+    /// Bytes read at a time on TCP (default 64 KiB).
+    pub fn read_buffer(mut self, bytes: usize) -> Self {
+        self.read_buffer = bytes.max(512);
+        self
+    }
+
+    fn family_for_connect(&self) -> Option<Af> {
+        self.bind.map(|b| Af::of_socket(&b)).or(self.family)
+    }
+}
+
+/// Counters of one pipe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipeStats {
+    /// Messages received.
+    pub received: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages dropped: a full UDP flow, a full accept backlog, too many peers.
+    pub dropped: u64,
+    /// Messages waiting in the flow.
+    pub queued: usize,
+}
+
+type EndFn = Arc<dyn Fn(EndEvent) -> BoxFuture<'static, ()> + Send + Sync>;
+type UpFn = Arc<dyn Fn(Pipe) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Default)]
+struct Handlers {
+    end: Vec<EndFn>,
+    up: Vec<UpFn>,
+}
+
+/// The flow is read with `recv` and `stream`.
+const PULL: u8 = 0;
+/// The flow goes to a handler or a link.
+const HANDLER: u8 = 1;
+/// A listener's peers' flows are merged into its own.
+const MERGED: u8 = 2;
+
+/// What the pipe does I/O with.
+pub(crate) enum Io {
+    Tcp(tcp::Writer),
+    Udp(udp::Sender),
+    TcpListener(Children),
+    UdpListener(Children, udp::Owned),
+}
+
+/// The peers of a listener.
+pub(crate) struct Children {
+    map: Mutex<HashMap<SocketAddr, Weak<Core>>>,
+    backlog: Queue<Pipe>,
+}
+
+impl Children {
+    fn new(backlog: usize, overflow: Overflow) -> Self {
+        Children {
+            map: Mutex::new(HashMap::new()),
+            backlog: Queue::new(backlog, overflow),
+        }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Weak<Core>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn get(&self, peer: &SocketAddr) -> Option<Arc<Core>> {
+        self.lock().get(peer).and_then(Weak::upgrade)
+    }
+}
+
+/// State shared by every handle of a pipe and by its tasks.
+pub(crate) struct Core {
+    proto: Proto,
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    cfg: Arc<PipeConfig>,
+    io: Io,
+    parent: Option<Arc<Core>>,
+    subs: Subscriptions,
+    flow: Queue<Message>,
+    /// Who takes the flow: `PULL`, `HANDLER` or `MERGED`.
+    consumer: AtomicU8,
+    end: watch::Sender<Option<EndReason>>,
+    handlers: Mutex<Handlers>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    received: AtomicU64,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Core {
+    fn new(
+        proto: Proto,
+        local: SocketAddr,
+        peer: Option<SocketAddr>,
+        cfg: Arc<PipeConfig>,
+        io: Io,
+        parent: Option<Arc<Core>>,
+    ) -> Arc<Core> {
+        let overflow = match proto {
+            Proto::Tcp => Overflow::Block,
+            Proto::Udp => Overflow::DropNewest,
+        };
+        Arc::new(Core {
+            proto,
+            local,
+            peer,
+            flow: Queue::new(cfg.queue_capacity, overflow),
+            cfg,
+            io,
+            parent,
+            subs: Subscriptions::default(),
+            consumer: AtomicU8::new(PULL),
+            end: watch::channel(None).0,
+            handlers: Mutex::new(Handlers::default()),
+            tasks: Mutex::new(Vec::new()),
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    fn handlers(&self) -> std::sync::MutexGuard<'_, Handlers> {
+        self.handlers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add_task(&self, h: JoinHandle<()>) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+    }
+
+    fn is_listener(&self) -> bool {
+        matches!(self.io, Io::TcpListener(_) | Io::UdpListener(..))
+    }
+
+    fn end_reason(&self) -> Option<EndReason> {
+        self.end.borrow().clone()
+    }
+
+    /// Offers a message to the subscriptions; true if one took it.
+    fn offer(&self, msg: &Message) -> bool {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let mine = self.subs.dispatch(msg);
+        let parents = match &self.parent {
+            Some(p) => p.subs.dispatch(msg),
+            None => false,
+        };
+        mine || parents
+    }
+
+    /// Delivers a message from the stream reader, waiting for room (TCP).
+    async fn deliver(&self, msg: Message) {
+        if !self.offer(&msg) {
+            self.flow.push(msg).await;
+        }
+    }
+
+    /// Delivers a datagram without waiting (UDP).
+    fn deliver_now(&self, msg: Message) {
+        if !self.offer(&msg) && self.flow.try_push(msg) == queue::Pushed::Dropped {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn event(&self, reason: EndReason) -> EndEvent {
+        EndEvent {
+            proto: self.proto,
+            local: self.local,
+            peer: self.peer,
+            reason,
+        }
+    }
+
+    /// Marks the pipe ended (the first reason wins), closes its queues and
+    /// runs the end handlers, its own and its listener's.
+    fn finish(&self, reason: EndReason) {
+        let mut first = false;
+        self.end.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason.clone());
+                first = true;
+            }
+            first
+        });
+        if !first {
+            return;
+        }
+        tracing::debug!(proto = %self.proto, local = %self.local, peer = ?self.peer, %reason, "pipe ended");
+        self.flow.close();
+        self.subs.close_all();
+        let mut handlers: Vec<EndFn> = self.handlers().end.clone();
+        if let Some(p) = &self.parent {
+            handlers.extend(p.handlers().end.iter().cloned());
+        }
+        if !handlers.is_empty() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let ev = self.event(reason);
+                for h in handlers {
+                    rt.spawn(guarded(h(ev.clone())));
+                }
+            }
+        }
+    }
+
+    /// Ends the pipe now: stops its tasks and releases its socket.
+    fn shutdown(self: &Arc<Self>) {
+        self.finish(EndReason::Closed);
+        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            t.abort();
+        }
+        match &self.io {
+            Io::Tcp(w) => w.release(),
+            Io::Udp(s) => s.release(),
+            Io::UdpListener(children, sock) => {
+                sock.release();
+                close_children(children, true);
+            }
+            Io::TcpListener(children) => close_children(children, false),
+        }
+        if let (Some(parent), Some(peer)) = (&self.parent, self.peer) {
+            if let Io::TcpListener(c) | Io::UdpListener(c, _) = &parent.io {
+                let mut map = c.lock();
+                if map
+                    .get(&peer)
+                    .is_some_and(|w| w.as_ptr() == Arc::as_ptr(self))
+                {
+                    map.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// Waits until the pipe's I/O tasks are gone (after `shutdown`).
+    async fn join_tasks(&self) {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn close_children(children: &Children, all: bool) {
+    children.backlog.close();
+    // Peers nobody accepted are closed with the listener.
+    drop(children.backlog.drain());
+    if all {
+        let peers: Vec<Arc<Core>> = children
+            .lock()
+            .drain()
+            .filter_map(|(_, w)| w.upgrade())
+            .collect();
+        for c in peers {
+            c.finish(EndReason::Closed);
+        }
+    }
+}
+
+/// Runs a handler future, turning a panic into a log line.
+async fn guarded(fut: impl Future<Output = ()>) {
+    if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
+        tracing::error!("a pipe handler panicked");
+    }
+}
+
+/// The output of a message handler: `()` or a `Result` whose error is logged.
+pub trait HandlerOutput {
+    /// Reports a failure, if there was one.
+    fn report(self);
+}
+
+impl HandlerOutput for () {
+    fn report(self) {}
+}
+
+impl<E: fmt::Display> HandlerOutput for std::result::Result<(), E> {
+    fn report(self) {
+        if let Err(e) = self {
+            tracing::warn!(error = %e, "message handler failed");
+        }
+    }
+}
+
+struct Guard(Arc<Core>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+/// A pipe: a TCP connection, a UDP socket with a default peer, a listener of
+/// either kind, or a peer accepted from a listener. Cloning shares the pipe.
+#[derive(Clone)]
+pub struct Pipe(Arc<Guard>);
+
+impl fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipe")
+            .field("proto", &self.core().proto)
+            .field("local", &self.core().local)
+            .field("peer", &self.core().peer)
+            .field("listener", &self.core().is_listener())
+            .finish()
+    }
+}
+
+impl Pipe {
+    fn from_core(core: Arc<Core>) -> Pipe {
+        Pipe(Arc::new(Guard(core)))
+    }
+
+    fn core(&self) -> &Arc<Core> {
+        &self.0 .0
+    }
+
+    /// Connects to `target` with the default config. For UDP this binds a
+    /// local socket whose default peer is the target.
+    ///
+    /// A name is resolved for the config's family (from its bind address, or
+    /// [`PipeConfig::family`]); each address is tried in turn.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is left behind if the future is dropped.
+    pub async fn connect(proto: Proto, target: impl ToTarget) -> Result<Pipe> {
+        Self::connect_with(proto, target, &PipeConfig::default()).await
+    }
+
+    /// Connects with the given config. See [`Pipe::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is left behind if the future is dropped.
+    pub async fn connect_with(
+        proto: Proto,
+        target: impl ToTarget,
+        cfg: &PipeConfig,
+    ) -> Result<Pipe> {
+        let target = target.to_target()?;
+        let addrs = crate::dns::default_resolver()
+            .resolve(&target, cfg.family_for_connect(), cfg.resolve_timeout)
+            .await?;
+        let cfg = Arc::new(cfg.clone());
+        let core = match proto {
+            Proto::Tcp => tcp::connect(&target.to_string(), &addrs, cfg).await?,
+            Proto::Udp => udp::connect(addrs[0], cfg).await?,
+        };
+        Ok(Pipe::from_core(core))
+    }
+
+    /// Listens on `addr` (port 0 picks a free port) with the default config.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn listen(proto: Proto, addr: impl ToTarget) -> Result<Pipe> {
+        Self::listen_with(proto, addr, &PipeConfig::default()).await
+    }
+
+    /// Listens with the given config. See [`Pipe::listen`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn listen_with(proto: Proto, addr: impl ToTarget, cfg: &PipeConfig) -> Result<Pipe> {
+        let target = addr.to_target()?;
+        let addr = crate::dns::default_resolver()
+            .resolve(&target, cfg.family, cfg.resolve_timeout)
+            .await?[0];
+        let cfg = Arc::new(cfg.clone());
+        let core = match proto {
+            Proto::Tcp => tcp::listen(addr, cfg)?,
+            Proto::Udp => udp::listen(addr, cfg)?,
+        };
+        Ok(Pipe::from_core(core))
+    }
+
+    /// The protocol.
+    pub fn proto(&self) -> Proto {
+        self.core().proto
+    }
+
+    /// The local address (with the port actually bound).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.core().local
+    }
+
+    /// The peer: the connected address, or the UDP default peer. `None` for a
+    /// listener.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.core().peer
+    }
+
+    /// Whether this pipe is a listener.
+    pub fn is_listener(&self) -> bool {
+        self.core().is_listener()
+    }
+
+    /// The pipe's framing.
+    pub fn framing(&self) -> &Framing {
+        &self.core().cfg.framing
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PipeStats {
+        let c = self.core();
+        PipeStats {
+            received: c.received.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed) + c.flow.dropped(),
+            queued: c.flow.len(),
+        }
+    }
+
+    /// Sends one message to the pipe's peer, framed by the pipe's framing.
+    ///
+    /// On TCP this returns when the bytes are written to the socket, so a slow
+    /// peer slows the sender down. Concurrent sends do not interleave.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe on TCP: if the future is dropped part-way, part of the
+    /// message may have been written. Do not cancel a send you want to keep
+    /// using the connection after.
+    pub async fn send(&self, data: impl AsRef<[u8]>) -> Result<()> {
+        let c = self.core();
+        let data = data.as_ref();
+        let r = match &c.io {
+            Io::Tcp(w) => w.send(c, data).await,
+            Io::Udp(s) => match c.peer {
+                Some(peer) => s.send_to(c, data, peer).await,
+                None => Err(Error::NoPeer),
+            },
+            Io::TcpListener(_) | Io::UdpListener(..) => Err(Error::NoPeer),
+        };
+        if r.is_ok() {
+            c.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Sends one message to `to`. On UDP any address may be given; on a
+    /// listener it goes to that peer's connection or peer pipe; on a TCP
+    /// connection only its peer is accepted.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Pipe::send`].
+    pub async fn send_to(&self, data: impl AsRef<[u8]>, to: SocketAddr) -> Result<()> {
+        let c = self.core();
+        let data = data.as_ref();
+        let r = match &c.io {
+            Io::Udp(s) => s.send_to(c, data, to).await,
+            Io::UdpListener(_, s) => s.send_to(c, data, to).await,
+            Io::Tcp(w) if c.peer == Some(to) => w.send(c, data).await,
+            Io::Tcp(_) => Err(Error::UnknownPeer(to)),
+            Io::TcpListener(children) => match children.get(&to) {
+                Some(child) => match &child.io {
+                    Io::Tcp(w) => w.send(&child, data).await,
+                    _ => Err(Error::UnknownPeer(to)),
+                },
+                None => Err(Error::UnknownPeer(to)),
+            },
+        };
+        if r.is_ok() {
+            c.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Waits for the next message of the pipe's flow (see the module docs).
+    /// On a listener, this is the next message from any of its peers; reply
+    /// with [`Pipe::send_to`] and the message's `peer`.
+    ///
+    /// Returns [`Error::Ended`] once the pipe has ended and every message that
+    /// arrived before has been received.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is removed from the flow only when it is returned.
+    pub async fn recv(&self) -> Result<Message> {
+        let c = self.core();
+        if c.is_listener() {
+            self.merge_flows()?;
+        } else if c.consumer.load(Ordering::Acquire) != PULL {
+            return Err(Error::HandlerAttached);
+        }
+        match c.flow.pop().await {
+            Some(m) => Ok(m),
+            None => Err(Error::Ended(c.end_reason().unwrap_or(EndReason::Closed))),
+        }
+    }
+
+    /// As [`Pipe::recv`], giving up after `limit` with [`Error::Timeout`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn recv_timeout(&self, limit: Duration) -> Result<Message> {
+        match tokio::time::timeout(limit, self.recv()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(limit)),
+        }
+    }
+
+    /// The pipe's flow as a [`Stream`], ending when the pipe ends. Takes the
+    /// same messages as [`Pipe::recv`].
+    pub fn stream(&self) -> MessageStream {
+        let pipe = self.clone();
+        MessageStream(Box::pin(futures::stream::unfold(pipe, |p| async move {
+            match p.recv().await {
+                Ok(m) => Some((m, p)),
+                Err(_) => None,
+            }
+        })))
+    }
+
+    /// Subscribes to messages whose bytes match `pattern` (a regular
+    /// expression over bytes, unanchored unless it says `^`), and, if `peer`
+    /// is given, that come from that address. Uses the config's subscription
+    /// queue size and overflow policy. Dropping the subscription unsubscribes.
+    pub fn subscribe(&self, pattern: &str, peer: Option<SocketAddr>) -> Result<Subscription> {
+        let cfg = &self.core().cfg;
+        self.subscribe_with(pattern, peer, cfg.sub_capacity, cfg.sub_overflow)
+    }
+
+    /// Subscribes with a queue of `capacity` messages and the given overflow
+    /// policy ([`Overflow::Block`] is treated as [`Overflow::DropNewest`]:
+    /// a subscription never holds up its pipe).
+    pub fn subscribe_with(
+        &self,
+        pattern: &str,
+        peer: Option<SocketAddr>,
+        capacity: usize,
+        overflow: Overflow,
+    ) -> Result<Subscription> {
+        subscribe::validate(pattern)?;
+        let overflow = match overflow {
+            Overflow::Block => Overflow::DropNewest,
+            o => o,
+        };
+        let c = self.core();
+        let (id, queue) = c.subs.add(pattern, peer, capacity, overflow);
+        if c.end_reason().is_some() {
+            queue.close();
+        }
+        Ok(Subscription {
+            core: c.clone(),
+            id,
+            queue,
+        })
+    }
+
+    /// Sends every message of the pipe's flow to `handler`, with a handle to
+    /// reply on. Messages already waiting come first, in order; the handler
+    /// runs for one message at a time. On a listener, the handler serves every
+    /// peer, each with its own reply pipe, and the listener stays open until
+    /// it is closed.
+    ///
+    /// A handler that returns an error is logged and goes on; one that panics
+    /// is logged and goes on with the next message. A pipe has one flow
+    /// consumer: this fails with [`Error::HandlerAttached`] if a handler or link
+    /// is already attached.
+    pub fn on_message<F, Fut>(&self, handler: F) -> Result<()>
+    where
+        F: Fn(Message, Pipe) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
+    {
+        self.attach(Arc::new(handler))
+    }
+
+    fn attach<F, Fut>(&self, handler: Arc<F>) -> Result<()>
+    where
+        F: Fn(Message, Pipe) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
+    {
+        self.take_flow(HANDLER)?;
+        let pipe = self.clone();
+        if self.is_listener() {
+            tokio::spawn(async move {
+                let (Io::TcpListener(ch) | Io::UdpListener(ch, _)) = &pipe.core().io else {
+                    return;
+                };
+                while let Some(child) = ch.backlog.pop().await {
+                    let _ = child.attach(handler.clone());
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                while let Some(m) = pipe.core().flow.pop().await {
+                    let fut = handler(m, pipe.clone());
+                    guarded(async move { fut.await.report() }).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Relays: every message of this pipe's flow is sent down `to`. Two calls
+    /// make a two-way relay. The link ends when either pipe ends; when this
+    /// pipe ends, `to` is closed too.
+    pub fn link(&self, to: &Pipe) -> Result<()> {
+        let c = self.core();
+        if c.is_listener() {
+            return Err(Error::Unsupported(
+                "link needs a connection, not a listener",
+            ));
+        }
+        self.take_flow(HANDLER)?;
+        let from = self.clone();
+        let to = to.clone();
+        tokio::spawn(async move {
+            while let Some(m) = from.core().flow.pop().await {
+                if to.send(&m.data).await.is_err() {
+                    from.core().shutdown();
+                    return;
+                }
+            }
+            to.close().await;
+        });
+        Ok(())
+    }
+
+    /// Calls `handler` when a peer comes up: on a listener, with every new
+    /// peer's pipe (TCP connection or UDP peer); on a connection, once, now.
+    pub fn on_up<F, Fut>(&self, handler: F)
+    where
+        F: Fn(Pipe) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let h: UpFn = Arc::new(move |p| handler(p).boxed());
+        if self.is_listener() {
+            self.core().handlers().up.push(h);
+        } else {
+            tokio::spawn(guarded(h(self.clone())));
+        }
+    }
+
+    /// Calls `handler` when the pipe ends, with the reason: FIN, reset, a bad
+    /// frame, or a local close. On a listener it is called for the end of
+    /// each of its peers, and for the listener's own. If the pipe has already
+    /// ended, it is called at once.
+    pub fn on_end<F, Fut>(&self, handler: F)
+    where
+        F: Fn(EndEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let h: EndFn = Arc::new(move |ev| handler(ev).boxed());
+        let c = self.core();
+        c.handlers().end.push(h.clone());
+        if let Some(reason) = c.end_reason() {
+            tokio::spawn(guarded(h(c.event(reason))));
+        }
+    }
+
+    /// Why the pipe ended, if it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.core().end_reason()
+    }
+
+    /// Waits until the pipe ends, and says why.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn ended(&self) -> EndReason {
+        let mut rx = self.core().end.subscribe();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        reason.unwrap_or(EndReason::Closed)
+    }
+
+    /// Waits for the next peer of a listener: a TCP connection, or a UDP peer
+    /// address seen for the first time, as its own pipe. Peers come in the
+    /// order they arrived, each exactly once. What a peer sent before it was
+    /// accepted waits in its pipe.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a peer is taken from the backlog only when it is returned.
+    pub async fn accept(&self) -> Result<Pipe> {
+        let c = self.core();
+        let (Io::TcpListener(ch) | Io::UdpListener(ch, _)) = &c.io else {
+            return Err(Error::Unsupported("accept needs a listener"));
+        };
+        if c.consumer.load(Ordering::Acquire) != PULL {
+            return Err(Error::HandlerAttached);
+        }
+        match ch.backlog.pop().await {
+            Some(p) => Ok(p),
+            None => Err(Error::Ended(c.end_reason().unwrap_or(EndReason::Closed))),
+        }
+    }
+
+    /// Closes the pipe: a TCP connection is shut down (FIN) and released; a
+    /// listener stops and its port is free for an immediate rebind when this
+    /// returns. Peers of a UDP listener end with it; accepted TCP connections
+    /// go on. Closing twice is harmless.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the pipe is closed when the first poll returns; waiting
+    /// only makes sure the socket is gone.
+    pub async fn close(&self) {
+        let c = self.core();
+        if let Io::Tcp(w) = &c.io {
+            w.shutdown().await;
+        }
+        c.shutdown();
+        c.join_tasks().await;
+    }
+
+    /// Claims the pipe's flow for one kind of consumer.
+    fn take_flow(&self, who: u8) -> Result<()> {
+        match self
+            .core()
+            .consumer
+            .compare_exchange(PULL, who, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::HandlerAttached),
+        }
+    }
+
+    /// Starts merging the flows of a listener's peers into its own flow.
+    fn merge_flows(&self) -> Result<()> {
+        let c = self.core();
+        if self.take_flow(MERGED).is_err() {
+            // Fine if an earlier call started the merge.
+            return match c.consumer.load(Ordering::Acquire) {
+                MERGED => Ok(()),
+                _ => Err(Error::HandlerAttached),
+            };
+        }
+        let core = c.clone();
+        let task = tokio::spawn(async move {
+            let (Io::TcpListener(ch) | Io::UdpListener(ch, _)) = &core.io else {
+                return;
+            };
+            while let Some(child) = ch.backlog.pop().await {
+                child.core().consumer.store(MERGED, Ordering::Release);
+                let target = Arc::downgrade(&core);
+                tokio::spawn(async move {
+                    while let Some(m) = child.core().flow.pop().await {
+                        let Some(t) = target.upgrade() else { return };
+                        if t.flow.push(m).await == queue::Pushed::Closed {
+                            return;
+                        }
+                    }
+                });
+            }
+            core.flow.close();
+        });
+        c.add_task(task);
+        Ok(())
+    }
+}
+
+/// A pipe's flow as a [`Stream`] of messages. Made by [`Pipe::stream`].
+pub struct MessageStream(BoxStream<'static, Message>);
+
+impl Stream for MessageStream {
+    type Item = Message;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+impl fmt::Debug for MessageStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MessageStream")
+    }
+}
+
+/// A subscription: the messages of one pipe that match a pattern (and a peer),
+/// in a bounded queue of their own. Dropping it unsubscribes.
+pub struct Subscription {
+    core: Arc<Core>,
+    id: u64,
+    queue: Arc<Queue<Message>>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("queued", &self.queue.len())
+            .field("dropped", &self.queue.dropped())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Waits for the next matching message. Returns [`Error::Ended`] once the
+    /// pipe has ended and the queue is drained.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is taken only when it is returned.
+    pub async fn recv(&self) -> Result<Message> {
+        match self.queue.pop().await {
+            Some(m) => Ok(m),
+            None => Err(Error::Ended(
+                self.core.end_reason().unwrap_or(EndReason::Closed),
+            )),
+        }
+    }
+
+    /// As [`Subscription::recv`], giving up after `limit` with [`Error::Timeout`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn recv_timeout(&self, limit: Duration) -> Result<Message> {
+        match tokio::time::timeout(limit, self.recv()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(limit)),
+        }
+    }
+
+    /// Takes a waiting message, if there is one.
+    pub fn try_recv(&self) -> Option<Message> {
+        self.queue.try_pop().ok()
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages the overflow policy dropped.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
+    }
+
+    /// Messages handed out so far.
+    pub fn delivered(&self) -> u64 {
+        self.queue.delivered()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.core.subs.remove(self.id);
+    }
+}
+
+/// Registers a new peer of a listener in its map and runs the up handlers.
+fn register_child(listener: &Arc<Core>, children: &Children, child: &Arc<Core>, pipe: &Pipe) {
+    let peer = child.peer.expect("a child has a peer");
+    children.lock().insert(peer, Arc::downgrade(child));
+    let ups: Vec<UpFn> = listener.handlers().up.clone();
+    for h in ups {
+        tokio::spawn(guarded(h(pipe.clone())));
+    }
+}

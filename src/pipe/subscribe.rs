@@ -1,0 +1,267 @@
+//! Subscriptions: regular expressions over message bytes, each with its own
+//! bounded queue.
+//!
+//! All of a pipe's patterns live in one multi-pattern regex (the meta engine
+//! that `regex::bytes::RegexSet` is built on, configured exactly as
+//! `RegexSet` configures it). One pass over a message finds every pattern
+//! that matches it. The engine is used directly, rather than through
+//! `RegexSet::matches`, so that the set of matches is a buffer kept between
+//! messages instead of one allocated for every message. Identical patterns
+//! share one slot in the set, and the set is rebuilt lazily, once, after any
+//! number of subscribes and unsubscribes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use regex_automata::meta;
+use regex_automata::util::syntax;
+use regex_automata::{Input, MatchKind, PatternSet};
+
+use super::queue::{Overflow, Queue};
+use super::Message;
+
+struct Entry {
+    id: u64,
+    pattern: Arc<str>,
+    peer: Option<SocketAddr>,
+    queue: Arc<Queue<Message>>,
+}
+
+struct Compiled {
+    set: meta::Regex,
+    matches: PatternSet,
+    /// For each pattern in the set, the entries (indices) that use it.
+    users: Vec<Vec<usize>>,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: Vec<Entry>,
+    compiled: Option<Compiled>,
+    next_id: u64,
+}
+
+/// The subscriptions of one pipe.
+#[derive(Default)]
+pub(crate) struct Subscriptions {
+    table: Mutex<Table>,
+    /// Number of live subscriptions, read without the lock on the hot path.
+    count: AtomicUsize,
+}
+
+fn build(patterns: &[&str]) -> Result<meta::Regex, meta::BuildError> {
+    // The configuration regex::bytes::RegexSet uses.
+    let metac = meta::Config::new()
+        .nfa_size_limit(Some(10 * (1 << 20)))
+        .hybrid_cache_capacity(2 * (1 << 20))
+        .match_kind(MatchKind::All)
+        .utf8_empty(false)
+        .which_captures(regex_automata::nfa::thompson::WhichCaptures::None);
+    meta::Builder::new()
+        .configure(metac)
+        .syntax(syntax::Config::new().utf8(false))
+        .build_many(patterns)
+}
+
+impl Table {
+    fn lock(m: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn compile(&mut self) {
+        if self.compiled.is_none() {
+            let mut index: HashMap<&str, usize> = HashMap::new();
+            let mut patterns: Vec<&str> = Vec::new();
+            let mut users: Vec<Vec<usize>> = Vec::new();
+            for (i, e) in self.entries.iter().enumerate() {
+                let slot = *index.entry(&e.pattern).or_insert_with(|| {
+                    patterns.push(&e.pattern);
+                    users.push(Vec::new());
+                    patterns.len() - 1
+                });
+                users[slot].push(i);
+            }
+            // Every pattern was compiled on its own when it was subscribed, and
+            // a set of valid patterns only fails past the size limit; in that
+            // case fall back to an empty set and say so.
+            let set = build(&patterns).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "subscription set too large; matching nothing");
+                users.clear();
+                build(&[]).expect("empty set builds")
+            });
+            let matches = PatternSet::new(set.pattern_len());
+            self.compiled = Some(Compiled {
+                set,
+                matches,
+                users,
+            });
+        }
+    }
+}
+
+impl Subscriptions {
+    /// Adds a subscription. The pattern has been validated by the caller.
+    pub(crate) fn add(
+        &self,
+        pattern: &str,
+        peer: Option<SocketAddr>,
+        capacity: usize,
+        overflow: Overflow,
+    ) -> (u64, Arc<Queue<Message>>) {
+        let queue = Arc::new(Queue::new(capacity, overflow));
+        let mut t = Table::lock(&self.table);
+        t.next_id += 1;
+        let id = t.next_id;
+        t.entries.push(Entry {
+            id,
+            pattern: Arc::from(pattern),
+            peer,
+            queue: queue.clone(),
+        });
+        t.compiled = None;
+        self.count.store(t.entries.len(), Ordering::Release);
+        (id, queue)
+    }
+
+    /// Removes a subscription and closes its queue.
+    pub(crate) fn remove(&self, id: u64) {
+        let mut t = Table::lock(&self.table);
+        if let Some(i) = t.entries.iter().position(|e| e.id == id) {
+            let e = t.entries.swap_remove(i);
+            e.queue.close();
+            t.compiled = None;
+        }
+        self.count.store(t.entries.len(), Ordering::Release);
+    }
+
+    /// Closes every subscription queue (the pipe ended).
+    pub(crate) fn close_all(&self) {
+        let t = Table::lock(&self.table);
+        for e in &t.entries {
+            e.queue.close();
+        }
+    }
+
+    /// Number of live subscriptions.
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Delivers `msg` to every subscription whose pattern and peer filter
+    /// match. Returns whether any did. Never waits.
+    pub(crate) fn dispatch(&self, msg: &Message) -> bool {
+        if self.len() == 0 {
+            return false;
+        }
+        let mut t = Table::lock(&self.table);
+        t.compile();
+        let Table {
+            entries, compiled, ..
+        } = &mut *t;
+        let c = compiled.as_mut().expect("compiled above");
+        c.matches.clear();
+        c.set
+            .which_overlapping_matches(&Input::new(&msg.data[..]), &mut c.matches);
+        let mut delivered = false;
+        for pid in c.matches.iter() {
+            for &i in &c.users[pid.as_usize()] {
+                let e = &entries[i];
+                if e.peer.is_none_or(|p| p == msg.peer) {
+                    e.queue.try_push(msg.clone());
+                    delivered = true;
+                }
+            }
+        }
+        delivered
+    }
+}
+
+/// Checks one pattern on its own, for a precise error at subscribe time.
+pub(crate) fn validate(pattern: &str) -> Result<(), regex::Error> {
+    regex::bytes::RegexBuilder::new(pattern)
+        .size_limit(10 * (1 << 20))
+        .build()
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipe::Proto;
+    use bytes::Bytes;
+
+    fn msg(data: &'static [u8], port: u16) -> Message {
+        Message {
+            data: Bytes::from_static(data),
+            peer: SocketAddr::from(([127, 0, 0, 1], port)),
+            local: SocketAddr::from(([127, 0, 0, 1], 1)),
+            proto: Proto::Udp,
+        }
+    }
+
+    #[test]
+    fn fan_out_to_every_match_sharing_bytes() {
+        let s = Subscriptions::default();
+        let (_, a) = s.add("^GET", None, 8, Overflow::DropNewest);
+        let (_, b) = s.add("GET|PUT", None, 8, Overflow::DropNewest);
+        let (_, c) = s.add("^PUT", None, 8, Overflow::DropNewest);
+        assert!(s.dispatch(&msg(b"GET /", 1)));
+        let (ma, mb) = (a.try_pop().unwrap(), b.try_pop().unwrap());
+        assert_eq!(
+            ma.data.as_ptr(),
+            mb.data.as_ptr(),
+            "bytes are shared, not copied"
+        );
+        assert!(c.try_pop().is_err());
+        assert!(!s.dispatch(&msg(b"DELETE", 1)));
+    }
+
+    #[test]
+    fn peer_filter_and_identical_patterns() {
+        let s = Subscriptions::default();
+        let (_, any) = s.add("x", None, 8, Overflow::DropNewest);
+        let (_, only2) = s.add(
+            "x",
+            Some(SocketAddr::from(([127, 0, 0, 1], 2))),
+            8,
+            Overflow::DropNewest,
+        );
+        s.dispatch(&msg(b"x", 1));
+        s.dispatch(&msg(b"x", 2));
+        assert_eq!(any.len(), 2);
+        assert_eq!(only2.len(), 1);
+        assert_eq!(only2.try_pop().unwrap().peer.port(), 2);
+    }
+
+    #[test]
+    fn remove_rebuilds_and_closes() {
+        let s = Subscriptions::default();
+        let (id, q) = s.add("a", None, 8, Overflow::DropNewest);
+        let (_, q2) = s.add("b", None, 8, Overflow::DropNewest);
+        s.remove(id);
+        assert!(q.is_closed());
+        assert!(!s.dispatch(&msg(b"a", 1)));
+        assert!(s.dispatch(&msg(b"b", 1)));
+        assert_eq!(q2.len(), 1);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn overflow_is_counted() {
+        let s = Subscriptions::default();
+        let (_, q) = s.add("", None, 2, Overflow::DropOldest);
+        for _ in 0..5 {
+            s.dispatch(&msg(b"m", 1));
+        }
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.dropped(), 3);
+    }
+
+    #[test]
+    fn validate_reports_bad_patterns() {
+        assert!(validate("(unclosed").is_err());
+        assert!(validate(r"^\x00\xff").is_ok());
+    }
+}

@@ -1,0 +1,230 @@
+//! TCP connections and listeners.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::FramedRead;
+
+use super::framing::BTPEER_HEADER;
+use super::{
+    sys, Children, Core, EndReason, Error, Io, Message, Overflow, Pipe, PipeConfig, Proto, Result,
+};
+use crate::addr::canonical;
+
+/// Messages up to this size are copied next to their header and written in
+/// one call; larger ones are written in place, header first.
+const COALESCE: usize = 16 * 1024;
+
+struct WriteState {
+    half: OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+/// The sending half of a TCP pipe. Sends are serialised so that messages
+/// never interleave on the wire.
+pub(crate) struct Writer(tokio::sync::Mutex<Option<WriteState>>);
+
+impl Writer {
+    fn new(half: OwnedWriteHalf) -> Self {
+        Writer(tokio::sync::Mutex::new(Some(WriteState {
+            half,
+            buf: BytesMut::new(),
+        })))
+    }
+
+    pub(crate) async fn send(&self, core: &Core, data: &[u8]) -> Result<()> {
+        let cfg = &core.cfg;
+        let mut head = [0u8; BTPEER_HEADER];
+        let (h, skip, trailer) = cfg.framing.encode_header(data, cfg.max_frame, &mut head)?;
+        let payload = &data[skip..];
+        let mut guard = self.0.lock().await;
+        let Some(st) = guard.as_mut() else {
+            return Err(Error::Ended(core.end_reason().unwrap_or(EndReason::Closed)));
+        };
+        let written = if h == 0 && trailer.is_empty() {
+            st.half.write_all(payload).await
+        } else if payload.len() <= COALESCE {
+            st.buf.clear();
+            st.buf.put_slice(&head[..h]);
+            st.buf.put_slice(payload);
+            st.buf.put_slice(trailer);
+            st.half.write_all(&st.buf).await
+        } else {
+            async {
+                st.half.write_all(&head[..h]).await?;
+                st.half.write_all(payload).await?;
+                st.half.write_all(trailer).await
+            }
+            .await
+        };
+        written.map_err(Error::Io)
+    }
+
+    /// Drops the write half (the OS sends FIN) if no send holds it.
+    pub(crate) fn release(&self) {
+        if let Ok(mut g) = self.0.try_lock() {
+            g.take();
+        }
+    }
+
+    /// Sends FIN after any send in progress, then drops the write half.
+    pub(crate) async fn shutdown(&self) {
+        let mut g = self.0.lock().await;
+        if let Some(st) = g.as_mut() {
+            let _ = st.half.shutdown().await;
+        }
+        g.take();
+    }
+}
+
+/// Connects to the first of `addrs` that answers.
+pub(crate) async fn connect(
+    target: &str,
+    addrs: &[SocketAddr],
+    cfg: Arc<PipeConfig>,
+) -> Result<Arc<Core>> {
+    let mut last: Option<io::Error> = None;
+    let mut all_timed_out = true;
+    for addr in addrs {
+        let sock = match sys::tcp_connector(addr, &cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(local) = cfg.bind {
+                    return Err(Error::Bind {
+                        addr: local,
+                        source: e,
+                    });
+                }
+                all_timed_out = false;
+                last = Some(e);
+                continue;
+            }
+        };
+        match tokio::time::timeout(cfg.connect_timeout, sock.connect(*addr)).await {
+            Ok(Ok(stream)) => return Ok(start(stream, cfg, None)?),
+            Ok(Err(e)) => {
+                all_timed_out = false;
+                last = Some(e);
+            }
+            Err(_) => {}
+        }
+    }
+    if all_timed_out && !addrs.is_empty() {
+        return Err(Error::ConnectTimeout {
+            target: target.to_string(),
+            after: cfg.connect_timeout,
+        });
+    }
+    Err(Error::Connect {
+        target: target.to_string(),
+        source: last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")),
+    })
+}
+
+/// Makes a connection pipe and starts its reader.
+fn start(
+    stream: TcpStream,
+    cfg: Arc<PipeConfig>,
+    parent: Option<Arc<Core>>,
+) -> io::Result<Arc<Core>> {
+    stream.set_nodelay(cfg.nodelay)?;
+    let local = canonical(stream.local_addr()?);
+    let peer = canonical(stream.peer_addr()?);
+    let (r, w) = stream.into_split();
+    let core = Core::new(
+        Proto::Tcp,
+        local,
+        Some(peer),
+        cfg,
+        Io::Tcp(Writer::new(w)),
+        parent,
+    );
+    let task = tokio::spawn(read_loop(core.clone(), r));
+    core.add_task(task);
+    Ok(core)
+}
+
+async fn read_loop(core: Arc<Core>, r: OwnedReadHalf) {
+    let (peer, local) = (core.peer.expect("a connection has a peer"), core.local);
+    let decoder = core.cfg.framing.decoder(core.cfg.max_frame);
+    let mut framed = FramedRead::with_capacity(r, decoder, core.cfg.read_buffer);
+    let reason = loop {
+        match framed.next().await {
+            Some(Ok(data)) => {
+                core.deliver(Message {
+                    data,
+                    peer,
+                    local,
+                    proto: Proto::Tcp,
+                })
+                .await
+            }
+            Some(Err(e)) => break EndReason::from(e),
+            None => break EndReason::Fin,
+        }
+    };
+    let failed = reason != EndReason::Fin;
+    if failed {
+        tracing::debug!(%peer, %reason, "closing connection");
+    }
+    core.finish(reason);
+    if failed {
+        // A broken stream cannot be answered: release the socket now.
+        if let Io::Tcp(w) = &core.io {
+            w.release();
+        }
+    }
+}
+
+/// Binds a listener and starts accepting.
+pub(crate) fn listen(addr: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Arc<Core>> {
+    let l = sys::tcp_listener(addr, &cfg).map_err(|source| Error::Bind { addr, source })?;
+    let local = canonical(l.local_addr()?);
+    let children = Children::new(cfg.backlog, Overflow::Block);
+    let core = Core::new(
+        Proto::Tcp,
+        local,
+        None,
+        cfg,
+        Io::TcpListener(children),
+        None,
+    );
+    let task = tokio::spawn(accept_loop(core.clone(), l));
+    core.add_task(task);
+    Ok(core)
+}
+
+async fn accept_loop(core: Arc<Core>, l: TcpListener) {
+    let Io::TcpListener(children) = &core.io else {
+        return;
+    };
+    loop {
+        let stream = match l.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let child = match start(stream, core.cfg.clone(), Some(core.clone())) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "accepted connection failed at once");
+                continue;
+            }
+        };
+        let pipe = Pipe::from_core(child.clone());
+        super::register_child(&core, children, &child, &pipe);
+        if children.backlog.push(pipe).await == super::queue::Pushed::Closed {
+            return;
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! UDP sockets, listeners and their peer pipes.
+
+use std::net::{SocketAddr, SocketAddrV6};
+use std::sync::{Arc, RwLock, Weak};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+
+use super::{
+    sys, Children, Core, EndReason, Error, FrameError, Io, Message, Overflow, Pipe, PipeConfig,
+    Proto, Result,
+};
+use crate::addr::canonical;
+
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// A socket this pipe owns; `release` lets the port go at once.
+pub(crate) struct Owned(RwLock<Option<Arc<UdpSocket>>>);
+
+impl Owned {
+    fn new(sock: Arc<UdpSocket>) -> Self {
+        Owned(RwLock::new(Some(sock)))
+    }
+    fn get(&self) -> Option<Arc<UdpSocket>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub(crate) fn release(&self) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+    pub(crate) async fn send_to(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<()> {
+        send(core, self.get(), data, to).await
+    }
+}
+
+/// How a UDP pipe sends: on its own socket, or on its listener's.
+pub(crate) enum Sender {
+    Own(Owned),
+    Child(Weak<UdpSocket>),
+}
+
+impl Sender {
+    pub(crate) fn release(&self) {
+        if let Sender::Own(o) = self {
+            o.release();
+        }
+    }
+    pub(crate) async fn send_to(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<()> {
+        match self {
+            Sender::Own(o) => o.send_to(core, data, to).await,
+            Sender::Child(w) => {
+                let sock = if core.end_reason().is_some() {
+                    None
+                } else {
+                    w.upgrade()
+                };
+                send(core, sock, data, to).await
+            }
+        }
+    }
+}
+
+async fn send(
+    core: &Core,
+    sock: Option<Arc<UdpSocket>>,
+    data: &[u8],
+    to: SocketAddr,
+) -> Result<()> {
+    let max = core.cfg.max_frame.min(MAX_DATAGRAM);
+    if data.len() > max {
+        return Err(FrameError::TooLarge {
+            len: data.len() as u64,
+            max,
+        }
+        .into());
+    }
+    let Some(sock) = sock else {
+        return Err(Error::Ended(core.end_reason().unwrap_or(EndReason::Closed)));
+    };
+    // A dual-stack IPv6 socket reaches IPv4 peers through mapped addresses.
+    let to = match to {
+        SocketAddr::V4(v4) if core.local.is_ipv6() => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        other => other,
+    };
+    sock.send_to(data, to).await?;
+    Ok(())
+}
+
+fn bind(addr: SocketAddr, cfg: &PipeConfig) -> Result<Arc<UdpSocket>> {
+    sys::udp_bind(addr, cfg)
+        .map(Arc::new)
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// A UDP pipe whose default peer is `peer`. It receives from anyone.
+pub(crate) async fn connect(peer: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Arc<Core>> {
+    let local = cfg
+        .bind
+        .unwrap_or_else(|| SocketAddr::new(crate::addr::Af::of_socket(&peer).unspecified(), 0));
+    let sock = bind(local, &cfg)?;
+    let local = canonical(sock.local_addr()?);
+    let core = Core::new(
+        Proto::Udp,
+        local,
+        Some(peer),
+        cfg,
+        Io::Udp(Sender::Own(Owned::new(sock.clone()))),
+        None,
+    );
+    let task = tokio::spawn(read_loop(core.clone(), sock));
+    core.add_task(task);
+    Ok(core)
+}
+
+/// A UDP listener: every new peer address becomes a peer pipe.
+pub(crate) fn listen(addr: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Arc<Core>> {
+    let sock = bind(addr, &cfg)?;
+    let local = canonical(sock.local_addr()?);
+    let children = Children::new(cfg.backlog, Overflow::DropNewest);
+    let core = Core::new(
+        Proto::Udp,
+        local,
+        None,
+        cfg,
+        Io::UdpListener(children, Owned::new(sock.clone())),
+        None,
+    );
+    let task = tokio::spawn(read_loop(core.clone(), sock));
+    core.add_task(task);
+    Ok(core)
+}
+
+/// Reads datagrams until the pipe is closed.
+async fn read_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 65_536];
+    let max = core.cfg.max_frame.min(MAX_DATAGRAM);
+    let mut errors = 0u32;
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => {
+                errors = 0;
+                r
+            }
+            Err(e) => {
+                // ICMP errors surface here on some systems; they end nothing.
+                errors += 1;
+                if errors > 64 {
+                    core.finish(EndReason::from(e));
+                    return;
+                }
+                continue;
+            }
+        };
+        if n > max {
+            core.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
+        let msg = Message {
+            data: Bytes::copy_from_slice(&buf[..n]),
+            peer: canonical(from),
+            local: core.local,
+            proto: Proto::Udp,
+        };
+        match &core.io {
+            Io::UdpListener(children, _) => demux(&core, children, &sock, msg),
+            _ => core.deliver_now(msg),
+        }
+    }
+}
+
+/// Hands a datagram to its peer's pipe, making the pipe for a new peer.
+fn demux(listener: &Arc<Core>, children: &Children, sock: &Arc<UdpSocket>, msg: Message) {
+    if let Some(child) = children.get(&msg.peer) {
+        child.deliver_now(msg);
+        return;
+    }
+    if children.lock().len() >= listener.cfg.max_peers {
+        listener
+            .dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    let child = Core::new(
+        Proto::Udp,
+        listener.local,
+        Some(msg.peer),
+        listener.cfg.clone(),
+        Io::Udp(Sender::Child(Arc::downgrade(sock))),
+        Some(listener.clone()),
+    );
+    let pipe = Pipe::from_core(child.clone());
+    super::register_child(listener, children, &child, &pipe);
+    // Deliver before queueing the pipe, so the first datagram is there when
+    // the pipe is accepted.
+    child.deliver_now(msg);
+    if children.backlog.try_push(pipe) != super::queue::Pushed::Queued {
+        listener
+            .dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
