@@ -1,1 +1,484 @@
 //! The Daemon: one handler served on many addresses, ports and protocols.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use p2pipe::{Daemon, Message, Pipe, Proto};
+//! # async fn demo() -> Result<(), p2pipe::daemon::Error> {
+//! let echo = |msg: Message, reply: Pipe| async move { reply.send(&msg.data).await };
+//! let daemon = Daemon::builder(echo)
+//!     .listen_all(
+//!         ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+//!         [0],
+//!         [Proto::Tcp, Proto::Udp],
+//!     )
+//!     .idle_timeout(Duration::from_secs(60))
+//!     .max_connections(10_000)
+//!     .start()
+//!     .await?;
+//! for (proto, addr) in daemon.local_addrs() {
+//!     println!("serving {proto} on {addr}");
+//! }
+//! daemon.shutdown(Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Every TCP connection, and every UDP peer address, is served by its own
+//! task: the handler sees one message at a time from that peer, in order,
+//! with a [`Pipe`] to reply on. A handler that fails or panics is counted and
+//! logged; the panicking peer's connection is closed and every other peer is
+//! served on.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::pipe::{self, HandlerOutput, Message, Pipe, PipeConfig, Proto};
+
+/// Errors from the daemon layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be started.
+    #[error("cannot listen on {proto} {addr}: {source}")]
+    Listen {
+        /// The protocol.
+        proto: Proto,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: pipe::Error,
+    },
+    /// No listener was configured.
+    #[error("no address to listen on")]
+    NoListeners,
+}
+
+/// What a daemon serves: called for every message, one at a time per peer.
+///
+/// Any `Fn(Message, Pipe) -> impl Future` whose output is `()` or a
+/// `Result<(), E: Display>` is a handler.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message. `reply` is the peer's pipe.
+    fn on_message(
+        &self,
+        msg: Message,
+        reply: Pipe,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Called when a peer comes up, before its first message.
+    fn on_connect(&self, _peer: &Pipe) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Message, Pipe) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send,
+    Fut::Output: HandlerOutput,
+{
+    fn on_message(
+        &self,
+        msg: Message,
+        reply: Pipe,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        let fut = self(msg, reply);
+        async move { fut.await.into_result() }
+    }
+}
+
+/// Counters of a running daemon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DaemonStats {
+    /// Peers served since start (TCP connections and UDP peers).
+    pub accepted: u64,
+    /// Peers turned away by the connection limit.
+    pub rejected: u64,
+    /// Peers being served now.
+    pub active: u64,
+    /// Messages handled.
+    pub messages: u64,
+    /// Handler calls that returned an error.
+    pub handler_errors: u64,
+    /// Handler calls that panicked.
+    pub handler_panics: u64,
+    /// Peers closed by the idle limit.
+    pub idle_closed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    messages: AtomicU64,
+    handler_errors: AtomicU64,
+    handler_panics: AtomicU64,
+    idle_closed: AtomicU64,
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Peers that finished within the deadline.
+    pub finished: usize,
+    /// Peers still busy at the deadline, whose tasks were stopped.
+    pub aborted: usize,
+}
+
+/// Sets up a [`Daemon`].
+pub struct Builder<H> {
+    handler: H,
+    cfg: PipeConfig,
+    binds: Vec<(Proto, SocketAddr)>,
+    max_connections: usize,
+    idle_timeout: Option<Duration>,
+}
+
+impl<H: Handler> Builder<H> {
+    /// The pipe config of every listener (framing, frame limit, queues).
+    pub fn config(mut self, cfg: PipeConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Adds one listener.
+    pub fn listen(mut self, proto: Proto, addr: SocketAddr) -> Self {
+        self.binds.push((proto, addr));
+        self
+    }
+
+    /// Adds a listener for every address × port × protocol. Port 0 picks one
+    /// free port, shared by all the listeners of that entry when the system
+    /// allows it.
+    pub fn listen_all(
+        mut self,
+        addrs: impl IntoIterator<Item = IpAddr>,
+        ports: impl IntoIterator<Item = u16>,
+        protos: impl IntoIterator<Item = Proto>,
+    ) -> Self {
+        let addrs: Vec<IpAddr> = addrs.into_iter().collect();
+        let protos: Vec<Proto> = protos.into_iter().collect();
+        for port in ports {
+            for ip in &addrs {
+                for proto in &protos {
+                    self.binds.push((*proto, SocketAddr::new(*ip, port)));
+                }
+            }
+        }
+        self
+    }
+
+    /// Most peers served at once (default 10,000). Further TCP connections
+    /// are closed at once and further UDP peers ignored; both are counted.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Closes a peer that sends nothing for this long (default: never).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
+
+    /// Binds every listener and starts serving. Fails, releasing what it had
+    /// bound, if any listener cannot be bound.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: listeners bound so far are closed when the future is dropped.
+    pub async fn start(self) -> Result<Daemon, Error> {
+        if self.binds.is_empty() {
+            return Err(Error::NoListeners);
+        }
+        let listeners = bind_all(&self.binds, &self.cfg).await?;
+        let shared = Arc::new(Shared {
+            handler: self.handler,
+            limit: Arc::new(Semaphore::new(self.max_connections)),
+            max_connections: self.max_connections,
+            idle: self.idle_timeout,
+            counters: Counters::default(),
+            graceful: CancellationToken::new(),
+            hard: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        let local: Vec<(Proto, SocketAddr)> = listeners
+            .iter()
+            .map(|l| (l.proto(), l.local_addr()))
+            .collect();
+        let accept_tasks = TaskTracker::new();
+        for l in &listeners {
+            accept_tasks.spawn(accept_loop(shared.clone(), l.clone()));
+        }
+        accept_tasks.close();
+        for (proto, addr) in &local {
+            tracing::info!(%proto, %addr, "daemon listening");
+        }
+        Ok(Daemon {
+            shared,
+            listeners,
+            local,
+            accept_tasks,
+        })
+    }
+}
+
+/// Binds the listeners, giving every port-0 entry one shared port if it can.
+async fn bind_all(binds: &[(Proto, SocketAddr)], cfg: &PipeConfig) -> Result<Vec<Pipe>, Error> {
+    let mut out = Vec::with_capacity(binds.len());
+    let mut shared_port: Option<u16> = None;
+    // A few tries: another program may take the port between two binds.
+    'attempt: for attempt in 0..8 {
+        for (i, &(proto, addr)) in binds.iter().enumerate() {
+            let want = match (addr.port(), shared_port) {
+                (0, Some(p)) => SocketAddr::new(addr.ip(), p),
+                _ => addr,
+            };
+            match Pipe::listen_with(proto, want, cfg).await {
+                Ok(l) => {
+                    if addr.port() == 0 && shared_port.is_none() {
+                        shared_port = Some(l.local_addr().port());
+                    }
+                    out.push(l);
+                }
+                Err(source) => {
+                    let in_use = matches!(&source, pipe::Error::Bind { source, .. }
+                        if source.kind() == std::io::ErrorKind::AddrInUse);
+                    for l in out.drain(..) {
+                        l.close().await;
+                    }
+                    if addr.port() == 0 && in_use && attempt < 7 && i > 0 {
+                        shared_port = None;
+                        continue 'attempt;
+                    }
+                    return Err(Error::Listen {
+                        proto,
+                        addr,
+                        source,
+                    });
+                }
+            }
+        }
+        break;
+    }
+    Ok(out)
+}
+
+struct Shared<H> {
+    handler: H,
+    limit: Arc<Semaphore>,
+    max_connections: usize,
+    idle: Option<Duration>,
+    counters: Counters,
+    /// Stop taking new peers and new messages.
+    graceful: CancellationToken,
+    /// Stop everything now.
+    hard: CancellationToken,
+    tracker: TaskTracker,
+}
+
+async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: Pipe) {
+    loop {
+        let peer = tokio::select! {
+            biased;
+            _ = shared.graceful.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
+            shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = ?peer.peer_addr(), "connection limit reached");
+            drop(peer);
+            continue;
+        };
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let s = shared.clone();
+        shared.tracker.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = s.hard.cancelled() => {}
+                _ = serve(&s, &peer) => {}
+            }
+            peer.close().await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one peer until it ends, idles out, or the daemon stops.
+async fn serve<H: Handler>(s: &Shared<H>, peer: &Pipe) {
+    s.handler.on_connect(peer).await;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = s.graceful.cancelled() => return,
+            r = recv_within(peer, s.idle) => r,
+        };
+        let msg = match next {
+            Some(Ok(m)) => m,
+            Some(Err(_)) => return,
+            None => {
+                s.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        s.counters.messages.fetch_add(1, Ordering::Relaxed);
+        match AssertUnwindSafe(s.handler.on_message(msg, peer.clone()))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                s.counters.handler_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = ?peer.peer_addr(), error = %e, "handler failed");
+            }
+            Err(_) => {
+                s.counters.handler_panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(peer = ?peer.peer_addr(), "handler panicked; closing this peer");
+                return;
+            }
+        }
+    }
+}
+
+/// The next message, or `None` if the idle limit passed first.
+async fn recv_within(peer: &Pipe, idle: Option<Duration>) -> Option<pipe::Result<Message>> {
+    match idle {
+        Some(d) => tokio::time::timeout(d, peer.recv()).await.ok(),
+        None => Some(peer.recv().await),
+    }
+}
+
+/// A running daemon. Dropping it stops it at once; [`Daemon::shutdown`] stops
+/// it gracefully.
+pub struct Daemon {
+    shared: Arc<dyn Control>,
+    listeners: Vec<Pipe>,
+    local: Vec<(Proto, SocketAddr)>,
+    accept_tasks: TaskTracker,
+}
+
+/// The parts of the shared state that do not depend on the handler type.
+trait Control: Send + Sync {
+    fn graceful(&self) -> &CancellationToken;
+    fn hard(&self) -> &CancellationToken;
+    fn tracker(&self) -> &TaskTracker;
+    fn stats(&self) -> DaemonStats;
+}
+
+impl<H: Handler> Control for Shared<H> {
+    fn graceful(&self) -> &CancellationToken {
+        &self.graceful
+    }
+    fn hard(&self) -> &CancellationToken {
+        &self.hard
+    }
+    fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+    fn stats(&self) -> DaemonStats {
+        let c = &self.counters;
+        DaemonStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            active: (self.max_connections - self.limit.available_permits()) as u64,
+            messages: c.messages.load(Ordering::Relaxed),
+            handler_errors: c.handler_errors.load(Ordering::Relaxed),
+            handler_panics: c.handler_panics.load(Ordering::Relaxed),
+            idle_closed: c.idle_closed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts setting up a daemon that serves `handler`.
+    pub fn builder<H: Handler>(handler: H) -> Builder<H> {
+        Builder {
+            handler,
+            cfg: PipeConfig::default(),
+            binds: Vec::new(),
+            max_connections: 10_000,
+            idle_timeout: None,
+        }
+    }
+
+    /// The addresses actually bound, with their protocols, in the order given.
+    pub fn local_addrs(&self) -> &[(Proto, SocketAddr)] {
+        &self.local
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DaemonStats {
+        self.shared.stats()
+    }
+
+    /// Stops gracefully: closes every listener at once (its port is free for
+    /// a rebind when this returns), lets each peer finish the message it is
+    /// handling, and stops whatever is still running at `deadline`.
+    ///
+    /// # Cancel safety
+    ///
+    /// If cancelled, the daemon has stopped taking peers; dropping it then
+    /// stops the rest at once.
+    pub async fn shutdown(mut self, deadline: Duration) -> ShutdownReport {
+        self.stop(deadline).await
+    }
+
+    async fn stop(&mut self, deadline: Duration) -> ShutdownReport {
+        let s = &self.shared;
+        s.graceful().cancel();
+        for l in self.listeners.drain(..) {
+            l.close().await;
+        }
+        self.accept_tasks.wait().await;
+        s.tracker().close();
+        let busy = s.tracker().len();
+        if tokio::time::timeout(deadline, s.tracker().wait())
+            .await
+            .is_ok()
+        {
+            return ShutdownReport {
+                finished: busy,
+                aborted: 0,
+            };
+        }
+        let left = s.tracker().len();
+        s.hard().cancel();
+        s.tracker().wait().await;
+        ShutdownReport {
+            finished: busy - left,
+            aborted: left,
+        }
+    }
+
+    /// Serves until `signal` completes, then shuts down with `deadline`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Daemon::shutdown`].
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()>,
+        deadline: Duration,
+    ) -> ShutdownReport {
+        signal.await;
+        self.shutdown(deadline).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shared.graceful().cancel();
+        self.shared.hard().cancel();
+    }
+}

@@ -368,7 +368,7 @@ fn upstream_error(host: &str, e: NetError) -> Error {
 fn only_family(host: &str, ips: Vec<IpAddr>, family: Option<Af>) -> Result<Vec<IpAddr>, Error> {
     let mut kept: Vec<IpAddr> = Vec::with_capacity(ips.len());
     for ip in ips {
-        if family.map_or(true, |f| Af::of(&ip) == f) && !kept.contains(&ip) {
+        if family.is_none_or(|f| Af::of(&ip) == f) && !kept.contains(&ip) {
             kept.push(ip);
         }
     }

@@ -19,4 +19,5 @@ pub mod error;
 pub mod pipe;
 
 pub use addr::{Af, Target};
+pub use daemon::Daemon;
 pub use pipe::{Framing, Message, Pipe, PipeConfig, Proto, Subscription};

@@ -587,21 +587,32 @@ async fn guarded(fut: impl Future<Output = ()>) {
     }
 }
 
-/// The output of a message handler: `()` or a `Result` whose error is logged.
+/// The output of a message handler: `()` or a `Result` whose error is
+/// reported (logged by a pipe, counted and logged by a daemon).
 pub trait HandlerOutput {
-    /// Reports a failure, if there was one.
-    fn report(self);
+    /// The failure, if there was one, as text.
+    fn into_result(self) -> std::result::Result<(), String>;
+
+    /// Logs a failure, if there was one.
+    fn report(self)
+    where
+        Self: Sized,
+    {
+        if let Err(e) = self.into_result() {
+            tracing::warn!(error = %e, "message handler failed");
+        }
+    }
 }
 
 impl HandlerOutput for () {
-    fn report(self) {}
+    fn into_result(self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 impl<E: fmt::Display> HandlerOutput for std::result::Result<(), E> {
-    fn report(self) {
-        if let Err(e) = self {
-            tracing::warn!(error = %e, "message handler failed");
-        }
+    fn into_result(self) -> std::result::Result<(), String> {
+        self.map_err(|e| e.to_string())
     }
 }
 

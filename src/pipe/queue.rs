@@ -175,6 +175,7 @@ impl<T> Queue<T> {
     }
 
     /// Whether the queue has been closed.
+    #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
     }

@@ -51,7 +51,7 @@ pub(crate) struct Subscriptions {
     count: AtomicUsize,
 }
 
-fn build(patterns: &[&str]) -> Result<meta::Regex, meta::BuildError> {
+fn build(patterns: &[&str]) -> Result<meta::Regex, Box<meta::BuildError>> {
     // The configuration regex::bytes::RegexSet uses.
     let metac = meta::Config::new()
         .nfa_size_limit(Some(10 * (1 << 20)))
@@ -63,6 +63,7 @@ fn build(patterns: &[&str]) -> Result<meta::Regex, meta::BuildError> {
         .configure(metac)
         .syntax(syntax::Config::new().utf8(false))
         .build_many(patterns)
+        .map_err(Box::new)
 }
 
 impl Table {
