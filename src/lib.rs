@@ -21,3 +21,8 @@ pub mod pipe;
 pub use addr::{Af, Target};
 pub use daemon::Daemon;
 pub use pipe::{Framing, Message, Pipe, PipeConfig, Proto, Subscription};
+
+/// The examples in README.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
