@@ -436,13 +436,13 @@ impl Daemon {
 
     async fn stop(&mut self, deadline: Duration) -> ShutdownReport {
         let s = &self.shared;
+        let busy = s.tracker().len();
         s.graceful().cancel();
         for l in self.listeners.drain(..) {
             l.close().await;
         }
         self.accept_tasks.wait().await;
         s.tracker().close();
-        let busy = s.tracker().len();
         if tokio::time::timeout(deadline, s.tracker().wait())
             .await
             .is_ok()

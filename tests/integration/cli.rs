@@ -1,0 +1,68 @@
+//! The `p2pipe` binary, run as a user would.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use p2pipe::{Pipe, Proto};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::util::{have_ipv6, within};
+
+#[tokio::test]
+async fn echo_command_serves_both_protocols_and_families_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+        .args(["echo", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run p2pipe");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let want = if have_ipv6() { 4 } else { 2 };
+    let mut served: Vec<(Proto, SocketAddr)> = Vec::new();
+    while served.len() < want {
+        let line = within(lines.next_line()).await.unwrap().expect("a line");
+        let rest = line.strip_prefix("echo serving ").expect(&line);
+        let (proto, addr) = rest.split_once(" on ").expect(&line);
+        let proto = if proto == "tcp" {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        };
+        served.push((proto, addr.parse().expect(addr)));
+    }
+    assert!(served.iter().any(|(p, a)| *p == Proto::Tcp && a.is_ipv4()));
+    assert!(served.iter().any(|(p, a)| *p == Proto::Udp && a.is_ipv4()));
+    for (proto, addr) in &served {
+        let c = within(Pipe::connect(*proto, *addr)).await.unwrap();
+        within(c.send(b"cli echo")).await.unwrap();
+        assert_eq!(&within(c.recv()).await.unwrap().data[..], b"cli echo");
+    }
+    let pid = child.id().expect("running").to_string();
+    let status = within(Command::new("kill").args(["-TERM", &pid]).status())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let last = within(lines.next_line())
+        .await
+        .unwrap()
+        .expect("a last line");
+    assert!(last.starts_with("echo stopped"), "{last}");
+    let exit = within(child.wait()).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn echo_command_refuses_a_bad_bind_address() {
+    let out = within(
+        Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+            .args(["echo", "--bind", "not-an-ip", "--port", "0"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid --bind"), "{err}");
+}
