@@ -109,24 +109,36 @@ impl<T> Queue<T> {
         if self.overflow != Overflow::Block {
             return self.try_push(item);
         }
+        // Fast path: room now, so no waiter is registered.
+        let mut item = match self.push_if_room(item) {
+            Ok(outcome) => return outcome,
+            Err(item) => item,
+        };
         loop {
             let writable = self.writable.notified();
             tokio::pin!(writable);
             writable.as_mut().enable();
-            {
-                let mut st = self.lock();
-                if st.closed {
-                    return Pushed::Closed;
-                }
-                if st.items.len() < self.capacity {
-                    st.items.push_back(item);
-                    drop(st);
-                    self.readable.notify_one();
-                    return Pushed::Queued;
-                }
-            }
+            item = match self.push_if_room(item) {
+                Ok(outcome) => return outcome,
+                Err(item) => item,
+            };
             writable.await;
         }
+    }
+
+    /// Queues `item` if there is room; gives it back if the queue is full.
+    fn push_if_room(&self, item: T) -> Result<Pushed, T> {
+        let mut st = self.lock();
+        if st.closed {
+            return Ok(Pushed::Closed);
+        }
+        if st.items.len() >= self.capacity {
+            return Err(item);
+        }
+        st.items.push_back(item);
+        drop(st);
+        self.readable.notify_one();
+        Ok(Pushed::Queued)
     }
 
     /// Takes the next item without waiting. `Err(true)` means closed and empty.
@@ -155,6 +167,12 @@ impl<T> Queue<T> {
     /// Cancel safety: cancel safe. An item is only taken in the same poll that
     /// returns it.
     pub(crate) async fn pop(&self) -> Option<T> {
+        // Fast path: something is waiting, so no waiter is registered.
+        match self.try_pop() {
+            Ok(item) => return Some(item),
+            Err(true) => return None,
+            Err(false) => {}
+        }
         loop {
             let readable = self.readable.notified();
             tokio::pin!(readable);
