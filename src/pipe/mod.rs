@@ -1043,6 +1043,10 @@ impl Pipe {
     /// only makes sure the socket is gone.
     pub async fn close(&self) {
         let c = self.core();
+        // Record the reason before the FIN goes out: the peer may answer it
+        // by closing too, and the reader must not see that first and end the
+        // pipe with `Fin` instead of `Closed`.
+        c.finish(EndReason::Closed);
         if let Io::Tcp(w) = &c.io {
             w.shutdown().await;
         }
