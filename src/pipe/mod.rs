@@ -70,7 +70,7 @@ use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::addr::{Af, ToTarget};
+use crate::addr::{canonical, Af, ToTarget};
 
 pub use error::{Error, Result};
 pub use framing::{CustomFraming, FrameError, Framing};
@@ -785,6 +785,9 @@ impl Pipe {
     pub async fn send_to(&self, data: impl AsRef<[u8]>, to: SocketAddr) -> Result<()> {
         let c = self.core();
         let data = data.as_ref();
+        // Peers are known by canonical address: an IPv4-mapped form names
+        // the same IPv4 peer.
+        let to = canonical(to);
         let r = match &c.io {
             Io::Udp(s) => s.send_to(c, data, to).await,
             Io::UdpListener(_, s) => s.send_to(c, data, to).await,
@@ -853,7 +856,8 @@ impl Pipe {
 
     /// Subscribes to messages whose bytes match `pattern` (a regular
     /// expression over bytes, unanchored unless it says `^`), and, if `peer`
-    /// is given, that come from that address. Uses the config's subscription
+    /// is given, that come from that address (an IPv4-mapped IPv6 address
+    /// means its IPv4 address, as peers are reported). Uses the config's subscription
     /// queue size and overflow policy. Dropping the subscription unsubscribes.
     pub fn subscribe(&self, pattern: &str, peer: Option<SocketAddr>) -> Result<Subscription> {
         let cfg = &self.core().cfg;
@@ -876,6 +880,8 @@ impl Pipe {
             o => o,
         };
         let c = self.core();
+        // Messages carry canonical peers; match an IPv4-mapped filter too.
+        let peer = peer.map(canonical);
         let (id, queue) = c.subs.add(pattern, peer, capacity, overflow);
         if c.end_reason().is_some() {
             queue.close();
