@@ -17,7 +17,9 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_util::codec::Decoder;
 
-use crate::support::{families, next, single_families, within, within_for, Family, SHORT};
+use crate::support::{
+    families, next, rebind_guard, single_families, within, within_for, Family, SHORT,
+};
 
 const PROTOS: [Proto; 2] = [Proto::Tcp, Proto::Udp];
 
@@ -952,6 +954,7 @@ async fn close_then_rebind_the_same_port() {
             }
             assert_eq!(next(&mut up).await, Some(unaccepted.local_addr()));
 
+            let _no_fork = rebind_guard().await;
             within(server.close()).await;
             assert_eq!(server.end_reason(), Some(EndReason::Closed));
             assert!(matches!(
@@ -990,7 +993,7 @@ async fn close_then_rebind_the_same_port() {
             // connection of the first listener (TCP).
             let third = within(Pipe::listen_with(proto, fam.listen_on(port), &c))
                 .await
-                .unwrap_or_else(|e| panic!("{ctx}: second rebind: {e}"));
+                .unwrap_or_else(|e| panic!("{ctx}: second rebind of {port}: {e}"));
             assert_eq!(third.local_addr().port(), port);
         }
     }

@@ -181,3 +181,25 @@ pub fn next<T: Send>(
         }
     }
 }
+
+/// Spawning a process copies every open descriptor of this (one, shared)
+/// test process into the child until it execs. A socket closed meanwhile
+/// stays bound in the child, so a test that closes a port and binds it
+/// again at once can fail with "address in use" whenever another test
+/// spawns a process at that moment. Tests that rebind a port hold
+/// [`rebind_guard`] from the close to the rebind; tests that spawn a process
+/// hold [`spawn_guard`] across the spawn and until the child has shown that
+/// it runs its own code (printed something, or exited): `spawn()` returns
+/// once the child has exec'd, but the kernel may release the descriptors
+/// that exec closed only when the child next runs.
+static FORK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held while a test closes and rebinds a port: no process is spawned meanwhile.
+pub async fn rebind_guard() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    within(FORK.read()).await
+}
+
+/// Held while a test spawns a process: no port is being rebound meanwhile.
+pub async fn spawn_guard() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    within(FORK.write()).await
+}
