@@ -70,7 +70,7 @@ use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::addr::{Af, ToTarget};
+use crate::addr::{canonical, Af, ToTarget};
 
 pub use error::{Error, Result};
 pub use framing::{CustomFraming, FrameError, Framing};
@@ -481,8 +481,10 @@ impl Core {
 
     /// Delivers a datagram without waiting (UDP).
     fn deliver_now(&self, msg: Message) {
-        if !self.offer(&msg) && self.flow.try_push(msg) == queue::Pushed::Dropped {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        // A datagram dropped by a full flow is counted by the flow itself
+        // (`PipeStats::dropped` adds the flow's count).
+        if !self.offer(&msg) {
+            self.flow.try_push(msg);
         }
     }
 
@@ -785,6 +787,9 @@ impl Pipe {
     pub async fn send_to(&self, data: impl AsRef<[u8]>, to: SocketAddr) -> Result<()> {
         let c = self.core();
         let data = data.as_ref();
+        // Peers are known by canonical address: an IPv4-mapped form names
+        // the same IPv4 peer.
+        let to = canonical(to);
         let r = match &c.io {
             Io::Udp(s) => s.send_to(c, data, to).await,
             Io::UdpListener(_, s) => s.send_to(c, data, to).await,
@@ -853,7 +858,8 @@ impl Pipe {
 
     /// Subscribes to messages whose bytes match `pattern` (a regular
     /// expression over bytes, unanchored unless it says `^`), and, if `peer`
-    /// is given, that come from that address. Uses the config's subscription
+    /// is given, that come from that address (an IPv4-mapped IPv6 address
+    /// means its IPv4 address, as peers are reported). Uses the config's subscription
     /// queue size and overflow policy. Dropping the subscription unsubscribes.
     pub fn subscribe(&self, pattern: &str, peer: Option<SocketAddr>) -> Result<Subscription> {
         let cfg = &self.core().cfg;
@@ -876,6 +882,8 @@ impl Pipe {
             o => o,
         };
         let c = self.core();
+        // Messages carry canonical peers; match an IPv4-mapped filter too.
+        let peer = peer.map(canonical);
         let (id, queue) = c.subs.add(pattern, peer, capacity, overflow);
         if c.end_reason().is_some() {
             queue.close();
@@ -1043,6 +1051,10 @@ impl Pipe {
     /// only makes sure the socket is gone.
     pub async fn close(&self) {
         let c = self.core();
+        // Record the reason before the FIN goes out: the peer may answer it
+        // by closing too, and the reader must not see that first and end the
+        // pipe with `Fin` instead of `Closed`.
+        c.finish(EndReason::Closed);
         if let Io::Tcp(w) = &c.io {
             w.shutdown().await;
         }

@@ -7,10 +7,12 @@ use p2pipe::{Pipe, Proto};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::support::spawn_guard;
 use crate::util::{have_ipv6, within};
 
 #[tokio::test]
 async fn echo_command_serves_both_protocols_and_families_and_stops_on_sigterm() {
+    let no_rebind = spawn_guard().await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
         .args(["echo", "--port", "0"])
         .stdout(Stdio::piped())
@@ -32,6 +34,9 @@ async fn echo_command_serves_both_protocols_and_families_and_stops_on_sigterm() 
         };
         served.push((proto, addr.parse().expect(addr)));
     }
+    // The child has run its own code by now, so the sockets it inherited
+    // until exec are gone (see support::spawn_guard).
+    drop(no_rebind);
     assert!(served.iter().any(|(p, a)| *p == Proto::Tcp && a.is_ipv4()));
     assert!(served.iter().any(|(p, a)| *p == Proto::Udp && a.is_ipv4()));
     for (proto, addr) in &served {
@@ -40,9 +45,11 @@ async fn echo_command_serves_both_protocols_and_families_and_stops_on_sigterm() 
         assert_eq!(&within(c.recv()).await.unwrap().data[..], b"cli echo");
     }
     let pid = child.id().expect("running").to_string();
+    let no_rebind = spawn_guard().await;
     let status = within(Command::new("kill").args(["-TERM", &pid]).status())
         .await
         .unwrap();
+    drop(no_rebind);
     assert!(status.success());
     let last = within(lines.next_line())
         .await
@@ -55,6 +62,7 @@ async fn echo_command_serves_both_protocols_and_families_and_stops_on_sigterm() 
 
 #[tokio::test]
 async fn echo_command_refuses_a_bad_bind_address() {
+    let _no_rebind = spawn_guard().await;
     let out = within(
         Command::new(env!("CARGO_BIN_EXE_p2pipe"))
             .args(["echo", "--bind", "not-an-ip", "--port", "0"])

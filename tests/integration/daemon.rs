@@ -94,6 +94,7 @@ async fn shutdown_frees_every_port_for_an_immediate_rebind() {
         let client = within(Pipe::connect(Proto::Tcp, addrs[0].1)).await.unwrap();
         within(client.send(b"x")).await.unwrap();
         within(client.recv()).await.unwrap();
+        let no_fork = crate::support::rebind_guard().await;
         within(first.shutdown(T)).await;
         assert!(matches!(
             within(client.ended()).await,
@@ -105,6 +106,7 @@ async fn shutdown_frees_every_port_for_an_immediate_rebind() {
             b = b.listen(*proto, *addr);
         }
         let second = within(b.start()).await.expect("rebind at once");
+        drop(no_fork);
         assert_eq!(second.local_addrs(), &addrs[..]);
         for (proto, addr) in &addrs {
             round_trip(*proto, *addr, b"again").await;

@@ -1,0 +1,205 @@
+//! Helpers shared by every integration test module: time limits, address
+//! families on loopback, and small conveniences around channels.
+//!
+//! Nothing here is specific to one layer, so the pipe and daemon tests can
+//! both use it.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::panic::Location;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The limit for any single await in a test. Generous, because a loaded CI
+/// machine can be slow; a healthy run takes milliseconds.
+pub const T: Duration = Duration::from_secs(10);
+
+/// A short limit, for the few places that assert that something does *not*
+/// happen (a receive that must time out).
+pub const SHORT: Duration = Duration::from_millis(150);
+
+/// Runs `f` under the time limit [`T`], panicking with the caller's location
+/// if it does not finish in time. Every await in the tests goes through this.
+///
+/// ```ignore
+/// let msg = within(pipe.recv()).await.unwrap();
+/// ```
+#[track_caller]
+pub fn within<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    within_for(T, f)
+}
+
+/// As [`within`], with an explicit limit.
+#[track_caller]
+pub fn within_for<F: Future>(limit: Duration, f: F) -> impl Future<Output = F::Output> {
+    let at = Location::caller();
+    async move {
+        match tokio::time::timeout(limit, f).await {
+            Ok(v) => v,
+            Err(_) => panic!("timed out after {limit:?} waiting at {at}"),
+        }
+    }
+}
+
+/// One way of reaching a server on loopback.
+#[derive(Debug, Clone)]
+pub struct Family {
+    /// Short name for messages: `v4`, `v6` or `dual`.
+    pub name: &'static str,
+    /// The address a server listens on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Whether the listener must be dual-stack (`[::]` taking IPv4 too).
+    pub dual_stack: bool,
+    /// The addresses clients connect to (and come from), used in turn.
+    pub clients: Vec<IpAddr>,
+}
+
+impl Family {
+    /// The address the `i`-th client uses (clients take turns over the list).
+    pub fn client_ip(&self, i: usize) -> IpAddr {
+        self.clients[i % self.clients.len()]
+    }
+
+    /// The target the `i`-th client connects to for a server on `port`.
+    pub fn target(&self, i: usize, port: u16) -> SocketAddr {
+        SocketAddr::new(self.client_ip(i), port)
+    }
+
+    /// A local address of the `i`-th client's family, any port.
+    pub fn client_bind(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.client_ip(i), 0)
+    }
+
+    /// The listen address with a given port.
+    pub fn listen_on(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.listen.ip(), port)
+    }
+}
+
+pub const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+pub const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+fn v4() -> Family {
+    Family {
+        name: "v4",
+        listen: SocketAddr::new(V4, 0),
+        dual_stack: false,
+        clients: vec![V4],
+    }
+}
+
+fn v6() -> Family {
+    Family {
+        name: "v6",
+        listen: SocketAddr::new(V6, 0),
+        dual_stack: false,
+        clients: vec![V6],
+    }
+}
+
+fn dual() -> Family {
+    Family {
+        name: "dual",
+        listen: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+        dual_stack: true,
+        clients: vec![V4, V6],
+    }
+}
+
+/// Whether this machine can use IPv6 loopback and a dual-stack socket;
+/// `Err` says why not. Checked once.
+pub fn ipv6_status() -> &'static Result<(), String> {
+    static STATUS: OnceLock<Result<(), String>> = OnceLock::new();
+    STATUS.get_or_init(|| {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let l = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+            .map_err(|e| format!("cannot bind [::1]: {e}"))?;
+        let to = l.local_addr().map_err(|e| e.to_string())?;
+        std::net::TcpStream::connect_timeout(&to, T)
+            .map_err(|e| format!("cannot connect to {to}: {e}"))?;
+        std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
+            .map_err(|e| format!("cannot bind UDP [::1]: {e}"))?;
+        let any: SocketAddr = (Ipv6Addr::UNSPECIFIED, 0).into();
+        let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| e.to_string())?;
+        s.set_only_v6(false)
+            .map_err(|e| format!("no dual-stack sockets: {e}"))?;
+        s.bind(&any.into())
+            .map_err(|e| format!("cannot bind [::]: {e}"))?;
+        Ok(())
+    })
+}
+
+/// Whether the run is in CI, where a missing IPv6 is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// True if IPv6 cases can run. Otherwise prints why they are skipped, or
+/// panics under `CI=true`.
+pub fn ipv6_usable(test: &str) -> bool {
+    match ipv6_status() {
+        Ok(()) => true,
+        Err(why) if in_ci() => panic!("{test}: IPv6 loopback is required under CI=true: {why}"),
+        Err(why) => {
+            eprintln!("{test}: skipping IPv6 and dual-stack cases: {why}");
+            false
+        }
+    }
+}
+
+/// IPv4, IPv6 and dual-stack (the last two only where IPv6 works).
+pub fn families(test: &str) -> Vec<Family> {
+    let mut f = vec![v4()];
+    if ipv6_usable(test) {
+        f.push(v6());
+        f.push(dual());
+    }
+    f
+}
+
+/// IPv4 and IPv6 only, for tests where dual-stack adds nothing.
+pub fn single_families(test: &str) -> Vec<Family> {
+    let mut f = vec![v4()];
+    if ipv6_usable(test) {
+        f.push(v6());
+    }
+    f
+}
+
+/// Receives from a channel under the time limit; panics if it closed.
+#[track_caller]
+pub fn next<T: Send>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl Future<Output = T> + '_ {
+    let at = Location::caller();
+    let recv = within(rx.recv());
+    async move {
+        match recv.await {
+            Some(v) => v,
+            None => panic!("channel closed while waiting at {at}"),
+        }
+    }
+}
+
+/// Spawning a process copies every open descriptor of this (one, shared)
+/// test process into the child until it execs. A socket closed meanwhile
+/// stays bound in the child, so a test that closes a port and binds it
+/// again at once can fail with "address in use" whenever another test
+/// spawns a process at that moment. Tests that rebind a port hold
+/// [`rebind_guard`] from the close to the rebind; tests that spawn a process
+/// hold [`spawn_guard`] across the spawn and until the child has shown that
+/// it runs its own code (printed something, or exited): `spawn()` returns
+/// once the child has exec'd, but the kernel may release the descriptors
+/// that exec closed only when the child next runs.
+static FORK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held while a test closes and rebinds a port: no process is spawned meanwhile.
+pub async fn rebind_guard() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    within(FORK.read()).await
+}
+
+/// Held while a test spawns a process: no port is being rebound meanwhile.
+pub async fn spawn_guard() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    within(FORK.write()).await
+}
