@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::support::spawn_guard;
-use crate::util::{have_ipv6, within};
+use crate::support::{ipv6_usable, within};
 
 #[tokio::test]
 async fn echo_command_serves_both_protocols_and_families_and_stops_on_sigterm() {
@@ -21,7 +21,7 @@ async fn echo_command_serves_both_protocols_and_families_and_stops_on_sigterm() 
         .spawn()
         .expect("run p2pipe");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let want = if have_ipv6() { 4 } else { 2 };
+    let want = if ipv6_usable("echo_command") { 4 } else { 2 };
     let mut served: Vec<(Proto, SocketAddr)> = Vec::new();
     while served.len() < want {
         let line = within(lines.next_line()).await.unwrap().expect("a line");

@@ -9,7 +9,7 @@ use p2pipe::{Daemon, Framing, Message, Pipe, PipeConfig, Proto};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
-use crate::util::{loopbacks, within, T};
+use crate::support::{loopbacks, within, T};
 
 fn echo() -> impl Fn(Message, Pipe) -> futures::future::BoxFuture<'static, p2pipe::pipe::Result<()>>
        + Send
@@ -28,7 +28,7 @@ async fn round_trip(proto: Proto, to: SocketAddr, text: &[u8]) {
 
 #[tokio::test]
 async fn echo_on_every_protocol_and_family_with_one_port() {
-    let ips = loopbacks();
+    let ips = loopbacks(module_path!());
     let daemon = within(
         Daemon::builder(echo())
             .listen_all(ips.clone(), [0], [Proto::Tcp, Proto::Udp])
@@ -54,7 +54,7 @@ async fn echo_on_every_protocol_and_family_with_one_port() {
 
 #[tokio::test]
 async fn dual_stack_listener_serves_both_families() {
-    if !crate::util::have_ipv6() {
+    if !crate::support::ipv6_usable("dual_stack_listener_serves_both_families") {
         return;
     }
     let daemon = within(
@@ -80,7 +80,7 @@ async fn dual_stack_listener_serves_both_families() {
 
 #[tokio::test]
 async fn shutdown_frees_every_port_for_an_immediate_rebind() {
-    let ips = loopbacks();
+    let ips = loopbacks(module_path!());
     for _ in 0..3 {
         let first = within(
             Daemon::builder(echo())
@@ -243,7 +243,7 @@ async fn failing_and_panicking_handlers_do_not_stop_the_daemon() {
     let daemon = within(
         Daemon::builder(handler)
             .config(cfg.clone())
-            .listen_all(loopbacks(), [0], [Proto::Tcp, Proto::Udp])
+            .listen_all(loopbacks(module_path!()), [0], [Proto::Tcp, Proto::Udp])
             .start(),
     )
     .await
@@ -279,7 +279,7 @@ async fn an_oversized_frame_ends_only_its_connection() {
     let daemon = within(
         Daemon::builder(echo())
             .config(cfg.clone())
-            .listen_all(loopbacks(), [0], [Proto::Tcp])
+            .listen_all(loopbacks(module_path!()), [0], [Proto::Tcp])
             .start(),
     )
     .await

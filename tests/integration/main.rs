@@ -6,4 +6,3 @@ mod cli;
 mod daemon;
 mod pipe;
 mod support;
-mod util;

@@ -203,3 +203,12 @@ pub async fn rebind_guard() -> tokio::sync::RwLockReadGuard<'static, ()> {
 pub async fn spawn_guard() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     within(FORK.write()).await
 }
+
+/// 127.0.0.1, and ::1 where IPv6 works (see [`ipv6_usable`]).
+pub fn loopbacks(test: &str) -> Vec<IpAddr> {
+    let mut v = vec![V4];
+    if ipv6_usable(test) {
+        v.push(V6);
+    }
+    v
+}
