@@ -102,7 +102,7 @@ impl Framing {
         })))
     }
 
-    pub(crate) fn decoder(&self, max_frame: usize) -> FrameDecoder {
+    pub(crate) fn decoder(&self, max_frame: usize, chunk: usize) -> FrameDecoder {
         let kind = match self {
             Framing::Raw => Kind::Raw,
             Framing::Lines => Kind::Lines { scanned: 0 },
@@ -110,7 +110,11 @@ impl Framing {
             Framing::Btpeer => Kind::Btpeer,
             Framing::Custom(c) => Kind::Custom((c.0)()),
         };
-        FrameDecoder { kind, max_frame }
+        FrameDecoder {
+            kind,
+            max_frame,
+            chunk,
+        }
     }
 
     /// Bytes written before the payload, and after it, for a message of `len`
@@ -215,6 +219,8 @@ enum Kind {
 pub(crate) struct FrameDecoder {
     kind: Kind,
     max_frame: usize,
+    /// Bytes a raw read asks for.
+    chunk: usize,
 }
 
 impl FrameDecoder {
@@ -244,7 +250,16 @@ impl Decoder for FrameDecoder {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         match &mut self.kind {
-            Kind::Raw => Ok((!buf.is_empty()).then(|| buf.split().freeze())),
+            Kind::Raw => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let chunk = buf.split().freeze();
+                // The split left no room: make a whole read's worth, or the
+                // next read would get whatever tail the buffer had.
+                buf.reserve(self.chunk);
+                Ok(Some(chunk))
+            }
             Kind::Lines { scanned } => match buf[*scanned..].iter().position(|&b| b == b'\n') {
                 Some(i) => {
                     let end = *scanned + i;
@@ -338,7 +353,7 @@ mod tests {
     use super::*;
 
     fn decode_all(framing: &Framing, max: usize, input: &[u8]) -> (Vec<Bytes>, Option<FrameError>) {
-        let mut d = framing.decoder(max);
+        let mut d = framing.decoder(max, 4096);
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
         loop {
@@ -387,7 +402,7 @@ mod tests {
 
     #[test]
     fn huge_length_is_refused_before_allocation() {
-        let mut d = Framing::LengthPrefixed.decoder(1024);
+        let mut d = Framing::LengthPrefixed.decoder(1024, 4096);
         let mut buf = BytesMut::from(&b"\xff\xff\xff\xff"[..]);
         let cap = buf.capacity();
         assert!(matches!(

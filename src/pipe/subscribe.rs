@@ -9,13 +9,21 @@
 //! messages instead of one allocated for every message. Identical patterns
 //! share one slot in the set, and the set is rebuilt lazily, once, after any
 //! number of subscribes and unsubscribes.
+//!
+//! The pass itself runs on the set's lazy DFA, which yields the ids of the
+//! patterns that match and nothing else: with 1,000 patterns, reading a
+//! 1,000-slot match table per message would cost more than the search. When
+//! the lazy DFA gives up (a Unicode word boundary next to a non-ASCII byte,
+//! or a cache that thrashes), the meta engine answers instead.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use regex_automata::hybrid::dfa::{Cache, OverlappingState, DFA};
 use regex_automata::meta;
+use regex_automata::nfa::thompson;
 use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 
@@ -30,10 +38,57 @@ struct Entry {
 }
 
 struct Compiled {
+    /// The fast path: the set as a lazy DFA, with its cache.
+    fast: Option<(DFA, Cache)>,
+    /// The fallback, and its match table.
     set: meta::Regex,
     matches: PatternSet,
+    /// Patterns found in the current message, and a mark per pattern.
+    hits: Vec<usize>,
+    seen: Vec<bool>,
     /// For each pattern in the set, the entries (indices) that use it.
     users: Vec<Vec<usize>>,
+}
+
+impl Compiled {
+    /// Fills `hits` with the patterns that match `hay`.
+    fn find(&mut self, hay: &[u8]) {
+        self.hits.clear();
+        let input = Input::new(hay);
+        if let Some((dfa, cache)) = &mut self.fast {
+            let mut state = OverlappingState::start();
+            let mut complete = true;
+            loop {
+                match dfa.try_search_overlapping_fwd(cache, &input, &mut state) {
+                    Ok(()) => match state.get_match() {
+                        Some(m) => {
+                            let p = m.pattern().as_usize();
+                            if !self.seen[p] {
+                                self.seen[p] = true;
+                                self.hits.push(p);
+                            }
+                        }
+                        None => break,
+                    },
+                    Err(_) => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            for &p in &self.hits {
+                self.seen[p] = false;
+            }
+            if complete {
+                return;
+            }
+            self.hits.clear();
+        }
+        self.matches.clear();
+        self.set
+            .which_overlapping_matches(&input, &mut self.matches);
+        self.hits.extend(self.matches.iter().map(|p| p.as_usize()));
+    }
 }
 
 #[derive(Default)]
@@ -49,6 +104,30 @@ pub(crate) struct Subscriptions {
     table: Mutex<Table>,
     /// Number of live subscriptions, read without the lock on the hot path.
     count: AtomicUsize,
+}
+
+/// The set's lazy DFA, configured as the meta engine configures its own.
+fn build_fast(patterns: &[&str]) -> Option<(DFA, Cache)> {
+    let dfa = DFA::builder()
+        .configure(
+            DFA::config()
+                .match_kind(MatchKind::All)
+                .unicode_word_boundary(true)
+                .cache_capacity(2 * (1 << 20))
+                .minimum_cache_clear_count(Some(3))
+                .minimum_bytes_per_state(Some(10)),
+        )
+        .thompson(
+            thompson::Config::new()
+                .nfa_size_limit(Some(10 * (1 << 20)))
+                .utf8(false)
+                .which_captures(thompson::WhichCaptures::None),
+        )
+        .syntax(syntax::Config::new().utf8(false))
+        .build_many(patterns)
+        .ok()?;
+    let cache = dfa.create_cache();
+    Some((dfa, cache))
 }
 
 fn build(patterns: &[&str]) -> Result<meta::Regex, Box<meta::BuildError>> {
@@ -92,10 +171,18 @@ impl Table {
                 users.clear();
                 build(&[]).expect("empty set builds")
             });
-            let matches = PatternSet::new(set.pattern_len());
+            let fast = if users.is_empty() {
+                None
+            } else {
+                build_fast(&patterns)
+            };
+            let n = set.pattern_len();
             self.compiled = Some(Compiled {
+                fast,
+                matches: PatternSet::new(n),
+                hits: Vec::with_capacity(n.min(64)),
+                seen: vec![false; n],
                 set,
-                matches,
                 users,
             });
         }
@@ -162,12 +249,10 @@ impl Subscriptions {
             entries, compiled, ..
         } = &mut *t;
         let c = compiled.as_mut().expect("compiled above");
-        c.matches.clear();
-        c.set
-            .which_overlapping_matches(&Input::new(&msg.data[..]), &mut c.matches);
+        c.find(&msg.data);
         let mut delivered = false;
-        for pid in c.matches.iter() {
-            for &i in &c.users[pid.as_usize()] {
+        for &pid in &c.hits {
+            for &i in &c.users[pid] {
                 let e = &entries[i];
                 if e.peer.is_none_or(|p| p == msg.peer) {
                     e.queue.try_push(msg.clone());
@@ -258,6 +343,47 @@ mod tests {
         }
         assert_eq!(q.len(), 2);
         assert_eq!(q.dropped(), 3);
+    }
+
+    #[test]
+    fn unicode_word_boundary_over_non_ascii_falls_back_and_still_matches() {
+        let s = Subscriptions::default();
+        let (_, q) = s.add(r"\bcaf\w\b", None, 8, Overflow::DropNewest);
+        let (_, other) = s.add(r"^never", None, 8, Overflow::DropNewest);
+        // 'é' is two bytes: the lazy DFA quits on it, the meta engine answers.
+        let m = Message {
+            data: Bytes::from_static("un café noir".as_bytes()),
+            ..msg(b"", 1)
+        };
+        assert!(s.dispatch(&m));
+        assert_eq!(q.len(), 1);
+        assert_eq!(other.len(), 0);
+        assert!(
+            !s.dispatch(&msg(b"cafes", 1)),
+            "no word boundary after 'cafe'"
+        );
+    }
+
+    #[test]
+    fn many_patterns_each_get_their_own_message() {
+        let s = Subscriptions::default();
+        let qs: Vec<_> = (0..1000)
+            .map(|i| {
+                s.add(&format!(r"^topic-{i}\b"), None, 4, Overflow::DropNewest)
+                    .1
+            })
+            .collect();
+        for i in [0usize, 7, 500, 999] {
+            let data = Bytes::from(format!("topic-{i} payload"));
+            assert!(s.dispatch(&Message {
+                data,
+                ..msg(b"", 1)
+            }));
+        }
+        for (i, q) in qs.iter().enumerate() {
+            let want = usize::from([0, 7, 500, 999].contains(&i));
+            assert_eq!(q.len(), want, "pattern {i}");
+        }
     }
 
     #[test]

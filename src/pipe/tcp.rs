@@ -152,7 +152,10 @@ fn start(
 
 async fn read_loop(core: Arc<Core>, r: OwnedReadHalf) {
     let (peer, local) = (core.peer.expect("a connection has a peer"), core.local);
-    let decoder = core.cfg.framing.decoder(core.cfg.max_frame);
+    let decoder = core
+        .cfg
+        .framing
+        .decoder(core.cfg.max_frame, core.cfg.read_buffer);
     let mut framed = FramedRead::with_capacity(r, decoder, core.cfg.read_buffer);
     let reason = loop {
         match framed.next().await {
