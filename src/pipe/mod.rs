@@ -47,6 +47,7 @@
 mod error;
 mod framing;
 mod queue;
+mod reader;
 mod subscribe;
 mod sys;
 mod tcp;
@@ -58,7 +59,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,6 +70,7 @@ use futures::stream::{BoxStream, Stream};
 use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::addr::{canonical, Af, ToTarget};
 
@@ -77,6 +79,7 @@ pub use framing::{CustomFraming, FrameError, Framing};
 pub use queue::Overflow;
 
 use queue::Queue;
+use reader::{consume, Reader};
 use subscribe::Subscriptions;
 
 /// A transport protocol.
@@ -408,6 +411,12 @@ pub(crate) struct Core {
     end: watch::Sender<Option<EndReason>>,
     handlers: Mutex<Handlers>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The socket's reader while no task owns it (see `reader.rs`).
+    reader: tokio::sync::Mutex<Option<Reader>>,
+    /// Whether a background task has been asked to read.
+    background: AtomicBool,
+    /// Cancelled when the pipe ends, to stop whoever is reading.
+    closing: CancellationToken,
     received: AtomicU64,
     sent: AtomicU64,
     dropped: AtomicU64,
@@ -421,6 +430,7 @@ impl Core {
         cfg: Arc<PipeConfig>,
         io: Io,
         parent: Option<Arc<Core>>,
+        reader: Option<Reader>,
     ) -> Arc<Core> {
         let overflow = match proto {
             Proto::Tcp => Overflow::Block,
@@ -439,6 +449,9 @@ impl Core {
             end: watch::channel(None).0,
             handlers: Mutex::new(Handlers::default()),
             tasks: Mutex::new(Vec::new()),
+            reader: tokio::sync::Mutex::new(reader),
+            background: AtomicBool::new(false),
+            closing: CancellationToken::new(),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -451,6 +464,26 @@ impl Core {
 
     fn add_task(&self, h: JoinHandle<()>) {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+    }
+
+    /// Makes sure this pipe is read even if nobody calls `recv`. On a
+    /// listener, the same for every peer, now and later.
+    fn read_in_background(self: &Arc<Self>) {
+        match &self.io {
+            Io::TcpListener(ch) | Io::UdpListener(ch, _) => {
+                let peers: Vec<Arc<Core>> = ch.lock().values().filter_map(Weak::upgrade).collect();
+                for p in peers {
+                    p.ensure_background();
+                }
+            }
+            _ => self.ensure_background(),
+        }
+    }
+
+    /// Whether a new peer of this listener must be read in the background
+    /// (the listener subscribes to its peers' messages or their ends).
+    fn reads_peers(&self) -> bool {
+        self.subs.len() > 0 || !self.handlers().end.is_empty()
     }
 
     fn is_listener(&self) -> bool {
@@ -512,6 +545,7 @@ impl Core {
             return;
         }
         tracing::debug!(proto = %self.proto, local = %self.local, peer = ?self.peer, %reason, "pipe ended");
+        self.closing.cancel();
         self.flow.close();
         self.subs.close_all();
         let mut handlers: Vec<EndFn> = self.handlers().end.clone();
@@ -533,6 +567,9 @@ impl Core {
         self.finish(EndReason::Closed);
         for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             t.abort();
+        }
+        if let Ok(mut r) = self.reader.try_lock() {
+            r.take();
         }
         match &self.io {
             Io::Tcp(w) => w.release(),
@@ -823,8 +860,17 @@ impl Pipe {
         let c = self.core();
         if c.is_listener() {
             self.merge_flows()?;
-        } else if c.consumer.load(Ordering::Acquire) != PULL {
-            return Err(Error::HandlerAttached);
+        } else {
+            if c.consumer.load(Ordering::Acquire) != PULL {
+                return Err(Error::HandlerAttached);
+            }
+            if let Ok(m) = c.flow.try_pop() {
+                return Ok(m);
+            }
+            // Read the socket here, unless a background task owns it.
+            if let Some(r) = c.recv_inline().await {
+                return r.map_err(Error::Ended);
+            }
         }
         match c.flow.pop().await {
             Some(m) => Ok(m),
@@ -888,6 +934,8 @@ impl Pipe {
         if c.end_reason().is_some() {
             queue.close();
         }
+        // A subscriber may never call `recv`: make sure something reads.
+        c.read_in_background();
         Ok(Subscription {
             core: c.clone(),
             id,
@@ -932,12 +980,14 @@ impl Pipe {
                 }
             });
         } else {
-            tokio::spawn(async move {
-                while let Some(m) = pipe.core().flow.pop().await {
-                    let fut = handler(m, pipe.clone());
+            let core = pipe.core().clone();
+            tokio::spawn(consume(core, move |m| {
+                let fut = handler(m, pipe.clone());
+                async move {
                     guarded(async move { fut.await.report() }).await;
+                    true
                 }
-            });
+            }));
         }
         Ok(())
     }
@@ -956,13 +1006,18 @@ impl Pipe {
         let from = self.clone();
         let to = to.clone();
         tokio::spawn(async move {
-            while let Some(m) = from.core().flow.pop().await {
-                if to.send(&m.data).await.is_err() {
-                    from.core().shutdown();
-                    return;
-                }
+            let sink = to.clone();
+            consume(from.core().clone(), move |m| {
+                let sink = sink.clone();
+                async move { sink.send(&m.data).await.is_ok() }
+            })
+            .await;
+            if from.end_reason().is_some() {
+                to.close().await;
+            } else {
+                // `to` failed: nothing more can be relayed.
+                from.core().shutdown();
             }
-            to.close().await;
         });
         Ok(())
     }
@@ -997,6 +1052,8 @@ impl Pipe {
         if let Some(reason) = c.end_reason() {
             tokio::spawn(guarded(h(c.event(reason))));
         }
+        // An end is only seen by reading: make sure something reads.
+        c.read_in_background();
     }
 
     /// Why the pipe ended, if it has.
@@ -1010,6 +1067,7 @@ impl Pipe {
     ///
     /// Cancel safe.
     pub async fn ended(&self) -> EndReason {
+        self.core().read_in_background();
         let mut rx = self.core().end.subscribe();
         let reason = match rx.wait_for(Option::is_some).await {
             Ok(r) => r.clone(),
@@ -1093,12 +1151,18 @@ impl Pipe {
                 child.core().consumer.store(MERGED, Ordering::Release);
                 let target = Arc::downgrade(&core);
                 tokio::spawn(async move {
-                    while let Some(m) = child.core().flow.pop().await {
-                        let Some(t) = target.upgrade() else { return };
-                        if t.flow.push(m).await == queue::Pushed::Closed {
-                            return;
+                    let source = child.core().clone();
+                    consume(source, move |m| {
+                        let target = target.clone();
+                        async move {
+                            match target.upgrade() {
+                                Some(t) => t.flow.push(m).await != queue::Pushed::Closed,
+                                None => false,
+                            }
                         }
-                    }
+                    })
+                    .await;
+                    drop(child);
                 });
             }
             core.flow.close();

@@ -5,16 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::FramedRead;
 
 use super::framing::BTPEER_HEADER;
-use super::{
-    sys, Children, Core, EndReason, Error, Io, Message, Overflow, Pipe, PipeConfig, Proto, Result,
-};
+use super::reader::Reader;
+use super::{sys, Children, Core, EndReason, Error, Io, Overflow, Pipe, PipeConfig, Proto, Result};
 use crate::addr::canonical;
 
 /// Messages up to this size are copied next to their header and written in
@@ -127,7 +124,7 @@ pub(crate) async fn connect(
     })
 }
 
-/// Makes a connection pipe and starts its reader.
+/// Makes a connection pipe. Its socket is read by whoever consumes it.
 fn start(
     stream: TcpStream,
     cfg: Arc<PipeConfig>,
@@ -137,52 +134,16 @@ fn start(
     let local = canonical(stream.local_addr()?);
     let peer = canonical(stream.peer_addr()?);
     let (r, w) = stream.into_split();
-    let core = Core::new(
+    let reader = Reader::tcp(&cfg, r);
+    Ok(Core::new(
         Proto::Tcp,
         local,
         Some(peer),
         cfg,
         Io::Tcp(Writer::new(w)),
         parent,
-    );
-    let task = tokio::spawn(read_loop(core.clone(), r));
-    core.add_task(task);
-    Ok(core)
-}
-
-async fn read_loop(core: Arc<Core>, r: OwnedReadHalf) {
-    let (peer, local) = (core.peer.expect("a connection has a peer"), core.local);
-    let decoder = core
-        .cfg
-        .framing
-        .decoder(core.cfg.max_frame, core.cfg.read_buffer);
-    let mut framed = FramedRead::with_capacity(r, decoder, core.cfg.read_buffer);
-    let reason = loop {
-        match framed.next().await {
-            Some(Ok(data)) => {
-                core.deliver(Message {
-                    data,
-                    peer,
-                    local,
-                    proto: Proto::Tcp,
-                })
-                .await
-            }
-            Some(Err(e)) => break EndReason::from(e),
-            None => break EndReason::Fin,
-        }
-    };
-    let failed = reason != EndReason::Fin;
-    if failed {
-        tracing::debug!(%peer, %reason, "closing connection");
-    }
-    core.finish(reason);
-    if failed {
-        // A broken stream cannot be answered: release the socket now.
-        if let Io::Tcp(w) = &core.io {
-            w.release();
-        }
-    }
+        Some(reader),
+    ))
 }
 
 /// Binds a listener and starts accepting.
@@ -196,6 +157,7 @@ pub(crate) fn listen(addr: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Arc<Core>
         None,
         cfg,
         Io::TcpListener(children),
+        None,
         None,
     );
     let task = tokio::spawn(accept_loop(core.clone(), l));
@@ -226,6 +188,9 @@ async fn accept_loop(core: Arc<Core>, l: TcpListener) {
         };
         let pipe = Pipe::from_core(child.clone());
         super::register_child(&core, children, &child, &pipe);
+        if core.reads_peers() {
+            child.ensure_background();
+        }
         if children.backlog.push(pipe).await == super::queue::Pushed::Closed {
             return;
         }

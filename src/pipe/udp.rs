@@ -12,8 +12,7 @@ use super::{
 };
 use crate::addr::canonical;
 
-/// The largest UDP payload over IPv4.
-const MAX_DATAGRAM: usize = 65_507;
+use super::reader::{Reader, MAX_DATAGRAM};
 
 /// A socket this pipe owns; `release` lets the port go at once.
 pub(crate) struct Owned(RwLock<Option<Arc<UdpSocket>>>);
@@ -101,17 +100,15 @@ pub(crate) async fn connect(peer: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Ar
         .unwrap_or_else(|| SocketAddr::new(crate::addr::Af::of_socket(&peer).unspecified(), 0));
     let sock = bind(local, &cfg)?;
     let local = canonical(sock.local_addr()?);
-    let core = Core::new(
+    Ok(Core::new(
         Proto::Udp,
         local,
         Some(peer),
         cfg,
         Io::Udp(Sender::Own(Owned::new(sock.clone()))),
         None,
-    );
-    let task = tokio::spawn(read_loop(core.clone(), sock));
-    core.add_task(task);
-    Ok(core)
+        Some(Reader::udp(sock)),
+    ))
 }
 
 /// A UDP listener: every new peer address becomes a peer pipe.
@@ -126,13 +123,14 @@ pub(crate) fn listen(addr: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Arc<Core>
         cfg,
         Io::UdpListener(children, Owned::new(sock.clone())),
         None,
+        None,
     );
     let task = tokio::spawn(read_loop(core.clone(), sock));
     core.add_task(task);
     Ok(core)
 }
 
-/// Reads datagrams until the pipe is closed.
+/// Reads a listener's datagrams until it is closed.
 async fn read_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65_536];
     let max = core.cfg.max_frame.min(MAX_DATAGRAM);
@@ -164,9 +162,8 @@ async fn read_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
             local: core.local,
             proto: Proto::Udp,
         };
-        match &core.io {
-            Io::UdpListener(children, _) => demux(&core, children, &sock, msg),
-            _ => core.deliver_now(msg),
+        if let Io::UdpListener(children, _) = &core.io {
+            demux(&core, children, &sock, msg);
         }
     }
 }
@@ -190,6 +187,7 @@ fn demux(listener: &Arc<Core>, children: &Children, sock: &Arc<UdpSocket>, msg: 
         listener.cfg.clone(),
         Io::Udp(Sender::Child(Arc::downgrade(sock))),
         Some(listener.clone()),
+        None,
     );
     let pipe = Pipe::from_core(child.clone());
     super::register_child(listener, children, &child, &pipe);
