@@ -252,13 +252,15 @@ impl Decoder for FrameDecoder {
         match &mut self.kind {
             Kind::Raw => {
                 if buf.is_empty() {
+                    // About to read: make room for a whole chunk, or the read
+                    // gets whatever tail the buffer has. Done here, not after
+                    // the split, because by now the consumer has usually
+                    // dropped the last chunk, and the buffer it shared is
+                    // reclaimed instead of a new one allocated.
+                    buf.reserve(self.chunk);
                     return Ok(None);
                 }
-                let chunk = buf.split().freeze();
-                // The split left no room: make a whole read's worth, or the
-                // next read would get whatever tail the buffer had.
-                buf.reserve(self.chunk);
-                Ok(Some(chunk))
+                Ok(Some(buf.split().freeze()))
             }
             Kind::Lines { scanned } => match buf[*scanned..].iter().position(|&b| b == b'\n') {
                 Some(i) => {

@@ -67,10 +67,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream};
+use futures::task::AtomicWaker;
 use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::addr::{canonical, Af, ToTarget};
 
@@ -415,8 +415,11 @@ pub(crate) struct Core {
     reader: tokio::sync::Mutex<Option<Reader>>,
     /// Whether a background task has been asked to read.
     background: AtomicBool,
-    /// Cancelled when the pipe ends, to stop whoever is reading.
-    closing: CancellationToken,
+    /// Set when this side closes the pipe: stops a reader waiting for data
+    /// and a send waiting for room, each woken through its waker.
+    closing: AtomicBool,
+    read_waker: AtomicWaker,
+    write_waker: AtomicWaker,
     received: AtomicU64,
     sent: AtomicU64,
     dropped: AtomicU64,
@@ -451,7 +454,9 @@ impl Core {
             tasks: Mutex::new(Vec::new()),
             reader: tokio::sync::Mutex::new(reader),
             background: AtomicBool::new(false),
-            closing: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            read_waker: AtomicWaker::new(),
+            write_waker: AtomicWaker::new(),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -545,7 +550,6 @@ impl Core {
             return;
         }
         tracing::debug!(proto = %self.proto, local = %self.local, peer = ?self.peer, %reason, "pipe ended");
-        self.closing.cancel();
         self.flow.close();
         self.subs.close_all();
         let mut handlers: Vec<EndFn> = self.handlers().end.clone();
@@ -562,9 +566,22 @@ impl Core {
         }
     }
 
+    /// Stops whoever waits to read or to send (this side is closing).
+    fn interrupt(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.read_waker.wake();
+        self.write_waker.wake();
+    }
+
+    /// Whether this side has closed the pipe.
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     /// Ends the pipe now: stops its tasks and releases its socket.
     fn shutdown(self: &Arc<Self>) {
         self.finish(EndReason::Closed);
+        self.interrupt();
         for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             t.abort();
         }
@@ -1113,6 +1130,8 @@ impl Pipe {
         // by closing too, and the reader must not see that first and end the
         // pipe with `Fin` instead of `Closed`.
         c.finish(EndReason::Closed);
+        // A send blocked on a peer that does not read gives up now.
+        c.interrupt();
         if let Io::Tcp(w) = &c.io {
             w.shutdown().await;
         }

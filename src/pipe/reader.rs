@@ -12,9 +12,10 @@
 //! Peers of a UDP listener have no reader of their own: the listener's task
 //! reads the shared socket and hands each datagram to its peer's flow.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -98,11 +99,20 @@ impl Reader {
 impl Core {
     /// Reads the next message with `reader`, unless the pipe is closed first.
     async fn read_with(&self, reader: &mut Reader) -> Result<Message, EndReason> {
-        tokio::select! {
-            biased;
-            r = reader.next(self) => r,
-            _ = self.closing.cancelled() => Err(self.end_reason().unwrap_or(EndReason::Closed)),
-        }
+        let next = reader.next(self);
+        tokio::pin!(next);
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = next.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            // One reader at a time holds the reader, so one waker suffices.
+            self.read_waker.register(cx.waker());
+            if self.is_closing() {
+                return Poll::Ready(Err(self.end_reason().unwrap_or(EndReason::Closed)));
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Records the end of the stream found by a reader.

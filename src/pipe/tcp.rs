@@ -1,8 +1,10 @@
 //! TCP connections and listeners.
 
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -44,23 +46,35 @@ impl Writer {
         let Some(st) = guard.as_mut() else {
             return Err(Error::Ended(core.end_reason().unwrap_or(EndReason::Closed)));
         };
-        let written = if h == 0 && trailer.is_empty() {
-            st.half.write_all(payload).await
-        } else if payload.len() <= COALESCE {
-            st.buf.clear();
-            st.buf.put_slice(&head[..h]);
-            st.buf.put_slice(payload);
-            st.buf.put_slice(trailer);
-            st.half.write_all(&st.buf).await
-        } else {
-            async {
+        let write = async {
+            if h == 0 && trailer.is_empty() {
+                st.half.write_all(payload).await
+            } else if payload.len() <= COALESCE {
+                st.buf.clear();
+                st.buf.put_slice(&head[..h]);
+                st.buf.put_slice(payload);
+                st.buf.put_slice(trailer);
+                st.half.write_all(&st.buf).await
+            } else {
                 st.half.write_all(&head[..h]).await?;
                 st.half.write_all(payload).await?;
                 st.half.write_all(trailer).await
             }
-            .await
         };
-        written.map_err(Error::Io)
+        tokio::pin!(write);
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = write.as_mut().poll(cx) {
+                return Poll::Ready(r.map_err(Error::Io));
+            }
+            // Waiting for room: give up if this side closes meanwhile. The
+            // lock makes this send the only one waiting.
+            core.write_waker.register(cx.waker());
+            if core.is_closing() {
+                return Poll::Ready(Err(Error::Ended(EndReason::Closed)));
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Drops the write half (the OS sends FIN) if no send holds it.

@@ -1380,3 +1380,34 @@ async fn full_udp_flow_drops_and_counts() {
         assert_eq!(text(&recv(&cl).await), "d2", "{ctx}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_a_send_blocked_on_a_peer_that_does_not_read() {
+    for fam in single_families("close_stops_a_blocked_send") {
+        let server = within(tokio::net::TcpListener::bind(fam.target(0, 0)))
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        // 64 MiB cannot fit in the socket buffers of a peer that stops reading.
+        let big = vec![7u8; 64 << 20];
+        let cfg = PipeConfig::default().max_frame(big.len());
+        let pipe = within(Pipe::connect_with(Proto::Tcp, addr, &cfg))
+            .await
+            .unwrap();
+        let (mut peer, _) = within(server.accept()).await.unwrap();
+        let sender = pipe.clone();
+        let send = tokio::spawn(async move { sender.send(&big).await });
+        // The first byte arriving proves the send is under way; then the
+        // peer reads no more, so the send blocks.
+        let mut first = [0u8; 1];
+        within(peer.read_exact(&mut first)).await.unwrap();
+        within(pipe.close()).await;
+        let r = within(send).await.unwrap();
+        assert!(
+            matches!(r, Err(Error::Ended(EndReason::Closed))),
+            "{}: {r:?}",
+            fam.name
+        );
+        assert_eq!(pipe.end_reason(), Some(EndReason::Closed));
+    }
+}
