@@ -4,7 +4,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::framing::FrameError;
 use super::EndReason;
 
 /// Errors from pipes.
@@ -45,9 +44,26 @@ pub enum Error {
     /// The pipe has ended; nothing more will arrive or can be sent.
     #[error("pipe ended: {0}")]
     Ended(EndReason),
-    /// The message cannot be framed (too large, or forbidden by the framing).
-    #[error("cannot send: {0}")]
-    Frame(#[from] FrameError),
+    /// A frame is larger than the limit: one the peer sent or claimed, or
+    /// one this side was asked to send.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The declared or buffered length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({have} of {want} bytes)")]
+    Truncated {
+        /// Bytes received of the frame.
+        have: usize,
+        /// Bytes the frame needed.
+        want: usize,
+    },
+    /// The bytes are not valid for the framing (received or to be sent).
+    #[error("invalid frame: {0}")]
+    BadFrame(String),
     /// The pattern is not a valid regular expression.
     #[error("invalid pattern: {0}")]
     Pattern(#[from] regex::Error),

@@ -6,11 +6,12 @@
 //! frame costs nothing but the closed connection.
 
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
+
+use super::Error;
 
 /// The header size of a btpeer frame: 4 type bytes and a big-endian u32 length.
 pub const BTPEER_HEADER: usize = 8;
@@ -54,8 +55,8 @@ impl fmt::Debug for Framing {
 
 /// Object-safe form of a user decoder.
 trait DynDecoder: Send {
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError>;
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError>;
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error>;
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error>;
 }
 
 struct Adapter<D>(D);
@@ -66,17 +67,17 @@ where
     D::Item: Into<Bytes>,
     D::Error: fmt::Display,
 {
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
         self.0
             .decode(buf)
             .map(|o| o.map(Into::into))
-            .map_err(|e| FrameError::Invalid(e.to_string()))
+            .map_err(|e| Error::BadFrame(e.to_string()))
     }
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
         self.0
             .decode_eof(buf)
             .map(|o| o.map(Into::into))
-            .map_err(|e| FrameError::Invalid(e.to_string()))
+            .map_err(|e| Error::BadFrame(e.to_string()))
     }
 }
 
@@ -124,14 +125,14 @@ impl Framing {
         data: &[u8],
         max_frame: usize,
         head: &mut [u8; BTPEER_HEADER],
-    ) -> Result<(usize, usize, &'static [u8]), FrameError> {
+    ) -> Result<(usize, usize, &'static [u8]), Error> {
         // Returns (header length, payload offset into data, trailer).
         let payload_len = match self {
             Framing::Btpeer => data.len().saturating_sub(4),
             _ => data.len(),
         };
         if payload_len > max_frame {
-            return Err(FrameError::TooLarge {
+            return Err(Error::TooLarge {
                 len: payload_len as u64,
                 max: max_frame,
             });
@@ -140,9 +141,7 @@ impl Framing {
             Framing::Raw | Framing::Custom(_) => Ok((0, 0, b"")),
             Framing::Lines => {
                 if data.contains(&b'\n') {
-                    return Err(FrameError::Invalid(
-                        "a line cannot contain a newline".into(),
-                    ));
+                    return Err(Error::BadFrame("a line cannot contain a newline".into()));
                 }
                 Ok((0, 0, b"\n"))
             }
@@ -152,7 +151,7 @@ impl Framing {
             }
             Framing::Btpeer => {
                 if data.len() < 4 {
-                    return Err(FrameError::Invalid(
+                    return Err(Error::BadFrame(
                         "a btpeer message starts with its 4-byte type".into(),
                     ));
                 }
@@ -164,12 +163,7 @@ impl Framing {
     }
 
     /// Encodes one message into `out` (a convenience for tests and tools).
-    pub fn encode(
-        &self,
-        data: &[u8],
-        max_frame: usize,
-        out: &mut BytesMut,
-    ) -> Result<(), FrameError> {
+    pub fn encode(&self, data: &[u8], max_frame: usize, out: &mut BytesMut) -> Result<(), Error> {
         let mut head = [0u8; BTPEER_HEADER];
         let (h, skip, trailer) = self.encode_header(data, max_frame, &mut head)?;
         out.reserve(h + data.len() - skip + trailer.len());
@@ -178,33 +172,6 @@ impl Framing {
         out.put_slice(trailer);
         Ok(())
     }
-}
-
-/// Why a byte stream could not be cut into messages.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// A frame declared (or grew to) more than the limit.
-    #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLarge {
-        /// The declared or buffered length.
-        len: u64,
-        /// The limit.
-        max: usize,
-    },
-    /// The stream ended inside a frame.
-    #[error("stream ended inside a frame ({have} of {want} bytes)")]
-    Truncated {
-        /// Bytes received of the frame.
-        have: usize,
-        /// Bytes the frame needed.
-        want: usize,
-    },
-    /// The bytes are not valid for this framing.
-    #[error("invalid frame: {0}")]
-    Invalid(String),
-    /// Reading failed.
-    #[error(transparent)]
-    Io(#[from] io::Error),
 }
 
 enum Kind {
@@ -225,7 +192,7 @@ pub(crate) struct FrameDecoder {
 
 impl FrameDecoder {
     /// Bytes a frame needs in all, once its header is readable.
-    fn need(&self, buf: &BytesMut) -> Result<Option<usize>, FrameError> {
+    fn need(&self, buf: &BytesMut) -> Result<Option<usize>, Error> {
         let (hdr, len) = match self.kind {
             Kind::Length if buf.len() >= 4 => (4, u32::from_be_bytes(buf[..4].try_into().unwrap())),
             Kind::Btpeer if buf.len() >= BTPEER_HEADER => (
@@ -235,7 +202,7 @@ impl FrameDecoder {
             _ => return Ok(None),
         };
         if len as usize > self.max_frame {
-            return Err(FrameError::TooLarge {
+            return Err(Error::TooLarge {
                 len: len as u64,
                 max: self.max_frame,
             });
@@ -246,9 +213,9 @@ impl FrameDecoder {
 
 impl Decoder for FrameDecoder {
     type Item = Bytes;
-    type Error = FrameError;
+    type Error = Error;
 
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
         match &mut self.kind {
             Kind::Raw => {
                 if buf.is_empty() {
@@ -273,7 +240,7 @@ impl Decoder for FrameDecoder {
                     }
                     Ok(Some(line.freeze()))
                 }
-                None if buf.len() > self.max_frame => Err(FrameError::TooLarge {
+                None if buf.len() > self.max_frame => Err(Error::TooLarge {
                     len: buf.len() as u64,
                     max: self.max_frame,
                 }),
@@ -303,7 +270,7 @@ impl Decoder for FrameDecoder {
             Kind::Custom(d) => {
                 let out = d.decode(buf)?;
                 if out.is_none() && buf.len() > self.max_frame {
-                    return Err(FrameError::TooLarge {
+                    return Err(Error::TooLarge {
                         len: buf.len() as u64,
                         max: self.max_frame,
                     });
@@ -313,7 +280,7 @@ impl Decoder for FrameDecoder {
         }
     }
 
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
         if let Some(frame) = self.decode(buf)? {
             return Ok(Some(frame));
         }
@@ -333,7 +300,7 @@ impl Decoder for FrameDecoder {
                     None if matches!(self.kind, Kind::Length) => 4,
                     None => BTPEER_HEADER,
                 };
-                Err(FrameError::Truncated {
+                Err(Error::Truncated {
                     have: buf.len(),
                     want,
                 })
@@ -341,7 +308,7 @@ impl Decoder for FrameDecoder {
             Kind::Custom(d) => match d.decode_eof(buf)? {
                 Some(frame) => Ok(Some(frame)),
                 None if buf.is_empty() => Ok(None),
-                None => Err(FrameError::Truncated {
+                None => Err(Error::Truncated {
                     have: buf.len(),
                     want: buf.len() + 1,
                 }),
@@ -354,7 +321,7 @@ impl Decoder for FrameDecoder {
 mod tests {
     use super::*;
 
-    fn decode_all(framing: &Framing, max: usize, input: &[u8]) -> (Vec<Bytes>, Option<FrameError>) {
+    fn decode_all(framing: &Framing, max: usize, input: &[u8]) -> (Vec<Bytes>, Option<Error>) {
         let mut d = framing.decoder(max, 4096);
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
@@ -384,10 +351,7 @@ mod tests {
     fn lines_over_limit_is_refused() {
         let (msgs, err) = decode_all(&Framing::Lines, 4, b"ok\nfarTooLong");
         assert_eq!(msgs, vec![&b"ok"[..]]);
-        assert!(matches!(
-            err,
-            Some(FrameError::TooLarge { len: 10, max: 4 })
-        ));
+        assert!(matches!(err, Some(Error::TooLarge { len: 10, max: 4 })));
     }
 
     #[test]
@@ -409,7 +373,7 @@ mod tests {
         let cap = buf.capacity();
         assert!(matches!(
             d.decode(&mut buf),
-            Err(FrameError::TooLarge {
+            Err(Error::TooLarge {
                 len: 0xffff_ffff,
                 max: 1024
             })
@@ -436,7 +400,7 @@ mod tests {
         assert!(msgs.is_empty());
         assert!(matches!(
             err,
-            Some(FrameError::TooLarge {
+            Some(Error::TooLarge {
                 len: 0xffff_ffff,
                 ..
             })
@@ -446,15 +410,9 @@ mod tests {
     #[test]
     fn truncated_frames_are_reported() {
         let (_, err) = decode_all(&Framing::LengthPrefixed, 64, b"\x00\x00\x00\x09abc");
-        assert!(matches!(
-            err,
-            Some(FrameError::Truncated { have: 7, want: 13 })
-        ));
+        assert!(matches!(err, Some(Error::Truncated { have: 7, want: 13 })));
         let (_, err) = decode_all(&Framing::Btpeer, 64, b"NAM");
-        assert!(matches!(
-            err,
-            Some(FrameError::Truncated { have: 3, want: 8 })
-        ));
+        assert!(matches!(err, Some(Error::Truncated { have: 3, want: 8 })));
     }
 
     #[test]
@@ -464,7 +422,7 @@ mod tests {
         assert!(Framing::Btpeer.encode(b"AB", 64, &mut out).is_err());
         assert!(matches!(
             Framing::LengthPrefixed.encode(&[0; 65], 64, &mut out),
-            Err(FrameError::TooLarge { len: 65, max: 64 })
+            Err(Error::TooLarge { len: 65, max: 64 })
         ));
         assert!(out.is_empty());
     }

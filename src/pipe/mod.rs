@@ -75,7 +75,7 @@ use tokio::task::JoinHandle;
 use crate::addr::{canonical, Af, ToTarget};
 
 pub use error::{Error, Result};
-pub use framing::{CustomFraming, FrameError, Framing};
+pub use framing::{CustomFraming, Framing};
 pub use queue::Overflow;
 
 use queue::Queue;
@@ -165,13 +165,14 @@ impl fmt::Display for EndReason {
     }
 }
 
-impl From<FrameError> for EndReason {
-    fn from(e: FrameError) -> Self {
+impl From<Error> for EndReason {
+    fn from(e: Error) -> Self {
         match e {
-            FrameError::TooLarge { len, max } => EndReason::TooLarge { len, max },
-            FrameError::Truncated { have, want } => EndReason::Truncated { have, want },
-            FrameError::Invalid(s) => EndReason::BadFrame(s),
-            FrameError::Io(e) => EndReason::from(e),
+            Error::TooLarge { len, max } => EndReason::TooLarge { len, max },
+            Error::Truncated { have, want } => EndReason::Truncated { have, want },
+            Error::BadFrame(s) => EndReason::BadFrame(s),
+            Error::Io(e) => EndReason::from(e),
+            other => EndReason::BadFrame(other.to_string()),
         }
     }
 }

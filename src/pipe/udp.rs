@@ -7,8 +7,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 
 use super::{
-    sys, Children, Core, EndReason, Error, FrameError, Io, Message, Overflow, Pipe, PipeConfig,
-    Proto, Result,
+    sys, Children, Core, EndReason, Error, Io, Message, Overflow, Pipe, PipeConfig, Proto, Result,
 };
 use crate::addr::canonical;
 
@@ -67,11 +66,10 @@ async fn send(
 ) -> Result<()> {
     let max = core.cfg.max_frame.min(MAX_DATAGRAM);
     if data.len() > max {
-        return Err(FrameError::TooLarge {
+        return Err(Error::TooLarge {
             len: data.len() as u64,
             max,
-        }
-        .into());
+        });
     }
     let Some(sock) = sock else {
         return Err(Error::Ended(core.end_reason().unwrap_or(EndReason::Closed)));

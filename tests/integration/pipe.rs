@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
-use p2pipe::pipe::{EndEvent, EndReason, Error, FrameError, Overflow};
+use p2pipe::pipe::{EndEvent, EndReason, Error, Overflow};
 use p2pipe::{Framing, Message, Pipe, PipeConfig, Proto};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
@@ -1087,10 +1087,10 @@ async fn sending_too_large_fails_and_writes_nothing() {
             let server = listen(proto, &fam, &c).await;
             let cl = client(proto, &fam, 0, server.local_addr().port(), &c).await;
             match within(cl.send(vec![1u8; 1025])).await {
-                Err(Error::Frame(FrameError::TooLarge {
+                Err(Error::TooLarge {
                     len: 1025,
                     max: 1024,
-                })) => {}
+                }) => {}
                 other => panic!("{ctx}: expected TooLarge, got {other:?}"),
             }
             assert_eq!(cl.stats().sent, 0, "{ctx}");
@@ -1224,17 +1224,14 @@ async fn errors_are_the_documented_ones() {
             if proto == Proto::Tcp {
                 assert!(matches!(
                     within(cl.send("two\nlines")).await,
-                    Err(Error::Frame(FrameError::Invalid(_)))
+                    Err(Error::BadFrame(_))
                 ));
                 let bt = PipeConfig::default().framing(Framing::Btpeer);
                 let btc = within(Pipe::connect_with(proto, cl.peer_addr().unwrap(), &bt))
                     .await
                     .unwrap();
                 assert!(
-                    matches!(
-                        within(btc.send("NO")).await,
-                        Err(Error::Frame(FrameError::Invalid(_)))
-                    ),
+                    matches!(within(btc.send("NO")).await, Err(Error::BadFrame(_))),
                     "{ctx}: a btpeer message starts with its 4-byte type"
                 );
             }
