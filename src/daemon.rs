@@ -67,6 +67,11 @@ pub enum Error {
 /// `Result<(), E: Display>` is a handler.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message. `reply` is the peer's pipe.
+    ///
+    /// # Cancel safety
+    ///
+    /// The daemon drops the future if the peer's task is stopped at the
+    /// shutdown deadline; otherwise it runs to completion.
     fn on_message(
         &self,
         msg: Message,
@@ -74,6 +79,10 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
 
     /// Called when a peer comes up, before its first message.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Handler::on_message`].
     fn on_connect(&self, _peer: &Pipe) -> impl Future<Output = ()> + Send {
         async {}
     }

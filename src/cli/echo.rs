@@ -34,6 +34,11 @@ fn parse_bind(s: &str, port: u16) -> Result<SocketAddr, String> {
         .map_err(|_| format!("invalid --bind {s:?}: expected an IP address or IP:PORT"))
 }
 
+/// Runs the echo daemon until Ctrl-C or SIGTERM, then stops it gracefully.
+///
+/// # Cancel safety
+///
+/// Dropping the future stops the daemon at once.
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let protos: Vec<Proto> = match (args.tcp, args.udp) {
         (true, false) => vec![Proto::Tcp],

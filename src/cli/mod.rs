@@ -67,6 +67,10 @@ pub fn main() -> ExitCode {
 }
 
 /// Waits for Ctrl-C, or SIGTERM on Unix.
+///
+/// # Cancel safety
+///
+/// Cancel safe.
 pub async fn stop_signal() {
     #[cfg(unix)]
     {

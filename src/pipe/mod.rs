@@ -38,6 +38,18 @@
 //! their own bounded queues with an explicit [`Overflow`] policy, counted per
 //! subscription.
 //!
+//! # Who reads the socket
+//!
+//! A connection is read by its consumer, in the consumer's own task: the
+//! caller of `recv`, or the task of a handler or link. A message goes from the
+//! socket to the code that uses it with no task in between, as in hand-written
+//! tokio code. A pipe that is not read this way but must still be read (it has
+//! subscriptions, an end handler, or someone awaiting [`Pipe::ended`]) gets a
+//! background reader that feeds the flow. Until something reads, data waits
+//! in the socket, so an end (FIN or reset) is noticed by reading: `recv`,
+//! a handler, or [`Pipe::ended`] and [`Pipe::on_end`], which start the
+//! background reader.
+//!
 //! # Lifetime
 //!
 //! A pipe stays open while any handle to it, or any handler or link on it,
