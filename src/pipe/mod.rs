@@ -58,6 +58,7 @@
 
 mod error;
 mod framing;
+mod inline;
 mod queue;
 mod reader;
 mod subscribe;
@@ -422,6 +423,8 @@ pub(crate) struct Core {
     /// Who takes the flow: `PULL`, `HANDLER` or `MERGED`.
     consumer: AtomicU8,
     end: watch::Sender<Option<EndReason>>,
+    /// Whether `end` holds a reason, readable without a lock.
+    ended: AtomicBool,
     handlers: Mutex<Handlers>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The socket's reader while no task owns it (see `reader.rs`).
@@ -433,6 +436,8 @@ pub(crate) struct Core {
     closing: AtomicBool,
     read_waker: AtomicWaker,
     write_waker: AtomicWaker,
+    /// The message handler of a UDP peer pipe (see `inline.rs`).
+    inline: Mutex<Option<inline::Inline>>,
     received: AtomicU64,
     sent: AtomicU64,
     dropped: AtomicU64,
@@ -463,6 +468,7 @@ impl Core {
             subs: Subscriptions::default(),
             consumer: AtomicU8::new(PULL),
             end: watch::channel(None).0,
+            ended: AtomicBool::new(false),
             handlers: Mutex::new(Handlers::default()),
             tasks: Mutex::new(Vec::new()),
             reader: tokio::sync::Mutex::new(reader),
@@ -470,6 +476,7 @@ impl Core {
             closing: AtomicBool::new(false),
             read_waker: AtomicWaker::new(),
             write_waker: AtomicWaker::new(),
+            inline: Mutex::new(None),
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -508,6 +515,11 @@ impl Core {
         matches!(self.io, Io::TcpListener(_) | Io::UdpListener(..))
     }
 
+    /// Whether the pipe has ended (cheaper than `end_reason`).
+    fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
     fn end_reason(&self) -> Option<EndReason> {
         self.end.borrow().clone()
     }
@@ -530,12 +542,15 @@ impl Core {
         }
     }
 
-    /// Delivers a datagram without waiting (UDP).
-    fn deliver_now(&self, msg: Message) {
+    /// Delivers a datagram without waiting (UDP peers of a listener): to a
+    /// subscription, else to the peer's handler, else to its flow.
+    fn deliver_now(self: &Arc<Self>, msg: Message) {
         // A datagram dropped by a full flow is counted by the flow itself
         // (`PipeStats::dropped` adds the flow's count).
         if !self.offer(&msg) {
-            self.flow.try_push(msg);
+            if let Err(msg) = self.handle_inline(msg) {
+                self.flow.try_push(msg);
+            }
         }
     }
 
@@ -562,6 +577,7 @@ impl Core {
         if !first {
             return;
         }
+        self.ended.store(true, Ordering::Release);
         tracing::debug!(proto = %self.proto, local = %self.local, peer = ?self.peer, %reason, "pipe ended");
         self.flow.close();
         self.subs.close_all();
@@ -577,6 +593,8 @@ impl Core {
                 }
             }
         }
+        // A UDP peer's handler holds a handle to its pipe: let both go.
+        self.clear_inline();
     }
 
     /// Stops whoever waits to read or to send (this side is closing).
@@ -894,8 +912,11 @@ impl Pipe {
             if c.consumer.load(Ordering::Acquire) != PULL {
                 return Err(Error::HandlerAttached);
             }
-            if let Ok(m) = c.flow.try_pop() {
-                return Ok(m);
+            // Only a background reader queues on a connection's flow.
+            if c.background.load(Ordering::Acquire) {
+                if let Ok(m) = c.flow.try_pop() {
+                    return Ok(m);
+                }
             }
             // Read the socket here, unless a background task owns it.
             if let Some(r) = c.recv_inline().await {
@@ -1009,6 +1030,13 @@ impl Pipe {
                     let _ = child.attach(handler.clone());
                 }
             });
+        } else if self.proto() == Proto::Udp && self.core().parent.is_some() {
+            // A UDP peer of a listener: its listener runs the handler.
+            let core = self.core();
+            core.install_inline(inline::new_server(handler, pipe));
+            if core.end_reason().is_some() {
+                core.clear_inline();
+            }
         } else {
             let core = pipe.core().clone();
             tokio::spawn(consume(core, move |m| {

@@ -47,7 +47,7 @@ impl Sender {
         match self {
             Sender::Own(o) => o.send_to(core, data, to).await,
             Sender::Child(w) => {
-                let sock = if core.end_reason().is_some() {
+                let sock = if core.has_ended() {
                     None
                 } else {
                     w.upgrade()
@@ -133,6 +133,7 @@ async fn read_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 65_536];
     let max = core.cfg.max_frame.min(MAX_DATAGRAM);
     let mut errors = 0u32;
+    let mut last = None;
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(r) => {
@@ -161,14 +162,32 @@ async fn read_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
             proto: Proto::Udp,
         };
         if let Io::UdpListener(children, _) = &core.io {
-            demux(&core, children, &sock, msg);
+            demux(&core, children, &sock, &mut last, msg);
         }
     }
 }
 
 /// Hands a datagram to its peer's pipe, making the pipe for a new peer.
-fn demux(listener: &Arc<Core>, children: &Children, sock: &Arc<UdpSocket>, msg: Message) {
+///
+/// `last` remembers the peer of the previous datagram, which is usually the
+/// peer of the next, so that most datagrams skip the lookup.
+fn demux(
+    listener: &Arc<Core>,
+    children: &Children,
+    sock: &Arc<UdpSocket>,
+    last: &mut Option<(SocketAddr, Weak<Core>)>,
+    msg: Message,
+) {
+    let cached = match last {
+        Some((peer, child)) if *peer == msg.peer => child.upgrade().filter(|c| !c.has_ended()),
+        _ => None,
+    };
+    if let Some(child) = cached {
+        child.deliver_now(msg);
+        return;
+    }
     if let Some(child) = children.get(&msg.peer) {
+        *last = Some((msg.peer, Arc::downgrade(&child)));
         child.deliver_now(msg);
         return;
     }
@@ -189,6 +208,7 @@ fn demux(listener: &Arc<Core>, children: &Children, sock: &Arc<UdpSocket>, msg: 
     );
     let pipe = Pipe::from_core(child.clone());
     super::register_child(listener, children, &child, &pipe);
+    *last = Some((msg.peer, Arc::downgrade(&child)));
     // Deliver before queueing the pipe, so the first datagram is there when
     // the pipe is accepted.
     child.deliver_now(msg);
