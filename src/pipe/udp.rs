@@ -47,11 +47,7 @@ impl Sender {
         match self {
             Sender::Own(o) => o.send_to(core, data, to).await,
             Sender::Child(w) => {
-                let sock = if core.has_ended() {
-                    None
-                } else {
-                    w.upgrade()
-                };
+                let sock = if core.has_ended() { None } else { w.upgrade() };
                 send(core, sock, data, to).await
             }
         }

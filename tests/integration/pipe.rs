@@ -1408,3 +1408,54 @@ async fn close_stops_a_send_blocked_on_a_peer_that_does_not_read() {
         assert_eq!(pipe.end_reason(), Some(EndReason::Closed));
     }
 }
+
+/// UDP peers' handlers run in the listener's task until one has to wait;
+/// then that peer's messages queue behind it, in order, and other peers are
+/// still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_udp_handler_holds_up_only_its_own_peer() {
+    for fam in families("a_waiting_udp_handler") {
+        let c = cfg(Proto::Udp, &fam);
+        let server = listen(Proto::Udp, &fam, &c).await;
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let gate = release.clone();
+        server
+            .on_message(move |m, reply| {
+                let gate = gate.clone();
+                async move {
+                    match &m.data[..] {
+                        b"hold" => {
+                            gate.notified().await;
+                            reply.send("held").await
+                        }
+                        b"boom" => panic!("handler panic on purpose"),
+                        _ => reply.send(&m.data).await,
+                    }
+                }
+            })
+            .unwrap();
+        let port = server.local_addr().port();
+        let a = client(Proto::Udp, &fam, 0, port, &c).await;
+        let b = client(Proto::Udp, &fam, 1, port, &c).await;
+        send(&a, "first").await;
+        assert_eq!(text(&recv(&a).await), "first", "{}", fam.name);
+        send(&a, "hold").await;
+        send(&a, "a2").await;
+        send(&a, "a3").await;
+        // A's handler waits; B is served meanwhile.
+        for i in 0..3 {
+            let t = format!("b{i}");
+            send(&b, &t).await;
+            assert_eq!(text(&recv(&b).await), t, "{}", fam.name);
+        }
+        release.notify_one();
+        for want in ["held", "a2", "a3"] {
+            assert_eq!(text(&recv(&a).await), want, "{}: order kept", fam.name);
+        }
+        // A panic is logged; the peer is served on.
+        send(&b, "boom").await;
+        send(&b, "after").await;
+        assert_eq!(text(&recv(&b).await), "after", "{}", fam.name);
+        within(server.close()).await;
+    }
+}
