@@ -1004,6 +1004,12 @@ impl Pipe {
     /// is logged and goes on with the next message. A pipe has one flow
     /// consumer: this fails with [`Error::HandlerAttached`] if a handler or link
     /// is already attached.
+    ///
+    /// The handler runs in the task that reads the socket: for a connection,
+    /// a task of the pipe's own; for a peer of a UDP listener, the listener's
+    /// task, as long as the handler finishes without waiting. A handler that
+    /// waits moves to a task of its own until it and the messages that queued
+    /// behind it are done, so it holds up only its own peer.
     pub fn on_message<F, Fut>(&self, handler: F) -> Result<()>
     where
         F: Fn(Message, Pipe) -> Fut + Send + Sync + 'static,

@@ -130,7 +130,12 @@ impl Core {
     /// Reads inline for `recv`: the next message no subscription claims.
     /// `None` if a background task owns the reader (read the flow instead).
     pub(crate) async fn recv_inline(&self) -> Option<Result<Message, EndReason>> {
-        let mut slot = self.reader.lock().await;
+        // The lock is almost never contended; kept out of tokio's cooperative
+        // budget, so that a message costs the budget of its read alone, as
+        // in plain tokio code. Otherwise the reading task is made to yield
+        // twice as often, and on a multi-thread runtime each forced yield
+        // can wake the other worker to steal it.
+        let mut slot = tokio::task::unconstrained(self.reader.lock()).await;
         let reader = slot.as_mut()?;
         loop {
             match self.read_with(reader).await {

@@ -42,7 +42,8 @@ impl Writer {
         let mut head = [0u8; BTPEER_HEADER];
         let (h, skip, trailer) = cfg.framing.encode_header(data, cfg.max_frame, &mut head)?;
         let payload = &data[skip..];
-        let mut guard = self.0.lock().await;
+        // Outside the cooperative budget, as the reader's lock (see reader.rs).
+        let mut guard = tokio::task::unconstrained(self.0.lock()).await;
         let Some(st) = guard.as_mut() else {
             return Err(Error::Ended(core.end_reason().unwrap_or(EndReason::Closed)));
         };
