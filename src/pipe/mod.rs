@@ -535,13 +535,6 @@ impl Core {
         mine || parents
     }
 
-    /// Delivers a message from the stream reader, waiting for room (TCP).
-    async fn deliver(&self, msg: Message) {
-        if !self.offer(&msg) {
-            self.flow.push(msg).await;
-        }
-    }
-
     /// Delivers a datagram without waiting (UDP peers of a listener): to a
     /// subscription, else to the peer's handler, else to its flow.
     fn deliver_now(self: &Arc<Self>, msg: Message) {

@@ -170,15 +170,11 @@ impl Core {
             let Some(mut reader) = core.take_reader().await else {
                 return;
             };
-            loop {
-                match core.read_with(&mut reader).await {
-                    Ok(msg) => core.deliver(msg).await,
-                    Err(reason) => {
-                        core.read_ended(reason);
-                        return;
-                    }
-                }
-            }
+            // On TCP the flow waits for room: the peer is pushed back.
+            read_all(&core, &mut reader, |m| async {
+                core.flow.push(m).await != super::queue::Pushed::Closed
+            })
+            .await;
         });
         self.add_task(task);
     }
@@ -200,24 +196,34 @@ where
         }
     }
     match reader {
-        Some(mut reader) => loop {
-            match core.read_with(&mut reader).await {
-                Ok(msg) => {
-                    if !core.offer(&msg) && !each(msg).await {
-                        return;
-                    }
-                }
-                Err(reason) => {
-                    core.read_ended(reason);
-                    return;
-                }
-            }
-        },
+        Some(mut reader) => read_all(&core, &mut reader, each).await,
         None => {
             while let Some(m) = core.flow.pop().await {
                 if !each(m).await {
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// Reads until the stream ends or `each` returns false, offering every
+/// message to the subscriptions and giving `each` those none claimed.
+async fn read_all<F, Fut>(core: &Core, reader: &mut Reader, mut each: F)
+where
+    F: FnMut(Message) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        match core.read_with(reader).await {
+            Ok(msg) => {
+                if !core.offer(&msg) && !each(msg).await {
+                    return;
+                }
+            }
+            Err(reason) => {
+                core.read_ended(reason);
+                return;
             }
         }
     }
