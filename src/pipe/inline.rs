@@ -173,12 +173,14 @@ async fn next_or_idle(core: Arc<Core>, mut serve: Box<dyn Serve>) {
         let next = {
             // Under the lock: the listener queues only while we are Busy.
             let mut g = core.inline();
+            if g.is_none() {
+                // The pipe ended: what is still queued goes unhandled.
+                return;
+            }
             match core.flow.try_pop() {
                 Ok(m) => m,
                 Err(_) => {
-                    if g.is_some() {
-                        *g = Some(Inline::Ready(serve));
-                    }
+                    *g = Some(Inline::Ready(serve));
                     return;
                 }
             }
