@@ -487,8 +487,10 @@ impl ToTarget for (String, u16) {
 
 /// What kind of address an IP address is, as far as reachability goes.
 ///
-/// See [`classify`] for the exact blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// See [`classify`] for the exact blocks. Serialized as the names [`AddrClass::as_str`]
+/// gives (`"link-local"`, `"global"`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AddrClass {
     /// `0.0.0.0/8` ("this network", RFC 1122; `0.0.0.0` is the unspecified address) and `::`.
     Unspecified,

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`](pipe::Pipe) type for TCP and UDP, IPv4 and IPv6, client and server |
+//! | iface | [`iface`] | the machine's interfaces, their addresses, the default interface per family |
 //! | base | [`addr`], [`dns`], [`error`] | target parsing, address classes, name resolution |
 //!
 //! See `docs/architecture.md` for the whole picture.
@@ -16,10 +17,12 @@ pub mod addr;
 pub mod daemon;
 pub mod dns;
 pub mod error;
+pub mod iface;
 pub mod pipe;
 
 pub use addr::{Af, Target};
 pub use daemon::Daemon;
+pub use iface::Interface;
 pub use pipe::{Framing, Message, Pipe, PipeConfig, Proto, Subscription};
 
 /// The examples in README.md, compiled as doc tests.
