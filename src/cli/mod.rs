@@ -1,6 +1,7 @@
 //! The `p2pipe` command: parsing, logging, and one module per subcommand.
 
 mod echo;
+mod interfaces;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run an echo daemon: every message is sent back unchanged.
     Echo(echo::Args),
+    /// List the network interfaces, their addresses, and the default interface per family.
+    Interfaces(interfaces::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -55,6 +58,8 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Echo(args) => echo::run(args).await,
+            // Reads a few OS tables; nothing to await.
+            Command::Interfaces(args) => interfaces::run(args),
         }
     });
     match result {

@@ -4,5 +4,6 @@
 
 mod cli;
 mod daemon;
+mod iface;
 mod pipe;
 mod support;
