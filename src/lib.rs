@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`](pipe::Pipe) type for TCP and UDP, IPv4 and IPv6, client and server |
+//! | stun | [`stun`] | sans-IO STUN client transactions (RFC 5389, 5780, 3489) |
 //! | iface | [`iface`] | the machine's interfaces, their addresses, the default interface per family |
 //! | base | [`addr`], [`dns`], [`error`] | target parsing, address classes, name resolution |
 //!
@@ -19,6 +20,7 @@ pub mod dns;
 pub mod error;
 pub mod iface;
 pub mod pipe;
+pub mod stun;
 
 pub use addr::{Af, Target};
 pub use daemon::Daemon;

@@ -1,0 +1,258 @@
+//! One STUN transaction as a sans-IO state machine (RFC 5389 section 7.2.1).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{check_frame, peek_txid, Error, Request, Response};
+
+/// Where a reply must come from to be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectFrom {
+    /// The address the request was sent to (the usual case).
+    Server,
+    /// Any address (for change requests when the server's other address is unknown).
+    Any,
+    /// Exactly this address (for change requests: the server's other address, or its
+    /// other port, as the request asks).
+    Exactly(SocketAddr),
+}
+
+/// Retransmission and acceptance settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// The initial retransmission timeout, RTO (RFC 5389: 500 ms).
+    pub initial_rto: Duration,
+    /// Rc: how many times the request is sent in all (RFC 5389: 7).
+    pub max_transmissions: u32,
+    /// Rm: after the last transmission, wait this many initial RTOs (RFC 5389: 16).
+    pub final_wait_multiplier: u32,
+    /// Where a reply must come from.
+    pub expect_from: ExpectFrom,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            initial_rto: Duration::from_millis(500),
+            max_transmissions: 7,
+            final_wait_multiplier: 16,
+            expect_from: ExpectFrom::Server,
+        }
+    }
+}
+
+/// Bytes to send, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The destination.
+    pub to: SocketAddr,
+    /// The datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// Why an incoming datagram was ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignored {
+    /// It came from an address the reply should not come from.
+    WrongSource(SocketAddr),
+    /// It was not a valid Binding response.
+    Malformed(Error),
+    /// It answers another transaction.
+    WrongTxid,
+    /// The transaction had already finished (answered or timed out) or not started.
+    NotWaiting,
+}
+
+/// What [`Transaction::handle_input`] made of a datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The awaited response (success or error class): the transaction is done.
+    Answered(Response),
+    /// The datagram was ignored; the transaction goes on.
+    Ignored(Ignored),
+}
+
+/// Where a transaction stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Built, not started.
+    Idle,
+    /// Sent, waiting for a reply.
+    Waiting,
+    /// A reply was accepted.
+    Answered(Response),
+    /// The retransmission schedule ran out without a reply.
+    TimedOut,
+}
+
+/// Counters of one transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams sent, the first one included.
+    pub transmissions: u32,
+    /// Replies ignored for answering another transaction.
+    pub ignored_wrong_txid: u32,
+    /// Replies ignored for coming from the wrong address.
+    pub ignored_wrong_source: u32,
+    /// Replies ignored for not being a valid Binding response.
+    pub ignored_malformed: u32,
+    /// Replies ignored because the transaction was not waiting.
+    pub ignored_not_waiting: u32,
+}
+
+/// One STUN Binding transaction over UDP: the request, its retransmissions, and the
+/// acceptance of its reply. Sans-IO: the caller sends the [`Transmit`]s, feeds in what
+/// arrives and calls [`handle_timeout`](Self::handle_timeout) at
+/// [`poll_timeout`](Self::poll_timeout).
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    server: SocketAddr,
+    request: Request,
+    bytes: Vec<u8>,
+    config: Config,
+    state: State,
+    /// When the next retransmission (or the final give-up) is due.
+    deadline: Option<Instant>,
+    /// The wait after the latest transmission.
+    rto: Duration,
+    stats: Stats,
+}
+
+impl Transaction {
+    /// Builds a transaction sending `request` to `server`. Fails only if the request
+    /// cannot be encoded.
+    pub fn new(server: SocketAddr, request: Request, config: Config) -> Result<Self, Error> {
+        let bytes = request.encode()?;
+        Ok(Transaction {
+            server,
+            request,
+            bytes,
+            config,
+            state: State::Idle,
+            deadline: None,
+            rto: config.initial_rto,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The request this transaction sends.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The server the request goes to.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Where the transaction stands.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The accepted response, once there is one.
+    pub fn response(&self) -> Option<&Response> {
+        match &self.state {
+            State::Answered(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// True once answered or timed out.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Answered(_) | State::TimedOut)
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Sends the request for the first time. Calling it again restarts the schedule.
+    pub fn start(&mut self, now: Instant) -> Transmit {
+        self.state = State::Waiting;
+        self.rto = self.config.initial_rto;
+        self.stats.transmissions = 0;
+        self.transmit(now)
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called; `None` when
+    /// not waiting.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Waiting => self.deadline,
+            _ => None,
+        }
+    }
+
+    /// Moves time on: retransmits when due, or gives up when the final wait is over
+    /// (the state becomes [`State::TimedOut`]). Returns what to send, if anything.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Transmit> {
+        let deadline = self.poll_timeout()?;
+        if now < deadline {
+            return None;
+        }
+        if self.stats.transmissions >= self.config.max_transmissions.max(1) {
+            self.state = State::TimedOut;
+            self.deadline = None;
+            return None;
+        }
+        self.rto = self.rto.saturating_mul(2);
+        Some(self.transmit(now))
+    }
+
+    /// Handles a datagram that arrived from `from`. Only a valid Binding response with
+    /// this transaction's id, from the expected address, while waiting, is accepted.
+    pub fn handle_input(&mut self, from: SocketAddr, bytes: &[u8], _now: Instant) -> Outcome {
+        let ignored = |stats: &mut Stats, why: Ignored| {
+            match why {
+                Ignored::WrongSource(_) => stats.ignored_wrong_source += 1,
+                Ignored::Malformed(_) => stats.ignored_malformed += 1,
+                Ignored::WrongTxid => stats.ignored_wrong_txid += 1,
+                Ignored::NotWaiting => stats.ignored_not_waiting += 1,
+            }
+            Outcome::Ignored(why)
+        };
+        if self.state != State::Waiting {
+            return ignored(&mut self.stats, Ignored::NotWaiting);
+        }
+        let source_ok = match self.config.expect_from {
+            ExpectFrom::Server => from == self.server,
+            ExpectFrom::Any => true,
+            ExpectFrom::Exactly(addr) => from == addr,
+        };
+        if !source_ok {
+            return ignored(&mut self.stats, Ignored::WrongSource(from));
+        }
+        // A well-framed message for another transaction is a wrong txid, whatever
+        // else is wrong with it; anything else that fails to parse is malformed.
+        if check_frame(bytes).is_ok() && peek_txid(bytes) != Some(self.request.txid) {
+            return ignored(&mut self.stats, Ignored::WrongTxid);
+        }
+        match Response::parse(bytes) {
+            Err(e) => ignored(&mut self.stats, Ignored::Malformed(e)),
+            Ok(r) if r.txid != self.request.txid => ignored(&mut self.stats, Ignored::WrongTxid),
+            Ok(r) => {
+                self.state = State::Answered(r.clone());
+                self.deadline = None;
+                Outcome::Answered(r)
+            }
+        }
+    }
+
+    fn transmit(&mut self, now: Instant) -> Transmit {
+        self.stats.transmissions += 1;
+        let wait = if self.stats.transmissions >= self.config.max_transmissions {
+            self.config
+                .initial_rto
+                .saturating_mul(self.config.final_wait_multiplier)
+        } else {
+            self.rto
+        };
+        self.deadline = Some(now + wait);
+        Transmit {
+            to: self.server,
+            bytes: self.bytes.clone(),
+        }
+    }
+}
