@@ -256,3 +256,178 @@ impl Transaction {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::tests::{plain_v4, response, RFC5769_TXID, RFC5769_V4, SUCCESS};
+    use crate::stun::TransactionId;
+
+    fn server() -> SocketAddr {
+        "198.51.100.1:3478".parse().unwrap()
+    }
+
+    fn transaction(config: Config) -> Transaction {
+        let request = Request::binding(TransactionId(RFC5769_TXID));
+        Transaction::new(server(), request, config).unwrap()
+    }
+
+    #[test]
+    fn retransmission_schedule_and_give_up() {
+        let t0 = Instant::now();
+        let mut t = transaction(Config::default());
+        assert_eq!(t.poll_timeout(), None);
+        let first = t.start(t0);
+        assert_eq!(first.to, server());
+        assert_eq!(&first.bytes[8..20], &RFC5769_TXID);
+        // Sends at 0, 500, 1500, 3500, 7500, 15500, 31500 ms; gives up at 31500 + 16 * 500.
+        let sends = [500u64, 1500, 3500, 7500, 15500, 31500];
+        for at in sends {
+            let due = t.poll_timeout().unwrap();
+            assert_eq!(due - t0, Duration::from_millis(at));
+            assert_eq!(t.handle_timeout(due - Duration::from_millis(1)), None);
+            let again = t.handle_timeout(due).expect("a retransmission is due");
+            assert_eq!(again, first);
+        }
+        assert_eq!(t.stats().transmissions, 7);
+        let end = t.poll_timeout().unwrap();
+        assert_eq!(end - t0, Duration::from_millis(39500));
+        assert_eq!(t.handle_timeout(end - Duration::from_millis(1)), None);
+        assert_eq!(*t.state(), State::Waiting);
+        assert_eq!(t.handle_timeout(end), None);
+        assert_eq!(*t.state(), State::TimedOut);
+        assert_eq!(t.poll_timeout(), None);
+        assert_eq!(t.stats().transmissions, 7);
+        assert!(matches!(
+            t.handle_input(server(), RFC5769_V4, end),
+            Outcome::Ignored(Ignored::NotWaiting)
+        ));
+    }
+
+    #[test]
+    fn schedule_is_configurable() {
+        let t0 = Instant::now();
+        let mut t = transaction(Config {
+            initial_rto: Duration::from_millis(100),
+            max_transmissions: 2,
+            final_wait_multiplier: 4,
+            expect_from: ExpectFrom::Server,
+        });
+        t.start(t0);
+        assert_eq!(t.poll_timeout().unwrap() - t0, Duration::from_millis(100));
+        assert!(t.handle_timeout(t0 + Duration::from_millis(100)).is_some());
+        assert_eq!(t.poll_timeout().unwrap() - t0, Duration::from_millis(500));
+        assert!(t.handle_timeout(t0 + Duration::from_millis(500)).is_none());
+        assert!(t.is_finished());
+        assert_eq!(*t.state(), State::TimedOut);
+    }
+
+    #[test]
+    fn the_right_reply_is_accepted() {
+        let t0 = Instant::now();
+        let mut t = transaction(Config::default());
+        t.start(t0);
+        let out = t.handle_input(server(), RFC5769_V4, t0);
+        let Outcome::Answered(r) = out else {
+            panic!("not answered: {out:?}")
+        };
+        assert_eq!(r.mapped, Some("192.0.2.1:32853".parse().unwrap()));
+        assert_eq!(t.response(), Some(&r));
+        assert_eq!(t.poll_timeout(), None);
+        assert_eq!(t.handle_timeout(t0 + Duration::from_secs(60)), None);
+        assert_eq!(t.stats().transmissions, 1);
+    }
+
+    #[test]
+    fn wrong_replies_are_ignored_and_counted() {
+        let t0 = Instant::now();
+        let mut t = transaction(Config::default());
+        t.start(t0);
+        let other: SocketAddr = "198.51.100.2:3478".parse().unwrap();
+        let mut wrong_txid = RFC5769_V4.to_vec();
+        wrong_txid[19] ^= 1;
+        let mut oversized = RFC5769_V4.to_vec();
+        oversized.resize(2000, 0);
+        let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let request = t.request().encode().unwrap();
+
+        let cases: Vec<(SocketAddr, &[u8])> = vec![
+            (other, RFC5769_V4),
+            (server(), &wrong_txid),
+            (server(), &RFC5769_V4[..40]),
+            (server(), &oversized),
+            (server(), &garbage),
+            (server(), &[]),
+            (server(), &request),
+        ];
+        for (from, bytes) in cases {
+            assert!(matches!(
+                t.handle_input(from, bytes, t0),
+                Outcome::Ignored(_)
+            ));
+            assert_eq!(*t.state(), State::Waiting);
+        }
+        let s = t.stats();
+        assert_eq!(s.ignored_wrong_source, 1);
+        assert_eq!(s.ignored_wrong_txid, 1);
+        assert_eq!(s.ignored_malformed, 5);
+        // The real answer still gets through, and later ones change nothing.
+        assert!(matches!(
+            t.handle_input(server(), RFC5769_V4, t0),
+            Outcome::Answered(_)
+        ));
+        let late = response(
+            SUCCESS,
+            RFC5769_TXID,
+            &[(0x0001, plain_v4([1, 1, 1, 1], 1))],
+        );
+        assert!(matches!(
+            t.handle_input(server(), &late, t0),
+            Outcome::Ignored(Ignored::NotWaiting)
+        ));
+        assert_eq!(
+            t.response().unwrap().mapped,
+            Some("192.0.2.1:32853".parse().unwrap())
+        );
+        assert_eq!(t.stats().ignored_not_waiting, 1);
+    }
+
+    #[test]
+    fn expect_from_any_and_exactly() {
+        let t0 = Instant::now();
+        let changed: SocketAddr = "198.51.100.2:3479".parse().unwrap();
+        let mut exact = transaction(Config {
+            expect_from: ExpectFrom::Exactly(changed),
+            ..Config::default()
+        });
+        exact.start(t0);
+        assert!(matches!(
+            exact.handle_input(server(), RFC5769_V4, t0),
+            Outcome::Ignored(Ignored::WrongSource(_))
+        ));
+        assert!(matches!(
+            exact.handle_input(changed, RFC5769_V4, t0),
+            Outcome::Answered(_)
+        ));
+
+        let mut any = transaction(Config {
+            expect_from: ExpectFrom::Any,
+            ..Config::default()
+        });
+        any.start(t0);
+        assert!(matches!(
+            any.handle_input("203.0.113.9:1".parse().unwrap(), RFC5769_V4, t0),
+            Outcome::Answered(_)
+        ));
+    }
+
+    #[test]
+    fn input_before_start_is_ignored() {
+        let mut t = transaction(Config::default());
+        assert!(matches!(
+            t.handle_input(server(), RFC5769_V4, Instant::now()),
+            Outcome::Ignored(Ignored::NotWaiting)
+        ));
+        assert_eq!(*t.state(), State::Idle);
+    }
+}
