@@ -285,10 +285,7 @@ impl PipeConfig {
     /// hold up its pipe.
     pub fn subscription_queue(mut self, capacity: usize, overflow: Overflow) -> Self {
         self.sub_capacity = capacity.max(1);
-        self.sub_overflow = match overflow {
-            Overflow::Block => Overflow::DropNewest,
-            o => o,
-        };
+        self.sub_overflow = never_block(overflow);
         self
     }
     /// Peers a listener holds for `accept` (default 1024).
@@ -494,14 +491,14 @@ impl Core {
     /// Makes sure this pipe is read even if nobody calls `recv`. On a
     /// listener, the same for every peer, now and later.
     fn read_in_background(self: &Arc<Self>) {
-        match &self.io {
-            Io::TcpListener(ch) | Io::UdpListener(ch, _) => {
+        match self.children() {
+            Some(ch) => {
                 let peers: Vec<Arc<Core>> = ch.lock().values().filter_map(Weak::upgrade).collect();
                 for p in peers {
                     p.ensure_background();
                 }
             }
-            _ => self.ensure_background(),
+            None => self.ensure_background(),
         }
     }
 
@@ -512,7 +509,7 @@ impl Core {
     }
 
     fn is_listener(&self) -> bool {
-        matches!(self.io, Io::TcpListener(_) | Io::UdpListener(..))
+        self.children().is_some()
     }
 
     /// Whether the pipe has ended (cheaper than `end_reason`).
@@ -522,6 +519,20 @@ impl Core {
 
     fn end_reason(&self) -> Option<EndReason> {
         self.end.borrow().clone()
+    }
+
+    /// Why the pipe ended, for an operation that finds it ended; a pipe
+    /// closed before any reason was recorded counts as closed.
+    fn end_or_closed(&self) -> EndReason {
+        self.end_reason().unwrap_or(EndReason::Closed)
+    }
+
+    /// The peers of a listener; `None` for any other pipe.
+    fn children(&self) -> Option<&Children> {
+        match &self.io {
+            Io::TcpListener(ch) | Io::UdpListener(ch, _) => Some(ch),
+            _ => None,
+        }
     }
 
     /// Offers a message to the subscriptions; true if one took it.
@@ -622,7 +633,7 @@ impl Core {
             Io::TcpListener(children) => close_children(children, false),
         }
         if let (Some(parent), Some(peer)) = (&self.parent, self.peer) {
-            if let Io::TcpListener(c) | Io::UdpListener(c, _) = &parent.io {
+            if let Some(c) = parent.children() {
                 let mut map = c.lock();
                 if map
                     .get(&peer)
@@ -918,7 +929,7 @@ impl Pipe {
         }
         match c.flow.pop().await {
             Some(m) => Ok(m),
-            None => Err(Error::Ended(c.end_reason().unwrap_or(EndReason::Closed))),
+            None => Err(Error::Ended(c.end_or_closed())),
         }
     }
 
@@ -967,10 +978,7 @@ impl Pipe {
         overflow: Overflow,
     ) -> Result<Subscription> {
         subscribe::validate(pattern)?;
-        let overflow = match overflow {
-            Overflow::Block => Overflow::DropNewest,
-            o => o,
-        };
+        let overflow = never_block(overflow);
         let c = self.core();
         // Messages carry canonical peers; match an IPv4-mapped filter too.
         let peer = peer.map(canonical);
@@ -1022,7 +1030,7 @@ impl Pipe {
         let pipe = self.clone();
         if self.is_listener() {
             tokio::spawn(async move {
-                let (Io::TcpListener(ch) | Io::UdpListener(ch, _)) = &pipe.core().io else {
+                let Some(ch) = pipe.core().children() else {
                     return;
                 };
                 while let Some(child) = ch.backlog.pop().await {
@@ -1143,7 +1151,7 @@ impl Pipe {
     /// Cancel safe: a peer is taken from the backlog only when it is returned.
     pub async fn accept(&self) -> Result<Pipe> {
         let c = self.core();
-        let (Io::TcpListener(ch) | Io::UdpListener(ch, _)) = &c.io else {
+        let Some(ch) = c.children() else {
             return Err(Error::Unsupported("accept needs a listener"));
         };
         if c.consumer.load(Ordering::Acquire) != PULL {
@@ -1151,7 +1159,7 @@ impl Pipe {
         }
         match ch.backlog.pop().await {
             Some(p) => Ok(p),
-            None => Err(Error::Ended(c.end_reason().unwrap_or(EndReason::Closed))),
+            None => Err(Error::Ended(c.end_or_closed())),
         }
     }
 
@@ -1203,7 +1211,7 @@ impl Pipe {
         }
         let core = c.clone();
         let task = tokio::spawn(async move {
-            let (Io::TcpListener(ch) | Io::UdpListener(ch, _)) = &core.io else {
+            let Some(ch) = core.children() else {
                 return;
             };
             while let Some(child) = ch.backlog.pop().await {
@@ -1275,9 +1283,7 @@ impl Subscription {
     pub async fn recv(&self) -> Result<Message> {
         match self.queue.pop().await {
             Some(m) => Ok(m),
-            None => Err(Error::Ended(
-                self.core.end_reason().unwrap_or(EndReason::Closed),
-            )),
+            None => Err(Error::Ended(self.core.end_or_closed())),
         }
     }
 
@@ -1322,6 +1328,15 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.core.subs.remove(self.id);
+    }
+}
+
+/// A subscription's policy: [`Overflow::Block`] becomes [`Overflow::DropNewest`],
+/// because a subscription must never hold up its pipe.
+fn never_block(overflow: Overflow) -> Overflow {
+    match overflow {
+        Overflow::Block => Overflow::DropNewest,
+        o => o,
     }
 }
 

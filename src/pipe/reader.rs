@@ -58,7 +58,7 @@ impl Reader {
     ///
     /// Cancel safety: cancel safe; a frame is only taken in the poll that
     /// returns it.
-    async fn next(&mut self, core: &Core) -> Result<Message, EndReason> {
+    pub(crate) async fn next(&mut self, core: &Core) -> Result<Message, EndReason> {
         match self {
             Reader::Tcp(framed) => match framed.next().await {
                 Some(Ok(data)) => Ok(Message {
@@ -108,7 +108,7 @@ impl Core {
             // One reader at a time holds the reader, so one waker suffices.
             self.read_waker.register(cx.waker());
             if self.is_closing() {
-                return Poll::Ready(Err(self.end_reason().unwrap_or(EndReason::Closed)));
+                return Poll::Ready(Err(self.end_or_closed()));
             }
             Poll::Pending
         })

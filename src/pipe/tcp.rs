@@ -45,7 +45,7 @@ impl Writer {
         // Outside the cooperative budget, as the reader's lock (see reader.rs).
         let mut guard = tokio::task::unconstrained(self.0.lock()).await;
         let Some(st) = guard.as_mut() else {
-            return Err(Error::Ended(core.end_reason().unwrap_or(EndReason::Closed)));
+            return Err(Error::Ended(core.end_or_closed()));
         };
         let write = async {
             if h == 0 && trailer.is_empty() {

@@ -3,12 +3,9 @@
 use std::net::{SocketAddr, SocketAddrV6};
 use std::sync::{Arc, RwLock, Weak};
 
-use bytes::Bytes;
 use tokio::net::UdpSocket;
 
-use super::{
-    sys, Children, Core, EndReason, Error, Io, Message, Overflow, Pipe, PipeConfig, Proto, Result,
-};
+use super::{sys, Children, Core, Error, Io, Message, Overflow, Pipe, PipeConfig, Proto, Result};
 use crate::addr::canonical;
 
 use super::reader::{Reader, MAX_DATAGRAM};
@@ -68,7 +65,7 @@ async fn send(
         });
     }
     let Some(sock) = sock else {
-        return Err(Error::Ended(core.end_reason().unwrap_or(EndReason::Closed)));
+        return Err(Error::Ended(core.end_or_closed()));
     };
     // A dual-stack IPv6 socket reaches IPv4 peers through mapped addresses.
     let to = match to {
@@ -124,41 +121,20 @@ pub(crate) fn listen(addr: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Arc<Core>
     Ok(core)
 }
 
-/// Reads a listener's datagrams until it is closed.
+/// Reads a listener's datagrams until it is closed, and hands each to its peer.
 async fn read_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 65_536];
-    let max = core.cfg.max_frame.min(MAX_DATAGRAM);
-    let mut errors = 0u32;
+    let Io::UdpListener(children, _) = &core.io else {
+        return;
+    };
+    let mut reader = Reader::udp(sock.clone());
     let mut last = None;
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
-            Ok(r) => {
-                errors = 0;
-                r
+        match reader.next(&core).await {
+            Ok(msg) => demux(&core, children, &sock, &mut last, msg),
+            Err(reason) => {
+                core.finish(reason);
+                return;
             }
-            Err(e) => {
-                // ICMP errors surface here on some systems; they end nothing.
-                errors += 1;
-                if errors > 64 {
-                    core.finish(EndReason::from(e));
-                    return;
-                }
-                continue;
-            }
-        };
-        if n > max {
-            core.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            continue;
-        }
-        let msg = Message {
-            data: Bytes::copy_from_slice(&buf[..n]),
-            peer: canonical(from),
-            local: core.local,
-            proto: Proto::Udp,
-        };
-        if let Io::UdpListener(children, _) = &core.io {
-            demux(&core, children, &sock, &mut last, msg);
         }
     }
 }
