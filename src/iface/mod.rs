@@ -8,6 +8,7 @@
 //!   from the OS route table ([`route`] parses it; Linux only for now).
 //! - [`Interface::bind_addr`] is an address of the interface to bind a socket to.
 
+pub mod bind;
 pub mod route;
 mod sys;
 

@@ -16,7 +16,7 @@ fn socket(addr: &SocketAddr, ty: Type, proto: Protocol, cfg: &PipeConfig) -> io:
     }
     s.set_nonblocking(true)?;
     if let Some(dev) = &cfg.device {
-        bind_device(&s, dev)?;
+        crate::iface::bind::bind_device(&s, dev)?;
     }
     Ok(s)
 }
@@ -56,17 +56,4 @@ fn set_reuse_address(s: &Socket) -> io::Result<()> {
 fn set_reuse_address(_: &Socket) -> io::Result<()> {
     // On Windows SO_REUSEADDR lets another process steal the port; leave it off.
     Ok(())
-}
-
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
-fn bind_device(s: &Socket, dev: &str) -> io::Result<()> {
-    s.bind_device(Some(dev.as_bytes()))
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
-fn bind_device(_: &Socket, _: &str) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "binding to a device by name is not supported on this system",
-    ))
 }

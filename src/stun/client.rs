@@ -15,6 +15,10 @@ pub enum ExpectFrom {
     /// Exactly this address (for change requests: the server's other address, or its
     /// other port, as the request asks).
     Exactly(SocketAddr),
+    /// Either of two addresses: for change requests, the address the server should
+    /// answer from, or the server itself. A reply from the server itself shows that it
+    /// ignored CHANGE-REQUEST, which the caller must be able to tell from silence.
+    Either(SocketAddr, SocketAddr),
 }
 
 /// Retransmission and acceptance settings.
@@ -22,6 +26,9 @@ pub enum ExpectFrom {
 pub struct Config {
     /// The initial retransmission timeout, RTO (RFC 5389: 500 ms).
     pub initial_rto: Duration,
+    /// The largest retransmission timeout: the doubling stops here (RFC 5389 has no
+    /// cap; [`Duration::MAX`] means none).
+    pub max_rto: Duration,
     /// Rc: how many times the request is sent in all (RFC 5389: 7).
     pub max_transmissions: u32,
     /// Rm: after the last transmission, wait this many initial RTOs (RFC 5389: 16).
@@ -30,10 +37,25 @@ pub struct Config {
     pub expect_from: ExpectFrom,
 }
 
+impl Config {
+    /// The longest a transaction with this configuration can wait before it gives up:
+    /// the sum of every retransmission timeout and the final wait.
+    pub fn give_up_after(&self) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut rto = self.initial_rto;
+        for _ in 1..self.max_transmissions.max(1) {
+            total = total.saturating_add(rto);
+            rto = rto.saturating_mul(2).min(self.max_rto);
+        }
+        total.saturating_add(self.initial_rto.saturating_mul(self.final_wait_multiplier))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             initial_rto: Duration::from_millis(500),
+            max_rto: Duration::MAX,
             max_transmissions: 7,
             final_wait_multiplier: 16,
             expect_from: ExpectFrom::Server,
@@ -116,6 +138,10 @@ pub struct Transaction {
     /// The wait after the latest transmission.
     rto: Duration,
     stats: Stats,
+    /// When the first transmission went out.
+    started: Option<Instant>,
+    /// How long after the first transmission the reply came.
+    answered_in: Option<Duration>,
 }
 
 impl Transaction {
@@ -124,6 +150,8 @@ impl Transaction {
     pub fn new(server: SocketAddr, request: Request, config: Config) -> Result<Self, Error> {
         let bytes = request.encode()?;
         Ok(Transaction {
+            started: None,
+            answered_in: None,
             server,
             request,
             bytes,
@@ -163,6 +191,12 @@ impl Transaction {
         matches!(self.state, State::Answered(_) | State::TimedOut)
     }
 
+    /// How long after the first transmission the reply came; `None` until answered.
+    /// With retransmissions this is an upper bound on the round trip, not a sample of it.
+    pub fn answered_in(&self) -> Option<Duration> {
+        self.answered_in
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -173,6 +207,8 @@ impl Transaction {
         self.state = State::Waiting;
         self.rto = self.config.initial_rto;
         self.stats.transmissions = 0;
+        self.started = Some(now);
+        self.answered_in = None;
         self.transmit(now)
     }
 
@@ -197,13 +233,13 @@ impl Transaction {
             self.deadline = None;
             return None;
         }
-        self.rto = self.rto.saturating_mul(2);
+        self.rto = self.rto.saturating_mul(2).min(self.config.max_rto);
         Some(self.transmit(now))
     }
 
     /// Handles a datagram that arrived from `from`. Only a valid Binding response with
     /// this transaction's id, from the expected address, while waiting, is accepted.
-    pub fn handle_input(&mut self, from: SocketAddr, bytes: &[u8], _now: Instant) -> Outcome {
+    pub fn handle_input(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) -> Outcome {
         let ignored = |stats: &mut Stats, why: Ignored| {
             match why {
                 Ignored::WrongSource(_) => stats.ignored_wrong_source += 1,
@@ -220,6 +256,7 @@ impl Transaction {
             ExpectFrom::Server => from == self.server,
             ExpectFrom::Any => true,
             ExpectFrom::Exactly(addr) => from == addr,
+            ExpectFrom::Either(a, b) => from == a || from == b,
         };
         if !source_ok {
             return ignored(&mut self.stats, Ignored::WrongSource(from));
@@ -235,6 +272,7 @@ impl Transaction {
             Ok(r) => {
                 self.state = State::Answered(r.clone());
                 self.deadline = None;
+                self.answered_in = self.started.map(|t| now.saturating_duration_since(t));
                 Outcome::Answered(r)
             }
         }
@@ -311,7 +349,7 @@ mod tests {
             initial_rto: Duration::from_millis(100),
             max_transmissions: 2,
             final_wait_multiplier: 4,
-            expect_from: ExpectFrom::Server,
+            ..Config::default()
         });
         t.start(t0);
         assert_eq!(t.poll_timeout().unwrap() - t0, Duration::from_millis(100));
@@ -320,6 +358,47 @@ mod tests {
         assert!(t.handle_timeout(t0 + Duration::from_millis(500)).is_none());
         assert!(t.is_finished());
         assert_eq!(*t.state(), State::TimedOut);
+    }
+
+    #[test]
+    fn capped_schedule_and_its_give_up_time() {
+        let config = Config {
+            initial_rto: Duration::from_millis(100),
+            max_rto: Duration::from_millis(150),
+            max_transmissions: 5,
+            final_wait_multiplier: 2,
+            ..Config::default()
+        };
+        // Sends at 0, 100, 250, 400, 550; gives up at 550 + 200.
+        assert_eq!(config.give_up_after(), Duration::from_millis(750));
+        assert_eq!(
+            Config::default().give_up_after(),
+            Duration::from_millis(39500)
+        );
+        let t0 = Instant::now();
+        let mut t = transaction(config);
+        t.start(t0);
+        for at in [100u64, 250, 400, 550] {
+            let due = t.poll_timeout().unwrap();
+            assert_eq!(due - t0, Duration::from_millis(at));
+            assert!(t.handle_timeout(due).is_some());
+        }
+        let end = t.poll_timeout().unwrap();
+        assert_eq!(end - t0, config.give_up_after());
+        assert!(t.handle_timeout(end).is_none());
+        assert_eq!(*t.state(), State::TimedOut);
+        assert_eq!(t.answered_in(), None);
+    }
+
+    #[test]
+    fn answered_in_counts_from_the_first_transmission() {
+        let t0 = Instant::now();
+        let mut t = transaction(Config::default());
+        t.start(t0);
+        let due = t.poll_timeout().unwrap();
+        t.handle_timeout(due);
+        t.handle_input(server(), RFC5769_V4, due + Duration::from_millis(7));
+        assert_eq!(t.answered_in(), Some(Duration::from_millis(507)));
     }
 
     #[test]
@@ -407,6 +486,20 @@ mod tests {
         ));
         assert!(matches!(
             exact.handle_input(changed, RFC5769_V4, t0),
+            Outcome::Answered(_)
+        ));
+
+        let mut either = transaction(Config {
+            expect_from: ExpectFrom::Either(changed, server()),
+            ..Config::default()
+        });
+        either.start(t0);
+        assert!(matches!(
+            either.handle_input("203.0.113.9:1".parse().unwrap(), RFC5769_V4, t0),
+            Outcome::Ignored(Ignored::WrongSource(_))
+        ));
+        assert!(matches!(
+            either.handle_input(server(), RFC5769_V4, t0),
             Outcome::Answered(_)
         ));
 

@@ -16,6 +16,9 @@
 
 mod attr;
 mod client;
+pub mod server;
+pub mod tcp;
+pub mod udp;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -95,6 +98,49 @@ pub enum Error {
     /// A request could not be encoded.
     #[error("cannot encode stun request: {0}")]
     Encode(String),
+    /// A message a server received is not a Binding request.
+    #[error("stun message is not a binding request")]
+    NotRequest,
+    /// The test server's configuration is unusable.
+    #[error("bad test server configuration: {0}")]
+    ServerConfig(String),
+    /// A socket operation failed.
+    #[error("stun {op} failed: {message}")]
+    Io {
+        /// What was being done: "bind", "send", "receive", "connect".
+        op: &'static str,
+        /// The OS error's kind.
+        kind: std::io::ErrorKind,
+        /// The OS error's message.
+        message: String,
+    },
+    /// No server answered in time.
+    #[error("no stun server answered {what} within {waited:?}")]
+    NoAnswer {
+        /// What was asked.
+        what: &'static str,
+        /// How long the client waited.
+        waited: std::time::Duration,
+    },
+    /// A server name could not be resolved.
+    #[error("cannot resolve stun server {server}: {message}")]
+    Resolve {
+        /// The name as given.
+        server: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Wraps an OS error from a socket operation.
+    pub fn io(op: &'static str, e: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            kind: e.kind(),
+            message: e.to_string().to_lowercase(),
+        }
+    }
 }
 
 /// A 96-bit STUN transaction id.

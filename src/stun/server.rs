@@ -1,0 +1,488 @@
+//! A STUN server for tests: a sans-IO core ([`ServerCore`]) that answers Binding requests
+//! from two addresses × two ports as RFC 5780 asks, and a small tokio runner
+//! ([`TestServer`]) that serves it over UDP (and TCP on the primary address).
+//!
+//! The core can misbehave on purpose, as some public servers do: ignore CHANGE-REQUEST,
+//! or leave OTHER-ADDRESS out, so that the NAT classifier's "unknown" answers can be
+//! tested. On loopback, `127.0.0.1` and `127.0.0.2` serve as the two addresses.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytecodec::{DecodeExt, EncodeExt};
+use stun_codec::rfc5389::attributes::{MappedAddress, Software, XorMappedAddress};
+use stun_codec::rfc5389::methods::BINDING;
+use stun_codec::rfc5780::attributes::{OtherAddress, ResponseOrigin};
+use stun_codec::{Attribute as _, Message, MessageClass, MessageDecoder, MessageEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
+
+use super::attr::{self, ResponseAttribute};
+use super::{check_frame, first_line, ChangeRequest, Error, TransactionId, HEADER_LEN};
+
+// What the server decodes with stun_codec. CHANGE-REQUEST stays raw (stun_codec 0.4
+// decodes its flags from the wrong bits).
+stun_codec::define_attribute_enums!(
+    ServerRequestAttribute,
+    ServerRequestAttributeDecoder,
+    ServerRequestAttributeEncoder,
+    [Software]
+);
+
+/// How the test server behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The primary address and port (A1:P1).
+    pub primary: SocketAddr,
+    /// The alternate address and port (A2:P2): both must differ from the primary's, in
+    /// the same family.
+    pub alternate: SocketAddr,
+    /// Answer change requests from the receiving address anyway, as a server without
+    /// RFC 5780 support does.
+    pub ignore_change: bool,
+    /// Include OTHER-ADDRESS in responses.
+    pub other_address: bool,
+    /// The SOFTWARE attribute to send, if any.
+    pub software: Option<String>,
+}
+
+impl ServerConfig {
+    /// A well-behaved RFC 5780 server on these two addresses.
+    pub fn new(primary: SocketAddr, alternate: SocketAddr) -> Self {
+        ServerConfig {
+            primary,
+            alternate,
+            ignore_change: false,
+            other_address: true,
+            software: Some(concat!("p2pipe test server ", env!("CARGO_PKG_VERSION")).into()),
+        }
+    }
+}
+
+/// A reply the core wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The server address to send it from: one of [`ServerCore::addresses`].
+    pub from: SocketAddr,
+    /// The client.
+    pub to: SocketAddr,
+    /// The response.
+    pub bytes: Vec<u8>,
+}
+
+/// The sans-IO core of the test server: a request in, a reply out.
+#[derive(Debug, Clone)]
+pub struct ServerCore {
+    config: ServerConfig,
+}
+
+impl ServerCore {
+    /// Checks the configuration: the two addresses differ in IP and in port and share a
+    /// family.
+    pub fn new(config: ServerConfig) -> Result<Self, Error> {
+        let (a, b) = (config.primary, config.alternate);
+        if a.is_ipv4() != b.is_ipv4() || a.ip() == b.ip() || a.port() == b.port() {
+            return Err(Error::ServerConfig(format!(
+                "the two addresses must differ in ip and port, in one family; got {a} and {b}"
+            )));
+        }
+        Ok(ServerCore { config })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The four addresses the server answers from: (A1,P1), (A1,P2), (A2,P1), (A2,P2).
+    pub fn addresses(&self) -> [SocketAddr; 4] {
+        let (a, b) = (self.config.primary, self.config.alternate);
+        [
+            a,
+            SocketAddr::new(a.ip(), b.port()),
+            SocketAddr::new(b.ip(), a.port()),
+            b,
+        ]
+    }
+
+    fn other_ip(&self, ip: IpAddr) -> IpAddr {
+        if ip == self.config.primary.ip() {
+            self.config.alternate.ip()
+        } else {
+            self.config.primary.ip()
+        }
+    }
+
+    fn other_port(&self, port: u16) -> u16 {
+        if port == self.config.primary.port() {
+            self.config.alternate.port()
+        } else {
+            self.config.primary.port()
+        }
+    }
+
+    /// Answers a datagram that arrived at `local` (one of [`addresses`](Self::addresses))
+    /// from `client`. `over_tcp` makes the server ignore CHANGE-REQUEST, which has no
+    /// meaning on a connection.
+    ///
+    /// # Errors
+    ///
+    /// Anything that is not a well-formed Binding request is refused with an error, and
+    /// no reply.
+    pub fn handle(
+        &self,
+        local: SocketAddr,
+        client: SocketAddr,
+        bytes: &[u8],
+        over_tcp: bool,
+    ) -> Result<Reply, Error> {
+        check_frame(bytes)?;
+        let decoded = MessageDecoder::<ServerRequestAttribute>::new()
+            .decode_from_bytes(bytes)
+            .map_err(|e| Error::Decode(first_line(&e.to_string())))?;
+        let request =
+            decoded.map_err(|broken| Error::Decode(first_line(&broken.error().to_string())))?;
+        if request.class() != MessageClass::Request {
+            return Err(Error::NotRequest);
+        }
+        if request.method() != BINDING {
+            return Err(Error::WrongMethod(request.method().as_u16()));
+        }
+        let mut change = ChangeRequest::default();
+        for raw in request.unknown_attributes() {
+            let t = raw.get_type().as_u16();
+            if t == attr::CHANGE_REQUEST {
+                change = ChangeRequest::decode_value(raw.value())?;
+            } else if raw.get_type().is_comprehension_required() {
+                return Err(Error::UnknownRequired(t));
+            }
+        }
+        let honour = !over_tcp && !self.config.ignore_change;
+        let mut from = local;
+        if honour && change.change_ip {
+            from.set_ip(self.other_ip(local.ip()));
+        }
+        if honour && change.change_port {
+            from.set_port(self.other_port(local.port()));
+        }
+        let txid = TransactionId(*request.transaction_id().as_bytes());
+        let mut response = Message::<ResponseAttribute>::new(
+            MessageClass::SuccessResponse,
+            BINDING,
+            stun_codec::TransactionId::new(txid.0),
+        );
+        response.add_attribute(XorMappedAddress::new(client));
+        response.add_attribute(MappedAddress::new(client));
+        if self.config.other_address {
+            let other = SocketAddr::new(self.other_ip(local.ip()), self.other_port(local.port()));
+            response.add_attribute(OtherAddress::new(other));
+        }
+        response.add_attribute(ResponseOrigin::new(from));
+        if let Some(s) = &self.config.software {
+            let s = Software::new(s.clone()).map_err(|e| Error::Encode(e.to_string()))?;
+            response.add_attribute(s);
+        }
+        let bytes = MessageEncoder::new()
+            .encode_into_bytes(response)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(Reply {
+            from,
+            to: client,
+            bytes,
+        })
+    }
+}
+
+/// Counters of a running [`TestServer`].
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// The test server, running: four UDP sockets (two addresses × two ports) and a TCP
+/// listener on the primary address. Stops when dropped.
+#[derive(Debug)]
+pub struct TestServer {
+    core: Arc<ServerCore>,
+    counters: Arc<Counters>,
+    tasks: JoinSet<()>,
+}
+
+impl TestServer {
+    /// Starts a well-behaved server on `ip1` and `ip2` (any free ports).
+    ///
+    /// # Errors
+    ///
+    /// If the sockets cannot be bound: for instance `ip2` is not a local address.
+    pub async fn start(ip1: IpAddr, ip2: IpAddr) -> io::Result<TestServer> {
+        Self::start_with(ip1, ip2, |_| {}).await
+    }
+
+    /// Starts a server on `ip1` and `ip2` (any free ports), with `adjust` applied to the
+    /// configuration first (to make it ignore change requests, say).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_with(
+        ip1: IpAddr,
+        ip2: IpAddr,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> io::Result<TestServer> {
+        // Find two ports free on both addresses: bind on ip1 with port 0, then try the
+        // same port on ip2, a bounded number of times.
+        let mut last_err = None;
+        for _ in 0..32 {
+            match Self::try_bind(ip1, ip2).await {
+                Ok(sockets) => return Self::serve(sockets, adjust),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("no free port pair")))
+    }
+
+    async fn try_bind(ip1: IpAddr, ip2: IpAddr) -> io::Result<[UdpSocket; 4]> {
+        let a1p1 = UdpSocket::bind(SocketAddr::new(ip1, 0)).await?;
+        let p1 = a1p1.local_addr()?.port();
+        let a2p1 = UdpSocket::bind(SocketAddr::new(ip2, p1)).await?;
+        let a1p2 = UdpSocket::bind(SocketAddr::new(ip1, 0)).await?;
+        let p2 = a1p2.local_addr()?.port();
+        let a2p2 = UdpSocket::bind(SocketAddr::new(ip2, p2)).await?;
+        Ok([a1p1, a1p2, a2p1, a2p2])
+    }
+
+    fn serve(
+        sockets: [UdpSocket; 4],
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> io::Result<TestServer> {
+        let primary = sockets[0].local_addr()?;
+        let alternate = sockets[3].local_addr()?;
+        let mut config = ServerConfig::new(primary, alternate);
+        adjust(&mut config);
+        let core = Arc::new(ServerCore::new(config).map_err(io::Error::other)?);
+        let counters = Arc::new(Counters::default());
+        let sockets: Arc<[UdpSocket]> = Arc::from(Vec::from(sockets));
+        let mut tasks = JoinSet::new();
+        for i in 0..sockets.len() {
+            let (core, counters, sockets) = (core.clone(), counters.clone(), sockets.clone());
+            tasks.spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let local = match sockets[i].local_addr() {
+                    Ok(a) => a,
+                    Err(_) => return,
+                };
+                loop {
+                    let Ok((n, client)) = sockets[i].recv_from(&mut buf).await else {
+                        continue;
+                    };
+                    counters.requests.fetch_add(1, Ordering::Relaxed);
+                    match core.handle(local, client, &buf[..n], false) {
+                        Ok(reply) => {
+                            let out = sockets
+                                .iter()
+                                .find(|s| s.local_addr().ok() == Some(reply.from));
+                            if let Some(out) = out {
+                                let _ = out.send_to(&reply.bytes, reply.to).await;
+                            }
+                        }
+                        Err(_) => {
+                            counters.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        // TCP on the primary address, when its port is free for TCP too.
+        let std_listener = std::net::TcpListener::bind(primary).and_then(|l| {
+            l.set_nonblocking(true)?;
+            Ok(l)
+        });
+        if let Ok(listener) = std_listener.and_then(TcpListener::from_std) {
+            let (core, counters) = (core.clone(), counters.clone());
+            tasks.spawn(async move {
+                loop {
+                    let Ok((mut stream, client)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (core, counters) = (core.clone(), counters.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; super::MAX_MESSAGE_LEN];
+                        loop {
+                            if stream.read_exact(&mut buf[..HEADER_LEN]).await.is_err() {
+                                return;
+                            }
+                            let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+                            if HEADER_LEN + len > buf.len() {
+                                return;
+                            }
+                            let end = HEADER_LEN + len;
+                            if stream.read_exact(&mut buf[HEADER_LEN..end]).await.is_err() {
+                                return;
+                            }
+                            counters.requests.fetch_add(1, Ordering::Relaxed);
+                            match core.handle(primary, client, &buf[..end], true) {
+                                Ok(reply) => {
+                                    if stream.write_all(&reply.bytes).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(_) => {
+                                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        Ok(TestServer {
+            core,
+            counters,
+            tasks,
+        })
+    }
+
+    /// The primary address (A1:P1): where clients send their first request.
+    pub fn primary(&self) -> SocketAddr {
+        self.core.config().primary
+    }
+
+    /// The alternate address (A2:P2).
+    pub fn alternate(&self) -> SocketAddr {
+        self.core.config().alternate
+    }
+
+    /// The four addresses the server answers from.
+    pub fn addresses(&self) -> [SocketAddr; 4] {
+        self.core.addresses()
+    }
+
+    /// Requests received so far, on every socket.
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused so far (not a well-formed Binding request).
+    pub fn refused(&self) -> u64 {
+        self.counters.refused.load(Ordering::Relaxed)
+    }
+
+    /// Stops the server.
+    pub fn stop(mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::{Request, Response};
+
+    fn core(adjust: impl FnOnce(&mut ServerConfig)) -> ServerCore {
+        let mut c = ServerConfig::new(
+            "203.0.113.10:3478".parse().unwrap(),
+            "203.0.113.11:3479".parse().unwrap(),
+        );
+        adjust(&mut c);
+        ServerCore::new(c).unwrap()
+    }
+
+    const CLIENT: &str = "198.51.100.7:40000";
+
+    fn ask(core: &ServerCore, local: &str, ip: bool, port: bool) -> (Reply, Response) {
+        let mut req = Request::binding(TransactionId([7; 12]));
+        if ip || port {
+            req = req.with_change(ip, port);
+        }
+        let reply = core
+            .handle(
+                local.parse().unwrap(),
+                CLIENT.parse().unwrap(),
+                &req.encode().unwrap(),
+                false,
+            )
+            .unwrap();
+        let resp = Response::parse(&reply.bytes).unwrap();
+        assert_eq!(resp.txid, TransactionId([7; 12]));
+        assert_eq!(resp.mapped, Some(CLIENT.parse().unwrap()));
+        assert_eq!(resp.response_origin, Some(reply.from));
+        (reply, resp)
+    }
+
+    #[test]
+    fn change_requests_pick_the_reply_address() {
+        let c = core(|_| {});
+        let cases = [
+            ("203.0.113.10:3478", false, false, "203.0.113.10:3478"),
+            ("203.0.113.10:3478", true, true, "203.0.113.11:3479"),
+            ("203.0.113.10:3478", false, true, "203.0.113.10:3479"),
+            ("203.0.113.10:3478", true, false, "203.0.113.11:3478"),
+            ("203.0.113.11:3478", true, true, "203.0.113.10:3479"),
+            ("203.0.113.11:3479", false, true, "203.0.113.11:3478"),
+        ];
+        for (local, ip, port, from) in cases {
+            let (reply, _) = ask(&c, local, ip, port);
+            assert_eq!(reply.from, from.parse().unwrap(), "{local} {ip} {port}");
+        }
+        let (_, resp) = ask(&c, "203.0.113.10:3478", false, false);
+        assert_eq!(
+            resp.other_address,
+            Some("203.0.113.11:3479".parse().unwrap())
+        );
+        let (_, resp) = ask(&c, "203.0.113.11:3478", false, false);
+        assert_eq!(
+            resp.other_address,
+            Some("203.0.113.10:3479".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn misbehaving_modes() {
+        let c = core(|c| c.ignore_change = true);
+        let (reply, _) = ask(&c, "203.0.113.10:3478", true, true);
+        assert_eq!(reply.from, "203.0.113.10:3478".parse().unwrap());
+        let c = core(|c| c.other_address = false);
+        let (_, resp) = ask(&c, "203.0.113.10:3478", false, false);
+        assert_eq!(resp.other_address, None);
+    }
+
+    #[test]
+    fn bad_requests_get_no_reply() {
+        let c = core(|_| {});
+        let local = "203.0.113.10:3478".parse().unwrap();
+        let client = CLIENT.parse().unwrap();
+        let good = Request::binding(TransactionId([1; 12])).encode().unwrap();
+        let mut response = good.clone();
+        response[0] = 0x01; // 0x0101: a success response, not a request
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],
+            good[..19].to_vec(),
+            b"hello, this is not stun at all".to_vec(),
+            response,
+            vec![0u8; 4000],
+        ];
+        for bytes in cases {
+            assert!(c.handle(local, client, &bytes, false).is_err());
+        }
+        assert!(c.handle(local, client, &good, false).is_ok());
+    }
+
+    #[test]
+    fn addresses_must_differ() {
+        let same_ip = ServerConfig::new(
+            "127.0.0.1:1000".parse().unwrap(),
+            "127.0.0.1:1001".parse().unwrap(),
+        );
+        assert!(ServerCore::new(same_ip).is_err());
+        let mixed = ServerConfig::new(
+            "127.0.0.1:1000".parse().unwrap(),
+            "[::1]:1001".parse().unwrap(),
+        );
+        assert!(ServerCore::new(mixed).is_err());
+    }
+}
