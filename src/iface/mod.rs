@@ -5,10 +5,10 @@
 //!   [`IfFlags`], and IPv4 and IPv6 addresses ([`IfAddr4`], [`IfAddr6`]) with their prefix
 //!   lengths and [`AddrClass`]; link-local addresses included, with their scope id.
 //! - [`Interface::default_for`] is the interface the OS routes the internet through, read
-//!   from the OS route table ([`route`] parses it; Linux only for now).
+//!   from the OS route table ([`table`] parses it; Linux only for now).
 //! - [`Interface::bind_addr`] is an address of the interface to bind a socket to.
 
-pub mod route;
+pub mod table;
 mod sys;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};

@@ -353,7 +353,7 @@ short line
     }
 
     #[test]
-    fn route_serializes_to_json_and_back() {
+    fn os_route_serializes_to_json_and_back() {
         let r = OsRoute {
             iface: "eth0".into(),
             dest: Ipv6Addr::UNSPECIFIED.into(),
