@@ -71,11 +71,17 @@ fn invalid(input: &str, reason: &'static str) -> Error {
 // ---------------------------------------------------------------------------------------------
 
 /// An address family: IPv4 or IPv6.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Serialized as `"ipv4"` or `"ipv6"`, the names the command line's JSON uses.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Af {
     /// IPv4.
+    #[serde(rename = "ipv4")]
     V4,
     /// IPv6.
+    #[serde(rename = "ipv6")]
     V6,
 }
 
@@ -717,6 +723,15 @@ mod tests {
         assert_eq!(Af::V6.loopback(), sa("[::1]:0").ip());
         assert_eq!(Af::V4.to_string(), "IPv4");
         assert_eq!(Af::V6.to_string(), "IPv6");
+    }
+
+    #[test]
+    fn af_serializes_as_ipv4_and_ipv6() {
+        assert_eq!(serde_json::to_string(&Af::V4).unwrap(), "\"ipv4\"");
+        assert_eq!(serde_json::to_string(&Af::V6).unwrap(), "\"ipv6\"");
+        assert_eq!(serde_json::from_str::<Af>("\"ipv6\"").unwrap(), Af::V6);
+        assert!(serde_json::from_str::<Af>("\"IPv4\"").is_err());
+        assert!(serde_json::from_str::<Af>("\"v4\"").is_err());
     }
 
     // ---- Target: accepted forms -----------------------------------------------------------

@@ -7,7 +7,7 @@
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`](pipe::Pipe) type for TCP and UDP, IPv4 and IPv6, client and server |
 //! | stun | [`stun`] | sans-IO STUN client transactions (RFC 5389, 5780, 3489) |
-//! | iface | [`iface`] | the machine's interfaces, their addresses, the default interface per family |
+//! | iface | [`iface`] | the machine's interfaces, their addresses, the default interface per family, routes to external addresses |
 //! | base | [`addr`], [`dns`], [`error`] | target parsing, address classes, name resolution |
 //!
 //! See `docs/architecture.md` for the whole picture.

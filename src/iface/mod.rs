@@ -5,12 +5,18 @@
 //!   [`IfFlags`], and IPv4 and IPv6 addresses ([`IfAddr4`], [`IfAddr6`]) with their prefix
 //!   lengths and [`AddrClass`]; link-local addresses included, with their scope id.
 //! - [`Interface::default_for`] is the interface the OS routes the internet through, read
-//!   from the OS route table ([`route`] parses it; Linux only for now).
+//!   from the OS route table ([`table`] parses it; Linux only for now).
 //! - [`Interface::bind_addr`] is an address of the interface to bind a socket to.
+//! - [`Route`]s map an interface's addresses to the external addresses peers see, per
+//!   family; [`plan_routes`] plans them without I/O (STUN fills in the external side), and
+//!   a [`RoutePool`] holds them and round-trips through JSON ([`route`]).
 
 pub mod bind;
 pub mod route;
 mod sys;
+pub mod table;
+
+pub use route::{plan_routes, IpBlock, PlanKind, Route, RoutePlan, RoutePool};
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -18,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::{classify, AddrClass, Af};
 
-/// Errors from listing interfaces and reading routes.
+/// Errors from listing interfaces, reading the OS route table, and making or loading
+/// [`Route`]s.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The OS would not list the interfaces.
@@ -36,6 +43,12 @@ pub enum Error {
     /// Not implemented on this operating system.
     #[error("unsupported on this system: {0}")]
     Unsupported(&'static str),
+    /// Routes could not be read from JSON: not JSON, or not of the right shape.
+    #[error("cannot read routes from json: {0}")]
+    RouteJson(#[source] serde_json::Error),
+    /// A route, or a pool of routes, fails a check; the text says which route and why.
+    #[error("invalid route: {0}")]
+    InvalidRoute(String),
 }
 
 /// What is known about an interface's state.

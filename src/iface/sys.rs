@@ -2,13 +2,13 @@
 
 use crate::addr::Af;
 
-use super::route::RouteTable;
+use super::table::RouteTable;
 use super::Error;
 
 /// The route table of one address family, as the OS gives it.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn route_table(af: Af) -> Result<RouteTable, Error> {
-    use super::route::{parse_proc_ipv6_route, parse_proc_route};
+    use super::table::{parse_proc_ipv6_route, parse_proc_route};
     let (path, parse): (&'static str, fn(&str) -> RouteTable) = match af {
         Af::V4 => ("/proc/net/route", parse_proc_route),
         Af::V6 => ("/proc/net/ipv6_route", parse_proc_ipv6_route),
