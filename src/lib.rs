@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod dns;
 pub mod error;
 pub mod iface;
+pub mod nat;
 pub mod pipe;
 pub mod stun;
 

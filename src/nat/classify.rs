@@ -242,9 +242,7 @@ fn filtering(obs: &Observations, unknown: &mut Vec<Unknown>) -> Option<Filtering
     }
     match (obs.filtering2, obs.filtering3) {
         (Probe::Reply(from), _) if from == want2 => Some(Filtering::EndpointIndependent),
-        (Probe::NoReply, Probe::Reply(from)) if from == want3 => {
-            Some(Filtering::AddressDependent)
-        }
+        (Probe::NoReply, Probe::Reply(from)) if from == want3 => Some(Filtering::AddressDependent),
         (Probe::NoReply, Probe::NoReply) => Some(Filtering::AddressAndPortDependent),
         _ => None,
     }
@@ -538,7 +536,9 @@ mod tests {
         assert!(find("no other-address")
             .unknown
             .contains(&Unknown::NoOtherAddress));
-        assert!(find("mapping test lost").unknown.contains(&Unknown::NoReply));
+        assert!(find("mapping test lost")
+            .unknown
+            .contains(&Unknown::NoReply));
         assert!(find("full-cone").unknown.is_empty());
     }
 
@@ -546,7 +546,10 @@ mod tests {
     fn external_is_test_one() {
         let c = classify(&base(WAN));
         assert_eq!(c.external, Some(a(WAN)));
-        assert_eq!(classify(&Observations::default()), Classification::default());
+        assert_eq!(
+            classify(&Observations::default()),
+            Classification::default()
+        );
     }
 
     #[test]
@@ -594,7 +597,10 @@ mod tests {
                 samples(&[(1, 30000), (5, 41234), (9, 1200)]),
                 Some(P::Random),
             ),
-            (samples(&[(1, 30000), (5, 30000), (9, 30000)]), Some(P::Random)),
+            (
+                samples(&[(1, 30000), (5, 30000), (9, 30000)]),
+                Some(P::Random),
+            ),
             (
                 samples(&[(1, 30000), (5, 30100), (9, 30200)]),
                 Some(P::Random),

@@ -142,6 +142,8 @@ pub struct Transaction {
     started: Option<Instant>,
     /// How long after the first transmission the reply came.
     answered_in: Option<Duration>,
+    /// Where the accepted reply came from.
+    answered_from: Option<SocketAddr>,
 }
 
 impl Transaction {
@@ -152,6 +154,7 @@ impl Transaction {
         Ok(Transaction {
             started: None,
             answered_in: None,
+            answered_from: None,
             server,
             request,
             bytes,
@@ -197,6 +200,11 @@ impl Transaction {
         self.answered_in
     }
 
+    /// The address the accepted reply came from; `None` until answered.
+    pub fn answered_from(&self) -> Option<SocketAddr> {
+        self.answered_from
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -209,6 +217,7 @@ impl Transaction {
         self.stats.transmissions = 0;
         self.started = Some(now);
         self.answered_in = None;
+        self.answered_from = None;
         self.transmit(now)
     }
 
@@ -273,6 +282,7 @@ impl Transaction {
                 self.state = State::Answered(r.clone());
                 self.deadline = None;
                 self.answered_in = self.started.map(|t| now.saturating_duration_since(t));
+                self.answered_from = Some(from);
                 Outcome::Answered(r)
             }
         }
@@ -399,6 +409,7 @@ mod tests {
         t.handle_timeout(due);
         t.handle_input(server(), RFC5769_V4, due + Duration::from_millis(7));
         assert_eq!(t.answered_in(), Some(Duration::from_millis(507)));
+        assert_eq!(t.answered_from(), Some(server()));
     }
 
     #[test]

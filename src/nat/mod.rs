@@ -1,0 +1,247 @@
+//! NAT behaviour: what a NIC's NAT does to UDP, learned from STUN servers.
+//!
+//! - [`classify`] is the sans-IO classifier: RFC 5780's mapping and filtering tests
+//!   in ([`Observations`]), the behaviour out ([`Classification`]): the RFC 5780 mapping
+//!   and filtering, the RFC 3489 type, and the port-allocation pattern.
+//! - [`probe`] runs the tests over UDP against one or more STUN servers and returns a
+//!   [`NatReport`].
+//!
+//! The vocabulary (and the JSON of [`NatReport`]) is the design's: `mapping` and
+//! `filtering` are `endpoint-independent`, `address-dependent` or
+//! `address-and-port-dependent`; `nat_type` is one of `open`, `full-cone`,
+//! `restricted-cone`, `port-restricted-cone`, `symmetric`, `symmetric-udp-firewall`,
+//! `udp-blocked`; anything the servers could not tell is `null`.
+
+pub mod classify;
+mod probe;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use classify::{classify, Classification, Observations, PortSample, Probe, Unknown};
+pub use probe::{probe, resolve_servers, ProbeConfig};
+
+/// Errors of the NAT layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A STUN operation failed.
+    #[error(transparent)]
+    Stun(#[from] crate::stun::Error),
+    /// No STUN server of this address family was given or resolved.
+    #[error("no {0} stun server to ask")]
+    NoServer(crate::Af),
+    /// No local address of this family to send from.
+    #[error("no local {0} address to send from: {1}")]
+    NoLocalAddress(crate::Af, String),
+}
+
+/// RFC 5780 mapping behaviour: what decides the external address a NAT gives a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mapping {
+    /// One external address for every destination.
+    EndpointIndependent,
+    /// A new external address per destination address.
+    AddressDependent,
+    /// A new external address per destination address and port.
+    AddressAndPortDependent,
+}
+
+/// RFC 5780 filtering behaviour: who may send to a mapped address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Anyone.
+    EndpointIndependent,
+    /// Addresses the socket has sent to.
+    AddressDependent,
+    /// Addresses and ports the socket has sent to.
+    AddressAndPortDependent,
+}
+
+/// The RFC 3489 NAT type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatType {
+    /// No NAT and no filtering: the host's own address is reachable.
+    Open,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    RestrictedCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestrictedCone,
+    /// Mapping depends on the destination.
+    Symmetric,
+    /// No NAT, but a firewall filters inbound UDP.
+    SymmetricUdpFirewall,
+    /// No UDP gets through at all.
+    UdpBlocked,
+}
+
+impl fmt::Display for NatType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NatType::Open => "open",
+            NatType::FullCone => "full-cone",
+            NatType::RestrictedCone => "restricted-cone",
+            NatType::PortRestrictedCone => "port-restricted-cone",
+            NatType::Symmetric => "symmetric",
+            NatType::SymmetricUdpFirewall => "symmetric-udp-firewall",
+            NatType::UdpBlocked => "udp-blocked",
+        })
+    }
+}
+
+impl fmt::Display for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mapping::EndpointIndependent => "endpoint-independent",
+            Mapping::AddressDependent => "address-dependent",
+            Mapping::AddressAndPortDependent => "address-and-port-dependent",
+        })
+    }
+}
+
+impl fmt::Display for Filtering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Filtering::EndpointIndependent => "endpoint-independent",
+            Filtering::AddressDependent => "address-dependent",
+            Filtering::AddressAndPortDependent => "address-and-port-dependent",
+        })
+    }
+}
+
+/// How a NAT picks external ports, for port prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "pattern", rename_all = "kebab-case")]
+pub enum PortAllocation {
+    /// The external port equals the local port.
+    Preserving,
+    /// Each new mapping's port is the previous one's plus `delta`.
+    Sequential {
+        /// The step between consecutive mappings.
+        delta: i32,
+    },
+    /// No pattern.
+    Random,
+}
+
+impl fmt::Display for PortAllocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortAllocation::Preserving => f.write_str("preserving"),
+            PortAllocation::Sequential { delta } => write!(f, "sequential (delta {delta:+})"),
+            PortAllocation::Random => f.write_str("random"),
+        }
+    }
+}
+
+/// The NAT behaviour of one address family of one NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatReport {
+    /// The RFC 3489 type, or null when unknown.
+    pub nat_type: Option<NatType>,
+    /// The RFC 5780 mapping behaviour, or null.
+    pub mapping: Option<Mapping>,
+    /// The RFC 5780 filtering behaviour, or null.
+    pub filtering: Option<Filtering>,
+    /// The external address (test I's mapped address), or null.
+    pub external: Option<SocketAddr>,
+    /// The port-allocation pattern, or null.
+    pub port_allocation: Option<PortAllocation>,
+    /// The local address the tests were sent from.
+    pub local: Option<SocketAddr>,
+    /// The STUN server whose answers were used.
+    pub server: Option<SocketAddr>,
+    /// Why parts of the answer are unknown.
+    pub unknown: Vec<Unknown>,
+    /// STUN transactions started.
+    pub transactions: u32,
+    /// Datagrams sent, retransmissions included.
+    pub requests: u32,
+    /// Replies ignored: wrong source, wrong transaction, malformed, or late.
+    pub ignored: u32,
+    /// How long the tests took.
+    #[serde(with = "millis")]
+    pub elapsed: Duration,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+impl<'de> Deserialize<'de> for Unknown {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "no-other-address" => Ok(Unknown::NoOtherAddress),
+            "change-ignored" => Ok(Unknown::ChangeIgnored),
+            "no-reply" => Ok(Unknown::NoReply),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["no-other-address", "change-ignored", "no-reply"],
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_uses_the_design_vocabulary() {
+        let r = NatReport {
+            nat_type: Some(NatType::PortRestrictedCone),
+            mapping: Some(Mapping::EndpointIndependent),
+            filtering: Some(Filtering::AddressAndPortDependent),
+            external: Some("198.51.100.1:40000".parse().unwrap()),
+            port_allocation: Some(PortAllocation::Sequential { delta: 2 }),
+            local: None,
+            server: None,
+            unknown: vec![Unknown::ChangeIgnored],
+            transactions: 7,
+            requests: 18,
+            ignored: 0,
+            elapsed: Duration::from_millis(1050),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["nat_type"], "port-restricted-cone");
+        assert_eq!(v["mapping"], "endpoint-independent");
+        assert_eq!(v["filtering"], "address-and-port-dependent");
+        assert_eq!(v["external"], "198.51.100.1:40000");
+        assert_eq!(v["port_allocation"]["pattern"], "sequential");
+        assert_eq!(v["port_allocation"]["delta"], 2);
+        assert_eq!(v["unknown"][0], "change-ignored");
+        assert_eq!(v["elapsed"], 1050);
+        assert!(v["local"].is_null());
+        let back: NatReport = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+        for (t, s) in [
+            (NatType::Open, "open"),
+            (NatType::FullCone, "full-cone"),
+            (NatType::RestrictedCone, "restricted-cone"),
+            (NatType::SymmetricUdpFirewall, "symmetric-udp-firewall"),
+            (NatType::UdpBlocked, "udp-blocked"),
+            (NatType::Symmetric, "symmetric"),
+        ] {
+            assert_eq!(serde_json::to_value(t).unwrap(), s);
+            assert_eq!(t.to_string(), s);
+        }
+    }
+}
