@@ -31,10 +31,10 @@ pub enum Error {
     #[error(transparent)]
     Stun(#[from] crate::stun::Error),
     /// No STUN server of this address family was given or resolved.
-    #[error("no {0} stun server to ask")]
+    #[error("no {} stun server to ask", .0.to_string().to_lowercase())]
     NoServer(crate::Af),
     /// No local address of this family to send from.
-    #[error("no local {0} address to send from: {1}")]
+    #[error("no local {af} address to send from: {why}", af = .0.to_string().to_lowercase(), why = .1)]
     NoLocalAddress(crate::Af, String),
 }
 

@@ -6,4 +6,5 @@ mod cli;
 mod daemon;
 mod iface;
 mod pipe;
+mod stun;
 mod support;
