@@ -3,15 +3,23 @@
 
 use std::io::Write;
 
-use p2pipe::iface::Interface;
+use p2pipe::iface::{Interface, RoutePool};
 use p2pipe::Af;
 
 /// Arguments of `p2pipe interfaces`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print one JSON object: {"interfaces": [...], "default": {"ipv4": NAME, "ipv6": NAME}}.
+    /// Print one JSON object: {"interfaces": [...], "default": {"ipv4": NAME, "ipv6":
+    /// NAME}, "routes": {"routes": [...]}}.
     #[arg(long)]
     json: bool,
+    /// Ask STUN servers for each route's external address (without it, routes are
+    /// listed with their NIC addresses only, and nothing is sent).
+    #[arg(long)]
+    routes: bool,
+    /// A STUN server for --routes (repeatable); as for `p2pipe nat`.
+    #[arg(long = "stun", value_name = "HOST:PORT")]
+    stun: Vec<String>,
 }
 
 /// The default interface's name for `af`, or `None` (with a warning on stderr when the
@@ -26,16 +34,51 @@ fn default_name(af: Af) -> Option<String> {
     }
 }
 
+/// The routes of every interface: planned from the addresses, and with their external
+/// addresses from STUN when `lookup` is set.
+async fn routes(
+    nics: &[Interface],
+    lookup: bool,
+    stun: &[String],
+) -> Result<RoutePool, Box<dyn std::error::Error>> {
+    let mut pool = RoutePool::new();
+    for af in [Af::V4, Af::V6] {
+        let servers = if lookup {
+            let (list, _) = super::servers::servers(stun)?;
+            p2pipe::nat::resolve_servers(&list, af).await?
+        } else {
+            Vec::new()
+        };
+        for nic in nics.iter().filter(|n| !n.flags.loopback) {
+            let found = if lookup {
+                let cfg = p2pipe::nat::ProbeConfig::default().stun;
+                p2pipe::nat::routes(nic, af, &servers, cfg).await
+            } else {
+                nic.route_plans(af)
+                    .into_iter()
+                    .map(|p| p.complete(None))
+                    .collect()
+            };
+            for r in found {
+                pool.push(r)?;
+            }
+        }
+    }
+    Ok(pool)
+}
+
 /// Lists the interfaces on stdout.
-pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let nics = Interface::list()?;
     let def4 = default_name(Af::V4);
     let def6 = default_name(Af::V6);
+    let pool = routes(&nics, args.routes, &args.stun).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let doc = serde_json::json!({
             "interfaces": nics,
             "default": { "ipv4": def4, "ipv6": def6 },
+            "routes": pool,
         });
         serde_json::to_writer(&mut out, &doc)?;
         writeln!(out)?;
@@ -69,6 +112,25 @@ pub fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 writeln!(out, "    {}/{}  {}", a.ip, a.prefix, a.class)?;
             }
         }
+    }
+    writeln!(out, "routes")?;
+    for r in &pool {
+        let nic: Vec<String> = r.nic().iter().map(ToString::to_string).collect();
+        let ext = if r.ext().is_empty() {
+            if args.routes {
+                "unknown (no stun answer)".to_owned()
+            } else {
+                "not looked up (--routes asks stun)".to_owned()
+            }
+        } else {
+            r.ext()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let af = r.af().to_string().to_lowercase();
+        writeln!(out, "    {af} {} {} -> {ext}", r.interface(), nic.join(" "))?;
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 
 mod echo;
 mod interfaces;
+mod nat;
+mod servers;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,9 @@ enum Command {
     Echo(echo::Args),
     /// List the network interfaces, their addresses, and the default interface per family.
     Interfaces(interfaces::Args),
+    /// Learn what the NAT in front of an interface does, per address family, from STUN
+    /// servers (RFC 5780 and RFC 3489 vocabulary).
+    Nat(nat::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -58,8 +63,8 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Echo(args) => echo::run(args).await,
-            // Reads a few OS tables; nothing to await.
-            Command::Interfaces(args) => interfaces::run(args),
+            Command::Interfaces(args) => interfaces::run(args).await,
+            Command::Nat(args) => nat::run(args).await,
         }
     });
     match result {

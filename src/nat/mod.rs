@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use classify::{classify, Classification, Observations, PortSample, Probe, Unknown};
-pub use probe::{probe, resolve_servers, ProbeConfig};
+pub use probe::{probe, resolve_servers, routes, ProbeConfig};
 
 /// Errors of the NAT layer.
 #[derive(Debug, thiserror::Error)]

@@ -144,8 +144,20 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
             .map_err(|e| Error::NoLocalAddress(af, e.to_string().to_lowercase()))?,
     };
     let bind = |port| {
-        crate::iface::bind::udp_socket(SocketAddr::new(local_ip, port), device)
-            .map_err(|e| Error::Stun(stun::Error::io("bind", e)))
+        let at = SocketAddr::new(local_ip, port);
+        match crate::iface::bind::udp_socket(at, device) {
+            // Binding to a device needs privileges; the source address still picks the
+            // NIC wherever the route table agrees.
+            Err(e) if device.is_some() && e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(
+                    ?device,
+                    "cannot bind to the device, binding by address only: {e}"
+                );
+                crate::iface::bind::udp_socket(at, None)
+            }
+            other => other,
+        }
+        .map_err(|e| Error::Stun(stun::Error::io("bind", e)))
     };
     let main = bind(0)?;
     let local = main
@@ -346,4 +358,48 @@ async fn route_source(to: SocketAddr, device: Option<&str>) -> std::io::Result<I
     let s = crate::iface::bind::udp_socket(any, device)?;
     s.connect(to).await?;
     Ok(s.local_addr()?.ip())
+}
+
+/// The routes of `nic` for family `af`, with their external addresses filled in by
+/// STUN: each of the NIC's route plans asks `servers` (all at once) from its first
+/// address, bound to the NIC by name where the OS allows it. A plan whose probe gets no
+/// answer still becomes a route, with an unknown external address.
+///
+/// # Cancel safety
+///
+/// Cancel safe.
+pub async fn routes(
+    nic: &crate::iface::Interface,
+    af: Af,
+    servers: &[SocketAddr],
+    config: stun::Config,
+) -> Vec<crate::iface::Route> {
+    let servers: Vec<SocketAddr> = servers
+        .iter()
+        .copied()
+        .filter(|s| Af::of_socket(s) == af)
+        .collect();
+    let plans = nic.route_plans(af);
+    let asks = plans.iter().map(|plan| {
+        let servers = &servers;
+        async move {
+            if servers.is_empty() {
+                return None;
+            }
+            let local = SocketAddr::new(plan.probe_from(), 0);
+            // Binding to the device needs privileges; the source address alone still
+            // picks the NIC on most hosts.
+            let socket = crate::iface::bind::udp_socket(local, Some(&nic.name))
+                .or_else(|_| crate::iface::bind::udp_socket(local, None))
+                .ok()?;
+            let (_, r) = udp::first_answer(&socket, servers, config).await.ok()?;
+            r.mapped.map(|m| m.ip())
+        }
+    });
+    let seen = futures::future::join_all(asks).await;
+    plans
+        .into_iter()
+        .zip(seen)
+        .map(|(plan, ext)| plan.complete(ext))
+        .collect()
 }

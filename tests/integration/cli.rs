@@ -74,3 +74,85 @@ async fn echo_command_refuses_a_bad_bind_address() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid --bind"), "{err}");
 }
+
+/// `p2pipe nat --json` against the in-crate STUN server on 127.0.0.1 and 127.0.0.2:
+/// the host is not behind a NAT, so the answer is "open", with the design's JSON.
+#[tokio::test]
+async fn nat_command_reports_json_against_a_loopback_server() {
+    use p2pipe::stun::server::TestServer;
+    let server = within(TestServer::start(
+        "127.0.0.1".parse().unwrap(),
+        "127.0.0.2".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let out = within(
+        Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+            .args(["nat", "--json", "--interface", "lo", "--stun"])
+            .arg(server.primary().to_string())
+            .env_remove("P2PIPE_STUN")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["interface"], "lo");
+    let v4 = &v["ipv4"];
+    assert_eq!(v4["nat_type"], "open", "{v}");
+    assert_eq!(v4["mapping"], "endpoint-independent");
+    assert_eq!(v4["filtering"], "endpoint-independent");
+    assert_eq!(v4["port_allocation"]["pattern"], "preserving");
+    let external: std::net::SocketAddr = v4["external"].as_str().unwrap().parse().unwrap();
+    assert_eq!(external.ip().to_string(), "127.0.0.1");
+    assert!(v["ipv6"].is_null(), "no ipv6 server was given");
+    assert!(server.requests() >= 3);
+}
+
+/// With no server answering, the report says so and still lists the interfaces.
+#[tokio::test]
+async fn nat_command_says_when_no_server_answers() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let out = within(
+        Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+            .args(["nat", "--interface", "lo", "--stun"])
+            .arg(silent.local_addr().unwrap().to_string())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no stun server answered"), "{text}");
+    assert!(text.contains("the interfaces are:"), "{text}");
+    assert!(text.contains("lo 127.0.0.1"), "{text}");
+}
+
+/// The server list comes from $P2PIPE_STUN when no flag is given, and a flag wins.
+#[tokio::test]
+async fn nat_command_takes_servers_from_the_environment() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = within(
+        Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+            .args(["nat", "--interface", "lo"])
+            .env("P2PIPE_STUN", format!("{addr}, 127.0.0.1:9"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "stun servers from $P2PIPE_STUN: {addr} 127.0.0.1:9"
+        )),
+        "{text}"
+    );
+}
