@@ -144,8 +144,8 @@ fn print_report(out: &mut impl Write, r: &NatReport) -> std::io::Result<()> {
 
 async fn family(af: Af, list: &[String], chosen: Option<&Interface>) -> Outcome {
     let mut cfg = ProbeConfig::default();
-    match chosen {
-        Some(nic) => {
+    if let Some(nic) = chosen {
+        {
             let ip = match af {
                 Af::V4 => nic.v4.first().map(|a| a.ip.into()),
                 Af::V6 => nic.v6.iter().find(|a| a.scope_id == 0).map(|a| a.ip.into()),
@@ -160,7 +160,6 @@ async fn family(af: Af, list: &[String], chosen: Option<&Interface>) -> Outcome 
             cfg.local_ip = Some(ip);
             cfg.device = Some(nic.name.clone());
         }
-        None => {}
     }
     let servers = match nat::resolve_servers(list, af).await {
         Ok(s) => s,
