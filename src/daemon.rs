@@ -185,6 +185,18 @@ impl<H: Handler> Builder<H> {
         self
     }
 
+    /// Adds a listener for every route of `routes` (on its first NIC address) × port ×
+    /// protocol, as [`listen_all`](Self::listen_all) does for addresses.
+    pub fn listen_routes(
+        self,
+        routes: &crate::iface::RoutePool,
+        ports: impl IntoIterator<Item = u16>,
+        protos: impl IntoIterator<Item = Proto>,
+    ) -> Self {
+        let addrs: Vec<IpAddr> = routes.iter().map(|r| r.local_ip()).collect();
+        self.listen_all(addrs, ports, protos)
+    }
+
     /// Most peers served at once (default 10,000). Further TCP connections
     /// are closed at once and further UDP peers ignored; both are counted.
     pub fn max_connections(mut self, n: usize) -> Self {

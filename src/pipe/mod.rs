@@ -316,6 +316,15 @@ impl PipeConfig {
         self.bind = Some(local);
         self
     }
+    /// Send through `route`: bind its first NIC address (any port) and resolve names
+    /// to its family only. Binding by address picks the NIC wherever the route table
+    /// agrees; add [`device`](Self::device) with the route's interface to force it
+    /// (that needs `CAP_NET_RAW` on Linux).
+    pub fn route(mut self, route: &crate::iface::Route) -> Self {
+        self.bind = Some(route.bind_addr(0));
+        self.family = Some(route.af());
+        self
+    }
     /// Only connect to addresses of this family.
     pub fn family(mut self, af: Af) -> Self {
         self.family = Some(af);
