@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::support::{in_ci, spawn_guard_blocking};
 
 pub mod natdiscovery;
-
+mod tests;
 
 pub use natdiscovery::{parse_natdiscovery, Behaviour, Discovery};
 
