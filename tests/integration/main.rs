@@ -1,10 +1,13 @@
 //! Integration tests, in one binary. Every await runs under a timeout; every
 //! address is loopback: 127.0.0.1, ::1, and a dual-stack `[::]` listener
-//! reached from both. Nothing waits by sleeping.
+//! reached from both. Nothing waits by sleeping. The `lab` module is the
+//! exception to loopback: it builds network namespaces with NAT routers and
+//! coturn (see docs/nat-lab.md), and its tests skip when that is impossible.
 
 mod cli;
 mod daemon;
 mod iface;
+mod lab;
 mod pipe;
 mod stun;
 mod support;

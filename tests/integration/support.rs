@@ -212,3 +212,17 @@ pub fn loopbacks(test: &str) -> Vec<IpAddr> {
     }
     v
 }
+
+/// As [`spawn_guard`], for synchronous code (the NAT lab spawns `ip`, `nft`
+/// and coturn from plain threads). Works inside or outside a tokio runtime:
+/// a helper thread takes the lock and hands the guard over, so the wait is
+/// bounded by [`T`] either way.
+pub fn spawn_guard_blocking() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // If the receiver gave up, the guard is dropped here at once.
+        let _ = tx.send(FORK.blocking_write());
+    });
+    rx.recv_timeout(T)
+        .unwrap_or_else(|e| panic!("could not take the spawn guard within {T:?}: {e}"))
+}
