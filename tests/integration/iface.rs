@@ -130,5 +130,8 @@ async fn pipes_bind_to_a_device_by_name() {
     let err = within(Pipe::connect_with(Proto::Udp, server.local_addr(), &bad))
         .await
         .unwrap_err();
-    assert!(err.to_string().to_lowercase().contains("no such device"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("no such device"),
+        "{err}"
+    );
 }

@@ -29,6 +29,7 @@ fn quick() -> Config {
 fn quick_probe() -> ProbeConfig {
     ProbeConfig {
         stun: quick(),
+        filtering: quick(),
         ..ProbeConfig::default()
     }
 }

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{in_ci, spawn_guard_blocking};
 
+mod nat;
 pub mod natdiscovery;
 mod tests;
 

@@ -1,0 +1,353 @@
+//! `p2pipe nat` in the lab, run as a user would: every RFC 3489 type on real kernel
+//! NATs against coturn, beside coturn's own `turnutils_natdiscovery`; two uplinks behind
+//! two NAT types; 20% loss; and a pipe bound to the second NIC.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use p2pipe::{Pipe, PipeConfig, Proto};
+
+use super::{lab_or_skip, Behaviour, Exec, Lab, NatKind};
+
+/// Generous: a loss-free report takes about a second, a lossy one a few.
+const NAT_LIMIT: Duration = Duration::from_secs(30);
+
+/// P2PD's test sends up to 20 requests for the type and 24 for the port pattern.
+const P2PD_REQUESTS: u64 = 20 + 24;
+
+/// Runs `p2pipe nat --json` in the lab's host namespace, with extra arguments.
+fn p2pipe_nat(lab: &Lab, extra: &[&str]) -> (serde_json::Value, Exec) {
+    let primary = lab.stun_primary().to_string();
+    let mut args = vec!["nat", "--json", "--stun", &primary];
+    args.extend_from_slice(extra);
+    let run = lab.exec_for(
+        lab.ns_host(),
+        NAT_LIMIT,
+        env!("CARGO_BIN_EXE_p2pipe"),
+        &args,
+    );
+    assert!(
+        run.success(),
+        "p2pipe nat failed (timed out: {}):\n{}\n{}",
+        run.timed_out,
+        run.stdout(),
+        run.stderr()
+    );
+    let v = serde_json::from_str(run.stdout().trim())
+        .unwrap_or_else(|e| panic!("not one json object ({e}):\n{}", run.stdout()));
+    (v, run)
+}
+
+fn name(b: Option<Behaviour>) -> serde_json::Value {
+    b.map_or(serde_json::Value::Null, |b| b.name().into())
+}
+
+/// Checks one family's report against the lab's kind, and the external address
+/// against the uplink's WAN address (or the host's own, without NAT).
+fn check(kind: NatKind, v4: &serde_json::Value, external_ip: Ipv4Addr) -> Result<(), String> {
+    let (_, mapping, filtering) = kind.expected();
+    let mut wrong = Vec::new();
+    if v4["nat_type"] != kind.name() {
+        wrong.push(format!(
+            "nat_type {} (want {})",
+            v4["nat_type"],
+            kind.name()
+        ));
+    }
+    let got_mapping = match v4["mapping"].as_str() {
+        Some("endpoint-independent") => Some(Behaviour::EndpointIndependent),
+        Some("address-dependent") => Some(Behaviour::AddressDependent),
+        Some("address-and-port-dependent") => Some(Behaviour::AddressAndPortDependent),
+        _ => None,
+    };
+    if !kind.mapping_matches(got_mapping) {
+        wrong.push(format!(
+            "mapping {} (want {})",
+            v4["mapping"],
+            name(mapping)
+        ));
+    }
+    if v4["filtering"] != name(filtering) {
+        wrong.push(format!(
+            "filtering {} (want {})",
+            v4["filtering"],
+            name(filtering)
+        ));
+    }
+    // Linux SNAT keeps free ports; `snat ... random` picks a random port each time.
+    let pattern = match kind {
+        NatKind::UdpBlocked => serde_json::Value::Null,
+        NatKind::Symmetric => "random".into(),
+        _ => "preserving".into(),
+    };
+    if v4["port_allocation"]["pattern"] != pattern {
+        wrong.push(format!(
+            "port_allocation {} (want {pattern})",
+            v4["port_allocation"]
+        ));
+    }
+    if kind == NatKind::UdpBlocked {
+        if !v4["external"].is_null() {
+            wrong.push(format!("external {} (want null)", v4["external"]));
+        }
+    } else {
+        let ext: Option<SocketAddr> = v4["external"].as_str().and_then(|s| s.parse().ok());
+        if ext.map(|e| e.ip()) != Some(external_ip.into()) {
+            wrong.push(format!(
+                "external {} (want {external_ip}:*)",
+                v4["external"]
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{kind}: {}\n{v4}", wrong.join(", ")))
+    }
+}
+
+fn external_of(lab: &Lab, n: usize, kind: NatKind) -> Ipv4Addr {
+    if kind.translates() {
+        lab.wan_ip(n)
+    } else {
+        lab.host_ip(n)
+    }
+}
+
+/// Every kind, one fresh lab each (all at once): `p2pipe nat` gives the lab's type,
+/// mapping, filtering and external address, with fewer requests than P2PD; coturn's
+/// natdiscovery runs in the same lab for the comparison table in docs/nat.md.
+#[test]
+fn p2pipe_nat_classifies_every_kind() {
+    lab_or_skip!();
+    let handles: Vec<_> = NatKind::ALL
+        .into_iter()
+        .map(|kind| {
+            std::thread::spawn(move || {
+                let lab = Lab::builder().uplink(kind, None).build();
+                let (v, run) = p2pipe_nat(&lab, &[]);
+                // A fresh conntrack table for natdiscovery, so p2pipe's mappings
+                // cannot change its answer.
+                lab.flush_conntrack().expect("flush conntrack");
+                let (d, nd) = lab.natdiscovery(Duration::from_secs(40));
+                (kind, external_of(&lab, 1, kind), v, run, d, nd)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("lab thread"))
+        .collect();
+
+    println!(
+        "| lab kind | p2pipe nat_type | p2pipe mapping / filtering | requests (transactions) | p2pipe wall ms | natdiscovery mapping / filtering | natdiscovery wall ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut failures = Vec::new();
+    for (kind, ext, v, run, d, nd) in &results {
+        let v4 = &v["ipv4"];
+        println!(
+            "| {kind} | {} | {} / {} | {} ({}) | {} | {} / {} | {} |",
+            v4["nat_type"],
+            v4["mapping"],
+            v4["filtering"],
+            v4["requests"],
+            v4["transactions"],
+            run.elapsed.as_millis(),
+            d.mapping.map_or("-", Behaviour::name),
+            d.filtering.map_or("-", Behaviour::name),
+            nd.elapsed.as_millis()
+        );
+        if let Err(e) = check(*kind, v4, *ext) {
+            failures.push(e);
+        }
+        let requests = v4["requests"].as_u64().unwrap_or(u64::MAX);
+        if requests >= P2PD_REQUESTS {
+            failures.push(format!(
+                "{kind}: {requests} requests, P2PD's test sends {P2PD_REQUESTS}"
+            ));
+        }
+        if v["interface"] != "up1" {
+            failures.push(format!("{kind}: interface {} (want up1)", v["interface"]));
+        }
+        if !v["ipv6"].is_null() {
+            failures.push(format!("{kind}: ipv6 {} in an ipv4-only lab", v["ipv6"]));
+        }
+        // Both tools agree wherever natdiscovery gives a verdict.
+        let agree = |ours: &serde_json::Value, theirs: Option<Behaviour>| {
+            theirs.is_none() || *ours == name(theirs)
+        };
+        if !agree(&v4["filtering"], d.filtering) {
+            failures.push(format!(
+                "{kind}: p2pipe filtering {} but natdiscovery {:?}",
+                v4["filtering"], d.filtering
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Two uplinks behind two NAT types: `p2pipe interfaces` lists both, `p2pipe nat
+/// --interface` gives each its own type and external address, and a pipe bound to the
+/// second NIC (by address and device) is seen by the server at the second NIC's
+/// external address, over UDP and TCP.
+#[test]
+fn two_uplinks_each_get_their_own_report() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .uplink(NatKind::PortRestrictedCone, None)
+        .uplink(NatKind::Symmetric, None)
+        .build();
+
+    let run = lab.exec_for(
+        lab.ns_host(),
+        NAT_LIMIT,
+        env!("CARGO_BIN_EXE_p2pipe"),
+        &["interfaces", "--json"],
+    );
+    assert!(run.success(), "{}", run.stderr());
+    let doc: serde_json::Value = serde_json::from_str(run.stdout().trim()).unwrap();
+    for n in 1..=2 {
+        let nic = doc["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == lab.host_nic(n).as_str())
+            .unwrap_or_else(|| panic!("no {} in {doc}", lab.host_nic(n)));
+        assert_eq!(nic["v4"][0]["ip"], lab.host_ip(n).to_string());
+    }
+    assert_eq!(doc["default"]["ipv4"], "up1");
+
+    for n in 1..=2 {
+        let nic = lab.host_nic(n);
+        let (v, _) = p2pipe_nat(&lab, &["--interface", &nic]);
+        assert_eq!(v["interface"], nic.as_str());
+        check(lab.kind(n), &v["ipv4"], lab.wan_ip(n)).unwrap_or_else(|e| panic!("{e}"));
+        let local: SocketAddr = v["ipv4"]["local"].as_str().unwrap().parse().unwrap();
+        assert_eq!(local.ip(), lab.host_ip(n));
+    }
+
+    // A p2pipe server on the lab's internet side says who it sees.
+    let wan2 = lab.wan_ip(2);
+    let server_ip = Ipv4Addr::new(203, 0, 113, 10);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = lab.spawn_in(lab.ns_inet(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let whoami = |msg: p2pipe::Message, reply: Pipe| async move {
+                reply.send(msg.peer.to_string().as_bytes()).await
+            };
+            let daemon = p2pipe::Daemon::builder(whoami)
+                .listen_all([server_ip.into()], [0], [Proto::Tcp, Proto::Udp])
+                .start()
+                .await
+                .unwrap();
+            tx.send(daemon.local_addrs().to_vec()).unwrap();
+            let _ = stop_rx.await;
+            daemon.shutdown(Duration::from_secs(1)).await;
+        })
+    });
+    let addrs = rx.recv_timeout(Duration::from_secs(10)).expect("server up");
+    let nic2 = lab.host_nic(2);
+    let host2 = lab.host_ip(2);
+    let seen = lab.run_in(lab.ns_host(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut seen = Vec::new();
+            for (proto, at) in addrs {
+                let cfg = PipeConfig::default()
+                    .bind(SocketAddr::new(host2.into(), 0))
+                    .device(nic2.clone());
+                let ask = async {
+                    let pipe = Pipe::connect_with(proto, at, &cfg).await?;
+                    pipe.send(b"who am i").await?;
+                    let msg = pipe.recv_timeout(Duration::from_secs(5)).await?;
+                    Ok::<_, p2pipe::pipe::Error>(String::from_utf8_lossy(&msg.data).into_owned())
+                };
+                let text = tokio::time::timeout(Duration::from_secs(10), ask)
+                    .await
+                    .expect("pipe over up2 timed out")
+                    .expect("pipe over up2");
+                seen.push((proto, text));
+            }
+            seen
+        })
+    });
+    let _ = stop_tx.send(());
+    server.join().expect("server thread");
+    assert_eq!(seen.len(), 2);
+    for (proto, text) in seen {
+        let addr: SocketAddr = text.parse().unwrap_or_else(|_| panic!("{text}"));
+        assert_eq!(addr.ip(), std::net::IpAddr::from(wan2), "{proto:?}");
+    }
+}
+
+/// With 20% of packets dropped at the router, both ways, the classification is still
+/// the lab's, for the kinds whose answer needs replies to come through.
+#[test]
+fn classification_survives_20_percent_loss() {
+    lab_or_skip!();
+    let kinds = [
+        NatKind::FullCone,
+        NatKind::RestrictedCone,
+        NatKind::PortRestrictedCone,
+        NatKind::Symmetric,
+    ];
+    let handles: Vec<_> = kinds
+        .into_iter()
+        .map(|kind| {
+            std::thread::spawn(move || {
+                let lab = Lab::builder().uplink(kind, Some(20)).build();
+                let (v, run) = p2pipe_nat(&lab, &[]);
+                (kind, lab.wan_ip(1), v, run)
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for h in handles {
+        let (kind, wan, v, run) = h.join().expect("lab thread");
+        println!(
+            "20% loss: {kind}: {} in {} ms, {} requests",
+            v["ipv4"]["nat_type"],
+            run.elapsed.as_millis(),
+            v["ipv4"]["requests"]
+        );
+        if let Err(e) = check(kind, &v["ipv4"], wan) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// STUN over TCP through a NAT: coturn sees the router's address.
+#[test]
+fn stun_over_tcp_through_a_nat() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .uplink(NatKind::PortRestrictedCone, None)
+        .build();
+    let primary = lab.stun_primary();
+    let answer = lab.run_in(lab.ns_host(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(p2pipe::stun::tcp::binding(
+            primary,
+            None,
+            None,
+            Duration::from_secs(10),
+        ))
+    });
+    let answer = answer.expect("a binding over tcp");
+    let mapped = answer.response.mapped.expect("a mapped address");
+    assert_eq!(mapped.ip(), std::net::IpAddr::from(lab.wan_ip(1)));
+    assert_eq!(answer.local.ip(), std::net::IpAddr::from(lab.host_ip(1)));
+}
