@@ -156,3 +156,43 @@ async fn nat_command_takes_servers_from_the_environment() {
         "{text}"
     );
 }
+
+/// The server list comes from the config file named by $P2PIPE_STUN_FILE when neither
+/// flag nor $P2PIPE_STUN is set; a `--stun` flag beats both.
+#[tokio::test]
+async fn nat_command_takes_servers_from_a_config_file_and_flags_win() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("p2pipe-stun-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("stun-servers");
+    std::fs::write(&file, format!("# lab servers\n{addr}\n")).unwrap();
+    let run = |flag: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pipe"));
+        cmd.args(["nat", "--interface", "lo"])
+            .env_remove("P2PIPE_STUN")
+            .env("P2PIPE_STUN_FILE", &file)
+            .kill_on_drop(true);
+        if let Some(f) = flag {
+            cmd.args(["--stun", f]);
+        }
+        cmd.output()
+    };
+    let out = within(run(None)).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let from_file = format!("stun servers from {}: {addr}", file.display());
+    assert!(text.contains(&from_file), "{text}");
+    let out = within(run(Some(&addr))).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("stun servers from --stun: {addr}")),
+        "{text}"
+    );
+    // A named file that cannot be read is a clear error.
+    std::fs::remove_file(&file).unwrap();
+    let out = within(run(None)).await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
