@@ -252,14 +252,19 @@ async fn nat_probe_on_loopback_is_open() {
     assert_eq!(r.requests, 3);
 }
 
+/// The NAT probe against a test server configured by `adjust`.
+async fn probe_against(adjust: impl FnOnce(&mut ServerConfig)) -> nat::NatReport {
+    let server = within(TestServer::start_with(A1, A2, adjust))
+        .await
+        .unwrap();
+    within(nat::probe(Af::V4, &[server.primary()], &quick_probe()))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_server_ignoring_change_requests_gives_unknown() {
-    let server = within(TestServer::start_with(A1, A2, |c| c.ignore_change = true))
-        .await
-        .unwrap();
-    let r = within(nat::probe(Af::V4, &[server.primary()], &quick_probe()))
-        .await
-        .unwrap();
+    let r = probe_against(|c| c.ignore_change = true).await;
     assert_eq!(r.nat_type, None, "{r:?}");
     assert_eq!(r.filtering, None);
     assert!(r.unknown.contains(&Unknown::ChangeIgnored));
@@ -268,12 +273,7 @@ async fn a_server_ignoring_change_requests_gives_unknown() {
 
 #[tokio::test]
 async fn a_server_without_other_address_gives_unknown() {
-    let server = within(TestServer::start_with(A1, A2, |c| c.other_address = false))
-        .await
-        .unwrap();
-    let r = within(nat::probe(Af::V4, &[server.primary()], &quick_probe()))
-        .await
-        .unwrap();
+    let r = probe_against(|c| c.other_address = false).await;
     assert_eq!(r.nat_type, None, "{r:?}");
     assert_eq!(r.filtering, None);
     assert!(r.unknown.contains(&Unknown::NoOtherAddress));

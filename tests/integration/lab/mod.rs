@@ -224,6 +224,30 @@ impl fmt::Display for NatKind {
     }
 }
 
+/// Builds one fresh single-uplink lab per kind (with `loss_percent` at the router), all
+/// at once on their own threads, runs `f` in each, and returns the results in the
+/// order of `kinds`. A panic in any lab is raised here.
+pub fn per_kind<R, F>(kinds: &[NatKind], loss_percent: Option<u8>, f: F) -> Vec<(NatKind, R)>
+where
+    R: Send + 'static,
+    F: Fn(&Lab, NatKind) -> R + Send + Sync + Clone + 'static,
+{
+    let handles: Vec<_> = kinds
+        .iter()
+        .map(|&kind| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let lab = Lab::builder().uplink(kind, loss_percent).build();
+                (kind, f(&lab, kind))
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("lab thread"))
+        .collect()
+}
+
 /// One uplink of the host: a router of some kind, with optional loss.
 #[derive(Debug, Clone, Copy)]
 struct Uplink {

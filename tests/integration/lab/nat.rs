@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use p2pipe::{Pipe, PipeConfig, Proto};
 
-use super::{lab_or_skip, Behaviour, Exec, Lab, NatKind};
+use super::{lab_or_skip, per_kind, Behaviour, Exec, Lab, NatKind};
 
 /// Generous: a loss-free report takes about a second, a lossy one a few.
 const NAT_LIMIT: Duration = Duration::from_secs(30);
@@ -120,24 +120,17 @@ fn external_of(lab: &Lab, n: usize, kind: NatKind) -> Ipv4Addr {
 #[test]
 fn p2pipe_nat_classifies_every_kind() {
     lab_or_skip!();
-    let handles: Vec<_> = NatKind::ALL
-        .into_iter()
-        .map(|kind| {
-            std::thread::spawn(move || {
-                let lab = Lab::builder().uplink(kind, None).build();
-                let (v, run) = p2pipe_nat(&lab, &[]);
-                // A fresh conntrack table for natdiscovery, so p2pipe's mappings
-                // cannot change its answer.
-                lab.flush_conntrack().expect("flush conntrack");
-                let (d, nd) = lab.natdiscovery(Duration::from_secs(40));
-                (kind, external_of(&lab, 1, kind), v, run, d, nd)
-            })
-        })
-        .collect();
-    let results: Vec<_> = handles
-        .into_iter()
-        .map(|h| h.join().expect("lab thread"))
-        .collect();
+    let results: Vec<_> = per_kind(&NatKind::ALL, None, |lab, kind| {
+        let (v, run) = p2pipe_nat(lab, &[]);
+        // A fresh conntrack table for natdiscovery, so p2pipe's mappings cannot change
+        // its answer.
+        lab.flush_conntrack().expect("flush conntrack");
+        let (d, nd) = lab.natdiscovery(Duration::from_secs(40));
+        (external_of(lab, 1, kind), v, run, d, nd)
+    })
+    .into_iter()
+    .map(|(kind, (ext, v, run, d, nd))| (kind, ext, v, run, d, nd))
+    .collect();
 
     println!(
         "| lab kind | p2pipe nat_type | p2pipe mapping / filtering | requests (transactions) | p2pipe wall ms | natdiscovery mapping / filtering | natdiscovery wall ms |"
@@ -300,19 +293,12 @@ fn classification_survives_20_percent_loss() {
         NatKind::PortRestrictedCone,
         NatKind::Symmetric,
     ];
-    let handles: Vec<_> = kinds
-        .into_iter()
-        .map(|kind| {
-            std::thread::spawn(move || {
-                let lab = Lab::builder().uplink(kind, Some(20)).build();
-                let (v, run) = p2pipe_nat(&lab, &[]);
-                (kind, lab.wan_ip(1), v, run)
-            })
-        })
-        .collect();
+    let results = per_kind(&kinds, Some(20), |lab, _| {
+        let (v, run) = p2pipe_nat(lab, &[]);
+        (lab.wan_ip(1), v, run)
+    });
     let mut failures = Vec::new();
-    for h in handles {
-        let (kind, wan, v, run) = h.join().expect("lab thread");
+    for (kind, (wan, v, run)) in results {
         println!(
             "20% loss: {kind}: {} in {} ms, {} requests",
             v["ipv4"]["nat_type"],

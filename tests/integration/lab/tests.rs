@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::{lab_or_skip, netns_list, Behaviour, Lab, NatKind};
+use super::{lab_or_skip, netns_list, per_kind, Behaviour, Lab, NatKind};
 
 /// natdiscovery behind a filtering NAT waits about 3 s for each missing
 /// answer; a whole run takes at most about 7 s.
@@ -20,20 +20,13 @@ fn show(b: Option<Behaviour>) -> &'static str {
 fn natdiscovery_sees_every_kind() {
     lab_or_skip!();
     // One lab per kind, all at once (each has its own namespaces).
-    let handles: Vec<_> = NatKind::ALL
-        .into_iter()
-        .map(|kind| {
-            std::thread::spawn(move || {
-                let lab = Lab::builder().uplink(kind, None).build();
-                let (d, run) = lab.natdiscovery(DISCOVERY_LIMIT);
-                (kind, lab.wan_ip(1), d, run)
-            })
-        })
-        .collect();
-    let results: Vec<_> = handles
-        .into_iter()
-        .map(|h| h.join().expect("lab thread"))
-        .collect();
+    let results: Vec<_> = per_kind(&NatKind::ALL, None, |lab, _| {
+        let (d, run) = lab.natdiscovery(DISCOVERY_LIMIT);
+        (lab.wan_ip(1), d, run)
+    })
+    .into_iter()
+    .map(|(kind, (wan, d, run))| (kind, wan, d, run))
+    .collect();
 
     println!("| kind | natdiscovery mapping | natdiscovery filtering | no NAT seen | wall ms |");
     println!("|---|---|---|---|---|");
@@ -123,17 +116,7 @@ fn unsolicited_reach(lab: &Lab) -> Option<(bool, bool)> {
 #[test]
 fn filtering_by_hand_matches_each_kind() {
     lab_or_skip!();
-    let handles: Vec<_> = NatKind::ALL
-        .into_iter()
-        .map(|kind| {
-            std::thread::spawn(move || {
-                let lab = Lab::builder().uplink(kind, None).build();
-                (kind, unsolicited_reach(&lab))
-            })
-        })
-        .collect();
-    for h in handles {
-        let (kind, got) = h.join().expect("lab thread");
+    for (kind, got) in per_kind(&NatKind::ALL, None, |lab, _| unsolicited_reach(lab)) {
         let want = match kind {
             NatKind::Open | NatKind::FullCone => Some((true, true)),
             NatKind::RestrictedCone => Some((true, false)),
