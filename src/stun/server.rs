@@ -218,6 +218,10 @@ impl TestServer {
     /// # Errors
     ///
     /// If the sockets cannot be bound: for instance `ip2` is not a local address.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: sockets bound so far are closed.
     pub async fn start(ip1: IpAddr, ip2: IpAddr) -> io::Result<TestServer> {
         Self::start_with(ip1, ip2, |_| {}).await
     }
@@ -228,6 +232,10 @@ impl TestServer {
     /// # Errors
     ///
     /// As [`start`](Self::start).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`start`](Self::start).
     pub async fn start_with(
         ip1: IpAddr,
         ip2: IpAddr,

@@ -63,6 +63,20 @@ pub async fn run_until(
     }
     let mut buf = [0u8; RECV_BUF];
     loop {
+        // Due timeouts first, every time round: a flood of datagrams cannot hold
+        // back retransmissions or the give-up.
+        let now = Instant::now();
+        for (i, t) in transactions.iter_mut().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            if let Some(tx) = t.handle_timeout(now) {
+                // A failed retransmission is as good as a lost one.
+                if socket.send_to(&tx.bytes, tx.to).await.is_ok() {
+                    stats.sent += 1;
+                }
+            }
+        }
         let next = transactions
             .iter()
             .enumerate()
@@ -73,7 +87,6 @@ pub async fn run_until(
             return stats;
         };
         tokio::select! {
-            biased;
             got = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = got else {
                     // ICMP errors surface here on some systems; the schedule goes on.
@@ -81,7 +94,6 @@ pub async fn run_until(
                 };
                 stats.received += 1;
                 let bytes = &buf[..n];
-                let now = Instant::now();
                 let Some(txid) = peek_txid(bytes) else {
                     stats.unmatched += 1;
                     continue;
@@ -93,7 +105,7 @@ pub async fn run_until(
                     stats.unmatched += 1;
                     continue;
                 };
-                match t.handle_input(from, bytes, now) {
+                match t.handle_input(from, bytes, Instant::now()) {
                     Outcome::Answered(_) => {
                         if stop(transactions) {
                             return stats;
@@ -102,20 +114,7 @@ pub async fn run_until(
                     Outcome::Ignored(_) => stats.ignored += 1,
                 }
             }
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                let now = Instant::now();
-                for (i, t) in transactions.iter_mut().enumerate() {
-                    if failed[i] {
-                        continue;
-                    }
-                    if let Some(tx) = t.handle_timeout(now) {
-                        // A failed retransmission is as good as a lost one.
-                        if socket.send_to(&tx.bytes, tx.to).await.is_ok() {
-                            stats.sent += 1;
-                        }
-                    }
-                }
-            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
         }
     }
 }

@@ -321,3 +321,36 @@ async fn no_answer_is_udp_blocked_and_no_server_is_an_error() {
     .unwrap_err();
     assert_eq!(err.to_string(), "no ipv6 stun server to ask");
 }
+
+/// A flood of garbage at the client's socket does not hold back the retransmissions or
+/// the give-up: the transaction sends its whole schedule and ends on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_garbage_does_not_stall_the_schedule() {
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = client.local_addr().unwrap();
+    let flooder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = flooder
+                    .send_to(b"not stun, not stun, not stun", target)
+                    .await;
+            }
+        })
+    };
+    let mut ts = vec![Transaction::new(
+        silent.local_addr().unwrap(),
+        Request::binding(udp::random_txid()),
+        quick(),
+    )
+    .unwrap()];
+    let run = within(udp::run(&client, &mut ts)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    within(flood).await.unwrap();
+    assert_eq!(*ts[0].state(), stun::State::TimedOut);
+    assert_eq!(run.sent, quick().max_transmissions);
+    assert!(run.unmatched > 0, "{run:?}");
+}
