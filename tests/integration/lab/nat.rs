@@ -211,6 +211,28 @@ fn two_uplinks_each_get_their_own_report() {
     }
     assert_eq!(doc["default"]["ipv4"], "up1");
 
+    // With --routes, each NIC's route gets its own external address from STUN, each
+    // asked through its own NIC.
+    let primary = lab.stun_primary().to_string();
+    let run = lab.exec_for(
+        lab.ns_host(),
+        NAT_LIMIT,
+        env!("CARGO_BIN_EXE_p2pipe"),
+        &["interfaces", "--json", "--routes", "--stun", &primary],
+    );
+    assert!(run.success(), "{}", run.stderr());
+    let doc: serde_json::Value = serde_json::from_str(run.stdout().trim()).unwrap();
+    let routes = doc["routes"]["routes"].as_array().expect("a routes array");
+    for n in 1..=2 {
+        let r = routes
+            .iter()
+            .find(|r| r["interface"] == lab.host_nic(n).as_str())
+            .unwrap_or_else(|| panic!("no route for {} in {doc}", lab.host_nic(n)));
+        assert_eq!(r["af"], "ipv4");
+        assert_eq!(r["nic"][0]["ip"], lab.host_ip(n).to_string(), "{r}");
+        assert_eq!(r["ext"][0]["ip"], lab.wan_ip(n).to_string(), "{r}");
+    }
+
     for n in 1..=2 {
         let nic = lab.host_nic(n);
         let (v, _) = p2pipe_nat(&lab, &["--interface", &nic]);
