@@ -27,7 +27,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -53,6 +53,12 @@ pub const STUN_PRIMARY: SocketAddr = SocketAddr::V4(SocketAddrV4::new(STUN_IP1, 
 pub const STUN_ALTERNATE: SocketAddr = SocketAddr::V4(SocketAddrV4::new(STUN_IP2, 3479));
 const STUN_IP1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const STUN_IP2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
+/// coturn's IPv6 addresses (the lab's IPv6 is plain routing: no NAT66; only the
+/// firewall and blocking kinds, whose rules are `inet`, filter it).
+const STUN6_IP1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0x10);
+const STUN6_IP2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0x11);
+/// coturn's primary IPv6 address and port.
+pub const STUN6_PRIMARY: SocketAddr = SocketAddr::V6(SocketAddrV6::new(STUN6_IP1, 3478, 0, 0));
 
 /// Skips the calling test (prints `skipping <test>: <reason>` and returns)
 /// when the lab cannot run here; panics instead under `CI=true`.
@@ -427,6 +433,12 @@ impl Lab {
         Ipv4Addr::new(198, 18, n as u8, 2)
     }
 
+    /// The host's IPv6 address on uplink `n` (there is no NAT66: also its external
+    /// IPv6 address): 2001:db8:N::2.
+    pub fn host_ip6(&self, n: usize) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, n as u16, 0, 0, 0, 0, 2)
+    }
+
     /// The host's interface name for uplink `n` (1-based): `up1`, `up2`.
     pub fn host_nic(&self, n: usize) -> String {
         self.uplink(n);
@@ -599,6 +611,18 @@ impl Lab {
             "dev",
             "lo",
         ]);
+        for ip6 in [STUN6_IP1, STUN6_IP2] {
+            ip_ok(&[
+                "-n",
+                &inet,
+                "addr",
+                "add",
+                &format!("{ip6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+        }
         // The host answers on either uplink: loose reverse-path filtering, or
         // replies to a socket bound to up2 would be dropped (the route back
         // to the server goes out up1).
@@ -668,6 +692,38 @@ impl Lab {
             }
             self.sysctl(&host, &format!("net/ipv4/conf/{up}/rp_filter"), "0");
             self.sysctl(&rtr, "net/ipv4/ip_forward", "1");
+            self.sysctl(&rtr, "net/ipv6/conf/all/forwarding", "1");
+            // IPv6: 2001:db8:0:N::/64 on the WAN link, 2001:db8:N::/64 on the LAN.
+            let (wan6, inet6) = (format!("2001:db8:0:{n}::1"), format!("2001:db8:0:{n}::2"));
+            let (lan6, host6) = (format!("2001:db8:{n}::1"), self.host_ip6(n).to_string());
+            for (ns, addr, dev) in [
+                (&rtr, &wan6, "wan"),
+                (&inet, &inet6, r.as_str()),
+                (&rtr, &lan6, "lan"),
+                (&host, &host6, up.as_str()),
+            ] {
+                ip_ok(&[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]);
+            }
+            ip_ok(&["-n", &rtr, "-6", "route", "add", "default", "via", &inet6]);
+            ip_ok(&[
+                "-n",
+                &inet,
+                "-6",
+                "route",
+                "add",
+                &format!("2001:db8:{n}::/64"),
+                "via",
+                &wan6,
+            ]);
             ip_ok(&[
                 "-n",
                 &rtr,
@@ -700,6 +756,10 @@ impl Lab {
                 "metric",
                 &metric,
             ]);
+            ip_ok(&[
+                "-n", &host, "-6", "route", "add", "default", "via", &lan6, "dev", &up, "metric",
+                &metric,
+            ]);
             let uplink = self.uplinks[n - 1];
             let mut rules = uplink.kind.ruleset(wan, hostip).unwrap_or_default();
             if let Some(p) = uplink.loss_percent {
@@ -722,6 +782,12 @@ impl Lab {
     fn add_ns(&mut self, ns: &str) {
         ip_ok(&["netns", "add", ns]);
         self.namespaces.push(ns.to_owned());
+        // No duplicate address detection on the links made later: IPv6 would stay
+        // unusable for a second or more after each link comes up.
+        for scope in ["all", "default"] {
+            self.sysctl(ns, &format!("net/ipv6/conf/{scope}/accept_dad"), "0");
+            self.sysctl(ns, &format!("net/ipv6/conf/{scope}/dad_transmits"), "0");
+        }
         ip_ok(&["-n", ns, "link", "set", "lo", "up"]);
     }
 
@@ -747,6 +813,7 @@ impl Lab {
         cmd.arg(which("turnserver").expect("turnserver"))
             .args(["-n", "--no-cli", "--stun-only", "--no-tls", "--no-dtls"])
             .args(["-L", &STUN_IP1.to_string(), "-L", &STUN_IP2.to_string()])
+            .args(["-L", &STUN6_IP1.to_string(), "-L", &STUN6_IP2.to_string()])
             .args(["--listening-port", "3478", "--alt-listening-port", "3479"])
             .args([
                 "--log-file",
@@ -778,6 +845,7 @@ impl Lab {
             let ready = self.run_in(&ns, || {
                 stun_binding(STUN_PRIMARY, Duration::from_millis(100)).is_some()
                     && stun_binding(STUN_ALTERNATE, Duration::from_millis(100)).is_some()
+                    && stun_binding(STUN6_PRIMARY, Duration::from_millis(100)).is_some()
             });
             if ready {
                 return;
@@ -941,7 +1009,12 @@ fn whoami_client(device: Option<&str>, server: SocketAddr, tries: u32) -> Option
 /// comes back within `wait`. Used for readiness: no dependency on the
 /// crate's own STUN code.
 pub fn stun_binding(to: SocketAddr, wait: Duration) -> Option<usize> {
-    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    let any: SocketAddr = if to.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = UdpSocket::bind(any).ok()?;
     let mut req = [0u8; 20];
     req[..4].copy_from_slice(&[0x00, 0x01, 0x00, 0x00]);
     req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());

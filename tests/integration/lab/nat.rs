@@ -18,7 +18,8 @@ const P2PD_REQUESTS: u64 = 20 + 24;
 /// Runs `p2pipe nat --json` in the lab's host namespace, with extra arguments.
 fn p2pipe_nat(lab: &Lab, extra: &[&str]) -> (serde_json::Value, Exec) {
     let primary = lab.stun_primary().to_string();
-    let mut args = vec!["nat", "--json", "--stun", &primary];
+    let primary6 = super::STUN6_PRIMARY.to_string();
+    let mut args = vec!["nat", "--json", "--stun", &primary, "--stun", &primary6];
     args.extend_from_slice(extra);
     let run = lab.exec_for(
         lab.ns_host(),
@@ -44,7 +45,12 @@ fn name(b: Option<Behaviour>) -> serde_json::Value {
 
 /// Checks one family's report against the lab's kind, and the external address
 /// against the uplink's WAN address (or the host's own, without NAT).
-fn check(kind: NatKind, v4: &serde_json::Value, external_ip: Ipv4Addr) -> Result<(), String> {
+fn check(
+    kind: NatKind,
+    v4: &serde_json::Value,
+    external_ip: impl Into<std::net::IpAddr>,
+) -> Result<(), String> {
+    let external_ip: std::net::IpAddr = external_ip.into();
     let (_, mapping, filtering) = kind.expected();
     let mut wrong = Vec::new();
     if v4["nat_type"] != kind.name() {
@@ -92,7 +98,7 @@ fn check(kind: NatKind, v4: &serde_json::Value, external_ip: Ipv4Addr) -> Result
         }
     } else {
         let ext: Option<SocketAddr> = v4["external"].as_str().and_then(|s| s.parse().ok());
-        if ext.map(|e| e.ip()) != Some(external_ip.into()) {
+        if ext.map(|e| e.ip()) != Some(external_ip) {
             wrong.push(format!(
                 "external {} (want {external_ip}:*)",
                 v4["external"]
@@ -126,21 +132,21 @@ fn p2pipe_nat_classifies_every_kind() {
         // its answer.
         lab.flush_conntrack().expect("flush conntrack");
         let (d, nd) = lab.natdiscovery(Duration::from_secs(40));
-        (external_of(lab, 1, kind), v, run, d, nd)
+        (external_of(lab, 1, kind), lab.host_ip6(1), v, run, d, nd)
     })
     .into_iter()
-    .map(|(kind, (ext, v, run, d, nd))| (kind, ext, v, run, d, nd))
+    .map(|(kind, (ext, ext6, v, run, d, nd))| (kind, ext, ext6, v, run, d, nd))
     .collect();
 
     println!(
-        "| lab kind | p2pipe nat_type | p2pipe mapping / filtering | requests (transactions) | p2pipe wall ms | natdiscovery mapping / filtering | natdiscovery wall ms |"
+        "| lab kind | p2pipe nat_type | p2pipe mapping / filtering | requests (transactions) | p2pipe wall ms | natdiscovery mapping / filtering | natdiscovery wall ms | p2pipe ipv6 nat_type |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut failures = Vec::new();
-    for (kind, ext, v, run, d, nd) in &results {
+    for (kind, ext, ext6, v, run, d, nd) in &results {
         let v4 = &v["ipv4"];
         println!(
-            "| {kind} | {} | {} / {} | {} ({}) | {} | {} / {} | {} |",
+            "| {kind} | {} | {} / {} | {} ({}) | {} | {} / {} | {} | {} |",
             v4["nat_type"],
             v4["mapping"],
             v4["filtering"],
@@ -149,7 +155,8 @@ fn p2pipe_nat_classifies_every_kind() {
             run.elapsed.as_millis(),
             d.mapping.map_or("-", Behaviour::name),
             d.filtering.map_or("-", Behaviour::name),
-            nd.elapsed.as_millis()
+            nd.elapsed.as_millis(),
+            v["ipv6"]["nat_type"]
         );
         if let Err(e) = check(*kind, v4, *ext) {
             failures.push(e);
@@ -163,8 +170,14 @@ fn p2pipe_nat_classifies_every_kind() {
         if v["interface"] != "up1" {
             failures.push(format!("{kind}: interface {} (want up1)", v["interface"]));
         }
-        if !v["ipv6"].is_null() {
-            failures.push(format!("{kind}: ipv6 {} in an ipv4-only lab", v["ipv6"]));
+        // The lab's IPv6 is routed, not translated: open, unless the router filters
+        // or blocks UDP for both families.
+        let kind6 = match kind {
+            NatKind::SymmetricUdpFirewall | NatKind::UdpBlocked => *kind,
+            _ => NatKind::Open,
+        };
+        if let Err(e) = check(kind6, &v["ipv6"], *ext6) {
+            failures.push(format!("ipv6 behind {kind}: {e}"));
         }
         // Both tools agree wherever natdiscovery gives a verdict.
         let agree = |ours: &serde_json::Value, theirs: Option<Behaviour>| {
