@@ -168,6 +168,13 @@ async fn family(af: Af, list: &[String], chosen: Option<&Interface>) -> Outcome 
         Ok(s) => s,
         Err(e) => return Outcome::NotTested(e.to_string()),
     };
+    if servers.is_empty() {
+        return Outcome::NotTested(format!(
+            "none of the {} stun servers has an {} address (names that do not resolve are skipped)",
+            list.len(),
+            af.to_string().to_lowercase()
+        ));
+    }
     match nat::probe(af, &servers, &cfg).await {
         Ok(r) => Outcome::Report(r),
         Err(e) => Outcome::NotTested(e.to_string()),
