@@ -862,7 +862,7 @@ impl Pipe {
         let c = self.core();
         let data = data.as_ref();
         let r = match &c.io {
-            Io::Tcp(w) => w.send(c, data).await,
+            Io::Tcp(w) => w.send(c, data, false).await,
             Io::Udp(s) => match c.peer {
                 Some(peer) => s.send_to(c, data, peer).await,
                 None => Err(Error::NoPeer),
@@ -873,6 +873,22 @@ impl Pipe {
             c.sent.fetch_add(1, Ordering::Relaxed);
         }
         r
+    }
+
+    /// Writes `data` as it is, without the pipe's framing: for protocols that
+    /// stream a body after a header they wrote themselves (a btpeer reply carrying a
+    /// file, say). The frame limit does not apply. On UDP it sends one datagram, as
+    /// [`send`](Self::send) does.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Pipe::send`]: if cancelled, part of `data` may have been written.
+    pub async fn send_raw(&self, data: impl AsRef<[u8]>) -> Result<()> {
+        let c = self.core();
+        match &c.io {
+            Io::Tcp(w) => w.send(c, data.as_ref(), true).await,
+            _ => self.send(data).await,
+        }
     }
 
     /// Sends one message to `to`. On UDP any address may be given; on a
@@ -891,11 +907,11 @@ impl Pipe {
         let r = match &c.io {
             Io::Udp(s) => s.send_to(c, data, to).await,
             Io::UdpListener(_, s) => s.send_to(c, data, to).await,
-            Io::Tcp(w) if c.peer == Some(to) => w.send(c, data).await,
+            Io::Tcp(w) if c.peer == Some(to) => w.send(c, data, false).await,
             Io::Tcp(_) => Err(Error::UnknownPeer(to)),
             Io::TcpListener(children) => match children.get(&to) {
                 Some(child) => match &child.io {
-                    Io::Tcp(w) => w.send(&child, data).await,
+                    Io::Tcp(w) => w.send(&child, data, false).await,
                     _ => Err(Error::UnknownPeer(to)),
                 },
                 None => Err(Error::UnknownPeer(to)),

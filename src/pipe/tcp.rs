@@ -37,10 +37,14 @@ impl Writer {
         })))
     }
 
-    pub(crate) async fn send(&self, core: &Core, data: &[u8]) -> Result<()> {
+    pub(crate) async fn send(&self, core: &Core, data: &[u8], raw: bool) -> Result<()> {
         let cfg = &core.cfg;
         let mut head = [0u8; BTPEER_HEADER];
-        let (h, skip, trailer) = cfg.framing.encode_header(data, cfg.max_frame, &mut head)?;
+        let (h, skip, trailer) = if raw {
+            (0, 0, &b""[..])
+        } else {
+            cfg.framing.encode_header(data, cfg.max_frame, &mut head)?
+        };
         let payload = &data[skip..];
         // Outside the cooperative budget, as the reader's lock (see reader.rs).
         let mut guard = tokio::task::unconstrained(self.0.lock()).await;

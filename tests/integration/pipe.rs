@@ -1459,3 +1459,30 @@ async fn a_waiting_udp_handler_holds_up_only_its_own_peer() {
         within(server.close()).await;
     }
 }
+
+/// `send_raw` writes bytes without framing: a btpeer header written by hand and a body
+/// streamed in pieces arrive as one framed message.
+#[tokio::test]
+async fn send_raw_streams_a_body_after_a_hand_written_header() {
+    for fam in crate::support::single_families("send_raw_streams") {
+        let cfg = PipeConfig::default().framing(Framing::Btpeer);
+        let server = within(Pipe::listen_with(Proto::Tcp, fam.listen, &cfg))
+            .await
+            .unwrap();
+        let port = server.local_addr().port();
+        let client = within(Pipe::connect_with(Proto::Tcp, fam.target(0, port), &cfg))
+            .await
+            .unwrap();
+        let peer = within(server.accept()).await.unwrap();
+        let body: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let mut head = b"REPL".to_vec();
+        head.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        within(peer.send_raw(&head)).await.unwrap();
+        for chunk in body.chunks(7_000) {
+            within(peer.send_raw(chunk)).await.unwrap();
+        }
+        let msg = within(client.recv()).await.unwrap();
+        assert_eq!(&msg.data[..4], b"REPL", "{}", fam.name);
+        assert_eq!(&msg.data[4..], &body[..], "{}", fam.name);
+    }
+}
