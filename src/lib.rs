@@ -18,6 +18,7 @@ pub mod addr;
 pub mod daemon;
 pub mod dns;
 pub mod error;
+pub mod filer;
 pub mod iface;
 pub mod nat;
 pub mod pipe;

@@ -1,0 +1,405 @@
+//! The shared folder: which names may be served, and reading them safely.
+//!
+//! A name is served only if it is a relative path of plain components (no `..`, no
+//! root, no empty or hidden component), whose real path (symlinks resolved) is a regular
+//! file inside the folder. Names learned from other peers are never looked up here. Every
+//! check runs on the blocking pool under a time limit, so a hung file system cannot hang
+//! the node.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+/// The longest name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// The most files listed from one folder.
+pub const MAX_FILES: usize = 100_000;
+
+/// The default time limit of one file-system check.
+pub const DEFAULT_FS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The suffix of a download in progress; such files are never shared.
+pub const PART_SUFFIX: &str = ".p2pipe-part";
+
+/// Errors of the shared folder.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// The name is not one this node serves: empty, absolute, with `..`, a hidden
+    /// component, whitespace, or too long.
+    #[error("refused file name {name:?}: {why}")]
+    BadName {
+        /// The name as asked.
+        name: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
+    /// No such regular file inside the folder (or it leads outside through a link).
+    #[error("file not found: {0}")]
+    NotFound(String),
+    /// The file system did not answer in time.
+    #[error("file system check timed out after {0:?}")]
+    Timeout(Duration),
+    /// The file system failed.
+    #[error("file system error on {path}: {source}")]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A file of the shared folder, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    /// The name it is shared under (a relative path with `/` separators).
+    pub name: String,
+    /// Its real path.
+    pub path: PathBuf,
+    /// Its size in bytes when checked.
+    pub size: u64,
+    /// Its modification time when checked.
+    pub modified: Option<SystemTime>,
+}
+
+/// The shared folder.
+#[derive(Debug, Clone)]
+pub struct SharedDir {
+    root: PathBuf,
+    timeout: Duration,
+}
+
+/// Runs a blocking file-system closure on the blocking pool under `limit`.
+async fn blocking<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> Result<T, SharedError> + Send + 'static,
+) -> Result<T, SharedError> {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(join)) => Err(SharedError::Io {
+            path: PathBuf::new(),
+            source: io::Error::other(join.to_string()),
+        }),
+        Err(_) => Err(SharedError::Timeout(limit)),
+    }
+}
+
+/// Checks a name's syntax: what may be asked for at all.
+pub fn check_name(name: &str) -> Result<(), SharedError> {
+    let bad = |why| {
+        Err(SharedError::BadName {
+            name: name.chars().take(80).collect(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("too long");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("whitespace or control characters");
+    }
+    if name.contains('\\') {
+        return bad("backslash");
+    }
+    if name.starts_with('/') || Path::new(name).is_absolute() {
+        return bad("absolute path");
+    }
+    for part in name.split('/') {
+        match part {
+            "" => return bad("empty path component"),
+            "." | ".." => return bad("relative path component"),
+            p if p.starts_with('.') => return bad("hidden path component"),
+            _ => {}
+        }
+    }
+    if Path::new(name)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return bad("not a plain relative path");
+    }
+    if name.ends_with(PART_SUFFIX) {
+        return bad("a download in progress");
+    }
+    Ok(())
+}
+
+impl SharedDir {
+    /// Opens `path` as the shared folder.
+    ///
+    /// # Errors
+    ///
+    /// It is not a directory, cannot be read, or the check timed out.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn open(path: impl AsRef<Path>, timeout: Duration) -> Result<SharedDir, SharedError> {
+        let path = path.as_ref().to_path_buf();
+        let root = blocking(timeout, move || {
+            let root = std::fs::canonicalize(&path).map_err(|source| SharedError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if !root.is_dir() {
+                return Err(SharedError::Io {
+                    path,
+                    source: io::Error::other("not a directory"),
+                });
+            }
+            Ok(root)
+        })
+        .await?;
+        Ok(SharedDir { root, timeout })
+    }
+
+    /// The folder's real path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The time limit of each file-system check.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Checks that `name` is a regular file inside the folder, with every symlink
+    /// resolved, and returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`SharedError::BadName`] for a name that is never served, [`SharedError::NotFound`]
+    /// for anything else that is not a regular file inside the folder, and
+    /// [`SharedError::Timeout`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn resolve(&self, name: &str) -> Result<SharedFile, SharedError> {
+        check_name(name)?;
+        let root = self.root.clone();
+        let name = name.to_owned();
+        blocking(self.timeout, move || {
+            let joined = root.join(&name);
+            let real =
+                std::fs::canonicalize(&joined).map_err(|_| SharedError::NotFound(name.clone()))?;
+            if !real.starts_with(&root) || real == root {
+                return Err(SharedError::NotFound(name));
+            }
+            let meta = std::fs::metadata(&real).map_err(|_| SharedError::NotFound(name.clone()))?;
+            if !meta.is_file() {
+                return Err(SharedError::NotFound(name));
+            }
+            Ok(SharedFile {
+                name,
+                path: real,
+                size: meta.len(),
+                modified: meta.modified().ok(),
+            })
+        })
+        .await
+    }
+
+    /// Every file the folder shares: regular files (also through links that stay
+    /// inside), in sub-folders too, with names [`check_name`] accepts, sorted, at most
+    /// [`MAX_FILES`].
+    ///
+    /// # Errors
+    ///
+    /// The folder cannot be read, or the walk timed out.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn list(&self) -> Result<Vec<SharedFile>, SharedError> {
+        let root = self.root.clone();
+        blocking(self.timeout, move || {
+            let mut out = Vec::new();
+            let mut stack = vec![(root.clone(), String::new())];
+            while let Some((dir, prefix)) = stack.pop() {
+                let entries = std::fs::read_dir(&dir).map_err(|source| SharedError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                for entry in entries.flatten() {
+                    let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    let name = format!("{prefix}{file_name}");
+                    if check_name(&name).is_err() {
+                        continue;
+                    }
+                    let Ok(real) = std::fs::canonicalize(entry.path()) else {
+                        continue;
+                    };
+                    if !real.starts_with(&root) {
+                        continue;
+                    }
+                    let Ok(meta) = std::fs::metadata(&real) else {
+                        continue;
+                    };
+                    if meta.is_dir() {
+                        // Only real sub-folders, not links to folders (no cycles).
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            stack.push((entry.path(), format!("{name}/")));
+                        }
+                    } else if meta.is_file() {
+                        out.push(SharedFile {
+                            name,
+                            path: real,
+                            size: meta.len(),
+                            modified: meta.modified().ok(),
+                        });
+                        if out.len() >= MAX_FILES {
+                            stack.clear();
+                            break;
+                        }
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// The SHA-256 of the file at `path`, read in 64 KiB pieces (never whole), and its
+/// length.
+///
+/// # Errors
+///
+/// The file cannot be read.
+///
+/// # Cancel safety
+///
+/// Cancel safe: nothing is written.
+pub async fn sha256_file(path: &Path) -> io::Result<([u8; 32], u64)> {
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hasher.finalize().into(), total))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Parses 64 hex characters into a SHA-256.
+pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_are_never_served() {
+        for bad in [
+            "",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            ".hidden",
+            "dir/.git",
+            "a b",
+            "a\tb",
+            "a\\b",
+            "x.p2pipe-part",
+            "a/",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert!(check_name(&long).is_err());
+        for good in ["a.txt", "music/song.ogg", "x..y", "ünïcode"] {
+            assert!(check_name(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let h: [u8; 32] = core::array::from_fn(|i| (i * 7) as u8);
+        assert_eq!(parse_sha256(&hex(&h)), Some(h));
+        assert_eq!(parse_sha256("zz"), None);
+        assert_eq!(parse_sha256(&"g".repeat(64)), None);
+    }
+
+    #[tokio::test]
+    async fn resolve_refuses_links_leading_outside_and_serves_inside() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        std::fs::write(&secret, b"do not serve").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"hello").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b.txt"), b"bee").unwrap();
+        std::fs::write(dir.path().join("x.p2pipe-part"), b"partial").unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&secret, dir.path().join("leak")).unwrap();
+            std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+            std::os::unix::fs::symlink(dir.path().join("a.txt"), dir.path().join("alias")).unwrap();
+        }
+        let shared = SharedDir::open(dir.path(), DEFAULT_FS_TIMEOUT)
+            .await
+            .unwrap();
+        let a = shared.resolve("a.txt").await.unwrap();
+        assert_eq!(a.size, 5);
+        assert_eq!(shared.resolve("sub/b.txt").await.unwrap().size, 3);
+        for refused in ["leak", "out/secret", "sub", "missing", "../secret"] {
+            assert!(shared.resolve(refused).await.is_err(), "{refused} served");
+        }
+        let abs = secret.to_string_lossy().into_owned();
+        assert!(shared.resolve(&abs).await.is_err());
+        let names: Vec<String> = shared
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        #[cfg(unix)]
+        assert_eq!(names, ["a.txt", "alias", "sub/b.txt"]);
+        let (h, n) = sha256_file(&a.path).await.unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(
+            hex(&h),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+    }
+}
