@@ -101,7 +101,7 @@ pub enum Begun {
     /// The file is already in place with the right content.
     Complete(PathBuf),
     /// Bytes are wanted from [`Download::offset`] on.
-    Resume(Download),
+    Resume(Box<Download>),
 }
 
 impl Download {
@@ -158,7 +158,7 @@ impl Download {
             .open(&part_path)
             .await
             .map_err(io_err(&part_path))?;
-        Ok(Begun::Resume(Download {
+        Ok(Begun::Resume(Box::new(Download {
             name: name.to_owned(),
             final_path,
             part_path,
@@ -167,7 +167,7 @@ impl Download {
             written,
             size,
             sha256,
-        }))
+        })))
     }
 
     /// The offset to ask the next bytes from.
@@ -267,7 +267,7 @@ mod tests {
             .await
             .unwrap()
         {
-            Begun::Resume(d) => d,
+            Begun::Resume(d) => *d,
             Begun::Complete(p) => panic!("already complete at {}", p.display()),
         }
     }
