@@ -454,10 +454,15 @@ def cmd_request(args):
 
 def cmd_search(args):
     host, port = args.via
+    found = []
+    enough = threading.Event()
 
     def on_event(kind, *fields):
         if kind == "RESP":
             emit(json.dumps({"name": fields[0], "owner": fields[1]}))
+            found.append(fields)
+            if 0 < args.count <= len(found):
+                enough.set()
 
     node = Node(args.host, args.port, None, max_peers=1, on_event=on_event)
     node.start(stabilize=0)
@@ -466,7 +471,7 @@ def cmd_search(args):
         if replies and replies[0][0] == b"ERRO":
             print(text(replies[0][1]), file=sys.stderr)
             return 1
-        node.stopping.wait(args.wait)
+        enough.wait(args.wait)
     except (OSError, ProtocolError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -524,6 +529,8 @@ def main(argv=None):
     q.add_argument("--key", required=True)
     q.add_argument("--ttl", type=int, default=5)
     q.add_argument("--wait", type=float, default=3.0, metavar="SECONDS")
+    q.add_argument("--count", type=int, default=0,
+                   help="exit once this many RESP arrived (0: wait the whole time)")
     q.add_argument("--port", type=int, default=0, help="return listener port")
     q.add_argument("--host", default="127.0.0.1", help="return listener host")
     q.set_defaults(func=cmd_search)
