@@ -396,19 +396,19 @@ def split_hostport(value):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def wait_for_signal():
-    """Block until SIGTERM or SIGINT."""
+def catch_stop_signals():
+    """An Event set by SIGTERM or SIGINT."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+    return stop
 
 
 def cmd_serve(args):
     if not os.path.isdir(args.dir):
         print(f"not a directory: {args.dir}", file=sys.stderr)
         return 2
+    stop = catch_stop_signals()  # before READY, so an early SIGTERM still says QUIT
     node = Node(args.host, args.port, args.dir, args.max_peers,
                 on_event=lambda *fields: emit(" ".join(fields)))
     node.start(args.stabilize)
@@ -420,7 +420,8 @@ def cmd_serve(args):
             emit(f"JOINED {host}:{port} {len(node.peer_list())}")
 
     threading.Thread(target=join_all, daemon=True).start()
-    wait_for_signal()
+    while not stop.wait(0.5):
+        pass
     node.stop()
     emit(f"STOP {node.myid}")
     return 0
