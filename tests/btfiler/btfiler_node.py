@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""An independent btfiler-compatible node, written from docs/protocol.md only.
+"""An independent btfiler-compatible node, written from protocol.md only
+(the btpeer/btfiler wire protocol notes).
 
 It exists so that p2pipe's file-sharing node can be tested against a second,
 separately written implementation of the btpeer/btfiler wire protocol. It behaves
