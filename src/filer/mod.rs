@@ -45,8 +45,10 @@
 //! `ADDP <pid> <host> <port>`, `DELP <pid>` and `RBLD <host> <port> <hops>`.
 
 pub mod frame;
+pub mod peer;
 
 pub use frame::{Decoder, Event, Frame, Kind, MAX_CONTROL};
+pub use peer::{Insert, PeerEntry, PeerId, PeerTable};
 
 /// Errors of the file-sharing layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +69,12 @@ pub enum Error {
         /// Bytes the frame needed (header included).
         expected: u64,
     },
+    /// A peer id is malformed.
+    #[error("bad peer id: {0}")]
+    BadPeerId(&'static str),
+    /// A host is malformed.
+    #[error("bad host: {0}")]
+    BadHost(&'static str),
     /// A reply frame has a type other than `REPL` or `ERRO`.
     #[error("unexpected reply type {}", .0.to_lowercase())]
     UnexpectedReply(Kind),
@@ -117,6 +125,7 @@ mod tests {
                 got: 3,
                 expected: 8,
             },
+            Error::BadPeerId("empty"),
             Error::UnexpectedReply(Kind::NAME),
             Error::BadReply("not a number"),
             Error::io("read", std::io::Error::other("Boom")),
