@@ -45,9 +45,11 @@
 //! `ADDP <pid> <host> <port>`, `DELP <pid>` and `RBLD <host> <port> <hops>`.
 
 pub mod frame;
+pub mod msg;
 pub mod peer;
 
 pub use frame::{Decoder, Event, Frame, Kind, MAX_CONTROL};
+pub use msg::{reply, ParseError, Request, TrustedOp};
 pub use peer::{Insert, PeerEntry, PeerId, PeerTable};
 
 /// Errors of the file-sharing layer.
@@ -75,6 +77,9 @@ pub enum Error {
     /// A host is malformed.
     #[error("bad host: {0}")]
     BadHost(&'static str),
+    /// A request frame could not be parsed.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
     /// A reply frame has a type other than `REPL` or `ERRO`.
     #[error("unexpected reply type {}", .0.to_lowercase())]
     UnexpectedReply(Kind),
