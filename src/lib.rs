@@ -4,6 +4,7 @@
 //!
 //! | layer | module | what it does |
 //! |---|---|---|
+//! | filer | [`filer`] | the file-sharing protocol, sans-IO: btpeer frames, btfiler messages, peer ids and table |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`](pipe::Pipe) type for TCP and UDP, IPv4 and IPv6, client and server |
 //! | stun | [`stun`] | sans-IO STUN client transactions (RFC 5389, 5780, 3489) |

@@ -1,7 +1,152 @@
-//! The file-sharing node (work in progress): the shared folder, downloads, the trusted
-//! session and query memory.
+//! The file-sharing node: its sans-IO protocol core (btpeer frames, btfiler messages, peer
+//! ids and the peer table, the trusted session, query memory), the shared folder and
+//! verified downloads.
+//!
+//! Nothing here owns a socket, reads a clock or touches a file. [`frame`] cuts a byte
+//! stream into frames (and streams file bodies without holding them), [`msg`] turns frames
+//! into typed requests and builds every reply byte for byte, and [`peer`] checks peer ids
+//! and keeps the bounded peer table. The node and client above only move bytes.
+//!
+//! # The wire protocol (`shared/protocol.md`)
+//!
+//! A frame is `TYPE` (4 ASCII bytes, upper-cased by the receiver), `LEN` (u32 big-endian)
+//! and `LEN` payload bytes; a short header or payload means no message. A requester opens
+//! TCP and sends one request frame; the server answers with zero or more frames and closes,
+//! and the close is the only end of the replies. Text fields are separated by spaces and
+//! read by whitespace splitting, so ids, keys and file names hold no whitespace. A peer id
+//! is `host:port` with one colon; IPv6 peers are written `[v6]:port` (see [`peer`]).
+//!
+//! | request | replies |
+//! |---|---|
+//! | `NAME` | `REPL <my-id>` |
+//! | `LIST` | `REPL <count>`, then `count` × `REPL <pid> <host> <port>` |
+//! | `JOIN <pid> <host> <port>` | `REPL Join: peer added: <pid>`, `ERRO Join: too many peers`, `ERRO Join: peer already inserted <pid>`, `ERRO Join: incorrect arguments` |
+//! | `QUER <return-pid> <key> <ttl>` | `REPL Query ACK: <key>` or `ERRO Query: incorrect arguments`; a hit is sent later as `RESP <name> <owner-pid>` to return-pid |
+//! | `RESP <name> <owner-pid>` | none |
+//! | `FGET <name>` | `REPL <file bytes>`, `ERRO File not found`, `ERRO Error reading file` |
+//! | `QUIT <pid>` | `REPL Quit: peer removed: <pid>` or `ERRO Quit: peer not found: <pid>` |
+//! | `PING` | none |
+//!
+//! # p2pipe's extensions
+//!
+//! New four-letter types, which original nodes close on without a reply, so mixed
+//! networks keep working. Bad arguments get `ERRO <Msg>: incorrect arguments`.
+//!
+//! | request | replies |
+//! |---|---|
+//! | `FINF <name>` | `REPL <size> <sha256: 64 lowercase hex>`, `ERRO File not found`, `ERRO Error reading file`, `ERRO Info: incorrect arguments` |
+//! | `FRNG <name> <offset> <length>` | `REPL <the bytes>`, `ERRO File not found`, `ERRO Error reading file`, `ERRO Range: out of bounds`, `ERRO Range: incorrect arguments` |
+//! | `QHST <return-pid> <key> <ttl> <qid> <visited>` | as `QUER`; `qid` is 16 lowercase hex digits, `visited` up to [`msg::MAX_HISTORY`] comma-separated peer ids |
+//! | `CHAL` | `REPL <nonce: 32 lowercase hex>`, `ERRO Challenge: incorrect arguments` |
+//! | `TRST <nonce> <mac: 64 lowercase hex> <OP> <args>` | `REPL Trust: accepted`, `ERRO Trust: not authorized`, `ERRO Trust: incorrect arguments` |
+//!
+//! A trusted request's MAC covers [`msg::mac_input`]: the nonce's hex, one space, and the
+//! operation's canonical text ([`msg::TrustedOp`]'s `Display`), so the secret never
+//! crosses the wire. The operations are `FIND <key>`, `SHAR <name>`,
+//! `ADDP <pid> <host> <port>`, `DELP <pid>` and `RBLD <host> <port> <hops>`.
 
 pub mod auth;
+pub mod frame;
+pub mod msg;
+pub mod peer;
 pub mod seen;
 pub mod shared;
 pub mod store;
+
+pub use frame::{Decoder, Event, Frame, Kind, MAX_CONTROL};
+pub use msg::{reply, ParseError, Request, TrustedOp};
+pub use peer::{Insert, PeerEntry, PeerId, PeerTable};
+
+/// Errors of the file-sharing layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A frame is longer than allowed: one a peer claimed, or one to be sent.
+    #[error("btpeer frame of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        /// The declared or requested payload length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The stream ended inside a frame: a short header or payload is no message.
+    #[error("stream ended inside a btpeer frame ({got} of {expected} bytes)")]
+    Truncated {
+        /// Bytes of the frame (header included) that arrived.
+        got: u64,
+        /// Bytes the frame needed (header included).
+        expected: u64,
+    },
+    /// A peer id is malformed.
+    #[error("bad peer id: {0}")]
+    BadPeerId(&'static str),
+    /// A host is malformed.
+    #[error("bad host: {0}")]
+    BadHost(&'static str),
+    /// A request frame could not be parsed.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// A reply frame has a type other than `REPL` or `ERRO`.
+    #[error("unexpected reply type {}", .0.to_lowercase())]
+    UnexpectedReply(Kind),
+    /// A `REPL` frame does not hold what the request asked for.
+    #[error("bad reply: {0}")]
+    BadReply(&'static str),
+    /// The peer answered `ERRO`; its text, lossily decoded.
+    #[error("peer refused: {0}")]
+    Refused(String),
+    /// A read or write failed (for drivers built on the codec).
+    #[error("btpeer {op} failed: {message}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error's kind.
+        kind: std::io::ErrorKind,
+        /// The OS error's message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Wraps an OS error from a socket or file operation.
+    pub fn io(op: &'static str, e: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            kind: e.kind(),
+            message: e.to_string().to_lowercase(),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::io("io", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_lowercase() {
+        let errors = [
+            Error::TooLarge { len: 5, max: 4 },
+            Error::Truncated {
+                got: 3,
+                expected: 8,
+            },
+            Error::BadPeerId("empty"),
+            Error::UnexpectedReply(Kind::NAME),
+            Error::BadReply("not a number"),
+            Error::io("read", std::io::Error::other("Boom")),
+        ];
+        for e in errors {
+            let s = e.to_string();
+            assert_eq!(s, s.to_lowercase(), "{s}");
+        }
+        assert_eq!(
+            Error::UnexpectedReply(Kind::NAME).to_string(),
+            "unexpected reply type name"
+        );
+    }
+}
