@@ -46,6 +46,7 @@
 //! `ADDP <pid> <host> <port>`, `DELP <pid>` and `RBLD <host> <port> <hops>`.
 
 pub mod auth;
+pub mod client;
 pub mod frame;
 pub mod msg;
 pub mod peer;
@@ -94,6 +95,19 @@ pub enum Error {
     /// The peer answered `ERRO`; its text, lossily decoded.
     #[error("peer refused: {0}")]
     Refused(String),
+    /// A peer operation did not finish in time.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// The peer closed without any reply (an original node does this for types it does
+    /// not know).
+    #[error("peer closed without a reply")]
+    NoReply,
+    /// A download could not be written or verified.
+    #[error("download failed: {0}")]
+    Download(String),
+    /// A local file could not be served or read.
+    #[error("local file: {0}")]
+    Local(String),
     /// A read or write failed (for drivers built on the codec).
     #[error("btpeer {op} failed: {message}")]
     Io {
