@@ -49,6 +49,7 @@ pub mod auth;
 pub mod client;
 pub mod frame;
 pub mod msg;
+pub mod node;
 pub mod peer;
 pub mod seen;
 pub mod shared;

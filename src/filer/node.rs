@@ -1,0 +1,849 @@
+//! The file-sharing node on the Daemon: every btfiler message with its exact replies,
+//! joining, searching, serving files, and the trusted operations.
+//!
+//! What it fixes in the original (see `shared/protocol.md`):
+//!
+//! - FGET, FINF and FRNG serve only regular files inside the shared folder
+//!   ([`SharedDir`]); names learned from RESP are never served.
+//! - A request frame is bounded ([`MAX_CONTROL`](super::MAX_CONTROL)) before anything is
+//!   allocated, and must arrive whole within the request timeout; files are streamed in
+//!   64 KiB pieces; every peer operation has a time limit.
+//! - Queries are de-duplicated ([`Seen`]); `QHST` carries its id and the nodes it
+//!   visited, so it never loops; each node forwards a query once to each neighbour.
+//! - JOIN and QUIT are accepted as the protocol says, but trusted operations (`TRST`)
+//!   need the node's secret, proven by challenge-response, and by default come only from
+//!   loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::broadcast;
+
+use super::auth::Challenges;
+use super::client::FilerClient;
+use super::frame::{Frame, Header, Kind};
+use super::msg::{reply, Nonce, QueryId, Request, TrustedOp, MAX_HISTORY};
+use super::peer::{Insert, PeerEntry, PeerId, PeerTable};
+use super::seen::Seen;
+use super::shared::{sha256_file, SharedDir, SharedError, SharedFile};
+use super::Error;
+use crate::daemon::{Daemon, Handler};
+use crate::pipe::{Message, Pipe, PipeConfig, Proto};
+use crate::Framing;
+
+/// The most names learned from RESP that a node remembers.
+pub const MAX_REMOTE_NAMES: usize = 10_000;
+
+/// The most RESP a node sends for one query.
+pub const MAX_HITS: usize = 16;
+
+/// Bytes read from disk at a time when serving a file.
+const CHUNK: usize = 64 * 1024;
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The shared folder (downloads land here too).
+    pub dir: PathBuf,
+    /// The most peers in the table.
+    pub max_peers: usize,
+    /// The secret that trusted operations must prove; `None` turns them off.
+    pub secret: Option<Vec<u8>>,
+    /// Accept trusted operations from any address, not only loopback.
+    pub trusted_from_anywhere: bool,
+    /// A request must arrive whole within this time of the connection (or it is closed).
+    pub request_timeout: Duration,
+    /// The time limit of every operation towards another peer, and of each piece of a
+    /// file sent.
+    pub peer_timeout: Duration,
+    /// The time limit of every file-system check.
+    pub fs_timeout: Duration,
+    /// How often the stabilizer pings peers and drops the dead (`None`: never).
+    pub stabilize_every: Option<Duration>,
+    /// The host in the node's id; by default the address it listens on.
+    pub advertise_host: Option<String>,
+    /// The most connections served at once.
+    pub max_connections: usize,
+    /// The TTL of the node's own searches.
+    pub search_ttl: u32,
+}
+
+impl NodeConfig {
+    /// Defaults for a node sharing `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            dir: dir.into(),
+            max_peers: super::peer::DEFAULT_MAX_PEERS,
+            secret: None,
+            trusted_from_anywhere: false,
+            request_timeout: Duration::from_secs(10),
+            peer_timeout: Duration::from_secs(5),
+            fs_timeout: super::shared::DEFAULT_FS_TIMEOUT,
+            stabilize_every: Some(Duration::from_secs(10)),
+            advertise_host: None,
+            max_connections: 1024,
+            search_ttl: 8,
+        }
+    }
+}
+
+/// Counters of a node.
+#[derive(Debug, Default)]
+struct Counters {
+    queries_received: AtomicU64,
+    queries_duplicate: AtomicU64,
+    queries_sent: AtomicU64,
+    resp_sent: AtomicU64,
+    resp_received: AtomicU64,
+    files_served: AtomicU64,
+    bytes_served: AtomicU64,
+    trust_denied: AtomicU64,
+}
+
+/// A snapshot of a node's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// QUER and QHST received.
+    pub queries_received: u64,
+    /// Of those, dropped as already seen.
+    pub queries_duplicate: u64,
+    /// QUER and QHST sent (forwarded, or the node's own searches).
+    pub queries_sent: u64,
+    /// RESP sent.
+    pub resp_sent: u64,
+    /// RESP received.
+    pub resp_received: u64,
+    /// FGET and FRNG answered with file bytes.
+    pub files_served: u64,
+    /// File bytes sent.
+    pub bytes_served: u64,
+    /// Trusted requests refused.
+    pub trust_denied: u64,
+}
+
+struct Inner {
+    id: OnceLock<PeerId>,
+    cfg: NodeConfig,
+    shared: SharedDir,
+    peers: Mutex<PeerTable>,
+    remote: Mutex<HashMap<String, PeerId>>,
+    results: broadcast::Sender<(String, PeerId)>,
+    seen: Mutex<Seen>,
+    challenges: Mutex<Challenges>,
+    hashes: Mutex<HashMap<FileKey, [u8; 32]>>,
+    counters: Counters,
+}
+
+/// A running file-sharing node.
+pub struct FilerNode {
+    inner: Arc<Inner>,
+    daemon: Option<Daemon>,
+    addr: SocketAddr,
+    stabilizer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A file's identity for the hash cache: real path, size and modification time.
+type FileKey = (PathBuf, u64, Option<SystemTime>);
+
+/// A search result: a file name and who has it.
+pub type Hit = (String, PeerId);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FilerNode {
+    /// Starts a node sharing `cfg.dir`, listening on `bind` (TCP; port 0 picks one).
+    ///
+    /// # Errors
+    ///
+    /// The folder cannot be opened, or the address cannot be bound.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn start(bind: SocketAddr, cfg: NodeConfig) -> Result<FilerNode, Error> {
+        let shared = SharedDir::open(&cfg.dir, cfg.fs_timeout)
+            .await
+            .map_err(|e| Error::Local(e.to_string()))?;
+        let placeholder = PeerId::new("0.0.0.0", 1).expect("a valid placeholder");
+        let (results, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            id: OnceLock::new(),
+            shared,
+            peers: Mutex::new(PeerTable::new(placeholder, cfg.max_peers)),
+            remote: Mutex::new(HashMap::new()),
+            results,
+            seen: Mutex::new(Seen::new()),
+            challenges: Mutex::new(Challenges::new(cfg.secret.clone())),
+            hashes: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            cfg,
+        });
+        let pipe_cfg = PipeConfig::default()
+            .framing(Framing::Btpeer)
+            .max_frame(super::MAX_CONTROL);
+        let daemon = Daemon::builder(NodeHandler(inner.clone()))
+            .config(pipe_cfg)
+            .idle_timeout(inner.cfg.request_timeout)
+            .max_connections(inner.cfg.max_connections)
+            .listen(Proto::Tcp, bind)
+            .start()
+            .await
+            .map_err(|e| Error::Local(e.to_string()))?;
+        let addr = daemon.local_addrs()[0].1;
+        let host = match &inner.cfg.advertise_host {
+            Some(h) => h.clone(),
+            None => addr.ip().to_string(),
+        };
+        let id = PeerId::new(&host, addr.port())?;
+        *lock(&inner.peers) = PeerTable::new(id.clone(), inner.cfg.max_peers);
+        let _ = inner.id.set(id);
+        let stabilizer = inner.cfg.stabilize_every.map(|every| {
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.stabilize().await;
+                }
+            })
+        });
+        Ok(FilerNode {
+            inner,
+            daemon: Some(daemon),
+            addr,
+            stabilizer,
+        })
+    }
+
+    /// The node's id (`host:port`).
+    pub fn id(&self) -> &PeerId {
+        self.inner.id()
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer table, in insertion order.
+    pub fn peers(&self) -> Vec<PeerEntry> {
+        lock(&self.inner.peers).iter().cloned().collect()
+    }
+
+    /// The files the node shares.
+    ///
+    /// # Errors
+    ///
+    /// The folder cannot be read in time.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn files(&self) -> Result<Vec<SharedFile>, Error> {
+        self.inner
+            .shared
+            .list()
+            .await
+            .map_err(|e| Error::Local(e.to_string()))
+    }
+
+    /// Names learned from search results, with their owners.
+    pub fn remote_files(&self) -> Vec<Hit> {
+        let mut v: Vec<Hit> = lock(&self.inner.remote)
+            .iter()
+            .map(|(n, o)| (n.clone(), o.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> NodeStats {
+        self.inner.stats()
+    }
+
+    /// Joins the network through the node at `host:port`, as btfiler's buildpeers
+    /// does: NAME, JOIN, add the contact, LIST, and recurse into the listed peers with
+    /// one hop less, until the table is full or the hops run out. Returns how many peers
+    /// were added.
+    ///
+    /// # Errors
+    ///
+    /// Only if the contact itself cannot be reached; later peers that fail are skipped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: peers added so far stay.
+    pub async fn join(&self, host: &str, port: u16, hops: u32) -> Result<usize, Error> {
+        self.inner.build_peers(host, port, hops).await
+    }
+
+    /// Searches the network for names containing `key`, and returns a receiver of the
+    /// results as they arrive (RESP). Subscribe before the results come: the receiver is
+    /// made before the query is sent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn search(&self, key: &str) -> broadcast::Receiver<Hit> {
+        self.inner.search(key).await
+    }
+
+    /// Leaves the network: tells every peer (QUIT), then stops serving, letting
+    /// requests in progress finish within `deadline`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled shutdown may leave the daemon running until drop.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        if let Some(s) = self.stabilizer.take() {
+            s.abort();
+        }
+        let me = self.id().clone();
+        let peers = self.peers();
+        let t = self.inner.cfg.peer_timeout;
+        let quits = peers.iter().map(|p| {
+            let me = me.clone();
+            async move {
+                let c = FilerClient::new(crate::addr::Target::Host {
+                    host: p.host.clone(),
+                    port: p.port,
+                })
+                .timeout(t);
+                let _ = c.quit(&me).await;
+            }
+        });
+        futures::future::join_all(quits).await;
+        if let Some(d) = self.daemon.take() {
+            d.shutdown(deadline).await;
+        }
+    }
+}
+
+impl Drop for FilerNode {
+    fn drop(&mut self) {
+        if let Some(s) = self.stabilizer.take() {
+            s.abort();
+        }
+    }
+}
+
+struct NodeHandler(Arc<Inner>);
+
+impl Handler for NodeHandler {
+    fn on_message(
+        &self,
+        msg: Message,
+        reply: Pipe,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        let inner = self.0.clone();
+        async move {
+            let r = inner.handle(msg, &reply).await;
+            // One request per connection: the close ends the replies.
+            reply.close().await;
+            r.map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn client_for(entry: &PeerEntry, t: Duration) -> FilerClient {
+    FilerClient::new(crate::addr::Target::Host {
+        host: entry.host.clone(),
+        port: entry.port,
+    })
+    .timeout(t)
+}
+
+impl Inner {
+    fn id(&self) -> &PeerId {
+        self.id
+            .get()
+            .expect("set at start, before any request is read")
+    }
+
+    fn stats(&self) -> NodeStats {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NodeStats {
+            queries_received: l(&c.queries_received),
+            queries_duplicate: l(&c.queries_duplicate),
+            queries_sent: l(&c.queries_sent),
+            resp_sent: l(&c.resp_sent),
+            resp_received: l(&c.resp_received),
+            files_served: l(&c.files_served),
+            bytes_served: l(&c.bytes_served),
+            trust_denied: l(&c.trust_denied),
+        }
+    }
+
+    async fn send(&self, pipe: &Pipe, frame: &Frame) -> Result<(), Error> {
+        let mut data = Vec::with_capacity(4 + frame.payload.len());
+        data.extend_from_slice(frame.kind.as_bytes());
+        data.extend_from_slice(&frame.payload);
+        tokio::time::timeout(self.cfg.peer_timeout, pipe.send(&data))
+            .await
+            .map_err(|_| Error::Timeout("reply"))?
+            .map_err(|e| Error::Local(e.to_string()))
+    }
+
+    async fn handle(self: &Arc<Self>, msg: Message, pipe: &Pipe) -> Result<(), Error> {
+        if msg.data.len() < 4 {
+            return Ok(());
+        }
+        let kind = Kind::new([msg.data[0], msg.data[1], msg.data[2], msg.data[3]]);
+        let frame = Frame::new(kind, msg.data.slice(4..));
+        let req = match Request::parse(&frame) {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(r) = e.reply() {
+                    self.send(pipe, r).await?;
+                }
+                return Ok(());
+            }
+        };
+        match req {
+            Request::Name => self.send(pipe, &reply::repl_name(self.id())).await,
+            Request::List => {
+                let peers: Vec<PeerEntry> = lock(&self.peers).iter().cloned().collect();
+                self.send(pipe, &reply::list_count(peers.len())).await?;
+                for p in &peers {
+                    self.send(pipe, &reply::list_entry(&p.pid, &p.host, p.port))
+                        .await?;
+                }
+                Ok(())
+            }
+            Request::Join { pid, host, port } => {
+                let r = lock(&self.peers).insert(pid.clone(), host, port);
+                self.send(pipe, &reply::join_result(r, &pid)).await
+            }
+            Request::Quer { ret, key, ttl } => {
+                self.send(pipe, &reply::query_ack(&key)).await?;
+                let me = self.clone();
+                tokio::spawn(async move { me.handle_query(ret, key, ttl, None).await });
+                Ok(())
+            }
+            Request::Qhst {
+                ret,
+                key,
+                ttl,
+                qid,
+                visited,
+            } => {
+                self.send(pipe, &reply::query_ack(&key)).await?;
+                let me = self.clone();
+                tokio::spawn(
+                    async move { me.handle_query(ret, key, ttl, Some((qid, visited))).await },
+                );
+                Ok(())
+            }
+            Request::Resp { name, owner } => {
+                self.counters.resp_received.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut remote = lock(&self.remote);
+                    if remote.len() < MAX_REMOTE_NAMES || remote.contains_key(&name) {
+                        remote.insert(name.clone(), owner.clone());
+                    }
+                }
+                let _ = self.results.send((name, owner));
+                Ok(())
+            }
+            Request::Fget { name } => self.serve_file(pipe, &name, 0, None).await,
+            Request::Frng {
+                name,
+                offset,
+                length,
+            } => self.serve_file(pipe, &name, offset, Some(length)).await,
+            Request::Finf { name } => match self.file_hash(&name).await {
+                Ok((f, h)) => self.send(pipe, &reply::file_info(f.size, &h)).await,
+                Err(SharedError::BadName { .. } | SharedError::NotFound(_)) => {
+                    self.send(pipe, &reply::file_not_found()).await
+                }
+                Err(_) => self.send(pipe, &reply::file_read_error()).await,
+            },
+            Request::Quit { pid } => {
+                let removed = lock(&self.peers).remove(&pid).is_some();
+                let r = if removed {
+                    reply::quit_removed(&pid)
+                } else {
+                    reply::quit_not_found(&pid)
+                };
+                self.send(pipe, &r).await
+            }
+            Request::Ping => Ok(()),
+            Request::Chal => {
+                let mut random = [0u8; 16];
+                getrandom::fill(&mut random).map_err(|e| Error::Local(e.to_string()))?;
+                lock(&self.challenges).issue(random, Instant::now());
+                self.send(pipe, &reply::challenge(&Nonce(random))).await
+            }
+            Request::Trst { nonce, mac, op } => self.trusted(pipe, msg.peer, nonce, mac, op).await,
+            Request::Unknown(_) => Ok(()),
+        }
+    }
+
+    async fn file_hash(&self, name: &str) -> Result<(SharedFile, [u8; 32]), SharedError> {
+        let f = self.shared.resolve(name).await?;
+        let key = (f.path.clone(), f.size, f.modified);
+        if let Some(h) = lock(&self.hashes).get(&key) {
+            return Ok((f, *h));
+        }
+        let (h, _) = sha256_file(&f.path)
+            .await
+            .map_err(|source| SharedError::Io {
+                path: f.path.clone(),
+                source,
+            })?;
+        let mut hashes = lock(&self.hashes);
+        if hashes.len() > 10_000 {
+            hashes.clear();
+        }
+        hashes.insert(key, h);
+        Ok((f, h))
+    }
+
+    /// Streams `name` from `offset` (`length` bytes, or to the end) as one `REPL`.
+    async fn serve_file(
+        &self,
+        pipe: &Pipe,
+        name: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<(), Error> {
+        let f = match self.shared.resolve(name).await {
+            Ok(f) => f,
+            Err(SharedError::BadName { .. } | SharedError::NotFound(_)) => {
+                return self.send(pipe, &reply::file_not_found()).await
+            }
+            Err(_) => return self.send(pipe, &reply::file_read_error()).await,
+        };
+        if offset > f.size {
+            return self.send(pipe, &reply::range_out_of_bounds()).await;
+        }
+        let len = length.unwrap_or(f.size - offset).min(f.size - offset);
+        let Ok(header) = Header::for_payload(Kind::REPL, len) else {
+            return self.send(pipe, &reply::file_read_error()).await;
+        };
+        let mut file = match tokio::fs::File::open(&f.path).await {
+            Ok(file) => file,
+            Err(_) => return self.send(pipe, &reply::file_read_error()).await,
+        };
+        if offset > 0 && file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+            return self.send(pipe, &reply::file_read_error()).await;
+        }
+        let t = self.cfg.peer_timeout;
+        tokio::time::timeout(t, pipe.send_raw(header.to_bytes()))
+            .await
+            .map_err(|_| Error::Timeout("sending a file"))?
+            .map_err(|e| Error::Local(e.to_string()))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut left = len;
+        while left > 0 {
+            let want = (left as usize).min(CHUNK);
+            let n = file
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| Error::Local(e.to_string()))?;
+            if n == 0 {
+                // The file shrank: stop short; the client sees a truncated reply.
+                return Err(Error::Local(format!("{name} shrank while being sent")));
+            }
+            tokio::time::timeout(t, pipe.send_raw(&buf[..n]))
+                .await
+                .map_err(|_| Error::Timeout("sending a file"))?
+                .map_err(|e| Error::Local(e.to_string()))?;
+            left -= n as u64;
+            self.counters
+                .bytes_served
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        self.counters.files_served.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn neighbours(&self) -> Vec<PeerEntry> {
+        lock(&self.peers).iter().cloned().collect()
+    }
+
+    /// A query, after its acknowledgement: answered from local files (or names learned
+    /// from results) if any match, else forwarded once to each neighbour.
+    async fn handle_query(
+        self: Arc<Self>,
+        ret: PeerId,
+        key: String,
+        ttl: u32,
+        history: Option<(QueryId, Vec<PeerId>)>,
+    ) {
+        self.counters
+            .queries_received
+            .fetch_add(1, Ordering::Relaxed);
+        let seen_key = match &history {
+            Some((qid, _)) => format!("q {qid}"),
+            None => format!("r {ret} {key}"),
+        };
+        if !lock(&self.seen).first_time(&seen_key, Instant::now()) {
+            self.counters
+                .queries_duplicate
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let t = self.cfg.peer_timeout;
+        let mut hits: Vec<Hit> = Vec::new();
+        if let Ok(files) = self.shared.list().await {
+            hits.extend(
+                files
+                    .into_iter()
+                    .filter(|f| f.name.contains(&key))
+                    .take(MAX_HITS)
+                    .map(|f| (f.name, self.id().clone())),
+            );
+        }
+        if hits.is_empty() {
+            let remote = lock(&self.remote);
+            hits.extend(
+                remote
+                    .iter()
+                    .filter(|(n, _)| n.contains(&key))
+                    .take(MAX_HITS)
+                    .map(|(n, o)| (n.clone(), o.clone())),
+            );
+        }
+        if !hits.is_empty() {
+            let back = FilerClient::for_peer(&ret).timeout(t);
+            for (name, owner) in hits {
+                if back.resp(&name, &owner).await.is_ok() {
+                    self.counters.resp_sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        if ttl == 0 {
+            return;
+        }
+        self.forward(&ret, &key, ttl - 1, history).await;
+    }
+
+    /// Sends a query to every neighbour not already visited: `QHST` when there is a
+    /// history, falling back to `QUER` for a neighbour that closes without a reply (an
+    /// original node).
+    async fn forward(
+        &self,
+        ret: &PeerId,
+        key: &str,
+        ttl: u32,
+        history: Option<(QueryId, Vec<PeerId>)>,
+    ) {
+        let t = self.cfg.peer_timeout;
+        let me = self.id().clone();
+        let sends = self.neighbours().into_iter().filter_map(|n| {
+            if let Some((_, visited)) = &history {
+                if visited.contains(&n.pid) {
+                    return None;
+                }
+            }
+            if n.pid == *ret {
+                return None;
+            }
+            let history = history.clone();
+            let me = me.clone();
+            Some(async move {
+                let c = client_for(&n, t);
+                self.counters.queries_sent.fetch_add(1, Ordering::Relaxed);
+                match history {
+                    Some((qid, mut visited)) => {
+                        if !visited.contains(&me) {
+                            if visited.len() >= MAX_HISTORY {
+                                visited.remove(0);
+                            }
+                            visited.push(me);
+                        }
+                        if let Err(Error::NoReply) =
+                            c.query_history(ret, key, ttl, qid, &visited).await
+                        {
+                            self.counters.queries_sent.fetch_add(1, Ordering::Relaxed);
+                            let _ = c.query(ret, key, ttl).await;
+                        }
+                    }
+                    None => {
+                        let _ = c.query(ret, key, ttl).await;
+                    }
+                }
+            })
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    async fn search(self: &Arc<Self>, key: &str) -> broadcast::Receiver<Hit> {
+        let rx = self.results.subscribe();
+        let mut id = [0u8; 8];
+        let _ = getrandom::fill(&mut id);
+        let qid = QueryId(u64::from_be_bytes(id));
+        lock(&self.seen).first_time(&format!("q {qid}"), Instant::now());
+        let me = self.id().clone();
+        self.forward(&me, key, self.cfg.search_ttl, Some((qid, vec![me.clone()])))
+            .await;
+        rx
+    }
+
+    async fn build_peers(&self, host: &str, port: u16, hops: u32) -> Result<usize, Error> {
+        let t = self.cfg.peer_timeout;
+        let me = self.id().clone();
+        let mut added = 0;
+        let mut todo = vec![(host.to_owned(), port, hops)];
+        let mut first = true;
+        while let Some((host, port, hops)) = todo.pop() {
+            if lock(&self.peers).is_full() {
+                break;
+            }
+            let c = FilerClient::new(crate::addr::Target::Host {
+                host: host.clone(),
+                port,
+            })
+            .timeout(t);
+            let pid = match c.name().await {
+                Ok(p) => p,
+                Err(e) if first => return Err(e),
+                Err(_) => continue,
+            };
+            first = false;
+            if pid == me || lock(&self.peers).contains(&pid) {
+                continue;
+            }
+            match c.join(&me, me.host(), me.port()).await {
+                Ok(_) => {}
+                Err(Error::Refused(text)) if text.contains("already inserted") => {}
+                Err(_) => continue,
+            }
+            if lock(&self.peers).insert(pid.clone(), host.clone(), port) == Insert::Added {
+                added += 1;
+            }
+            if hops == 0 {
+                continue;
+            }
+            if let Ok(list) = c.list().await {
+                for p in list {
+                    if p.pid != me && !lock(&self.peers).contains(&p.pid) {
+                        todo.push((p.host, p.port, hops - 1));
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    async fn stabilize(&self) {
+        let t = self.cfg.peer_timeout;
+        let checks = self.neighbours().into_iter().map(|n| async move {
+            let ok = client_for(&n, t).ping().await.is_ok();
+            (n.pid, ok)
+        });
+        for (pid, ok) in futures::future::join_all(checks).await {
+            if !ok {
+                tracing::info!(%pid, "peer did not answer a ping; dropped");
+                lock(&self.peers).remove(&pid);
+            }
+        }
+    }
+
+    async fn trusted(
+        self: &Arc<Self>,
+        pipe: &Pipe,
+        from: SocketAddr,
+        nonce: Nonce,
+        mac: super::msg::Mac,
+        op: TrustedOp,
+    ) -> Result<(), Error> {
+        let local = crate::addr::canonical(from).ip().is_loopback();
+        let allowed = local || self.cfg.trusted_from_anywhere;
+        let ok = allowed
+            && lock(&self.challenges)
+                .verify(
+                    &nonce.to_string(),
+                    &mac.to_string(),
+                    &op.to_string(),
+                    Instant::now(),
+                )
+                .is_ok();
+        if !ok {
+            self.counters.trust_denied.fetch_add(1, Ordering::Relaxed);
+            return self.send(pipe, &reply::trust_denied()).await;
+        }
+        self.send(pipe, &reply::trust_accepted()).await?;
+        let result = match op {
+            TrustedOp::Find { key } => self.find_and_fetch(&key).await,
+            TrustedOp::Share { name } => match self.file_hash(&name).await {
+                Ok((f, h)) => Ok(format!(
+                    "Share: {} {} {}",
+                    f.name,
+                    f.size,
+                    super::shared::hex(&h)
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            TrustedOp::AddPeer { pid, host, port } => {
+                let r = lock(&self.peers).insert(pid.clone(), host, port);
+                let f = reply::join_result(r, &pid);
+                return self.send(pipe, &f).await;
+            }
+            TrustedOp::DelPeer { pid } => {
+                let f = if lock(&self.peers).remove(&pid).is_some() {
+                    reply::quit_removed(&pid)
+                } else {
+                    reply::quit_not_found(&pid)
+                };
+                return self.send(pipe, &f).await;
+            }
+            TrustedOp::Rebuild { host, port, hops } => {
+                let own = self.id().clone();
+                *lock(&self.peers) = PeerTable::new(own, self.cfg.max_peers);
+                match self.build_peers(&host, port, hops).await {
+                    Ok(n) => Ok(format!("Rebuild: {n} peers")),
+                    Err(e) => Err(format!("Rebuild: {e}")),
+                }
+            }
+        };
+        let f = match result {
+            Ok(text) => Frame::new(Kind::REPL, text.into_bytes()),
+            Err(text) => Frame::new(Kind::ERRO, text.into_bytes()),
+        };
+        self.send(pipe, &f).await
+    }
+
+    /// Searches for `key`, and downloads the first hit into the shared folder, verified.
+    async fn find_and_fetch(self: &Arc<Self>, key: &str) -> Result<String, String> {
+        let mut rx = self.search(key).await;
+        let wait = self.cfg.peer_timeout;
+        let (name, owner) = tokio::time::timeout(wait, async {
+            loop {
+                match rx.recv().await {
+                    Ok((name, owner)) if name.contains(key) && owner != *self.id() => {
+                        return Some((name, owner))
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("Find: no peer has {key}"))?;
+        let c = FilerClient::for_peer(&owner).timeout(self.cfg.peer_timeout);
+        match c.fetch(&name, self.shared.root(), |_, _| {}).await {
+            Ok(f) => Ok(format!(
+                "Find: fetched {} {} bytes from {owner}",
+                name, f.size
+            )),
+            Err(e) => Err(format!("Find: {e}")),
+        }
+    }
+}
