@@ -6,6 +6,7 @@
 
 mod cli;
 mod daemon;
+mod filer;
 mod iface;
 mod lab;
 mod pipe;
