@@ -323,6 +323,25 @@ impl FilerClient {
         Ok(r.kind == Kind::REPL)
     }
 
+    /// `FLST`: the files the node knows: (name, owner, size when local to the owner).
+    ///
+    /// # Errors
+    ///
+    /// As [`exchange`](Self::exchange), [`Error::NoReply`] from an original node.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn files(&self) -> Result<Vec<(String, PeerId, Option<u64>)>, Error> {
+        let replies = self.exchange(&Request::Flst.to_frame()).await?;
+        let (first, rest) = replies.split_first().ok_or(Error::NoReply)?;
+        let count = reply::parse_list_count(first)?;
+        if rest.len() != count {
+            return Err(Error::BadReply("file count does not match its entries"));
+        }
+        rest.iter().map(reply::parse_file_entry).collect()
+    }
+
     /// `FINF`: a file's size and SHA-256.
     ///
     /// # Errors

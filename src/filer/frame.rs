@@ -64,6 +64,8 @@ impl Kind {
     pub const CHAL: Kind = Kind(*b"CHAL");
     /// `TRST`: a trusted request (p2pipe extension).
     pub const TRST: Kind = Kind(*b"TRST");
+    /// `FLST`: the files a node knows (p2pipe extension).
+    pub const FLST: Kind = Kind(*b"FLST");
 
     /// A type from its four bytes, upper-cased as receivers do.
     pub const fn new(bytes: [u8; 4]) -> Kind {

@@ -37,6 +37,7 @@
 //! | `FINF <name>` | `REPL <size> <sha256: 64 lowercase hex>`, `ERRO File not found`, `ERRO Error reading file`, `ERRO Info: incorrect arguments` |
 //! | `FRNG <name> <offset> <length>` | `REPL <the bytes>`, `ERRO File not found`, `ERRO Error reading file`, `ERRO Range: out of bounds`, `ERRO Range: incorrect arguments` |
 //! | `QHST <return-pid> <key> <ttl> <qid> <visited>` | as `QUER`; `qid` is 16 lowercase hex digits, `visited` up to [`msg::MAX_HISTORY`] comma-separated peer ids |
+//! | `FLST` | `REPL <count>`, then `count` × `REPL <name> <owner-pid> <size or ->`: the node's files and the names it learned from results |
 //! | `CHAL` | `REPL <nonce: 32 lowercase hex>`, `ERRO Challenge: incorrect arguments` |
 //! | `TRST <nonce> <mac: 64 lowercase hex> <OP> <args>` | `REPL Trust: accepted`, `ERRO Trust: not authorized`, `ERRO Trust: incorrect arguments` |
 //!

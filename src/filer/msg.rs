@@ -392,6 +392,9 @@ pub enum Request {
         /// The operation.
         op: TrustedOp,
     },
+    /// `FLST`: the files the node knows, its own and those learned from results: `REPL
+    /// <count>`, then `count` × `REPL <name> <owner-pid> <size or ->`.
+    Flst,
     /// Any other type, stray `REPL` and `ERRO` included: the node closes without a reply.
     Unknown(Kind),
 }
@@ -523,6 +526,7 @@ impl Request {
                     visited,
                 }
             }
+            Kind::FLST => Request::Flst,
             Kind::CHAL => {
                 if fields(p).next().is_some() {
                     return Err(bad("expected no fields"));
@@ -563,6 +567,7 @@ impl Request {
             Request::Qhst { .. } => Kind::QHST,
             Request::Chal => Kind::CHAL,
             Request::Trst { .. } => Kind::TRST,
+            Request::Flst => Kind::FLST,
             Request::Unknown(kind) => *kind,
         }
     }
@@ -570,9 +575,12 @@ impl Request {
     /// The frame a client sends for this request (`Unknown` gets an empty payload).
     pub fn to_frame(&self) -> Frame {
         let text = match self {
-            Request::Name | Request::List | Request::Ping | Request::Chal | Request::Unknown(_) => {
-                String::new()
-            }
+            Request::Name
+            | Request::List
+            | Request::Ping
+            | Request::Chal
+            | Request::Flst
+            | Request::Unknown(_) => String::new(),
             Request::Join { pid, host, port } => format!("{pid} {host} {port}"),
             Request::Quer { ret, key, ttl } => format!("{ret} {key} {ttl}"),
             Request::Resp { name, owner } => format!("{name} {owner}"),
@@ -615,6 +623,35 @@ pub mod reply {
     use super::super::peer::{Insert, PeerEntry, PeerId};
     use super::super::Error;
     use super::{erro, exact, repl, Nonce, Request};
+
+    /// One entry of the answer to FLST: `REPL <name> <owner-pid> <size>`, with `-` for an
+    /// unknown size.
+    pub fn file_entry(name: &str, owner: &PeerId, size: Option<u64>) -> Frame {
+        match size {
+            Some(n) => repl(format!("{name} {owner} {n}")),
+            None => repl(format!("{name} {owner} -")),
+        }
+    }
+
+    /// Reads one entry of the answer to FLST.
+    ///
+    /// # Errors
+    ///
+    /// Not a `REPL` of three fields with a valid owner.
+    pub fn parse_file_entry(frame: &Frame) -> Result<(String, PeerId, Option<u64>), Error> {
+        let [name, owner, size] =
+            exact(expect_repl(frame)?).ok_or(Error::BadReply("file entry"))?;
+        let owner = PeerId::parse(owner).map_err(|_| Error::BadReply("file entry owner"))?;
+        let size = if size == "-" {
+            None
+        } else {
+            Some(
+                size.parse()
+                    .map_err(|_| Error::BadReply("file entry size"))?,
+            )
+        };
+        Ok((name.to_owned(), owner, size))
+    }
 
     /// `REPL <my-id>`, the answer to NAME.
     pub fn repl_name(id: &PeerId) -> Frame {

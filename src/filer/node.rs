@@ -486,6 +486,26 @@ impl Inner {
                 self.send(pipe, &reply::challenge(&Nonce(random))).await
             }
             Request::Trst { nonce, mac, op } => self.trusted(pipe, msg.peer, nonce, mac, op).await,
+            Request::Flst => {
+                let local = self.shared.list().await.unwrap_or_default();
+                let remote: Vec<Hit> = {
+                    let r = lock(&self.remote);
+                    let mut v: Vec<Hit> = r.iter().map(|(n, o)| (n.clone(), o.clone())).collect();
+                    v.sort();
+                    v
+                };
+                self.send(pipe, &reply::list_count(local.len() + remote.len()))
+                    .await?;
+                for f in &local {
+                    self.send(pipe, &reply::file_entry(&f.name, self.id(), Some(f.size)))
+                        .await?;
+                }
+                for (name, owner) in &remote {
+                    self.send(pipe, &reply::file_entry(name, owner, None))
+                        .await?;
+                }
+                Ok(())
+            }
             Request::Unknown(_) => Ok(()),
         }
     }

@@ -240,6 +240,21 @@ async fn three_nodes_search_and_fetch() {
         );
         let s = a.stats();
         assert!(s.files_served >= 1, "{s:?}");
+        // FLST: a's own file with its size; c knows the name from the result.
+        let a_files = within(FilerClient::new(a.local_addr()).files())
+            .await
+            .unwrap();
+        assert_eq!(
+            a_files,
+            [(name.clone(), a.id().clone(), Some(body.len() as u64))]
+        );
+        let c_files = within(FilerClient::new(c.local_addr()).files())
+            .await
+            .unwrap();
+        assert!(
+            c_files.contains(&(name.clone(), a.id().clone(), None)),
+            "{c_files:?}"
+        );
     }
 }
 
