@@ -1,9 +1,13 @@
 //! The `p2pipe` command: parsing, logging, and one module per subcommand.
 
 mod echo;
+mod fetch;
 mod interfaces;
 mod nat;
+mod search;
 mod servers;
+mod share;
+mod shell;
 
 use std::process::ExitCode;
 
@@ -30,6 +34,15 @@ enum Command {
     /// Learn what the NAT in front of an interface does, per address family, from STUN
     /// servers (RFC 5780 and RFC 3489 vocabulary).
     Nat(nat::Args),
+    /// Share a folder: run a file-sharing node (btpeer/btfiler compatible).
+    Share(share::Args),
+    /// Ask the network, through one node, who has a file.
+    Search(search::Args),
+    /// Download a file from a node, verified; rerun to resume.
+    Fetch(fetch::Args),
+    /// An interactive shell over a node: peers, files, search, fetch, add-peer,
+    /// remove-peer, rebuild, quit.
+    Shell(shell::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -65,6 +78,10 @@ pub fn main() -> ExitCode {
             Command::Echo(args) => echo::run(args).await,
             Command::Interfaces(args) => interfaces::run(args).await,
             Command::Nat(args) => nat::run(args).await,
+            Command::Share(args) => share::run(args).await,
+            Command::Search(args) => search::run(args).await,
+            Command::Fetch(args) => fetch::run(args).await,
+            Command::Shell(args) => shell::run(args).await,
         }
     });
     match result {

@@ -298,6 +298,12 @@ impl FilerNode {
         self.inner.search(key).await
     }
 
+    /// A receiver of every search result (RESP) this node gets from now on, whoever
+    /// asked: for tools that send queries with this node as the return address.
+    pub fn results(&self) -> broadcast::Receiver<Hit> {
+        self.inner.results.subscribe()
+    }
+
     /// Leaves the network: tells every peer (QUIT), then stops serving, letting
     /// requests in progress finish within `deadline`.
     ///
