@@ -196,3 +196,180 @@ async fn nat_command_takes_servers_from_a_config_file_and_flags_win() {
     assert!(err.contains("cannot read"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `p2pipe share` process and its output lines.
+struct Share {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    id: String,
+}
+
+impl Share {
+    async fn start(dir: &std::path::Path, extra: &[&str]) -> Share {
+        let guard = spawn_guard().await;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+            .arg("share")
+            .arg(dir)
+            .args(["--port", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run p2pipe share");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = within(lines.next_line()).await.unwrap().expect("a line");
+        drop(guard);
+        let id = first
+            .split(" as ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .expect(&first)
+            .to_owned();
+        // Wait until joining is over: the peers line.
+        loop {
+            let l = within(lines.next_line()).await.unwrap().expect("a line");
+            if l.starts_with("peers:") {
+                break;
+            }
+        }
+        Share { child, lines, id }
+    }
+
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let st = within(Command::new("kill").args(["-TERM", &pid]).status())
+            .await
+            .unwrap();
+        assert!(st.success());
+        let last = within(self.lines.next_line()).await.unwrap();
+        assert_eq!(last.as_deref(), Some("left the network"));
+        assert!(within(self.child.wait()).await.unwrap().success());
+    }
+}
+
+async fn p2pipe(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let guard = spawn_guard().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+        .args(args)
+        .env("HOME", std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run p2pipe");
+    drop(guard);
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        use tokio::io::AsyncWriteExt;
+        within(input.write_all(text.as_bytes())).await.unwrap();
+    }
+    drop(input);
+    within(child.wait_with_output()).await.unwrap()
+}
+
+/// Three nodes run from the command line, as the README shows: a search, a fetch that
+/// resumes, and a shell session with trusted commands.
+#[tokio::test]
+async fn three_node_session_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let (da, db, dc) = (
+        root.path().join("a"),
+        root.path().join("b"),
+        root.path().join("c"),
+    );
+    for d in [&da, &db, &dc] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(da.join("holiday.mkv"), &big).unwrap();
+    std::fs::write(da.join("notes.txt"), b"remember the milk").unwrap();
+    let secret = root.path().join("secret");
+    std::fs::write(&secret, "open sesame\n").unwrap();
+    let secret_arg = secret.to_str().unwrap();
+
+    let a = Share::start(&da, &[]).await;
+    let b = Share::start(&db, &["--join", &a.id]).await;
+    let c = Share::start(&dc, &["--join", &b.id, "--secret-file", secret_arg]).await;
+
+    let out = p2pipe(
+        &[
+            "search", "holiday", "--via", &c.id, "--count", "1", "--wait", "8",
+        ],
+        None,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), format!("holiday.mkv {}", a.id), "{text}");
+
+    // A fetch interrupted earlier left a part file: the rerun resumes it.
+    let into = root.path().join("downloads");
+    std::fs::create_dir(&into).unwrap();
+    std::fs::write(into.join(".holiday.mkv.p2pipe-part"), &big[..700_000]).unwrap();
+    let out = p2pipe(
+        &[
+            "fetch",
+            "holiday.mkv",
+            "--from",
+            &a.id,
+            "-o",
+            into.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("sha-256 verified, resumed: 1300000 bytes transferred"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(into.join("holiday.mkv")).unwrap(), big);
+
+    let session = "peers\nsearch notes\nfetch notes.txt\nfiles\nadd-peer 127.0.0.1:9 127.0.0.1 9\nremove-peer 127.0.0.1:9\nquit\n";
+    let out = p2pipe(
+        &["shell", &c.id, "--secret-file", secret_arg],
+        Some(session),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2 peers"), "{text}");
+    assert!(text.contains(&format!("notes.txt  at {}", a.id)), "{text}");
+    assert!(
+        text.contains(&format!("Find: fetched notes.txt 17 bytes from {}", a.id)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("notes.txt  17 bytes  at {}", c.id)),
+        "{text}"
+    );
+    assert!(text.contains("Join: peer added: 127.0.0.1:9"), "{text}");
+    assert!(text.contains("Quit: peer removed: 127.0.0.1:9"), "{text}");
+    assert_eq!(
+        std::fs::read(dc.join("notes.txt")).unwrap(),
+        b"remember the milk"
+    );
+
+    // Without the secret the trusted commands are refused, and nothing changes.
+    let out = p2pipe(
+        &["shell", &c.id],
+        Some("add-peer 127.0.0.1:9 127.0.0.1 9\npeers\n"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("needs the node's secret"), "{text}");
+    assert!(text.contains("2 peers"), "{text}");
+
+    for s in [c, b, a] {
+        s.stop().await;
+    }
+}
