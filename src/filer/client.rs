@@ -433,13 +433,19 @@ impl FilerClient {
                         offset: start,
                         length: info.size - start,
                     };
-                    self.stream_body(
-                        &req.to_frame(),
-                        info.size - start,
-                        Sink::Download(&mut dl),
-                        |done| progress(start + done, info.size),
-                    )
-                    .await?;
+                    let r = self
+                        .stream_body(
+                            &req.to_frame(),
+                            info.size - start,
+                            Sink::Download(&mut dl),
+                            |done| progress(start + done, info.size),
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        // Keep every byte that arrived, for the next attempt.
+                        let _ = dl.flush().await;
+                        return Err(e);
+                    }
                 }
                 let path = dl.finish().await.map_err(dl_err)?;
                 Ok(Fetched {

@@ -213,6 +213,21 @@ impl Download {
         Ok(())
     }
 
+    /// Waits until every byte written so far is in the part file (tokio's file writes
+    /// finish in the background). Call it before giving up on a download, so that the
+    /// next attempt resumes from all of it.
+    ///
+    /// # Errors
+    ///
+    /// A file-system error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        self.file.flush().await.map_err(io_err(&self.part_path))
+    }
+
     /// Checks the size and hash, syncs, and renames the part file into place.
     ///
     /// # Errors

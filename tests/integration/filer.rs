@@ -536,3 +536,136 @@ async fn interop_with_an_independent_btfiler_node() {
     let _ = py.child.start_kill();
     let _ = within(py.child.wait()).await;
 }
+
+/// A 30-node network on loopback: a ring with chords. A search finds a file four hops
+/// away, and the messages it costs, counted on every node, stay within twice the number
+/// of links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_nodes_search_four_hops_within_twice_the_links() {
+    const N: usize = 30;
+    let mut links: Vec<(usize, usize)> = (0..N).map(|i| (i, (i + 1) % N)).collect();
+    links.extend((0..N).step_by(5).map(|i| (i, (i + 10) % N)));
+    // Distances from node 0, to pick a node exactly four hops away.
+    let mut dist = vec![usize::MAX; N];
+    dist[0] = 0;
+    let mut queue = std::collections::VecDeque::from([0]);
+    while let Some(u) = queue.pop_front() {
+        for &(a, b) in &links {
+            for (x, y) in [(a, b), (b, a)] {
+                if x == u && dist[y] == usize::MAX {
+                    dist[y] = dist[u] + 1;
+                    queue.push_back(y);
+                }
+            }
+        }
+    }
+    let far = (0..N)
+        .find(|&i| dist[i] == 4)
+        .expect("a node four hops away");
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..N {
+        let files: Vec<(&str, &[u8])> = if i == far {
+            vec![("far-away-file.dat", b"found me")]
+        } else {
+            vec![]
+        };
+        let (n, d) = node_with("127.0.0.1", &files, |c| c.max_peers = 8).await;
+        nodes.push(n);
+        dirs.push(d);
+    }
+    for &(a, b) in &links {
+        let port = nodes[b].local_addr().port();
+        assert_eq!(
+            within(nodes[a].join("127.0.0.1", port, 0)).await.unwrap(),
+            1,
+            "{a}-{b}"
+        );
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let degree = links.iter().filter(|(a, b)| *a == i || *b == i).count();
+        assert_eq!(n.peers().len(), degree, "node {i}");
+    }
+    let mut hits = nodes[0].search("far-away").await;
+    let (name, owner) = within(hits.recv()).await.unwrap();
+    assert_eq!(name, "far-away-file.dat");
+    assert_eq!(owner, *nodes[far].id());
+    // Wait until the flood is over: every query sent has been received.
+    let settled = || {
+        let sent: u64 = nodes.iter().map(|n| n.stats().queries_sent).sum();
+        let received: u64 = nodes.iter().map(|n| n.stats().queries_received).sum();
+        (sent, received)
+    };
+    within(async {
+        loop {
+            let (s, r) = settled();
+            if s == r {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (sent, _) = settled();
+    let dups: u64 = nodes.iter().map(|n| n.stats().queries_duplicate).sum();
+    println!(
+        "30 nodes, {} links: one search cost {sent} query messages ({dups} dropped as duplicates)",
+        links.len()
+    );
+    assert!(
+        sent as usize <= 2 * links.len(),
+        "{sent} messages for {} links",
+        links.len()
+    );
+    assert!(sent >= 4, "the query travelled");
+}
+
+/// The owner is killed in the middle of a fetch: the fetch fails, nothing looks
+/// complete, and the next fetch from another owner resumes the part file and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_fetch_leaves_the_fetch_resumable() {
+    let body: Vec<u8> = (0..24_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (first, _d1) = node("127.0.0.1", &[("movie.bin", &body)]).await;
+    let (second, _d2) = node("127.0.0.1", &[("movie.bin", &body)]).await;
+    let first_addr = first.local_addr();
+    let into = tempfile::tempdir().unwrap();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let killer = tokio::spawn(async move {
+        let _ = kill_rx.await;
+        drop(first); // stops at once: its connections are cut
+    });
+    let mut kill_tx = Some(kill_tx);
+    let cut = within(
+        FilerClient::new(first_addr).fetch("movie.bin", into.path(), |done, _| {
+            if done > 1_000_000 {
+                if let Some(tx) = kill_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }),
+    )
+    .await;
+    within(killer).await.unwrap();
+    let err = cut.expect_err("the owner died mid-transfer");
+    println!("the cut fetch failed with: {err}");
+    assert!(
+        !into.path().join("movie.bin").exists(),
+        "nothing looks complete"
+    );
+    let part = into.path().join(".movie.bin.p2pipe-part");
+    let kept = std::fs::metadata(&part).expect("the part file stays").len();
+    assert!(kept > 0 && kept < body.len() as u64, "{kept}");
+    let got =
+        within(FilerClient::new(second.local_addr()).fetch("movie.bin", into.path(), |_, _| {}))
+            .await
+            .unwrap();
+    assert_eq!(
+        got.transferred,
+        body.len() as u64 - kept,
+        "resumed from the part file"
+    );
+    assert!(got.verified);
+    assert!(std::fs::read(into.path().join("movie.bin")).unwrap() == body);
+}
