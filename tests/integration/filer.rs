@@ -669,3 +669,87 @@ async fn a_node_killed_mid_fetch_leaves_the_fetch_resumable() {
     assert!(got.verified);
     assert!(std::fs::read(into.path().join("movie.bin")).unwrap() == body);
 }
+
+/// A node that leaves sends QUIT, and its peers drop it; a peer that dies without a
+/// word is dropped by the stabilizer's pings.
+#[tokio::test]
+async fn leaving_peers_quit_and_dead_peers_are_dropped() {
+    let (a, _da) = node_with("127.0.0.1", &[], |c| {
+        c.stabilize_every = Some(Duration::from_millis(100));
+        c.peer_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let (b, _db) = node("127.0.0.1", &[]).await;
+    let (c, _dc) = node("127.0.0.1", &[]).await;
+    let host = "127.0.0.1";
+    within(b.join(host, a.local_addr().port(), 0))
+        .await
+        .unwrap();
+    within(c.join(host, a.local_addr().port(), 0))
+        .await
+        .unwrap();
+    assert_eq!(a.peers().len(), 2);
+    let (b_id, c_id) = (b.id().clone(), c.id().clone());
+    within(b.shutdown(Duration::from_secs(1))).await;
+    assert!(a.peers().iter().all(|p| p.pid != b_id), "b said QUIT");
+    drop(c); // dies without a word
+    within(async {
+        while a.peers().iter().any(|p| p.pid == c_id) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(a.peers().is_empty());
+}
+
+/// The trusted SHAR and RBLD operations.
+#[tokio::test]
+async fn trusted_share_and_rebuild() {
+    let secret = b"another secret".to_vec();
+    let (hub, _dh) = node("127.0.0.1", &[]).await;
+    let (other, _do) = node("127.0.0.1", &[]).await;
+    within(other.join("127.0.0.1", hub.local_addr().port(), 0))
+        .await
+        .unwrap();
+    let (n, d) = node_with("127.0.0.1", &[], |c| c.secret = Some(secret.clone())).await;
+    let c = FilerClient::new(n.local_addr());
+    // A new file put in the folder is shared, with its size and hash.
+    std::fs::write(d.path().join("new.txt"), b"hello").unwrap();
+    let r = within(c.trusted(
+        &secret,
+        TrustedOp::Share {
+            name: "new.txt".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r[1].payload),
+        "Share: new.txt 5 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    );
+    let r = within(c.trusted(
+        &secret,
+        TrustedOp::Share {
+            name: "../etc/passwd".into(),
+        },
+    ))
+    .await;
+    assert!(r.is_err() || r.unwrap()[1].kind == p2pipe::filer::Kind::ERRO);
+    // Rebuild the table from the hub: the hub and its peer.
+    let r = within(c.trusted(
+        &secret,
+        TrustedOp::Rebuild {
+            host: "127.0.0.1".into(),
+            port: hub.local_addr().port(),
+            hops: 2,
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r[1].payload), "Rebuild: 2 peers");
+    let ids: Vec<PeerId> = n.peers().into_iter().map(|p| p.pid).collect();
+    assert!(
+        ids.contains(hub.id()) && ids.contains(other.id()),
+        "{ids:?}"
+    );
+}
