@@ -42,6 +42,10 @@ pub const MAX_REMOTE_NAMES: usize = 10_000;
 /// The most RESP a node sends for one query.
 pub const MAX_HITS: usize = 16;
 
+/// The most queries handled at once; more are dropped and counted (a flood cannot make
+/// a task per query without bound, as the original made a thread per query).
+pub const MAX_QUERIES_IN_FLIGHT: usize = 256;
+
 /// Bytes read from disk at a time when serving a file.
 const CHUNK: usize = 64 * 1024;
 
@@ -103,6 +107,7 @@ struct Counters {
     files_served: AtomicU64,
     bytes_served: AtomicU64,
     trust_denied: AtomicU64,
+    queries_shed: AtomicU64,
 }
 
 /// A snapshot of a node's counters.
@@ -124,6 +129,8 @@ pub struct NodeStats {
     pub bytes_served: u64,
     /// Trusted requests refused.
     pub trust_denied: u64,
+    /// Queries dropped because [`MAX_QUERIES_IN_FLIGHT`] were being handled.
+    pub queries_shed: u64,
 }
 
 struct Inner {
@@ -137,6 +144,7 @@ struct Inner {
     challenges: Mutex<Challenges>,
     hashes: Mutex<HashMap<FileKey, [u8; 32]>>,
     counters: Counters,
+    query_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running file-sharing node.
@@ -183,6 +191,7 @@ impl FilerNode {
             challenges: Mutex::new(Challenges::new(cfg.secret.clone())),
             hashes: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            query_slots: Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_IN_FLIGHT)),
             cfg,
         });
         let pipe_cfg = PipeConfig::default()
@@ -388,6 +397,7 @@ impl Inner {
             files_served: l(&c.files_served),
             bytes_served: l(&c.bytes_served),
             trust_denied: l(&c.trust_denied),
+            queries_shed: l(&c.queries_shed),
         }
     }
 
@@ -433,8 +443,7 @@ impl Inner {
             }
             Request::Quer { ret, key, ttl } => {
                 self.send(pipe, &reply::query_ack(&key)).await?;
-                let me = self.clone();
-                tokio::spawn(async move { me.handle_query(ret, key, ttl, None).await });
+                self.spawn_query(ret, key, ttl, None);
                 Ok(())
             }
             Request::Qhst {
@@ -445,10 +454,7 @@ impl Inner {
                 visited,
             } => {
                 self.send(pipe, &reply::query_ack(&key)).await?;
-                let me = self.clone();
-                tokio::spawn(
-                    async move { me.handle_query(ret, key, ttl, Some((qid, visited))).await },
-                );
+                self.spawn_query(ret, key, ttl, Some((qid, visited)));
                 Ok(())
             }
             Request::Resp { name, owner } => {
@@ -597,6 +603,25 @@ impl Inner {
 
     fn neighbours(&self) -> Vec<PeerEntry> {
         lock(&self.peers).iter().cloned().collect()
+    }
+
+    /// Handles a query in the background, if a slot is free; otherwise drops it.
+    fn spawn_query(
+        self: &Arc<Self>,
+        ret: PeerId,
+        key: String,
+        ttl: u32,
+        history: Option<(QueryId, Vec<PeerId>)>,
+    ) {
+        let Ok(permit) = self.query_slots.clone().try_acquire_owned() else {
+            self.counters.queries_shed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.handle_query(ret, key, ttl, history).await;
+            drop(permit);
+        });
     }
 
     /// A query, after its acknowledgement: answered from local files (or names learned
