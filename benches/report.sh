@@ -1,6 +1,7 @@
 #!/bin/sh
-# Prints the pipe benchmark figures and their ratios, as a markdown table,
-# from criterion's results of the last `cargo bench --bench pipe`.
+# Prints the pipe and FGET benchmark figures and their ratios, as a markdown
+# table, from criterion's results of the last `cargo bench --bench pipe` and
+# `cargo bench --bench fget`.
 #
 #   benches/report.sh [criterion-dir]
 #
@@ -31,7 +32,7 @@ rows=$(
 
 # Groups in bench order, the baseline first in each, then by name.
 echo "$rows" | awk '{
-	r = index("tcp_round_trip_64B udp_round_trip_64B tcp_bulk subscription_dispatch", $1)
+	r = index("tcp_round_trip_64B udp_round_trip_64B tcp_bulk subscription_dispatch fget_network fget_to_disk", $1)
 	print (r ? r : 999), ($2 ~ /^raw_tokio/ ? 0 : 1), $0
 }' | sort -k1,1n -k2,2n -k4,4V | cut -d' ' -f3- | awk '
 function rate(i) { return per[i] / (ns[i] * 1e-9) }
@@ -64,4 +65,6 @@ END {
 		printf "1,000 subscriptions vs 1: %.2fx (target >= 0.5x)\n", rate(i) / rate(one[grp[i]])
 	for (i = 1; i <= n; i++) if (name[i] == "pipe" && base[grp[i]])
 		printf "%s: pipe %.2fx raw tokio (target >= 0.9x)\n", grp[i], rate(i) / rate(base[grp[i]])
+	for (i = 1; i <= n; i++) if (name[i] == "p2pipe" && base[grp[i]])
+		printf "%s: p2pipe %.2fx raw tokio (target >= 0.8x)\n", grp[i], rate(i) / rate(base[grp[i]])
 }'
