@@ -129,12 +129,7 @@ impl FilerClient {
                     .await
                     .map_err(|e| Error::io("receive", e))?;
                 loop {
-                    let ev = if n == 0 {
-                        dec.decode_eof(&mut buf)?
-                    } else {
-                        dec.decode(&mut buf)?
-                    };
-                    match ev {
+                    match dec.decode_next(&mut buf, n == 0)? {
                         Some(Event::Frame(f)) => {
                             out.push(f);
                             if out.len() > MAX_REPLIES {
@@ -545,12 +540,7 @@ impl FilerClient {
                 .map_err(|_| Error::Timeout("download"))?
                 .map_err(|e| Error::io("receive", e))?;
             loop {
-                let ev = if n == 0 {
-                    dec.decode_eof(&mut buf)?
-                } else {
-                    dec.decode(&mut buf)?
-                };
-                match ev {
+                match dec.decode_next(&mut buf, n == 0)? {
                     Some(Event::BodyStart { kind, len }) => {
                         if kind != Kind::REPL {
                             return Err(Error::UnexpectedReply(kind));

@@ -349,6 +349,20 @@ impl Decoder {
         }
     }
 
+    /// [`decode`](Self::decode), or [`decode_eof`](Self::decode_eof) once the stream
+    /// has ended (`eof`): one call for a read loop.
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    pub fn decode_next(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Option<Event>, Error> {
+        if eof {
+            self.decode_eof(buf)
+        } else {
+            self.decode(buf)
+        }
+    }
+
     /// Takes the next event once the stream has ended.
     ///
     /// # Errors
