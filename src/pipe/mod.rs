@@ -1212,6 +1212,24 @@ impl Pipe {
         c.join_tasks().await;
     }
 
+    /// Aborts the pipe: a TCP connection is reset (RST, SO_LINGER 0) instead of shut
+    /// down, and data not yet sent is discarded; for everything else it is
+    /// [`close`](Self::close). For tests of what peers do when a connection breaks.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`close`](Self::close).
+    pub async fn abort(&self) {
+        let c = self.core();
+        c.finish(EndReason::Closed);
+        c.interrupt();
+        if let Io::Tcp(w) = &c.io {
+            w.abort().await;
+        }
+        c.shutdown();
+        c.join_tasks().await;
+    }
+
     /// Claims the pipe's flow for one kind of consumer.
     fn take_flow(&self, who: u8) -> Result<()> {
         match self

@@ -89,6 +89,19 @@ impl Writer {
         }
     }
 
+    /// Makes the close a reset (SO_LINGER 0) and drops the write half without FIN: when
+    /// the socket is released, the peer gets RST and unsent data is discarded.
+    pub(crate) async fn abort(&self) {
+        let mut g = self.0.lock().await;
+        if let Some(st) = g.take() {
+            let _ = socket2::SockRef::from(st.half.as_ref())
+                .set_linger(Some(std::time::Duration::ZERO));
+            // Dropping the write half would send FIN first; forgetting it leaves the
+            // close to the read half's release, which then resets.
+            st.half.forget();
+        }
+    }
+
     /// Sends FIN after any send in progress, then drops the write half.
     pub(crate) async fn shutdown(&self) {
         let mut g = self.0.lock().await;

@@ -6,6 +6,7 @@
 
 mod cli;
 mod daemon;
+mod faults;
 mod filer;
 mod iface;
 mod lab;

@@ -1486,3 +1486,23 @@ async fn send_raw_streams_a_body_after_a_hand_written_header() {
         assert_eq!(&msg.data[4..], &body[..], "{}", fam.name);
     }
 }
+
+/// `abort` resets a TCP connection: the peer's read fails with a reset, not an end of
+/// stream.
+#[tokio::test]
+async fn abort_resets_the_connection() {
+    let server = within(Pipe::listen(Proto::Tcp, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    let mut client = within(TcpStream::connect(server.local_addr()))
+        .await
+        .unwrap();
+    let peer = within(server.accept()).await.unwrap();
+    within(peer.send(b"some")).await.unwrap();
+    let mut got = [0u8; 4];
+    within(client.read_exact(&mut got)).await.unwrap();
+    within(peer.abort()).await;
+    let mut rest = Vec::new();
+    let err = within(client.read_to_end(&mut rest)).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
