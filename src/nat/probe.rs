@@ -79,6 +79,10 @@ struct Tally {
     transactions: u32,
     requests: u32,
     ignored: u32,
+    /// Round trips of replies that came to a single transmission.
+    clean_rtt: Option<Duration>,
+    /// Replies that came late, after retransmissions: evidence of loss.
+    late: u32,
 }
 
 impl Tally {
@@ -86,7 +90,65 @@ impl Tally {
         self.transactions += ts.len() as u32;
         self.requests += run.sent;
         self.ignored += run.ignored + run.unmatched;
+        for t in ts {
+            let Some(rtt) = t.answered_in() else { continue };
+            if t.stats().transmissions <= 1 {
+                self.clean_rtt = Some(self.clean_rtt.map_or(rtt, |r| r.min(rtt)));
+            } else {
+                self.late += 1;
+            }
+        }
     }
+
+    fn merge(&mut self, other: Tally) {
+        self.transactions += other.transactions;
+        self.requests += other.requests;
+        self.ignored += other.ignored;
+        self.late += other.late;
+        self.clean_rtt = match (self.clean_rtt, other.clean_rtt) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Whether packets seem to be lost on the path: a reply needed retransmissions
+    /// although replies on this path normally come before the first one is due.
+    fn loss_seen(&self, first_rto: Duration) -> bool {
+        self.late > 0 && self.clean_rtt.is_none_or(|rtt| rtt < first_rto)
+    }
+}
+
+/// Both filtering tests at once, from a fresh socket that only talks to `server`:
+/// where each reply came from.
+async fn filtering_round(
+    socket: UdpSocket,
+    server: SocketAddr,
+    want2: SocketAddr,
+    want3: SocketAddr,
+    config: stun::Config,
+) -> Result<(Probe<SocketAddr>, Probe<SocketAddr>, Tally), Error> {
+    let mut tally = Tally::default();
+    let mut ts = vec![
+        Transaction::new(
+            server,
+            Request::binding(udp::random_txid()).with_change(true, true),
+            stun::Config {
+                expect_from: ExpectFrom::Either(want2, server),
+                ..config
+            },
+        )?,
+        Transaction::new(
+            server,
+            Request::binding(udp::random_txid()).with_change(false, true),
+            stun::Config {
+                expect_from: ExpectFrom::Either(want3, server),
+                ..config
+            },
+        )?,
+    ];
+    let run = udp::run(&socket, &mut ts).await;
+    tally.add(&ts, &run);
+    Ok((source_of(&ts[0]), source_of(&ts[1]), tally))
 }
 
 /// Resolves `servers` (`host:port`, port 3478 by default) to addresses of family `af`,
@@ -268,48 +330,41 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
             Ok::<_, Error>((m2, m3, tally))
         };
         let filtering = async {
-            let mut tally = Tally::default();
             let (Some(want2), Some(want3)) = (obs.filtering2_source(), obs.filtering3_source())
             else {
-                return Ok::<_, Error>((Probe::NotRun, Probe::NotRun, tally));
+                return Ok::<_, Error>((Probe::NotRun, Probe::NotRun, Tally::default()));
             };
-            let socket = bind(0)?;
-            let mut ts = vec![
-                Transaction::new(
-                    server,
-                    Request::binding(udp::random_txid()).with_change(true, true),
-                    stun::Config {
-                        expect_from: ExpectFrom::Either(want2, server),
-                        ..cfg.filtering
-                    },
-                )?,
-                Transaction::new(
-                    server,
-                    Request::binding(udp::random_txid()).with_change(false, true),
-                    stun::Config {
-                        expect_from: ExpectFrom::Either(want3, server),
-                        ..cfg.filtering
-                    },
-                )?,
-            ];
-            let run = udp::run(&socket, &mut ts).await;
-            tally.add(&ts, &run);
-            Ok((source_of(&ts[0]), source_of(&ts[1]), tally))
+            filtering_round(bind(0)?, server, want2, want3, cfg.filtering).await
         };
         let (samples, mapping, filtering) = tokio::join!(samples, mapping, filtering);
         let (samples, t1) = samples?;
         let (m2, m3, t2) = mapping?;
-        let (f2, f3, t3) = filtering?;
+        let (mut f2, mut f3, t3) = filtering?;
+        for t in [t1, t2, t3] {
+            tally.merge(t);
+        }
+        // A filtering test that got no reply decides the type. Where packets are seen
+        // to be lost, one silent schedule is not enough evidence: run the silent tests
+        // once more, from a fresh socket, and keep any reply.
+        let silent = f2 == Probe::NoReply || f3 == Probe::NoReply;
+        if silent && tally.loss_seen(cfg.filtering.initial_rto) {
+            if let (Some(want2), Some(want3)) = (obs.filtering2_source(), obs.filtering3_source()) {
+                let (g2, g3, t4) =
+                    filtering_round(bind(0)?, server, want2, want3, cfg.filtering).await?;
+                tally.merge(t4);
+                if f2 == Probe::NoReply {
+                    f2 = g2;
+                }
+                if f3 == Probe::NoReply {
+                    f3 = g3;
+                }
+            }
+        }
         obs.port_samples = samples;
         obs.mapping2 = m2;
         obs.mapping3 = m3;
         obs.filtering2 = f2;
         obs.filtering3 = f3;
-        for t in [t1, t2, t3] {
-            tally.transactions += t.transactions;
-            tally.requests += t.requests;
-            tally.ignored += t.ignored;
-        }
     }
 
     let c = classify(&obs);

@@ -372,3 +372,60 @@ fn stun_over_tcp_through_a_nat() {
     assert_eq!(mapped.ip(), std::net::IpAddr::from(lab.wan_ip(1)));
     assert_eq!(answer.local.ip(), std::net::IpAddr::from(lab.host_ip(1)));
 }
+
+/// With 10% and 30% of packets dropped at the router, both ways, every answer is the
+/// lab's or unknown (null), never a wrong type.
+#[test]
+fn heavy_loss_gives_the_right_answer_or_unknown() {
+    lab_or_skip!();
+    let kinds = [
+        NatKind::Open,
+        NatKind::FullCone,
+        NatKind::RestrictedCone,
+        NatKind::PortRestrictedCone,
+        NatKind::Symmetric,
+        NatKind::SymmetricUdpFirewall,
+    ];
+    let mut wrong = Vec::new();
+    for loss in [10u8, 30] {
+        let results = per_kind(&kinds, Some(loss), |lab, kind| {
+            let (v, run) = p2pipe_nat(lab, &[]);
+            (external_of(lab, 1, kind), v, run)
+        });
+        for (kind, (ext, v, run)) in results {
+            let v4 = &v["ipv4"];
+            println!(
+                "{loss}% loss: {kind}: {} / {} / {} in {} ms, {} requests",
+                v4["nat_type"],
+                v4["mapping"],
+                v4["filtering"],
+                run.elapsed.as_millis(),
+                v4["requests"]
+            );
+            let (_, mapping, filtering) = kind.expected();
+            let ok_or_null =
+                |got: &serde_json::Value, want: serde_json::Value| got.is_null() || *got == want;
+            let mapping_ok = v4["mapping"].is_null()
+                || kind.mapping_matches(match v4["mapping"].as_str() {
+                    Some("endpoint-independent") => Some(Behaviour::EndpointIndependent),
+                    Some("address-dependent") => Some(Behaviour::AddressDependent),
+                    Some("address-and-port-dependent") => Some(Behaviour::AddressAndPortDependent),
+                    _ => None,
+                });
+            let ext_ok = v4["external"].as_str().is_none_or(|e| {
+                e.parse::<SocketAddr>().map(|a| a.ip()) == Ok(std::net::IpAddr::from(ext))
+            });
+            if !(ok_or_null(&v4["nat_type"], kind.name().into())
+                && mapping_ok
+                && ok_or_null(&v4["filtering"], name(filtering))
+                && ext_ok)
+            {
+                wrong.push(format!(
+                    "{loss}% loss, {kind} (mapping {:?}): {v4}",
+                    mapping
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+}
