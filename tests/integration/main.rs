@@ -10,6 +10,7 @@ mod faults;
 mod filer;
 mod iface;
 mod lab;
+mod load;
 mod pipe;
 mod stun;
 mod support;
