@@ -768,12 +768,17 @@ impl Inner {
             if pid == me || lock(&self.peers).contains(&pid) {
                 continue;
             }
-            match c.join(&me, me.host(), me.port()).await {
-                Ok(_) => {}
-                Err(Error::Refused(text)) if text.contains("already inserted") => {}
+            // A contact whose table is full cannot take us, but its peers may: it is
+            // not added, and its list is still followed.
+            let accepted = match c.join(&me, me.host(), me.port()).await {
+                Ok(_) => true,
+                Err(Error::Refused(text)) if text.contains("already inserted") => true,
+                Err(Error::Refused(text)) if text.contains("too many peers") => false,
                 Err(_) => continue,
-            }
-            if lock(&self.peers).insert(pid.clone(), host.clone(), port) == Insert::Added {
+            };
+            if accepted
+                && lock(&self.peers).insert(pid.clone(), host.clone(), port) == Insert::Added
+            {
                 added += 1;
             }
             if hops == 0 {

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use p2pipe::filer::client::FilerClient;
 use p2pipe::filer::node::{FilerNode, NodeConfig};
@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::support::{ipv6_usable, within};
+use crate::support::{ipv6_usable, within, within_for};
 
 /// A node sharing a fresh folder with `files`, on `ip`, quick to time out.
 async fn node_with(
@@ -752,4 +752,227 @@ async fn trusted_share_and_rebuild() {
         ids.contains(hub.id()) && ids.contains(other.id()),
         "{ids:?}"
     );
+}
+
+/// Churn: a 50-node network where nodes join and die at random while searches and
+/// fetches run. Every fetch that reports success has the right bytes, and afterwards
+/// the surviving nodes' tables hold no dead peer. Runs 20 s; set P2PIPE_CHURN_SECS=120
+/// for the two-minute run recorded in docs/reliability.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let secs: u64 = std::env::var("P2PIPE_CHURN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed = 0x00c0_ffee_u64;
+    let rng = Arc::new(Mutex::new(seed));
+    let next = {
+        let rng = rng.clone();
+        move |n: usize| -> usize {
+            let mut x = rng.lock().unwrap();
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            (*x % n as u64) as usize
+        }
+    };
+    type Nodes = Arc<Mutex<Vec<Option<(FilerNode, tempfile::TempDir)>>>>;
+    let nodes: Nodes = Arc::new(Mutex::new(Vec::new()));
+    let expected: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let start_node = |i: usize| {
+        let expected = expected.clone();
+        async move {
+            let body: Vec<u8> = (0..20_000u32)
+                .map(|k| (k as usize * 31 + i) as u8)
+                .collect();
+            let name = format!("churn-{i}.bin");
+            expected.lock().unwrap().insert(name.clone(), body.clone());
+            node_with("127.0.0.1", &[(&name, &body)], |c| {
+                c.max_peers = 12;
+                c.stabilize_every = Some(Duration::from_secs(1));
+                c.peer_timeout = Duration::from_secs(2);
+            })
+            .await
+        }
+    };
+    let live_ports = |nodes: &Nodes| -> Vec<(usize, u16)> {
+        nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|(n, _)| (i, n.local_addr().port())))
+            .collect()
+    };
+    for i in 0..50 {
+        let (n, d) = start_node(i).await;
+        // Each newcomer links to the node before it and to one at random: a connected
+        // network whose tables do not fill up.
+        let ports = live_ports(&nodes);
+        if let Some(&(_, last)) = ports.last() {
+            let _ = within(n.join("127.0.0.1", last, 0)).await;
+            let (_, port) = ports[next(ports.len())];
+            let _ = within(n.join("127.0.0.1", port, 0)).await;
+        }
+        nodes.lock().unwrap().push(Some((n, d)));
+    }
+    let ok_fetches = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    // Searchers and fetchers.
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (nodes, expected, ok_fetches, failed, next) = (
+                nodes.clone(),
+                expected.clone(),
+                ok_fetches.clone(),
+                failed.clone(),
+                next.clone(),
+            );
+            tokio::spawn(async move {
+                let into = tempfile::tempdir().unwrap();
+                // The worker's own node: the return address of its searches.
+                let (me, _md) = node_with("127.0.0.1", &[], |c| c.stabilize_every = None).await;
+                let mut round = 0u64;
+                while Instant::now() < deadline {
+                    round += 1;
+                    let (via, key) = {
+                        let g = nodes.lock().unwrap();
+                        let live: Vec<(usize, SocketAddr)> = g
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, n)| n.as_ref().map(|(n, _)| (i, n.local_addr())))
+                            .collect();
+                        if live.is_empty() {
+                            break;
+                        }
+                        // Ask anyone for a file a live node has.
+                        let (owner, _) = live[next(live.len())];
+                        (live[next(live.len())].1, format!("churn-{owner}.bin"))
+                    };
+                    let mut hits = me.results();
+                    let qid = p2pipe::filer::msg::QueryId(seed ^ (w as u64) << 32 ^ round);
+                    let asked = FilerClient::new(via)
+                        .timeout(Duration::from_millis(800))
+                        .query_history(me.id(), &key, 4, qid, std::slice::from_ref(me.id()))
+                        .await;
+                    if let Err(e) = asked {
+                        eprintln!("churn: ask failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let hit = tokio::time::timeout(Duration::from_secs(2), async {
+                        loop {
+                            match hits.recv().await {
+                                Ok((name, owner)) if name == key => return Some(owner),
+                                Ok(_) => continue,
+                                Err(_) => return None,
+                            }
+                        }
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    let Some(owner) = hit else {
+                        eprintln!("churn: no hit for {key}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let c = FilerClient::for_peer(&owner).timeout(Duration::from_millis(800));
+                    let dir = into.path().join(format!("{w}-{round}"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        c.fetch(&key, &dir, |_, _| {}),
+                    )
+                    .await
+                    {
+                        Ok(Ok(got)) => {
+                            let want = expected.lock().unwrap().get(&key).cloned();
+                            let bytes = std::fs::read(&got.path).unwrap();
+                            assert_eq!(
+                                Some(bytes),
+                                want,
+                                "a fetch reported success with wrong bytes"
+                            );
+                            ok_fetches.fetch_add(1, Ordering::Relaxed);
+                        }
+                        r => {
+                            eprintln!("churn: fetch failed: {r:?}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            assert!(
+                                !dir.join(&key).exists(),
+                                "a failed fetch left a complete-looking file"
+                            );
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Churn: every 250 ms a node dies or a new one joins; at least 20 stay alive.
+    let mut born = 50;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let (mut kills, mut joins) = (0, 0);
+    while Instant::now() < deadline {
+        tick.tick().await;
+        let live = live_ports(&nodes);
+        if next(2) == 0 && live.len() > 20 {
+            let (i, _) = live[next(live.len())];
+            let dead = nodes.lock().unwrap()[i].take();
+            drop(dead);
+            kills += 1;
+        } else {
+            let (n, d) = start_node(born).await;
+            born += 1;
+            for _ in 0..2 {
+                let (_, port) = live[next(live.len())];
+                let _ = tokio::time::timeout(Duration::from_secs(3), n.join("127.0.0.1", port, 0))
+                    .await;
+            }
+            nodes.lock().unwrap().push(Some((n, d)));
+            joins += 1;
+        }
+    }
+    for w in workers {
+        within(w).await.unwrap();
+    }
+    // Convergence: no surviving table names a dead node.
+    let live_ids = || -> std::collections::HashSet<PeerId> {
+        nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|(n, _)| n.id().clone())
+            .collect()
+    };
+    within_for(Duration::from_secs(30), async {
+        loop {
+            let ids = live_ids();
+            let stale: usize = nodes
+                .lock()
+                .unwrap()
+                .iter()
+                .flatten()
+                .map(|(n, _)| n.peers().iter().filter(|p| !ids.contains(&p.pid)).count())
+                .sum();
+            if stale == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let ok = ok_fetches.load(Ordering::Relaxed);
+    println!(
+        "churn {secs} s (seed {seed:#x}): {kills} nodes died, {joins} joined, {} alive; {ok} fetches verified, {} failed cleanly",
+        live_ids().len(),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(ok > 0, "some fetches succeeded");
 }
