@@ -246,25 +246,28 @@ impl TestServer {
         let mut last_err = None;
         for _ in 0..32 {
             match Self::try_bind(ip1, ip2).await {
-                Ok(sockets) => return Self::serve(sockets, adjust),
+                Ok((sockets, tcp)) => return Self::serve(sockets, tcp, adjust),
                 Err(e) => last_err = Some(e),
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("no free port pair")))
     }
 
-    async fn try_bind(ip1: IpAddr, ip2: IpAddr) -> io::Result<[UdpSocket; 4]> {
+    async fn try_bind(ip1: IpAddr, ip2: IpAddr) -> io::Result<([UdpSocket; 4], TcpListener)> {
         let a1p1 = UdpSocket::bind(SocketAddr::new(ip1, 0)).await?;
         let p1 = a1p1.local_addr()?.port();
+        // TCP on the primary address too; a port taken for TCP means another try.
+        let tcp = TcpListener::bind(SocketAddr::new(ip1, p1)).await?;
         let a2p1 = UdpSocket::bind(SocketAddr::new(ip2, p1)).await?;
         let a1p2 = UdpSocket::bind(SocketAddr::new(ip1, 0)).await?;
         let p2 = a1p2.local_addr()?.port();
         let a2p2 = UdpSocket::bind(SocketAddr::new(ip2, p2)).await?;
-        Ok([a1p1, a1p2, a2p1, a2p2])
+        Ok(([a1p1, a1p2, a2p1, a2p2], tcp))
     }
 
     fn serve(
         sockets: [UdpSocket; 4],
+        listener: TcpListener,
         adjust: impl FnOnce(&mut ServerConfig),
     ) -> io::Result<TestServer> {
         let primary = sockets[0].local_addr()?;
@@ -304,12 +307,8 @@ impl TestServer {
                 }
             });
         }
-        // TCP on the primary address, when its port is free for TCP too.
-        let std_listener = std::net::TcpListener::bind(primary).and_then(|l| {
-            l.set_nonblocking(true)?;
-            Ok(l)
-        });
-        if let Ok(listener) = std_listener.and_then(TcpListener::from_std) {
+        // TCP on the primary address.
+        {
             let (core, counters) = (core.clone(), counters.clone());
             tasks.spawn(async move {
                 loop {
