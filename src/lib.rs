@@ -25,6 +25,14 @@ pub mod nat;
 pub mod pipe;
 pub mod stun;
 
+/// Internals exposed for the fuzz targets in `fuzz/`, behind the `fuzzing` feature.
+/// Not part of the API: no stability promise, and nothing else should use it.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::pipe::subscribe::fuzz::SubscriptionSet;
+}
+
 pub use addr::{Af, Target};
 pub use daemon::Daemon;
 pub use iface::Interface;

@@ -61,7 +61,7 @@ mod framing;
 mod inline;
 mod queue;
 mod reader;
-mod subscribe;
+pub(crate) mod subscribe;
 mod sys;
 mod tcp;
 mod udp;

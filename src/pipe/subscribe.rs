@@ -272,6 +272,81 @@ pub(crate) fn validate(pattern: &str) -> Result<(), regex::Error> {
         .map(|_| ())
 }
 
+/// A handle on the subscription set for the fuzz targets in `fuzz/` (feature `fuzzing`).
+/// Not part of the API.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::{validate, Subscriptions};
+    use crate::pipe::queue::{Overflow, Queue};
+    use crate::pipe::{Message, Proto};
+
+    /// Subscriptions without a pipe: subscribe, unsubscribe, dispatch.
+    #[derive(Default)]
+    pub struct SubscriptionSet {
+        subs: Subscriptions,
+        live: Vec<Option<(u64, Arc<Queue<Message>>)>>,
+    }
+
+    impl SubscriptionSet {
+        /// An empty set.
+        pub fn new() -> SubscriptionSet {
+            SubscriptionSet::default()
+        }
+
+        /// Validates `pattern` and subscribes with it, as `Pipe::subscribe_with` does.
+        /// Returns the subscription's index (indices are never reused).
+        pub fn subscribe(
+            &mut self,
+            pattern: &str,
+            peer: Option<SocketAddr>,
+        ) -> Result<usize, regex::Error> {
+            validate(pattern)?;
+            let (id, queue) = self.subs.add(pattern, peer, 4, Overflow::DropNewest);
+            self.live.push(Some((id, queue)));
+            Ok(self.live.len() - 1)
+        }
+
+        /// Drops the subscription at `index`, if it is live.
+        pub fn unsubscribe(&mut self, index: usize) {
+            if let Some((id, _)) = self.live.get_mut(index).and_then(Option::take) {
+                self.subs.remove(id);
+            }
+        }
+
+        /// Dispatches a message from `peer`; returns what `dispatch` said, and for every
+        /// index whether that subscription received the message (`false` for dropped ones).
+        /// The queues are drained afterwards.
+        pub fn dispatch(&mut self, data: &[u8], peer: SocketAddr) -> (bool, Vec<bool>) {
+            let msg = Message {
+                data: Bytes::copy_from_slice(data),
+                peer,
+                local: peer,
+                proto: Proto::Udp,
+            };
+            let any = self.subs.dispatch(&msg);
+            let got = self
+                .live
+                .iter()
+                .map(|s| {
+                    s.as_ref().is_some_and(|(_, q)| {
+                        let mut n = 0;
+                        while q.try_pop().is_ok() {
+                            n += 1;
+                        }
+                        n > 0
+                    })
+                })
+                .collect();
+            (any, got)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -222,7 +222,8 @@ impl Transaction {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called; `None` when
-    /// not waiting.
+    /// not waiting, or when the wait is too long for an [`Instant`] to express (then the
+    /// transaction waits for a reply with no deadline).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Waiting => self.deadline,
@@ -297,7 +298,8 @@ impl Transaction {
         } else {
             self.rto
         };
-        self.deadline = Some(now + wait);
+        // A wait past what Instant can hold (say, a Duration::MAX timeout) is no deadline.
+        self.deadline = now.checked_add(wait);
         Transmit {
             to: self.server,
             bytes: self.bytes.clone(),
@@ -523,6 +525,31 @@ mod tests {
             any.handle_input("203.0.113.9:1".parse().unwrap(), RFC5769_V4, t0),
             Outcome::Answered(_)
         ));
+    }
+
+    #[test]
+    fn a_timeout_too_long_for_an_instant_is_no_deadline() {
+        // Found by the stun_client fuzz target: start() used to panic adding the wait.
+        // The first wait itself, or only the final wait (1 transmission, 64 RTOs).
+        for (initial_rto, max_transmissions) in
+            [(Duration::MAX, 2), (Duration::from_secs(u64::MAX / 64), 1)]
+        {
+            let mut t = transaction(Config {
+                initial_rto,
+                max_transmissions,
+                final_wait_multiplier: 64,
+                ..Config::default()
+            });
+            let t0 = Instant::now();
+            t.start(t0);
+            assert_eq!(t.poll_timeout(), None);
+            assert_eq!(t.handle_timeout(t0 + Duration::from_secs(3600)), None);
+            assert_eq!(*t.state(), State::Waiting);
+            assert!(matches!(
+                t.handle_input(server(), RFC5769_V4, t0),
+                Outcome::Answered(_)
+            ));
+        }
     }
 
     #[test]

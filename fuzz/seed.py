@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora under fuzz/seeds/<target>/ from the library's fixtures.
+
+Run from anywhere: python3 fuzz/seed.py. The seeds are committed; rerun after changing
+an input format. Each target's input format is described at the top of its source.
+"""
+import hashlib
+import os
+import shutil
+import struct
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds")
+
+
+def write(target, items):
+    d = os.path.join(ROOT, target)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    for name, data in items:
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+
+
+def frame(kind, payload=b""):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    return kind + struct.pack(">I", len(payload)) + payload
+
+
+NONCE = "00112233445566778899aabbccddeeff"
+MAC = "00" * 32
+# (type, payload) for every request of the protocol (src/filer/mod.rs) and extensions.
+REQUESTS = [
+    (b"NAME", ""),
+    (b"LIST", ""),
+    (b"JOIN", "10.0.0.2:5000 10.0.0.2 5000"),
+    (b"JOIN", "[::1]:5000 ::1 5000"),
+    (b"QUER", "10.0.0.1:5000 song 4"),
+    (b"RESP", "song.mp3 10.0.0.3:5001"),
+    (b"FGET", "song.mp3"),
+    (b"QUIT", "10.0.0.2:5000"),
+    (b"PING", ""),
+    (b"FINF", "song.mp3"),
+    (b"FRNG", "song.mp3 0 1024"),
+    (b"QHST", "10.0.0.1:5000 song 4 0123456789abcdef 10.0.0.1:5000,10.0.0.2:5000"),
+    (b"CHAL", ""),
+    (b"TRST", f"{NONCE} {MAC} FIND song"),
+    (b"TRST", f"{NONCE} {MAC} SHAR song.mp3"),
+    (b"TRST", f"{NONCE} {MAC} ADDP 10.0.0.9:5000 10.0.0.9 5000"),
+    (b"TRST", f"{NONCE} {MAC} DELP [::1]:9"),
+    (b"TRST", f"{NONCE} {MAC} RBLD 10.0.0.9 5000 3"),
+    (b"FLST", ""),
+]
+REPLIES = [
+    (b"REPL", "10.0.0.1:5000"),
+    (b"REPL", "2"),
+    (b"REPL", "10.0.0.2:5000 10.0.0.2 5000"),
+    (b"REPL", "Join: peer added: 10.0.0.2:5000"),
+    (b"ERRO", "Join: too many peers"),
+    (b"ERRO", "Join: peer already inserted 10.0.0.1:5000"),
+    (b"ERRO", "Join: incorrect arguments"),
+    (b"REPL", "Query ACK: song"),
+    (b"ERRO", "File not found"),
+    (b"ERRO", "Error reading file"),
+    (b"REPL", "Quit: peer removed: 10.0.0.2:5000"),
+    (b"REPL", "1024 " + "ab" * 32),
+    (b"REPL", NONCE),
+    (b"REPL", "Trust: accepted"),
+    (b"ERRO", "Trust: not authorized"),
+    (b"REPL", "song.mp3 10.0.0.3:5001 -"),
+]
+
+# ---------------------------------------------------------------- btpeer_frame
+# Byte 0: bit 0 expect_body, bits 1-3 max_control index (7 = 64 KiB), bit 4 toggle.
+# Byte 1: split (0 = one piece).
+btpeer = []
+for i, (k, p) in enumerate(REQUESTS + REPLIES):
+    btpeer.append((f"{k.decode().lower()}-{i:02}", bytes([0x0E, 0]) + frame(k, p)))
+btpeer.append(("all-requests-1byte", bytes([0x0E, 1]) + b"".join(frame(k, p) for k, p in REQUESTS)))
+btpeer.append(("all-replies-split7", bytes([0x0E, 7]) + b"".join(frame(k, p) for k, p in REPLIES)))
+body = bytes(range(256)) * 4
+btpeer.append(("fget-body", bytes([0x0F, 13]) + frame(b"ERRO", "File not found") + frame(b"REPL", body)))
+btpeer.append(("body-toggle", bytes([0x1F, 5]) + frame(b"REPL", "abc") + frame(b"REPL", "2") + frame(b"REPL", "x")))
+btpeer.append(("lowercase", bytes([0x0E, 3]) + b"join\0\0\0\x02abpInG\0\0\0\0"))
+btpeer.append(("claim-4gib", bytes([0x0E, 0]) + b"FGET\xff\xff\xff\xffx"))
+btpeer.append(("claim-4gib-streamed", bytes([0x0F, 0]) + b"REPL\xff\xff\xff\xffxyz"))
+btpeer.append(("over-small-bound", bytes([0x04, 2]) + b"REPL\0\0\0\x05abcde"))
+btpeer.append(("truncated-header", bytes([0x0E, 0]) + b"NAME\0\0\0"))
+btpeer.append(("truncated-payload", bytes([0x0E, 0]) + b"QUER\0\0\0\x09abc"))
+btpeer.append(("truncated-body", bytes([0x0F, 2]) + b"REPL\0\0\0\x05abc"))
+write("btpeer_frame", btpeer)
+
+# ---------------------------------------------------------------- filer_request
+# Byte 0: index into the target's KINDS (below), or >= 18 for bytes 1..5 as the type.
+KINDS = [b"NAME", b"LIST", b"JOIN", b"QUER", b"RESP", b"FGET", b"QUIT", b"PING", b"REPL",
+         b"ERRO", b"FINF", b"FRNG", b"QHST", b"CHAL", b"TRST", b"FLST"]
+req = []
+for i, (k, p) in enumerate(REQUESTS + REPLIES):
+    req.append((f"{k.decode().lower()}-{i:02}", bytes([KINDS.index(k)]) + p.encode()))
+bad = [
+    (b"JOIN", "10.0.0.2:5000 10.0.0.2 65536"),
+    (b"JOIN", "10.0.0.2:5000 bad,host 5000"),
+    (b"QUER", "10.0.0.2:5000 key 65"),
+    (b"QUER", "10.0.0.2:5000 k\x01y 4"),
+    (b"QUIT", "  a b  "),
+    (b"FGET", "two words"),
+    (b"FRNG", "f 18446744073709551615 1"),
+    (b"QHST", "10.0.0.1:5000 song 4 0123456789ABCDEF 10.0.0.1:5000"),
+    (b"QHST", "10.0.0.1:5000 song 4 0123456789abcdef " + ",".join(f"10.0.0.{i}:1" for i in range(65))),
+    (b"CHAL", "x"),
+    (b"TRST", f"{NONCE} {MAC} FIND"),
+]
+for i, (k, p) in enumerate(bad):
+    req.append((f"bad-{k.decode().lower()}-{i:02}", bytes([KINDS.index(k)]) + p.encode()))
+req.append(("raw-type", bytes([200]) + b"abcd" + b"payload"))
+req.append(("raw-lower-fget", bytes([200]) + b"fget" + b"song.mp3"))
+write("filer_request", req)
+
+# ---------------------------------------------------------------- stun_client
+
+
+def rust_bytes(name):
+    """The bytes of a `const NAME: &[u8] = &[...]` in src/stun/mod.rs (RFC 5769 vectors)."""
+    src = open(os.path.join(os.path.dirname(ROOT), "..", "src", "stun", "mod.rs")).read()
+    body = src[src.index(f"const {name}: &[u8] = &["):]
+    body = body[body.index("= &[") + 4:body.index("];")]
+    return bytes(int(x, 16) for x in body.replace("\n", " ").split(",") if x.strip())
+
+
+RFC5769_V4 = rust_bytes("RFC5769_V4")
+RFC5769_V6 = rust_bytes("RFC5769_V6")
+TXID = RFC5769_V4[8:20]
+assert len(RFC5769_V4) == 80 and len(RFC5769_V6) == 92
+
+
+def response(class_bits, txid, attrs):
+    body = b""
+    for t, v in attrs:
+        body += struct.pack(">HH", t, len(v)) + v
+        while len(body) % 4:
+            body += b"\0"
+    return struct.pack(">HHI", 0x0001 | class_bits, len(body), 0x2112A442) + txid + body
+
+
+def plain_v4(ip, port):
+    return bytes([0, 1]) + struct.pack(">H", port) + bytes(ip)
+
+
+SUCCESS = 0x0100
+mapped = (0x0001, plain_v4([203, 0, 113, 5], 4000))
+datagrams = {
+    "rfc5769-v4": RFC5769_V4,
+    "rfc5769-v6": RFC5769_V6,
+    "mapped-only": response(SUCCESS, TXID, [mapped]),
+    "rfc3489-changed-source": response(SUCCESS, TXID, [mapped, (0x0004, plain_v4([198, 51, 100, 1], 3478)),
+                                                       (0x0005, plain_v4([198, 51, 100, 2], 3479))]),
+    "rfc5780-other-origin": response(SUCCESS, TXID, [mapped, (0x0004, plain_v4([198, 51, 100, 1], 3478)),
+                                                     (0x0005, plain_v4([198, 51, 100, 2], 3479)),
+                                                     (0x802B, plain_v4([198, 51, 100, 9], 1111)),
+                                                     (0x802C, plain_v4([198, 51, 100, 10], 2222))]),
+    "unknown-optional": response(SUCCESS, TXID, [mapped, (0xC0DE, bytes([1, 2, 3]))]),
+    "unknown-required": response(SUCCESS, TXID, [mapped, (0x7F01, bytes([1, 2, 3, 4]))]),
+    "error-420": response(0x0110, TXID, [(0x0009, bytes([0, 0, 4, 20]) + b"Unknown Attribute")]),
+    "no-mapped": response(SUCCESS, TXID, []),
+    "other-txid": response(SUCCESS, bytes([7] * 12), [mapped]),
+    "request": struct.pack(">HHI", 0x0001, 0, 0x2112A442) + TXID,
+}
+
+
+def dgram(src, flags, data):
+    return bytes([0, src | flags]) + struct.pack(">H", len(data)) + data
+
+
+# Config: expect, initial_rto (40 = 500 ms), max_rto (2 = none), transmissions, final
+# wait, change flags.
+DEFAULT = bytes([0, 40, 2, 7, 16, 0])
+stun = []
+for name, d in datagrams.items():
+    stun.append((name, DEFAULT + dgram(0, 0, d)))
+    stun.append((name + "-wrong-source", DEFAULT + dgram(3, 0, d) + dgram(0, 0, d)))
+stun.append(("change-either", bytes([3, 8, 2, 9, 2, 7]) + dgram(1, 0, RFC5769_V4) + dgram(0, 0, RFC5769_V4)))
+stun.append(("timeout-then-late", DEFAULT + bytes([1, 0xFF, 0xFF, 4]) + dgram(0, 0, RFC5769_V4)))
+stun.append(("retransmit-answer", DEFAULT + bytes([1, 0x01, 0xF4, 0]) * 3 + dgram(0, 0, RFC5769_V4)))
+stun.append(("restart", DEFAULT + dgram(0, 0, RFC5769_V4) + bytes([2]) + dgram(0, 0, datagrams["mapped-only"])))
+stun.append(("huge-rto", bytes([0, 1, 2, 7, 16, 0]) + bytes([1, 0xFF, 0xFF, 15]) + dgram(0, 0, RFC5769_V4)))
+stun.append(("any-source", bytes([1, 4, 2, 1, 1, 0]) + dgram(2, 0, RFC5769_V6)))
+write("stun_client", stun)
+
+# ---------------------------------------------------------------- nat_classifier
+# Pool indices (see the target): 0 local, 1 server A1:P1, 2 other A2:P2, 3 A1:P2,
+# 4 A2:P1, 5 WAN, 6 WAN other port, 7 other WAN address, 8-10 IPv6 local/server/other.
+NOTRUN, NOREPLY, REPLY = 0, 1, 2
+
+
+def obs(local, server, test1, m2=(NOTRUN,), m3=(NOTRUN,), f2=(NOTRUN,), f3=(NOTRUN,), samples=()):
+    out = b""
+    out += bytes([1, local]) if local is not None else b"\0"
+    out += bytes([1, server]) if server is not None else b"\0"
+    if test1[0] == REPLY:
+        mapped, other = test1[1], test1[2]
+        out += bytes([REPLY, mapped]) + (bytes([1, other]) if other is not None else b"\0")
+    else:
+        out += bytes([test1[0]])
+    for p in (m2, m3, f2, f3):
+        out += bytes(p)
+    for l, m in samples:
+        out += struct.pack(">HH", l, m)
+    return out
+
+
+SEQ = [(1000, 5000), (2000, 5001), (3000, 5002)]
+PRES = [(1000, 1000), (2000, 2000), (3000, 3000)]
+nat = [
+    ("not-run", obs(0, 1, (NOTRUN,))),
+    ("udp-blocked", obs(0, 1, (NOREPLY,))),
+    ("open", obs(0, 1, (REPLY, 0, 2), f2=(REPLY, 2), f3=(REPLY, 3), samples=PRES)),
+    ("symmetric-firewall", obs(0, 1, (REPLY, 0, 2), f2=(NOREPLY,), f3=(NOREPLY,))),
+    ("full-cone", obs(0, 1, (REPLY, 5, 2), (REPLY, 5), f2=(REPLY, 2), f3=(REPLY, 3), samples=PRES)),
+    ("restricted-cone", obs(0, 1, (REPLY, 5, 2), (REPLY, 5), f2=(NOREPLY,), f3=(REPLY, 3), samples=SEQ)),
+    ("port-restricted", obs(0, 1, (REPLY, 5, 2), (REPLY, 5), f2=(NOREPLY,), f3=(NOREPLY,), samples=SEQ)),
+    ("symmetric-ad", obs(0, 1, (REPLY, 5, 2), (REPLY, 6), (REPLY, 6), (NOREPLY,), (NOREPLY,))),
+    ("symmetric-apd", obs(0, 1, (REPLY, 5, 2), (REPLY, 6), (REPLY, 7), (NOREPLY,), (NOREPLY,))),
+    ("no-other", obs(0, 1, (REPLY, 5, None), samples=SEQ)),
+    ("other-same-ip", obs(0, 1, (REPLY, 5, 3))),
+    ("change-ignored", obs(0, 1, (REPLY, 5, 2), (REPLY, 5), f2=(REPLY, 1), f3=(REPLY, 1))),
+    ("mapping-no-reply", obs(0, 1, (REPLY, 5, 2), (NOREPLY,), f2=(NOREPLY,), f3=(NOREPLY,))),
+    ("v6-open", obs(8, 9, (REPLY, 8, 10), f2=(REPLY, 10))),
+    ("mixed-family-other", obs(0, 1, (REPLY, 5, 10))),
+    ("no-local", obs(None, 1, (REPLY, 5, 2), (REPLY, 5), f2=(REPLY, 2))),
+    ("raw-v4", bytes([1, 0xF0, 10, 0, 0, 1, 0x13, 0x88, 1, 1, REPLY, 0xF1, 1, 2, 3, 4, 0, 80, 0])),
+]
+write("nat_classifier", nat)
+
+# ---------------------------------------------------------------- subscription
+# count, then per pattern: flags (mod 3: none, peer 0, peer 1; bit 7 drop), len, bytes;
+# then payloads: peer byte, len u16, bytes.
+
+
+def subs(patterns, payloads):
+    out = bytes([len(patterns)])
+    for flags, p in patterns:
+        p = p.encode()
+        out += bytes([flags, len(p)]) + p
+    for peer, data in payloads:
+        out += bytes([peer]) + struct.pack(">H", len(data)) + data
+    return out
+
+
+sub = [
+    ("fan-out", subs([(0, "^GET"), (0, "GET|PUT"), (0, "^PUT")], [(0, b"GET /"), (0, b"DELETE"), (1, b"PUT x")])),
+    ("peer-filter", subs([(0, "x"), (2, "x")], [(0, b"x"), (1, b"x")])),
+    ("unsubscribe", subs([(0x80, "a"), (0, "b")], [(0, b"a"), (0, b"b")])),
+    ("empty-pattern", subs([(0, "")], [(0, b"m"), (0, b"")])),
+    ("unicode-boundary", subs([(0, r"\bcaf\w\b"), (0, "^never")], [(0, "un café noir".encode()), (0, b"cafes")])),
+    ("topics", subs([(0, rf"^topic-{i}\b") for i in (0, 7, 500, 999)], [(0, b"topic-7 payload"), (1, b"topic-999")])),
+    ("bytes", subs([(0, r"^\x00\xff"), (0, r"(?-u:\xff)"), (1, r"(?i)ping")], [(0, b"\x00\xff"), (0, "\u00ff".encode()), (0, b"PING\xff")])),
+    ("bad-pattern", subs([(0, "(unclosed"), (0, "ok")], [(0, b"ok")])),
+    ("anchors", subs([(0, "^$"), (0, r"\Aab\z"), (0, "(?m)^b$")], [(0, b""), (0, b"ab"), (0, b"a\nb\n")])),
+]
+write("subscription", sub)
+
+# ---------------------------------------------------------------- target_parse
+# Byte 0 mod 4: no default port, 80, 0, or another.
+TARGETS = [
+    "1.2.3.4:80", "1.2.3.4", "[::1]:80", "[::1]", "::1", "[fe80::1%2]:80", "fe80::1%2",
+    "example.com:80", "example.com.:80", "example.com", "123.example.com:1", "::1:80",
+    "1.2.3", "256.1.1.1", "1.2.3.4:00080", "1.2.3.4:", ":80", "[1.2.3.4]:80", "[::1]x",
+    "-host:80", "a_b.c-d:65535", "1.2.3.4:65536", "[::ffff:1.2.3.4]:443", "0.0.0.0:0",
+    "1:2:3:4:5:6:7:8:9", "[fe80::1%4294967295]:1", "[fe80::1%99999999999]:1",
+    "a" * 63 + ".com:1", ".".join(["a" * 63] * 4) + ":1", "a" * 301, " host:80", "héllo:80",
+]
+tp = []
+for i, t in enumerate(TARGETS):
+    tp.append((f"t{i:02}-none", bytes([0]) + t.encode()))
+    tp.append((f"t{i:02}-default", bytes([1]) + t.encode()))
+write("target_parse", tp)
+
+for t in sorted(os.listdir(ROOT)):
+    n = len(os.listdir(os.path.join(ROOT, t)))
+    print(f"{t}: {n} seeds")
