@@ -32,27 +32,9 @@ const TXID: [u8; 12] = [
 ];
 
 
-/// Reads the input front to back; past the end every read is zero.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn u8(&mut self) -> u8 {
-        let (b, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.u8(), self.u8()])
-    }
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+#[path = "common/cursor.rs"]
+mod cursor;
+use cursor::Cursor;
 
 /// A retransmission timeout from one byte: small, huge, or the largest there is.
 fn rto(sel: u8) -> Duration {
