@@ -195,12 +195,7 @@ impl FilerClient {
     /// Cancel safe.
     pub async fn list(&self) -> Result<Vec<PeerEntry>, Error> {
         let replies = self.exchange(&Request::List.to_frame()).await?;
-        let (first, rest) = replies.split_first().ok_or(Error::NoReply)?;
-        let count = reply::parse_list_count(first)?;
-        if rest.len() != count {
-            return Err(Error::BadReply("list count does not match its entries"));
-        }
-        rest.iter().map(reply::parse_list_entry).collect()
+        counted(&replies, reply::parse_list_entry)
     }
 
     /// `JOIN`: asks the node to add `me` (reachable at `host:port`) to its table. `Ok`
@@ -329,12 +324,7 @@ impl FilerClient {
     /// Cancel safe.
     pub async fn files(&self) -> Result<Vec<(String, PeerId, Option<u64>)>, Error> {
         let replies = self.exchange(&Request::Flst.to_frame()).await?;
-        let (first, rest) = replies.split_first().ok_or(Error::NoReply)?;
-        let count = reply::parse_list_count(first)?;
-        if rest.len() != count {
-            return Err(Error::BadReply("file count does not match its entries"));
-        }
-        rest.iter().map(reply::parse_file_entry).collect()
+        counted(&replies, reply::parse_file_entry)
     }
 
     /// `FINF`: a file's size and SHA-256.
@@ -574,6 +564,19 @@ impl FilerClient {
             }
         }
     }
+}
+
+/// Reads a counted answer (LIST, FLST): `REPL <count>`, then that many entries.
+fn counted<T>(
+    replies: &[Frame],
+    entry: impl Fn(&Frame) -> Result<T, Error>,
+) -> Result<Vec<T>, Error> {
+    let (first, rest) = replies.split_first().ok_or(Error::NoReply)?;
+    let count = reply::parse_list_count(first)?;
+    if rest.len() != count {
+        return Err(Error::BadReply("count does not match its entries"));
+    }
+    rest.iter().map(entry).collect()
 }
 
 /// Where a streamed body goes.
