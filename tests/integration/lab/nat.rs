@@ -39,6 +39,17 @@ fn p2pipe_nat(lab: &Lab, extra: &[&str]) -> (serde_json::Value, Exec) {
     (v, run)
 }
 
+/// A report's mapping or filtering, read back into the lab's vocabulary.
+fn behaviour(v: &serde_json::Value) -> Option<Behaviour> {
+    [
+        Behaviour::EndpointIndependent,
+        Behaviour::AddressDependent,
+        Behaviour::AddressAndPortDependent,
+    ]
+    .into_iter()
+    .find(|b| v.as_str() == Some(b.name()))
+}
+
 fn name(b: Option<Behaviour>) -> serde_json::Value {
     b.map_or(serde_json::Value::Null, |b| b.name().into())
 }
@@ -60,12 +71,7 @@ fn check(
             kind.name()
         ));
     }
-    let got_mapping = match v4["mapping"].as_str() {
-        Some("endpoint-independent") => Some(Behaviour::EndpointIndependent),
-        Some("address-dependent") => Some(Behaviour::AddressDependent),
-        Some("address-and-port-dependent") => Some(Behaviour::AddressAndPortDependent),
-        _ => None,
-    };
+    let got_mapping = behaviour(&v4["mapping"]);
     if !kind.mapping_matches(got_mapping) {
         wrong.push(format!(
             "mapping {} (want {})",
@@ -405,13 +411,8 @@ fn heavy_loss_gives_the_right_answer_or_unknown() {
             let (_, mapping, filtering) = kind.expected();
             let ok_or_null =
                 |got: &serde_json::Value, want: serde_json::Value| got.is_null() || *got == want;
-            let mapping_ok = v4["mapping"].is_null()
-                || kind.mapping_matches(match v4["mapping"].as_str() {
-                    Some("endpoint-independent") => Some(Behaviour::EndpointIndependent),
-                    Some("address-dependent") => Some(Behaviour::AddressDependent),
-                    Some("address-and-port-dependent") => Some(Behaviour::AddressAndPortDependent),
-                    _ => None,
-                });
+            let mapping_ok =
+                v4["mapping"].is_null() || kind.mapping_matches(behaviour(&v4["mapping"]));
             let ext_ok = v4["external"].as_str().is_none_or(|e| {
                 e.parse::<SocketAddr>().map(|a| a.ip()) == Ok(std::net::IpAddr::from(ext))
             });
