@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use hmac::{KeyInit, Mac};
+use hmac::{KeyInit, Mac as _};
 use sha2::Sha256;
 
-use super::shared::hex;
+use super::msg::{mac_input, Mac, Nonce};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -37,21 +37,22 @@ pub enum AuthError {
     BadMac,
 }
 
-/// The MAC a caller sends: HMAC-SHA256 of `nonce + " " + op_text` under `secret`, in
-/// lowercase hex.
-pub fn mac_hex(secret: &[u8], nonce: &str, op_text: &str) -> String {
+fn hmac(secret: &[u8], nonce: &Nonce, op_text: &str) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(secret).expect("hmac takes any key length");
-    m.update(nonce.as_bytes());
-    m.update(b" ");
-    m.update(op_text.as_bytes());
-    hex(&m.finalize().into_bytes())
+    m.update(&mac_input(nonce, op_text));
+    m
+}
+
+/// The MAC a caller sends: HMAC-SHA256 of [`mac_input`] under `secret`.
+pub fn mac(secret: &[u8], nonce: &Nonce, op_text: &str) -> Mac {
+    Mac(hmac(secret, nonce, op_text).finalize().into_bytes().into())
 }
 
 /// The node's side: issued challenges, and checking proofs.
 #[derive(Debug)]
 pub struct Challenges {
     secret: Option<Vec<u8>>,
-    issued: HashMap<String, Instant>,
+    issued: HashMap<Nonce, Instant>,
 }
 
 impl Challenges {
@@ -69,8 +70,8 @@ impl Challenges {
     }
 
     /// Issues a challenge from 16 random bytes (the caller brings the randomness) at
-    /// `now`, and returns it as 32 hex characters.
-    pub fn issue(&mut self, random: [u8; 16], now: Instant) -> String {
+    /// `now`.
+    pub fn issue(&mut self, random: [u8; 16], now: Instant) -> Nonce {
         self.issued
             .retain(|_, at| now.saturating_duration_since(*at) < CHALLENGE_TTL);
         if self.issued.len() >= MAX_CHALLENGES {
@@ -78,13 +79,13 @@ impl Challenges {
                 .issued
                 .iter()
                 .min_by_key(|(_, at)| **at)
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| *k)
             {
                 self.issued.remove(&oldest);
             }
         }
-        let nonce = hex(&random);
-        self.issued.insert(nonce.clone(), now);
+        let nonce = Nonce(random);
+        self.issued.insert(nonce, now);
         nonce
     }
 
@@ -96,8 +97,8 @@ impl Challenges {
     /// No secret, an unknown or expired nonce, or a wrong MAC.
     pub fn verify(
         &mut self,
-        nonce: &str,
-        mac_hex_text: &str,
+        nonce: &Nonce,
+        mac: &Mac,
         op_text: &str,
         now: Instant,
     ) -> Result<(), AuthError> {
@@ -106,20 +107,11 @@ impl Challenges {
         if now.saturating_duration_since(issued) >= CHALLENGE_TTL {
             return Err(AuthError::BadNonce);
         }
-        let Some(mac) = parse_hex32(mac_hex_text) else {
-            return Err(AuthError::BadMac);
-        };
-        let mut m = HmacSha256::new_from_slice(secret).expect("hmac takes any key length");
-        m.update(nonce.as_bytes());
-        m.update(b" ");
-        m.update(op_text.as_bytes());
         // Constant-time comparison.
-        m.verify_slice(&mac).map_err(|_| AuthError::BadMac)
+        hmac(secret, nonce, op_text)
+            .verify_slice(&mac.0)
+            .map_err(|_| AuthError::BadMac)
     }
-}
-
-fn parse_hex32(text: &str) -> Option<[u8; 32]> {
-    super::shared::parse_sha256(text)
 }
 
 #[cfg(test)]
@@ -133,10 +125,13 @@ mod tests {
         let mut c = Challenges::new(Some(SECRET.to_vec()));
         let t0 = Instant::now();
         let nonce = c.issue([7; 16], t0);
-        assert_eq!(nonce.len(), 32);
+        assert_eq!(nonce.to_string().len(), 32);
         let op = "ADDP p 127.0.0.1 4000";
-        let mac = mac_hex(SECRET, &nonce, op);
-        assert!(!mac.contains("correct"), "the secret is not in the proof");
+        let mac = mac(SECRET, &nonce, op);
+        assert!(
+            !mac.to_string().contains("correct"),
+            "the secret is not in the proof"
+        );
         assert_eq!(c.verify(&nonce, &mac, op, t0), Ok(()));
         // Spent.
         assert_eq!(c.verify(&nonce, &mac, op, t0), Err(AuthError::BadNonce));
@@ -149,33 +144,31 @@ mod tests {
         let op = "FIND key";
         let n = c.issue([1; 16], t0);
         assert_eq!(
-            c.verify(&n, &mac_hex(b"wrong", &n, op), op, t0),
+            c.verify(&n, &mac(b"wrong", &n, op), op, t0),
             Err(AuthError::BadMac)
         );
         // The wrong guess burnt the nonce.
         assert_eq!(
-            c.verify(&n, &mac_hex(SECRET, &n, op), op, t0),
+            c.verify(&n, &mac(SECRET, &n, op), op, t0),
             Err(AuthError::BadNonce)
         );
         let n = c.issue([2; 16], t0);
         assert_eq!(
-            c.verify(&n, &mac_hex(SECRET, &n, "FIND other"), op, t0),
+            c.verify(&n, &mac(SECRET, &n, "FIND other"), op, t0),
             Err(AuthError::BadMac)
         );
         let n = c.issue([3; 16], t0);
         assert_eq!(
-            c.verify(&n, &mac_hex(SECRET, &n, op), op, t0 + CHALLENGE_TTL),
+            c.verify(&n, &mac(SECRET, &n, op), op, t0 + CHALLENGE_TTL),
             Err(AuthError::BadNonce)
         );
         let n = c.issue([4; 16], t0);
-        assert_eq!(c.verify(&n, "not hex", op, t0), Err(AuthError::BadMac));
+        // A malformed MAC never gets here (the request does not parse), and a wrong
+        // one fails.
+        assert_eq!(Mac::parse("not hex"), None);
+        assert_eq!(c.verify(&n, &Mac([0; 32]), op, t0), Err(AuthError::BadMac));
         assert_eq!(
-            c.verify(
-                "00000000000000000000000000000000",
-                &mac_hex(SECRET, &n, op),
-                op,
-                t0
-            ),
+            c.verify(&Nonce([0; 16]), &mac(SECRET, &n, op), op, t0),
             Err(AuthError::BadNonce)
         );
     }
@@ -187,7 +180,7 @@ mod tests {
         let t0 = Instant::now();
         let n = c.issue([5; 16], t0);
         assert_eq!(
-            c.verify(&n, &mac_hex(b"", &n, "x"), "x", t0),
+            c.verify(&n, &mac(b"", &n, "x"), "x", t0),
             Err(AuthError::NoSecret)
         );
         let mut c = Challenges::new(Some(SECRET.to_vec()));

@@ -360,8 +360,7 @@ impl FilerClient {
     /// Cancel safe, but the operation may already have started on the node.
     pub async fn trusted(&self, secret: &[u8], op: TrustedOp) -> Result<Vec<Frame>, Error> {
         let nonce: Nonce = reply::parse_challenge(&self.one(&Request::Chal).await?)?;
-        let mac_hex = super::auth::mac_hex(secret, &nonce.to_string(), &op.to_string());
-        let mac = super::msg::Mac::parse(&mac_hex).ok_or(Error::BadReply("mac"))?;
+        let mac = super::auth::mac(secret, &nonce, &op.to_string());
         let replies = self
             .exchange(&Request::Trst { nonce, mac, op }.to_frame())
             .await?;

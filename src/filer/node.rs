@@ -494,8 +494,8 @@ impl Inner {
             Request::Chal => {
                 let mut random = [0u8; 16];
                 getrandom::fill(&mut random).map_err(|e| Error::Local(e.to_string()))?;
-                lock(&self.challenges).issue(random, Instant::now());
-                self.send(pipe, &reply::challenge(&Nonce(random))).await
+                let nonce = lock(&self.challenges).issue(random, Instant::now());
+                self.send(pipe, &reply::challenge(&nonce)).await
             }
             Request::Trst { nonce, mac, op } => self.trusted(pipe, msg.peer, nonce, mac, op).await,
             Request::Flst => {
@@ -821,12 +821,7 @@ impl Inner {
         let allowed = local || self.cfg.trusted_from_anywhere;
         let ok = allowed
             && lock(&self.challenges)
-                .verify(
-                    &nonce.to_string(),
-                    &mac.to_string(),
-                    &op.to_string(),
-                    Instant::now(),
-                )
+                .verify(&nonce, &mac, &op.to_string(), Instant::now())
                 .is_ok();
         if !ok {
             self.counters.trust_denied.fetch_add(1, Ordering::Relaxed);

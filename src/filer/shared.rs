@@ -308,19 +308,6 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Parses 64 hex characters into a SHA-256.
-pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(s, 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,11 +339,9 @@ mod tests {
     }
 
     #[test]
-    fn hex_round_trip() {
-        let h: [u8; 32] = core::array::from_fn(|i| (i * 7) as u8);
-        assert_eq!(parse_sha256(&hex(&h)), Some(h));
-        assert_eq!(parse_sha256("zz"), None);
-        assert_eq!(parse_sha256(&"g".repeat(64)), None);
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f, 0xff]), "00ab7fff");
+        assert_eq!(hex(&[]), "");
     }
 
     #[tokio::test]
