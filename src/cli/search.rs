@@ -40,7 +40,7 @@ pub async fn search_via(
     let addrs = p2pipe::dns::resolve(&target, None).await?;
     let to = *addrs.first().ok_or("the node's name did not resolve")?;
     let local = local_ip_towards(to)?;
-    let empty = tempfile_dir()?;
+    let empty = tempfile::tempdir()?;
     let mut cfg = NodeConfig::new(empty.path());
     cfg.stabilize_every = None;
     let ret = FilerNode::start(SocketAddr::new(local, 0), cfg).await?;
@@ -85,30 +85,6 @@ fn local_ip_towards(to: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     let s = std::net::UdpSocket::bind(any)?;
     s.connect(to)?;
     Ok(s.local_addr()?.ip())
-}
-
-/// An empty folder for the temporary node, removed when dropped.
-pub struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    /// Its path.
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> std::io::Result<TempDir> {
-    let mut r = [0u8; 8];
-    let _ = getrandom::fill(&mut r);
-    let p = std::env::temp_dir().join(format!("p2pipe-search-{}", u64::from_be_bytes(r)));
-    std::fs::create_dir(&p)?;
-    Ok(TempDir(p))
 }
 
 /// Prints every answer: `name owner`.
