@@ -39,7 +39,7 @@ pub async fn search_via(
     let target = p2pipe::Target::parse(via, None)?;
     let addrs = p2pipe::dns::resolve(&target, None).await?;
     let to = *addrs.first().ok_or("the node's name did not resolve")?;
-    let local = local_ip_towards(to)?;
+    let local = p2pipe::iface::bind::source_towards(to, None).await?;
     let empty = tempfile::tempdir()?;
     let mut cfg = NodeConfig::new(empty.path());
     cfg.stabilize_every = None;
@@ -72,19 +72,6 @@ pub async fn search_via(
     }
     ret.shutdown(Duration::from_secs(1)).await;
     Ok(hits)
-}
-
-/// The local address the OS would use to reach `to` (a connected UDP socket sends
-/// nothing).
-fn local_ip_towards(to: SocketAddr) -> std::io::Result<std::net::IpAddr> {
-    let any: SocketAddr = if to.is_ipv6() {
-        "[::]:0".parse().expect("valid")
-    } else {
-        "0.0.0.0:0".parse().expect("valid")
-    };
-    let s = std::net::UdpSocket::bind(any)?;
-    s.connect(to)?;
-    Ok(s.local_addr()?.ip())
 }
 
 /// Prints every answer: `name owner`.

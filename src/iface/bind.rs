@@ -40,6 +40,23 @@ pub fn tcp_socket(
     Ok(tokio::net::TcpSocket::from_std_stream(s.into()))
 }
 
+/// The source address the OS would use to reach `to` (through `device`, when given),
+/// learned by connecting a UDP socket, which sends nothing.
+///
+/// # Errors
+///
+/// No route to `to`, or the device cannot be bound.
+///
+/// # Cancel safety
+///
+/// Cancel safe.
+pub async fn source_towards(to: SocketAddr, device: Option<&str>) -> io::Result<std::net::IpAddr> {
+    let any = SocketAddr::new(crate::addr::Af::of_socket(&to).unspecified(), 0);
+    let s = udp_socket(any, device)?;
+    s.connect(to).await?;
+    Ok(s.local_addr()?.ip())
+}
+
 fn new_socket(
     addr: &SocketAddr,
     ty: Type,

@@ -213,7 +213,7 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
     let device = cfg.device.as_deref();
     let local_ip = match cfg.local_ip {
         Some(ip) => ip,
-        None => route_source(first, device)
+        None => crate::iface::bind::source_towards(first, device)
             .await
             .map_err(|e| Error::NoLocalAddress(af, e.to_string().to_lowercase()))?,
     };
@@ -416,15 +416,6 @@ fn source_of(t: &Transaction) -> Probe<SocketAddr> {
         None => Probe::NoReply,
         Some(from) => Probe::Reply(from),
     }
-}
-
-/// The source address the OS would use to reach `to` (through `device`), learned by
-/// connecting a UDP socket, which sends nothing.
-async fn route_source(to: SocketAddr, device: Option<&str>) -> std::io::Result<IpAddr> {
-    let any = SocketAddr::new(Af::of_socket(&to).unspecified(), 0);
-    let s = crate::iface::bind::udp_socket(any, device)?;
-    s.connect(to).await?;
-    Ok(s.local_addr()?.ip())
 }
 
 /// The routes of `nic` for family `af`, with their external addresses filled in by
