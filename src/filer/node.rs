@@ -329,12 +329,7 @@ impl FilerNode {
         let quits = peers.iter().map(|p| {
             let me = me.clone();
             async move {
-                let c = FilerClient::new(crate::addr::Target::Host {
-                    host: p.host.clone(),
-                    port: p.port,
-                })
-                .timeout(t);
-                let _ = c.quit(&me).await;
+                let _ = client_for(p, t).quit(&me).await;
             }
         });
         futures::future::join_all(quits).await;
