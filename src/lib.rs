@@ -5,6 +5,7 @@
 //! | layer | module | what it does |
 //! |---|---|---|
 //! | filer | [`filer`] | the file-sharing protocol, sans-IO: btpeer frames, btfiler messages, peer ids and table |
+//! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`](pipe::Pipe) type for TCP and UDP, IPv4 and IPv6, client and server |
 //! | stun | [`stun`] | sans-IO STUN client transactions (RFC 5389, 5780, 3489) |
@@ -21,6 +22,7 @@ pub mod dns;
 pub mod error;
 pub mod filer;
 pub mod iface;
+pub mod mesh;
 pub mod nat;
 pub mod pipe;
 pub mod stun;

@@ -1,0 +1,1344 @@
+//! The mesh's I/O: the listener on the Daemon, outbound pipes, the connection table,
+//! the session tasks and the event dispatcher. The protocol is in `wire` and `session`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::session::{self, Handshake, Incoming, Local, PeerHello, Reject, Step};
+use super::wire::{self, FrameCodec, RefuseCode};
+use super::{Direction, DisconnectReason, Disconnected, Error, Event, MeshMessage, Outgoing, Peer};
+use crate::daemon::{self, Daemon};
+use crate::pipe::{Framing, Message, Pipe, PipeConfig, Proto};
+
+type Handler<T> = Arc<dyn Fn(Mesh, T) -> BoxFuture<'static, ()> + Send + Sync>;
+
+#[derive(Default, Clone)]
+struct Handlers {
+    inbound_connected: Option<Handler<Peer>>,
+    outbound_connected: Option<Handler<Peer>>,
+    inbound_disconnected: Option<Handler<Disconnected>>,
+    outbound_disconnected: Option<Handler<Disconnected>>,
+    message: Option<Handler<MeshMessage>>,
+    stopping: Option<Handler<()>>,
+}
+
+fn boxed<T, F, Fut>(f: F) -> Handler<T>
+where
+    F: Fn(Mesh, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |m, t| f(m, t).boxed())
+}
+
+/// Reconnection delays for [`Mesh::keep_connected`]: doubling from `initial` up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Sets up a [`Mesh`].
+pub struct MeshBuilder {
+    id: String,
+    listen: Vec<SocketAddr>,
+    cfg: PipeConfig,
+    max_inbound: usize,
+    max_outbound: usize,
+    max_pending: usize,
+    handshake_timeout: Duration,
+    send_timeout: Duration,
+    keepalive: Option<Duration>,
+    max_message: usize,
+    max_decompressed: usize,
+    event_capacity: usize,
+    key: Option<SigningKey>,
+    trusted: HashMap<String, VerifyingKey>,
+    handlers: Handlers,
+}
+
+impl MeshBuilder {
+    /// Listens on `addr` (port 0 picks one). Any number of addresses; none makes an
+    /// outbound-only node.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// The pipe config for outbound connections: bind address, device, connect timeout.
+    /// Its framing and frame limit are the mesh's own.
+    pub fn config(mut self, cfg: PipeConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Most inbound connections at once (default 64). Further peers are refused after
+    /// their HELLO.
+    pub fn max_inbound(mut self, n: usize) -> Self {
+        self.max_inbound = n;
+        self
+    }
+
+    /// Most outbound connections at once, counting those being opened (default 64).
+    pub fn max_outbound(mut self, n: usize) -> Self {
+        self.max_outbound = n;
+        self
+    }
+
+    /// Most inbound connections still in their handshake (default 64); further ones are
+    /// closed at once.
+    pub fn max_pending(mut self, n: usize) -> Self {
+        self.max_pending = n.max(1);
+        self
+    }
+
+    /// How long a handshake may take (default 5 s). A peer that has not finished by then
+    /// is dropped.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// How long one send may wait for a slow peer (default 10 s); a peer that does not
+    /// take the message in time is disconnected.
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.send_timeout = d;
+        self
+    }
+
+    /// Sends a PING after `interval` of silence, and drops a peer silent for three
+    /// intervals (default 15 s). `None` turns keepalives off.
+    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// The largest message on the wire, compressed or not (default 4 MiB). Frames that
+    /// claim more end the connection before anything is allocated.
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes.min(u32::MAX as usize - wire::DATA_OVERHEAD);
+        self
+    }
+
+    /// The largest size a compressed message may inflate to (default 4 MiB). Larger
+    /// ones are dropped and counted.
+    pub fn max_decompressed(mut self, bytes: usize) -> Self {
+        self.max_decompressed = bytes;
+        self
+    }
+
+    /// Events queued for the [`Events`] stream and the handlers (default 1024). When
+    /// it is full, reading from peers waits: nothing is dropped, so read the stream, or
+    /// drop it if you use only handlers.
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n.max(1);
+        self
+    }
+
+    /// Signs every message with `key` and requires peers to sign: their keys are bound
+    /// to their ids at the handshake, and messages that do not verify are dropped.
+    pub fn signing_key(mut self, key: SigningKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Binds `id` to `key` in advance: a peer claiming `id` with another key is refused.
+    /// Without it, the first key an id proves is bound to it for the mesh's life.
+    pub fn trust(mut self, id: impl Into<String>, key: VerifyingKey) -> Self {
+        self.trusted.insert(id.into(), key);
+        self
+    }
+
+    /// Called when a peer connects in.
+    pub fn on_inbound_connected<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Mesh, Peer) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handlers.inbound_connected = Some(boxed(f));
+        self
+    }
+
+    /// Called when this node connects out.
+    pub fn on_outbound_connected<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Mesh, Peer) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handlers.outbound_connected = Some(boxed(f));
+        self
+    }
+
+    /// Called when an inbound connection ends.
+    pub fn on_inbound_disconnected<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Mesh, Disconnected) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handlers.inbound_disconnected = Some(boxed(f));
+        self
+    }
+
+    /// Called when an outbound connection ends.
+    pub fn on_outbound_disconnected<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Mesh, Disconnected) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handlers.outbound_disconnected = Some(boxed(f));
+        self
+    }
+
+    /// Called for every message.
+    pub fn on_message<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Mesh, MeshMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handlers.message = Some(boxed(f));
+        self
+    }
+
+    /// Called once when the mesh starts stopping.
+    pub fn on_stopping<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Mesh) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.handlers.stopping = Some(Arc::new(move |m, ()| f(m).boxed()));
+        self
+    }
+
+    /// Starts the mesh: binds the listeners, and returns the mesh and its event stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is left running if the future is dropped.
+    pub async fn start(self) -> Result<(Mesh, Events), Error> {
+        wire::check_id(&self.id).map_err(|_| Error::BadId(self.id.clone()))?;
+        let max_frame = self.max_message + wire::DATA_OVERHEAD;
+        let cfg = self
+            .cfg
+            .framing(Framing::custom(move || FrameCodec::new(max_frame)))
+            .max_frame(max_frame + wire::LEN_PREFIX);
+        let (ev_tx, ev_rx) = mpsc::channel(self.event_capacity);
+        let (user_tx, user_rx) = mpsc::channel(self.event_capacity);
+        let inner = Arc::new(Inner {
+            id: self.id.into(),
+            key: self.key,
+            listen_port: AtomicU64::new(0),
+            cfg,
+            max_outbound: self.max_outbound,
+            inbound: Arc::new(Semaphore::new(self.max_inbound)),
+            outbound: Arc::new(Semaphore::new(self.max_outbound)),
+            handshake_timeout: self.handshake_timeout,
+            send_timeout: self.send_timeout,
+            keepalive: self.keepalive,
+            max_message: self.max_message,
+            max_decompressed: self.max_decompressed,
+            trusted: self.trusted,
+            known: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            events: Mutex::new(Some(ev_tx)),
+            counters: Counters::default(),
+            serial: AtomicU64::new(0),
+            stopping: CancellationToken::new(),
+            hard: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            daemon: Mutex::new(None),
+            local_addrs: Mutex::new(Vec::new()),
+            stopped: tokio::sync::OnceCell::new(),
+            dispatcher: Mutex::new(None),
+        });
+        let guard = Arc::new(Guard(inner.clone()));
+        if !self.listen.is_empty() {
+            let mut b = Daemon::builder(Inbound(Arc::downgrade(&inner)))
+                .config(inner.cfg.clone())
+                .max_connections(self.max_inbound + self.max_pending);
+            for a in &self.listen {
+                b = b.listen(Proto::Tcp, *a);
+            }
+            let d = b.start().await?;
+            let addrs: Vec<SocketAddr> = d.local_addrs().iter().map(|(_, a)| *a).collect();
+            // The port peers are told to reach this node on.
+            let port = addrs.first().map_or(0, |a| a.port());
+            inner.listen_port.store(u64::from(port), Ordering::Relaxed);
+            *inner.local_addrs.lock().unwrap() = addrs;
+            *inner.daemon.lock().unwrap() = Some(d);
+        }
+        let dispatcher = tokio::spawn(dispatch(
+            ev_rx,
+            user_tx,
+            self.handlers,
+            Arc::downgrade(&inner),
+            Arc::downgrade(&guard),
+        ));
+        *inner.dispatcher.lock().unwrap() = Some(dispatcher);
+        Ok((Mesh { inner, guard }, Events { rx: user_rx }))
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    bad_signatures: AtomicU64,
+    replays: AtomicU64,
+    too_large: AtomicU64,
+    bad_compression: AtomicU64,
+    protocol_errors: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    handshake_failures: AtomicU64,
+    refused: AtomicU64,
+    handler_panics: AtomicU64,
+}
+
+/// Counters of a running mesh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeshStats {
+    /// Inbound connections now.
+    pub inbound: usize,
+    /// Outbound connections now.
+    pub outbound: usize,
+    /// Messages received and delivered.
+    pub messages_in: u64,
+    /// Messages sent (one per peer of a broadcast).
+    pub messages_out: u64,
+    /// Messages dropped because their signature did not verify, or was missing.
+    pub bad_signatures: u64,
+    /// Signed messages dropped as replays.
+    pub replays: u64,
+    /// Compressed messages dropped because they inflate past the bound.
+    pub too_large: u64,
+    /// Compressed messages dropped because they are not valid zlib.
+    pub bad_compression: u64,
+    /// Connections ended by a malformed frame.
+    pub protocol_errors: u64,
+    /// Handshakes that did not finish in time.
+    pub handshake_timeouts: u64,
+    /// Handshakes that failed otherwise (bad frames, bad keys, refusals either way).
+    pub handshake_failures: u64,
+    /// Peers this node turned away after their handshake (limits, duplicates, keys).
+    pub refused: u64,
+    /// Handler calls that panicked.
+    pub handler_panics: u64,
+}
+
+/// What [`Mesh::broadcast`] did.
+#[derive(Debug, Default)]
+pub struct Broadcast {
+    /// The peers the message was sent to.
+    pub sent: Vec<Arc<str>>,
+    /// The peers it could not be sent to, and why; they are disconnected.
+    pub failed: Vec<(Arc<str>, Error)>,
+}
+
+/// How [`Mesh::stop`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopReport {
+    /// Connections closed.
+    pub closed: usize,
+    /// Whether every task, handler and the event stream finished within the deadline.
+    pub clean: bool,
+}
+
+struct Conn {
+    serial: u64,
+    peer: Peer,
+    pipe: Pipe,
+    tx: Arc<tokio::sync::Mutex<session::Sender>>,
+    signed: bool,
+    /// The reason set by whoever ends the connection from this side.
+    reason: Arc<Mutex<Option<DisconnectReason>>>,
+    ended: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Inner {
+    id: Arc<str>,
+    key: Option<SigningKey>,
+    listen_port: AtomicU64,
+    cfg: PipeConfig,
+    max_outbound: usize,
+    inbound: Arc<Semaphore>,
+    outbound: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    send_timeout: Duration,
+    keepalive: Option<Duration>,
+    max_message: usize,
+    max_decompressed: usize,
+    trusted: HashMap<String, VerifyingKey>,
+    /// Keys bound to ids by a handshake.
+    known: Mutex<HashMap<String, VerifyingKey>>,
+    conns: Mutex<HashMap<Arc<str>, Conn>>,
+    /// Taken at the end of a stop, which ends the event stream.
+    events: Mutex<Option<mpsc::Sender<Event>>>,
+    counters: Counters,
+    serial: AtomicU64,
+    stopping: CancellationToken,
+    hard: CancellationToken,
+    tracker: TaskTracker,
+    daemon: Mutex<Option<Daemon>>,
+    local_addrs: Mutex<Vec<SocketAddr>>,
+    stopped: tokio::sync::OnceCell<StopReport>,
+    dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Stops the mesh at once when the last [`Mesh`] handle goes.
+struct Guard(Arc<Inner>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let i = &self.0;
+        i.stopping.cancel();
+        i.hard.cancel();
+        // Breaks the cycle daemon -> handler -> inner, and stops the daemon's tasks.
+        drop(i.daemon.lock().unwrap().take());
+        i.events.lock().unwrap().take();
+        for (_, c) in i.conns.lock().unwrap().drain() {
+            c.ended.cancel();
+        }
+    }
+}
+
+/// A running mesh node. Clones share it; when the last clone is dropped the node stops
+/// at once (use [`Mesh::stop`] to say goodbye to peers first).
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+    guard: Arc<Guard>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The mesh's events, in order. Ends after [`Event::Stopping`] and the disconnections
+/// that follow it.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once the mesh has stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an event is taken only when it is returned.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+impl futures::Stream for Events {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Mesh {
+    /// Starts setting up a node with id `id`: 1 to 64 bytes of UTF-8 without whitespace
+    /// or control characters.
+    pub fn builder(id: impl Into<String>) -> MeshBuilder {
+        MeshBuilder {
+            id: id.into(),
+            listen: Vec::new(),
+            cfg: PipeConfig::default(),
+            max_inbound: 64,
+            max_outbound: 64,
+            max_pending: 64,
+            handshake_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
+            keepalive: Some(Duration::from_secs(15)),
+            max_message: 4 << 20,
+            max_decompressed: 4 << 20,
+            event_capacity: 1024,
+            key: None,
+            trusted: HashMap::new(),
+            handlers: Handlers::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The addresses the node listens on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.local_addrs.lock().unwrap().clone()
+    }
+
+    /// The connected peers.
+    pub fn peers(&self) -> Vec<Peer> {
+        let conns = self.inner.conns.lock().unwrap();
+        let mut v: Vec<Peer> = conns.values().map(|c| c.peer.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// The connected peer with this id.
+    pub fn peer(&self, id: &str) -> Option<Peer> {
+        self.inner
+            .conns
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|c| c.peer.clone())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MeshStats {
+        let i = &self.inner;
+        let c = &i.counters;
+        let (inbound, outbound) = {
+            let conns = i.conns.lock().unwrap();
+            let inb = conns
+                .values()
+                .filter(|c| c.peer.direction == Direction::Inbound)
+                .count();
+            (inb, conns.len() - inb)
+        };
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MeshStats {
+            inbound,
+            outbound,
+            messages_in: l(&c.messages_in),
+            messages_out: l(&c.messages_out),
+            bad_signatures: l(&c.bad_signatures),
+            replays: l(&c.replays),
+            too_large: l(&c.too_large),
+            bad_compression: l(&c.bad_compression),
+            protocol_errors: l(&c.protocol_errors),
+            handshake_timeouts: l(&c.handshake_timeouts),
+            handshake_failures: l(&c.handshake_failures),
+            refused: l(&c.refused),
+            handler_panics: l(&c.handler_panics),
+        }
+    }
+
+    /// Connects to a node at `addr` and completes the handshake. Returns the peer once
+    /// [`Event::OutboundConnected`] is queued.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a connection whose future is dropped is closed and never reported.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Peer, Error> {
+        let i = &self.inner;
+        if i.stopping.is_cancelled() {
+            return Err(Error::Stopping);
+        }
+        let permit = i
+            .outbound
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::OutboundLimit(i.max_outbound))?;
+        let pipe = Pipe::connect_with(Proto::Tcp, addr, &i.cfg)
+            .await
+            .map_err(|source| Error::Connect { addr, source })?;
+        let hs = tokio::time::timeout(i.handshake_timeout, i.initiate(&pipe)).await;
+        let (hs, peer) = match hs {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                i.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(code) = e.refuse_code() {
+                    let _ = i.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
+                }
+                pipe.close().await;
+                return Err(Error::Handshake { addr, source: e });
+            }
+            Err(_) => {
+                i.counters
+                    .handshake_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                pipe.close().await;
+                return Err(Error::HandshakeTimeout { addr });
+            }
+        };
+        let (session, _) = hs.accept(i.max_decompressed);
+        match i.register(
+            &peer,
+            Direction::Outbound,
+            addr,
+            pipe.clone(),
+            session,
+            Some(permit),
+        ) {
+            Ok((peer, rx, ev)) => Ok(i.clone().spawn_session(peer, rx, ev)),
+            Err(code) => {
+                let _ = i.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
+                pipe.close().await;
+                Err(Error::NotTaken {
+                    peer: peer.id,
+                    code,
+                })
+            }
+        }
+    }
+
+    /// Keeps a connection to `addr` open: connects now, and again after it drops or
+    /// fails, with `backoff` between tries, until the mesh stops. The task ends early if
+    /// `addr` turns out to be this node.
+    pub fn keep_connected(&self, addr: SocketAddr, backoff: Backoff) {
+        let weak = Arc::downgrade(&self.guard);
+        let inner = self.inner.clone();
+        let stopping = inner.stopping.clone();
+        inner.tracker.spawn(async move {
+            let mut delay = backoff.initial;
+            loop {
+                let Some(guard) = weak.upgrade() else { return };
+                let mesh = Mesh {
+                    inner: guard.0.clone(),
+                    guard,
+                };
+                let ended = match mesh.connect(addr).await {
+                    Ok(p) => {
+                        delay = backoff.initial;
+                        mesh.inner
+                            .conns
+                            .lock()
+                            .unwrap()
+                            .get(&*p.id)
+                            .map(|c| c.ended.clone())
+                    }
+                    Err(Error::Handshake {
+                        source: session::HandshakeError::SelfConnection,
+                        ..
+                    }) => return,
+                    Err(Error::Stopping) => return,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "mesh reconnect failed");
+                        None
+                    }
+                };
+                drop(mesh);
+                if let Some(ended) = ended {
+                    tokio::select! {
+                        _ = stopping.cancelled() => return,
+                        _ = ended.cancelled() => {}
+                    }
+                }
+                tokio::select! {
+                    _ = stopping.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(backoff.max);
+            }
+        });
+    }
+
+    /// Sends one message to the peer `id`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a send dropped part-way leaves part of a frame on the wire, so
+    /// the connection is closed if that happens. Bound it with
+    /// [`MeshBuilder::send_timeout`] instead.
+    pub async fn send_to(&self, id: &str, msg: impl Into<Outgoing>) -> Result<(), Error> {
+        let msg = msg.into();
+        self.inner.check(&msg)?;
+        let target = self.inner.target(id)?;
+        self.inner.send_on(&target, &msg, None).await
+    }
+
+    /// Sends one message to every connected peer but those in `except`, concurrently.
+    /// Unsigned messages are framed once for all peers.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Mesh::send_to`].
+    pub async fn broadcast(&self, msg: impl Into<Outgoing>, except: &[&str]) -> Broadcast {
+        let msg = msg.into();
+        let mut out = Broadcast::default();
+        let targets: Vec<Target> = {
+            let conns = self.inner.conns.lock().unwrap();
+            conns
+                .values()
+                .filter(|c| !except.contains(&&*c.peer.id))
+                .map(Target::of)
+                .collect()
+        };
+        if let Err(e) = self.inner.check(&msg) {
+            out.failed = targets
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.id,
+                        Error::TooLarge {
+                            len: msg.data.len(),
+                            max: self.inner.max_message,
+                        },
+                    )
+                })
+                .collect();
+            tracing::debug!(error = %e, "broadcast too large");
+            return out;
+        }
+        let shared = (!self.inner.key.is_some()).then(|| {
+            wire::encode_data(if msg.zlib { wire::FLAG_ZLIB } else { 0 }, None, &msg.data)
+        });
+        let sends = targets
+            .iter()
+            .map(|t| self.inner.send_on(t, &msg, shared.as_ref()));
+        let results = futures::future::join_all(sends).await;
+        for (t, r) in targets.into_iter().zip(results) {
+            match r {
+                Ok(()) => out.sent.push(t.id),
+                Err(e) => out.failed.push((t.id, e)),
+            }
+        }
+        out
+    }
+
+    /// Closes the connection to `id` (after a BYE), which ends with
+    /// [`DisconnectReason::Local`]. Returns whether there was one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the connection is marked for closing at once.
+    pub async fn disconnect(&self, id: &str) -> bool {
+        let Ok(t) = self.inner.target(id) else {
+            return false;
+        };
+        self.inner
+            .close_conn(&t, DisconnectReason::Local, "disconnect")
+            .await;
+        true
+    }
+
+    /// Stops the node: queues [`Event::Stopping`], says BYE to every peer and closes
+    /// it, stops listening, and waits (up to `deadline`) for every task and handler; the
+    /// event stream ends after the last disconnection. A second call waits for the
+    /// first.
+    ///
+    /// # Cancel safety
+    ///
+    /// If cancelled, the node has stopped taking peers; dropping every handle then
+    /// stops the rest at once.
+    pub async fn stop(&self, deadline: Duration) -> StopReport {
+        let i = self.inner.clone();
+        *i.stopped.get_or_init(|| i.clone().stop_now(deadline)).await
+    }
+}
+
+/// What a send needs of a connection, taken out of the table.
+struct Target {
+    id: Arc<str>,
+    pipe: Pipe,
+    tx: Arc<tokio::sync::Mutex<session::Sender>>,
+    signed: bool,
+    reason: Arc<Mutex<Option<DisconnectReason>>>,
+}
+
+impl Target {
+    fn of(c: &Conn) -> Target {
+        Target {
+            id: c.peer.id.clone(),
+            pipe: c.pipe.clone(),
+            tx: c.tx.clone(),
+            signed: c.signed,
+            reason: c.reason.clone(),
+        }
+    }
+}
+
+impl Inner {
+    fn local(&self) -> Local {
+        Local {
+            id: self.id.to_string(),
+            listen_port: self.listen_port.load(Ordering::Relaxed) as u16,
+            key: self.key.clone(),
+        }
+    }
+
+    fn check(&self, msg: &Outgoing) -> Result<(), Error> {
+        if msg.data.len() > self.max_message {
+            return Err(Error::TooLarge {
+                len: msg.data.len(),
+                max: self.max_message,
+            });
+        }
+        Ok(())
+    }
+
+    fn target(&self, id: &str) -> Result<Target, Error> {
+        self.conns
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(Target::of)
+            .ok_or_else(|| Error::UnknownPeer(id.to_owned()))
+    }
+
+    fn emitter(&self) -> Option<mpsc::Sender<Event>> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Writes a handshake frame, bounded by the send timeout.
+    async fn send_bounded(&self, pipe: &Pipe, frame: &[u8]) -> Result<(), ()> {
+        match tokio::time::timeout(self.send_timeout, pipe.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn next_frame(pipe: &Pipe) -> Result<Bytes, session::HandshakeError> {
+        pipe.recv()
+            .await
+            .map(|m| m.data)
+            .map_err(|_| session::HandshakeError::Unexpected)
+    }
+
+    /// The initiator's handshake, up to the decision.
+    async fn initiate(
+        &self,
+        pipe: &Pipe,
+    ) -> Result<(Handshake, PeerHello), session::HandshakeError> {
+        let (mut hs, hello) = Handshake::initiator(&self.local(), nonce());
+        pipe.send(&hello)
+            .await
+            .map_err(|_| session::HandshakeError::Unexpected)?;
+        loop {
+            let f = Self::next_frame(pipe).await?;
+            match hs.on_frame(f)? {
+                Step::Send(out) => pipe
+                    .send(&out)
+                    .await
+                    .map_err(|_| session::HandshakeError::Unexpected)?,
+                Step::Decide(peer) => return Ok((hs, peer)),
+            }
+        }
+    }
+
+    /// The acceptor's handshake, up to the decision.
+    async fn answer(&self, pipe: &Pipe) -> Result<(Handshake, PeerHello), session::HandshakeError> {
+        let mut hs = Handshake::acceptor(&self.local(), nonce());
+        loop {
+            let f = Self::next_frame(pipe).await?;
+            match hs.on_frame(f)? {
+                Step::Send(out) => pipe
+                    .send(&out)
+                    .await
+                    .map_err(|_| session::HandshakeError::Unexpected)?,
+                Step::Decide(peer) => return Ok((hs, peer)),
+            }
+        }
+    }
+
+    /// Takes a proven peer into the table, or says why not. On success, the peer, the
+    /// receiving half, and the event sender the session uses.
+    #[allow(clippy::type_complexity)]
+    fn register(
+        &self,
+        hello: &PeerHello,
+        direction: Direction,
+        addr: SocketAddr,
+        pipe: Pipe,
+        session: session::Session,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(RunningConn, session::Receiver, mpsc::Sender<Event>), RefuseCode> {
+        let refuse = |code| {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            Err(code)
+        };
+        if self.stopping.is_cancelled() {
+            return refuse(RefuseCode::Stopping);
+        }
+        let Some(events) = self.emitter() else {
+            return refuse(RefuseCode::Stopping);
+        };
+        let mut known = self.known.lock().unwrap();
+        if let Some(k) = &hello.key {
+            let bound = self.trusted.get(&hello.id).or_else(|| known.get(&hello.id));
+            if bound.is_some_and(|b| b != k) {
+                return refuse(RefuseCode::BadKey);
+            }
+        }
+        let mut conns = self.conns.lock().unwrap();
+        let mut replaced = None;
+        if let Some(old) = conns.get(hello.id.as_str()) {
+            let initiator = |d: Direction| match d {
+                Direction::Outbound => &*self.id,
+                Direction::Inbound => hello.id.as_str(),
+            };
+            let keep = (&*self.id).min(hello.id.as_str());
+            let (old_i, new_i) = (initiator(old.peer.direction), initiator(direction));
+            // Same opener twice: the second is a duplicate. Two openers (both nodes
+            // connected at once): both sides keep the one the smaller id opened.
+            if old_i == new_i || new_i != keep {
+                return refuse(RefuseCode::Duplicate);
+            }
+            replaced = conns.remove(hello.id.as_str());
+        }
+        let permit = match permit {
+            Some(p) => p,
+            None => match self.inbound.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if let Some(old) = replaced {
+                        conns.insert(old.peer.id.clone(), old);
+                    }
+                    return refuse(RefuseCode::Limit);
+                }
+            },
+        };
+        if let Some(k) = hello.key {
+            known.insert(hello.id.clone(), k);
+        }
+        if let Some(old) = replaced {
+            *old.reason.lock().unwrap() = Some(DisconnectReason::Replaced);
+            old.ended.cancel();
+            let p = old.pipe.clone();
+            tokio::spawn(async move { p.close().await });
+        }
+        let peer = Peer {
+            id: hello.id.as_str().into(),
+            addr,
+            direction,
+            listen_port: hello.listen_port,
+            key: hello.key,
+        };
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let signed = session.tx.is_signed();
+        let reason = Arc::new(Mutex::new(None));
+        let ended = CancellationToken::new();
+        conns.insert(
+            peer.id.clone(),
+            Conn {
+                serial,
+                peer: peer.clone(),
+                pipe: pipe.clone(),
+                tx: Arc::new(tokio::sync::Mutex::new(session.tx)),
+                signed,
+                reason: reason.clone(),
+                ended: ended.clone(),
+                _permit: permit,
+            },
+        );
+        Ok((
+            RunningConn {
+                serial,
+                peer,
+                pipe,
+                signed,
+                reason,
+                ended,
+            },
+            session.rx,
+            events,
+        ))
+    }
+
+    /// Queues the connected event and starts the session task; returns the peer.
+    fn spawn_session(
+        self: Arc<Self>,
+        conn: RunningConn,
+        rx: session::Receiver,
+        events: mpsc::Sender<Event>,
+    ) -> Peer {
+        let peer = conn.peer.clone();
+        let me = self.clone();
+        self.tracker.spawn(async move {
+            let ev = match conn.peer.direction {
+                Direction::Inbound => Event::InboundConnected(conn.peer.clone()),
+                Direction::Outbound => Event::OutboundConnected(conn.peer.clone()),
+            };
+            let _ = events.send(ev).await;
+            me.run_session(conn, rx, events).await;
+        });
+        peer
+    }
+
+    /// Reads the connection until it ends, then takes it out of the table and queues
+    /// the disconnected event.
+    async fn run_session(
+        &self,
+        conn: RunningConn,
+        mut rx: session::Receiver,
+        events: mpsc::Sender<Event>,
+    ) {
+        let mut misses = 0u32;
+        let why = loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.hard.cancelled() => break DisconnectReason::Stopping,
+                _ = conn.ended.cancelled() => break DisconnectReason::Local,
+                r = recv_within(&conn.pipe, self.keepalive) => r,
+            };
+            let frame = match next {
+                Some(Ok(m)) => m.data,
+                Some(Err(e)) => break ended_reason(e),
+                None => {
+                    misses += 1;
+                    if misses >= 3 {
+                        break DisconnectReason::Keepalive;
+                    }
+                    let ping = wire::Frame::Ping(u64::from(misses)).to_bytes();
+                    if self.send_bounded(&conn.pipe, &ping).await.is_err() {
+                        break DisconnectReason::Error("keepalive send failed".into());
+                    }
+                    continue;
+                }
+            };
+            misses = 0;
+            let c = &self.counters;
+            match rx.on_frame(frame) {
+                Ok(Incoming::Message {
+                    payload,
+                    compressed,
+                }) => {
+                    c.messages_in.fetch_add(1, Ordering::Relaxed);
+                    let m = MeshMessage {
+                        from: conn.peer.id.clone(),
+                        data: payload,
+                        compressed,
+                        signed: conn.signed,
+                    };
+                    let _ = events.send(Event::Message(m)).await;
+                }
+                Ok(Incoming::Ping(t)) => {
+                    let pong = wire::Frame::Pong(t).to_bytes();
+                    if self.send_bounded(&conn.pipe, &pong).await.is_err() {
+                        break DisconnectReason::Error("keepalive answer failed".into());
+                    }
+                }
+                Ok(Incoming::Pong(_)) => {}
+                Ok(Incoming::Bye(r)) => break DisconnectReason::Bye(r),
+                Err(r) => {
+                    let counter = match &r {
+                        Reject::Wire(_) | Reject::Unexpected => &c.protocol_errors,
+                        Reject::SigningMismatch | Reject::BadSignature => &c.bad_signatures,
+                        Reject::Replay { .. } => &c.replays,
+                        Reject::TooLarge { .. } => &c.too_large,
+                        Reject::BadCompression => &c.bad_compression,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %conn.peer.id, reject = %r, "mesh message dropped");
+                    if r.is_fatal() {
+                        break DisconnectReason::Error(r.to_string());
+                    }
+                }
+            }
+        };
+        {
+            let mut conns = self.conns.lock().unwrap();
+            if conns
+                .get(&*conn.peer.id)
+                .is_some_and(|c| c.serial == conn.serial)
+            {
+                conns.remove(&*conn.peer.id);
+            }
+        }
+        conn.ended.cancel();
+        // A reason set by this side (replaced, disconnected, stopping) wins over what
+        // the read loop saw of it.
+        let reason = conn.reason.lock().unwrap().take().unwrap_or(why);
+        conn.pipe.close().await;
+        let d = Disconnected {
+            peer: conn.peer.clone(),
+            reason,
+        };
+        let _ = events
+            .send(match conn.peer.direction {
+                Direction::Inbound => Event::InboundDisconnected(d),
+                Direction::Outbound => Event::OutboundDisconnected(d),
+            })
+            .await;
+    }
+
+    /// Sends `msg` on one connection, under the send timeout. `shared` is the frame
+    /// built once for every unsigned connection.
+    async fn send_on(
+        &self,
+        t: &Target,
+        msg: &Outgoing,
+        shared: Option<&Bytes>,
+    ) -> Result<(), Error> {
+        let sent = tokio::time::timeout(self.send_timeout, async {
+            // The lock keeps the signing order the wire order.
+            let mut tx = t.tx.lock().await;
+            let frame = match shared {
+                Some(f) if !t.signed => f.clone(),
+                _ => tx.data(&msg.data, msg.zlib),
+            };
+            t.pipe.send(&frame).await
+        })
+        .await;
+        let err = match sent {
+            Ok(Ok(())) => {
+                self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Ok(Err(source)) => Error::Send {
+                peer: t.id.to_string(),
+                source,
+            },
+            Err(_) => Error::SendTimeout {
+                peer: t.id.to_string(),
+            },
+        };
+        // Part of a frame may be on the wire: the stream cannot go on.
+        t.reason
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| DisconnectReason::Error(err.to_string()));
+        t.pipe.abort().await;
+        Err(err)
+    }
+
+    /// Says BYE (bounded) and closes a connection with `reason`.
+    async fn close_conn(&self, t: &Target, reason: DisconnectReason, bye: &str) {
+        let first = {
+            let mut r = t.reason.lock().unwrap();
+            let first = r.is_none();
+            r.get_or_insert(reason);
+            first
+        };
+        if first {
+            let frame = wire::Frame::Bye(wire::reason(bye)).to_bytes();
+            let _ = tokio::time::timeout(self.send_timeout.min(Duration::from_secs(1)), async {
+                let _tx = t.tx.lock().await;
+                t.pipe.send(&frame).await
+            })
+            .await;
+        }
+        t.pipe.close().await;
+    }
+
+    async fn stop_now(self: Arc<Self>, deadline: Duration) -> StopReport {
+        let started = tokio::time::Instant::now();
+        self.stopping.cancel();
+        if let Some(ev) = self.emitter() {
+            let _ = tokio::time::timeout(deadline, ev.send(Event::Stopping)).await;
+        }
+        let daemon = self.daemon.lock().unwrap().take();
+        let targets: Vec<Target> = self
+            .conns
+            .lock()
+            .unwrap()
+            .values()
+            .map(Target::of)
+            .collect();
+        let closed = targets.len();
+        futures::future::join_all(
+            targets
+                .iter()
+                .map(|t| self.close_conn(t, DisconnectReason::Stopping, "stopping")),
+        )
+        .await;
+        let left = || deadline.saturating_sub(started.elapsed());
+        let mut clean = true;
+        if let Some(d) = daemon {
+            clean &= d.shutdown(left()).await.aborted == 0;
+        }
+        self.tracker.close();
+        if tokio::time::timeout(left(), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            clean = false;
+            self.hard.cancel();
+            self.tracker.wait().await;
+        }
+        // The last sender goes: the dispatcher drains what is queued, then the stream ends.
+        self.events.lock().unwrap().take();
+        let handle = self.dispatcher.lock().unwrap().take();
+        if let Some(h) = handle {
+            let abort = h.abort_handle();
+            if tokio::time::timeout(left(), h).await.is_err() {
+                clean = false;
+                abort.abort();
+            }
+        }
+        StopReport { closed, clean }
+    }
+}
+
+/// A registered connection, as its session task sees it.
+struct RunningConn {
+    serial: u64,
+    peer: Peer,
+    pipe: Pipe,
+    signed: bool,
+    reason: Arc<Mutex<Option<DisconnectReason>>>,
+    ended: CancellationToken,
+}
+
+fn nonce() -> [u8; 32] {
+    let mut n = [0u8; 32];
+    getrandom::fill(&mut n).expect("the system random source");
+    n
+}
+
+fn ended_reason(e: crate::pipe::Error) -> DisconnectReason {
+    use crate::pipe::{EndReason, Error as PE};
+    match e {
+        PE::Ended(EndReason::Fin | EndReason::Reset | EndReason::Closed) => {
+            DisconnectReason::Closed
+        }
+        PE::Ended(r) => DisconnectReason::Error(r.to_string()),
+        e => DisconnectReason::Error(e.to_string()),
+    }
+}
+
+/// The next message, or `None` if `limit` passed first.
+async fn recv_within(pipe: &Pipe, limit: Option<Duration>) -> Option<crate::pipe::Result<Message>> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, pipe.recv()).await.ok(),
+        None => Some(pipe.recv().await),
+    }
+}
+
+/// The Daemon's handler: serves a whole inbound connection from `on_connect`.
+struct Inbound(Weak<Inner>);
+
+impl daemon::Handler for Inbound {
+    async fn on_message(&self, _msg: Message, _reply: Pipe) -> Result<(), String> {
+        // Never reached: `on_connect` reads the connection to its end.
+        Ok(())
+    }
+
+    async fn on_connect(&self, pipe: &Pipe) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        inner.serve_inbound(pipe.clone()).await;
+    }
+}
+
+impl Inner {
+    async fn serve_inbound(self: Arc<Self>, pipe: Pipe) {
+        let addr = pipe.peer_addr().expect("a connection has a peer");
+        let hs = tokio::time::timeout(self.handshake_timeout, self.answer(&pipe)).await;
+        let (hs, hello) = match hs {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                self.counters
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%addr, error = %e, "mesh handshake failed");
+                if let Some(code) = e.refuse_code() {
+                    let _ = self.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
+                }
+                pipe.close().await;
+                return;
+            }
+            Err(_) => {
+                self.counters
+                    .handshake_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%addr, "mesh handshake timed out");
+                pipe.close().await;
+                return;
+            }
+        };
+        let (session, auth) = hs.accept(self.max_decompressed);
+        match self.register(
+            &hello,
+            Direction::Inbound,
+            addr,
+            pipe.clone(),
+            session,
+            None,
+        ) {
+            Ok((conn, rx, events)) => {
+                let auth = auth.expect("the acceptor answers with its auth");
+                if self.send_bounded(&pipe, &auth).await.is_err() {
+                    *conn.reason.lock().unwrap() =
+                        Some(DisconnectReason::Error("handshake send failed".into()));
+                    pipe.close().await;
+                }
+                let ev = Event::InboundConnected(conn.peer.clone());
+                let _ = events.send(ev).await;
+                self.run_session(conn, rx, events).await;
+            }
+            Err(code) => {
+                let _ = self.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
+                pipe.close().await;
+            }
+        }
+    }
+}
+
+/// Delivers every event to its handler, then to the stream, in order.
+async fn dispatch(
+    mut rx: mpsc::Receiver<Event>,
+    user: mpsc::Sender<Event>,
+    h: Handlers,
+    inner: Weak<Inner>,
+    guard: Weak<Guard>,
+) {
+    let mut user = Some(user);
+    while let Some(ev) = rx.recv().await {
+        let call: Option<BoxFuture<'static, ()>> = guard.upgrade().and_then(|g| {
+            let mesh = Mesh {
+                inner: g.0.clone(),
+                guard: g,
+            };
+            match &ev {
+                Event::InboundConnected(p) => {
+                    h.inbound_connected.as_ref().map(|f| f(mesh, p.clone()))
+                }
+                Event::OutboundConnected(p) => {
+                    h.outbound_connected.as_ref().map(|f| f(mesh, p.clone()))
+                }
+                Event::InboundDisconnected(d) => {
+                    h.inbound_disconnected.as_ref().map(|f| f(mesh, d.clone()))
+                }
+                Event::OutboundDisconnected(d) => {
+                    h.outbound_disconnected.as_ref().map(|f| f(mesh, d.clone()))
+                }
+                Event::Message(m) => h.message.as_ref().map(|f| f(mesh, m.clone())),
+                Event::Stopping => h.stopping.as_ref().map(|f| f(mesh, ())),
+            }
+        });
+        if let Some(fut) = call {
+            if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
+                if let Some(i) = inner.upgrade() {
+                    i.counters.handler_panics.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::error!("mesh event handler panicked");
+            }
+        }
+        if let Some(u) = &user {
+            if u.send(ev).await.is_err() {
+                // The stream was dropped: handlers only from now on.
+                user = None;
+            }
+        }
+    }
+}
