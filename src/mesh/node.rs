@@ -598,7 +598,17 @@ impl Mesh {
             session,
             Some(permit),
         ) {
-            Ok((peer, rx, ev)) => Ok(i.clone().spawn_session(peer, rx, ev)),
+            Ok((conn, rx, events)) => {
+                let peer = conn.peer.clone();
+                // Queued before `connect` returns: the acceptor queued its own before it
+                // sent the AUTH this side has read, so both sides' events are in.
+                i.emit(&events, Event::OutboundConnected(peer.clone()))
+                    .await;
+                let me = i.clone();
+                i.tracker
+                    .spawn(async move { me.run_session(conn, rx, events).await });
+                Ok(peer)
+            }
             Err(code) => {
                 let _ = i.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
                 pipe.close().await;
@@ -708,7 +718,7 @@ impl Mesh {
             tracing::debug!(error = %e, "broadcast too large");
             return out;
         }
-        let shared = (!self.inner.key.is_some()).then(|| {
+        let shared = self.inner.key.is_none().then(|| {
             wire::encode_data(if msg.zlib { wire::FLAG_ZLIB } else { 0 }, None, &msg.data)
         });
         let sends = targets
@@ -802,6 +812,15 @@ impl Inner {
             .get(id)
             .map(Target::of)
             .ok_or_else(|| Error::UnknownPeer(id.to_owned()))
+    }
+
+    /// Queues an event, waiting for room unless the mesh is stopped hard.
+    async fn emit(&self, events: &mpsc::Sender<Event>, ev: Event) {
+        tokio::select! {
+            biased;
+            _ = self.hard.cancelled() => {}
+            _ = events.send(ev) => {}
+        }
     }
 
     fn emitter(&self) -> Option<mpsc::Sender<Event>> {
@@ -963,26 +982,6 @@ impl Inner {
         ))
     }
 
-    /// Queues the connected event and starts the session task; returns the peer.
-    fn spawn_session(
-        self: Arc<Self>,
-        conn: RunningConn,
-        rx: session::Receiver,
-        events: mpsc::Sender<Event>,
-    ) -> Peer {
-        let peer = conn.peer.clone();
-        let me = self.clone();
-        self.tracker.spawn(async move {
-            let ev = match conn.peer.direction {
-                Direction::Inbound => Event::InboundConnected(conn.peer.clone()),
-                Direction::Outbound => Event::OutboundConnected(conn.peer.clone()),
-            };
-            let _ = events.send(ev).await;
-            me.run_session(conn, rx, events).await;
-        });
-        peer
-    }
-
     /// Reads the connection until it ends, then takes it out of the table and queues
     /// the disconnected event.
     async fn run_session(
@@ -1028,7 +1027,7 @@ impl Inner {
                         compressed,
                         signed: conn.signed,
                     };
-                    let _ = events.send(Event::Message(m)).await;
+                    self.emit(&events, Event::Message(m)).await;
                 }
                 Ok(Incoming::Ping(t)) => {
                     let pong = wire::Frame::Pong(t).to_bytes();
@@ -1072,12 +1071,11 @@ impl Inner {
             peer: conn.peer.clone(),
             reason,
         };
-        let _ = events
-            .send(match conn.peer.direction {
-                Direction::Inbound => Event::InboundDisconnected(d),
-                Direction::Outbound => Event::OutboundDisconnected(d),
-            })
-            .await;
+        let ev = match conn.peer.direction {
+            Direction::Inbound => Event::InboundDisconnected(d),
+            Direction::Outbound => Event::OutboundDisconnected(d),
+        };
+        self.emit(&events, ev).await;
     }
 
     /// Sends `msg` on one connection, under the send timeout. `shared` is the frame
@@ -1276,14 +1274,16 @@ impl Inner {
             None,
         ) {
             Ok((conn, rx, events)) => {
+                // Queued before the AUTH goes out, so that once the initiator's
+                // `connect` returns, this side's event is in too.
+                let ev = Event::InboundConnected(conn.peer.clone());
+                self.emit(&events, ev).await;
                 let auth = auth.expect("the acceptor answers with its auth");
                 if self.send_bounded(&pipe, &auth).await.is_err() {
                     *conn.reason.lock().unwrap() =
                         Some(DisconnectReason::Error("handshake send failed".into()));
                     pipe.close().await;
                 }
-                let ev = Event::InboundConnected(conn.peer.clone());
-                let _ = events.send(ev).await;
                 self.run_session(conn, rx, events).await;
             }
             Err(code) => {

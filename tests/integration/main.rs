@@ -11,6 +11,7 @@ mod filer;
 mod iface;
 mod lab;
 mod load;
+mod mesh;
 mod pipe;
 mod stun;
 mod support;
