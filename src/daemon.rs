@@ -80,6 +80,11 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called when a peer comes up, before its first message.
     ///
+    /// A session protocol may serve the whole connection here (the mesh does): read
+    /// the pipe to its end and close it, and the daemon's message loop then ends at
+    /// once. Such a handler watches its own shutdown; the daemon's deadline still
+    /// stops it.
+    ///
     /// # Cancel safety
     ///
     /// As [`Handler::on_message`].

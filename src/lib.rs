@@ -44,3 +44,8 @@ pub use pipe::{Framing, Message, Pipe, PipeConfig, Proto, Subscription};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The examples in docs/mesh.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/mesh.md")]
+pub struct MeshDocDoctests;

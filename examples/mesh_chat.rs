@@ -1,0 +1,184 @@
+//! A chat over the peer mesh.
+//!
+//! With no arguments, three nodes (alice, bob and carol) start on loopback in this
+//! process, connect, and chat: signed JSON messages, broadcast to the others, shown as
+//! each node's handler receives them. Then they stop, and every node reports its peers
+//! leaving.
+//!
+//! ```sh
+//! cargo run --example mesh_chat
+//! ```
+//!
+//! With `--id`, one interactive node: it listens where `--listen` says, connects to every
+//! `--peer`, broadcasts each line typed on stdin, and prints what arrives. Three
+//! terminals make the same three-node chat by hand:
+//!
+//! ```sh
+//! cargo run --example mesh_chat -- --id alice --listen 127.0.0.1:7401
+//! cargo run --example mesh_chat -- --id bob   --listen 127.0.0.1:7402 --peer 127.0.0.1:7401
+//! cargo run --example mesh_chat -- --id carol --listen 127.0.0.1:7403 --peer 127.0.0.1:7401 --peer 127.0.0.1:7402
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::StreamExt;
+use p2pipe::mesh::{Backoff, Event, Mesh, MeshBuilder, Outgoing};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Parser)]
+struct Args {
+    /// This node's id; without it, the three-node demo runs.
+    #[arg(long)]
+    id: Option<String>,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// A node to stay connected to (repeatable).
+    #[arg(long)]
+    peer: Vec<SocketAddr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Chat {
+    text: String,
+}
+
+/// A chat node: prints what it hears and who comes and goes.
+fn chat_node(id: &str, listen: SocketAddr) -> MeshBuilder {
+    let me = id.to_owned();
+    let (m1, m2, m3) = (me.clone(), me.clone(), me.clone());
+    Mesh::builder(id)
+        .listen(listen)
+        .on_message(move |_, msg| {
+            let me = m1.clone();
+            async move {
+                match msg.json::<Chat>() {
+                    Ok(c) => println!("[{me}] <{}> {}", msg.from, c.text),
+                    Err(e) => println!("[{me}] <{}> (not a chat message: {e})", msg.from),
+                }
+            }
+        })
+        .on_inbound_connected(move |_, p| {
+            let me = m2.clone();
+            async move { println!("[{me}] {} joined from {}", p.id, p.addr) }
+        })
+        .on_inbound_disconnected(move |_, d| {
+            let me = m3.clone();
+            async move { println!("[{me}] {} left ({})", d.peer.id, d.reason) }
+        })
+}
+
+/// A signing key of 32 random bytes.
+fn new_key() -> Result<ed25519_dalek::SigningKey, BoxError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+async fn demo() -> Result<(), BoxError> {
+    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+    let mut nodes = Vec::new();
+    let mut streams = Vec::new();
+    for id in ["alice", "bob", "carol"] {
+        let (m, events) = chat_node(id, loopback)
+            .signing_key(new_key()?)
+            .start()
+            .await?;
+        println!("{id} listens on {}", m.local_addrs()[0]);
+        nodes.push(m);
+        streams.push(events);
+    }
+    // bob -> alice, carol -> alice and bob: every pair once.
+    nodes[1].connect(nodes[0].local_addrs()[0]).await?;
+    nodes[2].connect(nodes[0].local_addrs()[0]).await?;
+    nodes[2].connect(nodes[1].local_addrs()[0]).await?;
+    let lines = [
+        (
+            0,
+            "hi both, this is signed and framed, so \u{4} and empty lines are fine",
+        ),
+        (1, "hello alice"),
+        (2, "hi! here is a long one, compressed"),
+    ];
+    for (i, text) in lines {
+        let mut msg = Outgoing::json(&Chat { text: text.into() })?;
+        if i == 2 {
+            msg = msg.compressed();
+        }
+        let r = nodes[i].broadcast(msg, &[]).await;
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+    }
+    // Each node hears the two others' lines: wait for them on the streams.
+    for (i, s) in streams.iter_mut().enumerate() {
+        let mut heard = 0;
+        while heard < 2 {
+            match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+                Ok(Some(Event::Message(_))) => heard += 1,
+                Ok(Some(_)) => {}
+                _ => return Err(format!("{} did not hear everyone", nodes[i].id()).into()),
+            }
+        }
+    }
+    for n in &nodes {
+        let s = n.stats();
+        println!(
+            "{}: {} peers, {} messages in, {} out, {} bad signatures",
+            n.id(),
+            n.peers().len(),
+            s.messages_in,
+            s.messages_out,
+            s.bad_signatures
+        );
+    }
+    for n in nodes.iter().rev() {
+        n.stop(Duration::from_secs(2)).await;
+    }
+    Ok(())
+}
+
+async fn interactive(
+    id: String,
+    listen: SocketAddr,
+    peers: Vec<SocketAddr>,
+) -> Result<(), BoxError> {
+    let (mesh, _events) = chat_node(&id, listen)
+        .on_outbound_connected(|_, p| async move { println!("connected to {}", p.id) })
+        .start()
+        .await?;
+    println!("{id} listens on {}", mesh.local_addrs()[0]);
+    for p in peers {
+        mesh.keep_connected(p, Backoff::default());
+    }
+    drop(_events);
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = stdin.next_line() => match line? {
+                Some(text) => {
+                    let r = mesh.broadcast(Outgoing::json(&Chat { text })?, &[]).await;
+                    for (peer, e) in r.failed {
+                        println!("not sent to {peer}: {e}");
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    mesh.stop(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    match args.id {
+        None => demo().await,
+        Some(id) => interactive(id, args.listen, args.peer).await,
+    }
+}
