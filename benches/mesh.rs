@@ -1,0 +1,238 @@
+//! Mesh benchmarks, each beside a raw tokio baseline in the same group.
+//!
+//! The baseline speaks the same shape of protocol over a plain `TcpStream`: u32-length
+//! frames read with tokio-util's `LengthDelimitedCodec`, echoed or counted by a task. The
+//! mesh adds its frame header, the event channel and dispatcher, and (in the `signed`
+//! rows) an ed25519 signature and check per message.
+//!
+//! - `mesh_rtt_64B`: a 64-byte message to a peer that echoes it, one at a time.
+//! - `mesh_stream_64KiB`: 256 messages of 64 KiB one way, then one acknowledgement.
+//!
+//! Run with `cargo bench --bench mesh`. See docs/performance.md.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ed25519_dalek::SigningKey;
+use futures::{SinkExt, StreamExt};
+use p2pipe::mesh::{Event, Events, Mesh};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+const LIMIT: Duration = Duration::from_secs(30);
+const SMALL: usize = 64;
+const CHUNK: usize = 64 << 10;
+const STREAM_N: usize = 256;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn run<T>(rt: &Runtime, what: &str, fut: impl Future<Output = T>) -> T {
+    rt.block_on(async {
+        tokio::time::timeout(LIMIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: took longer than {LIMIT:?}"))
+    })
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(1 << 20)
+        .new_codec()
+}
+
+/// A raw peer: echoes every frame (`echo`), or acknowledges every `STREAM_N` frames.
+async fn raw_pair(echo: bool) -> Framed<TcpStream, LengthDelimitedCodec> {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut f = Framed::new(s, codec());
+        let mut n = 0;
+        while let Some(Ok(frame)) = f.next().await {
+            if echo {
+                if f.send(frame.freeze()).await.is_err() {
+                    return;
+                }
+            } else {
+                n += 1;
+                if n % STREAM_N == 0 && f.send(Bytes::from_static(b"done")).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    Framed::new(s, codec())
+}
+
+/// A mesh pair: `a` connects to `b`, whose handler echoes, or acknowledges every
+/// `STREAM_N` messages. Returns `a` and its event stream.
+async fn mesh_pair(echo: bool, signed: bool) -> (Mesh, Events, Mesh) {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut b = Mesh::builder("b")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .on_message(move |mesh, m| {
+            let seen = seen.clone();
+            async move {
+                if echo {
+                    let _ = mesh.send_to(&m.from, m.data).await;
+                } else if seen.fetch_add(1, Ordering::Relaxed) % STREAM_N == STREAM_N - 1 {
+                    let _ = mesh.send_to(&m.from, "done").await;
+                }
+            }
+        });
+    let mut a = Mesh::builder("a");
+    if signed {
+        b = b.signing_key(SigningKey::from_bytes(&[2; 32]));
+        a = a.signing_key(SigningKey::from_bytes(&[1; 32]));
+    }
+    let (b, b_events) = b.start().await.unwrap();
+    drop(b_events);
+    let (a, a_events) = a.start().await.unwrap();
+    a.connect(b.local_addrs()[0]).await.unwrap();
+    (a, a_events, b)
+}
+
+async fn next_message(ev: &mut Events) -> Bytes {
+    loop {
+        match ev.recv().await {
+            Some(Event::Message(m)) => return m.data,
+            Some(_) => {}
+            None => panic!("mesh stopped"),
+        }
+    }
+}
+
+fn payload(n: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(n);
+    for i in 0..n {
+        b.put_u8((i * 31) as u8);
+    }
+    b.freeze()
+}
+
+fn rtt(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("mesh_rtt_64B");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(20);
+    let msg = payload(SMALL);
+
+    let mut raw = Some(run(&rt, "raw setup", raw_pair(true)));
+    g.bench_function("raw_tokio", |b| {
+        b.iter_custom(|iters| {
+            let mut f = raw.take().unwrap();
+            let msg = msg.clone();
+            let (f, d) = run(&rt, "raw rtt", async move {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    f.send(msg.clone()).await.unwrap();
+                    let back = f.next().await.unwrap().unwrap();
+                    assert_eq!(back.len(), SMALL);
+                }
+                (f, t.elapsed())
+            });
+            raw = Some(f);
+            d
+        })
+    });
+    for signed in [false, true] {
+        let (a, ev, peer) = run(&rt, "mesh setup", mesh_pair(true, signed));
+        let mut ev = Some(ev);
+        g.bench_function(if signed { "mesh_signed" } else { "mesh" }, |b| {
+            b.iter_custom(|iters| {
+                let mut e = ev.take().unwrap();
+                let (a, msg) = (a.clone(), msg.clone());
+                let (e, d) = run(&rt, "mesh rtt", async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        a.send_to("b", msg.clone()).await.unwrap();
+                        assert_eq!(next_message(&mut e).await.len(), SMALL);
+                    }
+                    (e, t.elapsed())
+                });
+                ev = Some(e);
+                d
+            })
+        });
+        run(&rt, "stop", async {
+            a.stop(LIMIT).await;
+            peer.stop(LIMIT).await;
+        });
+    }
+    g.finish();
+}
+
+fn stream(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("mesh_stream_64KiB");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(6))
+        .sample_size(10)
+        .throughput(Throughput::Bytes((CHUNK * STREAM_N) as u64));
+    let msg = payload(CHUNK);
+
+    let mut raw = Some(run(&rt, "raw setup", raw_pair(false)));
+    g.bench_function("raw_tokio", |b| {
+        b.iter_custom(|iters| {
+            let mut f = raw.take().unwrap();
+            let msg = msg.clone();
+            let (f, d) = run(&rt, "raw stream", async move {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    for _ in 0..STREAM_N {
+                        f.feed(msg.clone()).await.unwrap();
+                    }
+                    SinkExt::<Bytes>::flush(&mut f).await.unwrap();
+                    assert_eq!(&f.next().await.unwrap().unwrap()[..], b"done");
+                }
+                (f, t.elapsed())
+            });
+            raw = Some(f);
+            d
+        })
+    });
+    for signed in [false, true] {
+        let (a, ev, peer) = run(&rt, "mesh setup", mesh_pair(false, signed));
+        let mut ev = Some(ev);
+        g.bench_function(if signed { "mesh_signed" } else { "mesh" }, |b| {
+            b.iter_custom(|iters| {
+                let mut e = ev.take().unwrap();
+                let (a, msg) = (a.clone(), msg.clone());
+                let (e, d) = run(&rt, "mesh stream", async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        for _ in 0..STREAM_N {
+                            a.send_to("b", msg.clone()).await.unwrap();
+                        }
+                        assert_eq!(&next_message(&mut e).await[..], b"done");
+                    }
+                    (e, t.elapsed())
+                });
+                ev = Some(e);
+                d
+            })
+        });
+        run(&rt, "stop", async {
+            a.stop(LIMIT).await;
+            peer.stop(LIMIT).await;
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, rtt, stream);
+criterion_main!(benches);
