@@ -275,6 +275,51 @@ for i, t in enumerate(TARGETS):
     tp.append((f"t{i:02}-default", bytes([1]) + t.encode()))
 write("target_parse", tp)
 
+# ---------------------------------------------------------------- mesh_session
+# Byte 0: bit 0 signs, bit 1 acceptor, bits 2-4 message bound, bits 5-7 inflation bound;
+# byte 1: split; then the peer's frames (src/mesh/wire.rs).
+import zlib
+
+
+def mframe(body):
+    return struct.pack(">I", len(body)) + body
+
+
+def mhello(ident, key=None, port=7000):
+    flags = 1 if key else 0
+    b = b"\x01P2PM" + bytes([1, flags, len(ident)]) + ident + struct.pack(">H", port) + bytes(32)
+    return mframe(b + (key or b""))
+
+
+def mdata(payload, flags=0, seq=None):
+    extra = struct.pack(">Q", seq) + bytes(64) if seq is not None else b""
+    return mframe(bytes([0x10, flags]) + extra + payload)
+
+
+HS = mhello(b"peer") + mframe(b"\x02")
+MSGS = [
+    mdata(b"hello"),
+    mdata(b""),
+    mdata(bytes(range(256))),
+    mdata(zlib.compress(b"compressed " * 50), flags=1),
+    mdata(zlib.compress(bytes(1 << 20)), flags=1),
+    mdata(b"signed?", flags=2, seq=1),
+    mframe(b"\x20" + struct.pack(">Q", 7)),
+    mframe(b"\x21" + struct.pack(">Q", 7)),
+    mframe(b"\x30stopping"),
+    mframe(b"\x02"),
+]
+ms = []
+for flags in (0x00, 0x02, 0x01, 0x03, 0xFC, 0xFE):
+    for split in (0, 3):
+        ms.append((f"hs-{flags:02x}-{split}", bytes([flags, split]) + HS + b"".join(MSGS)))
+ms.append(("signed-hello", bytes([1, 0]) + mhello(b"peer", key=bytes(32)) + mframe(b"\x02" + bytes(64))))
+ms.append(("self-id", bytes([0, 0]) + mhello(b"me") + mframe(b"\x02")))
+ms.append(("refuse", bytes([0, 0]) + mframe(b"\x03\x01duplicate")))
+ms.append(("huge-claim", bytes([0xFC, 0]) + HS + struct.pack(">I", 0xFFFFFFF0)))
+ms.append(("early-data", bytes([2, 0]) + mdata(b"too early")))
+write("mesh_session", ms)
+
 for t in sorted(os.listdir(ROOT)):
     n = len(os.listdir(os.path.join(ROOT, t)))
     print(f"{t}: {n} seeds")

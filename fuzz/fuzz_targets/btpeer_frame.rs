@@ -37,8 +37,14 @@ impl Check<'_> {
         self.pos += consumed;
         match (ev, self.body) {
             (Event::Frame(f), None) => {
-                assert!(f.payload.len() <= self.max_control, "control frame over the bound");
-                assert!(!(self.streaming && f.kind == Kind::REPL), "REPL not streamed");
+                assert!(
+                    f.payload.len() <= self.max_control,
+                    "control frame over the bound"
+                );
+                assert!(
+                    !(self.streaming && f.kind == Kind::REPL),
+                    "REPL not streamed"
+                );
                 let kind = Kind::new(taken[..4].try_into().unwrap());
                 assert_eq!(f.kind, kind, "type upper-cased");
                 let again = Frame::new(f.kind, f.payload.clone()).to_bytes().unwrap();
@@ -48,9 +54,15 @@ impl Check<'_> {
             }
             (Event::BodyStart { kind, len }, None) => {
                 assert_eq!(consumed, HEADER_LEN);
-                assert!(self.streaming && *kind == Kind::REPL, "only REPL is streamed");
+                assert!(
+                    self.streaming && *kind == Kind::REPL,
+                    "only REPL is streamed"
+                );
                 assert_eq!(*kind, Kind::new(taken[..4].try_into().unwrap()));
-                assert_eq!(*len, u64::from(u32::from_be_bytes(taken[4..8].try_into().unwrap())));
+                assert_eq!(
+                    *len,
+                    u64::from(u32::from_be_bytes(taken[4..8].try_into().unwrap()))
+                );
                 self.body = Some(*len);
             }
             (Event::BodyChunk(c), Some(rem)) => {
@@ -84,11 +96,19 @@ impl Check<'_> {
         if self.body.is_some() {
             assert!(buf.is_empty(), "a body is handed out as it comes");
         } else {
-            assert!(buf.len() < HEADER_LEN + self.max_control.max(1), "buffered {}", buf.len());
+            assert!(
+                buf.len() < HEADER_LEN + self.max_control.max(1),
+                "buffered {}",
+                buf.len()
+            );
         }
         // No allocation follows a claimed length beyond max_control.
         let bound = 4 * (HEADER_LEN + self.max_control) + 2 * fed + 64;
-        assert!(buf.capacity() <= bound, "capacity {} over {bound}", buf.capacity());
+        assert!(
+            buf.capacity() <= bound,
+            "capacity {} over {bound}",
+            buf.capacity()
+        );
     }
 }
 
@@ -150,7 +170,11 @@ fuzz_target!(|data: &[u8]| {
                     // The refused frame stays in the buffer (the caller closes), but
                     // nothing was reserved for it.
                     let bound = 4 * (HEADER_LEN + max_control) + 2 * fed + 64;
-                    assert!(buf.capacity() <= bound, "capacity {} over {bound}", buf.capacity());
+                    assert!(
+                        buf.capacity() <= bound,
+                        "capacity {} over {bound}",
+                        buf.capacity()
+                    );
                     return;
                 }
             }
@@ -163,7 +187,10 @@ fuzz_target!(|data: &[u8]| {
         match d.decode_eof(&mut buf) {
             Ok(Some(ev)) => c.event(&ev, before - buf.len()),
             Ok(None) => {
-                assert!(buf.is_empty() && c.body.is_none(), "clean end inside a frame");
+                assert!(
+                    buf.is_empty() && c.body.is_none(),
+                    "clean end inside a frame"
+                );
                 assert_eq!(c.pos, input.len());
                 return;
             }

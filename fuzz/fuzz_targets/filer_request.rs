@@ -68,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(req.kind(), kind);
             let again = req.to_frame();
             assert_eq!(again.kind, kind);
-            assert_eq!(Request::parse(&again).as_ref(), Ok(&req), "round trip via {again:?}");
+            assert_eq!(
+                Request::parse(&again).as_ref(),
+                Ok(&req),
+                "round trip via {again:?}"
+            );
             if let Request::Trst { op, .. } = &req {
                 let text = op.to_string();
                 assert_eq!(TrustedOp::from_str(&text).as_ref(), Ok(op));
@@ -84,15 +88,25 @@ fuzz_target!(|data: &[u8]| {
                         "{kind:?} got a reply"
                     );
                     assert_eq!(reply.kind, Kind::ERRO);
-                    assert!(reply.payload.len() <= 400, "reply of {} bytes", reply.payload.len());
+                    assert!(
+                        reply.payload.len() <= 400,
+                        "reply of {} bytes",
+                        reply.payload.len()
+                    );
                     assert!(std::str::from_utf8(&reply.payload).is_ok());
                     let wire = reply.to_bytes().expect("a reply encodes");
                     let mut buf = BytesMut::from(&wire[..]);
                     let mut d = Decoder::default();
-                    assert_eq!(d.decode_eof(&mut buf), Ok(Some(Event::Frame(reply.clone()))));
+                    assert_eq!(
+                        d.decode_eof(&mut buf),
+                        Ok(Some(Event::Frame(reply.clone())))
+                    );
                     assert!(buf.is_empty());
                 }
-                None => assert!(!has_bad_args_reply(kind), "{kind:?} refused without a reply"),
+                None => assert!(
+                    !has_bad_args_reply(kind),
+                    "{kind:?} refused without a reply"
+                ),
             }
         }
     }

@@ -18,25 +18,23 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use libfuzzer_sys::fuzz_target;
 use p2pipe::nat::classify::{port_allocation, Binding};
 use p2pipe::nat::{
-    classify, Classification, Filtering, Mapping, NatType, Observations, PortSample, Probe,
-    Unknown,
+    classify, Classification, Filtering, Mapping, NatType, Observations, PortSample, Probe, Unknown,
 };
 
 const POOL: [&str; 12] = [
-    "198.18.1.2:40000",     // local
-    "203.0.113.10:3478",    // server A1:P1
-    "203.0.113.11:3479",    // other A2:P2
-    "203.0.113.10:3479",    // A1:P2
-    "203.0.113.11:3478",    // A2:P1
-    "198.51.100.1:40000",   // WAN
-    "198.51.100.1:40001",   // WAN, another port
-    "198.51.100.2:40000",   // another WAN address
-    "[2001:db8::2]:40000",  // local v6
+    "198.18.1.2:40000",      // local
+    "203.0.113.10:3478",     // server A1:P1
+    "203.0.113.11:3479",     // other A2:P2
+    "203.0.113.10:3479",     // A1:P2
+    "203.0.113.11:3478",     // A2:P1
+    "198.51.100.1:40000",    // WAN
+    "198.51.100.1:40001",    // WAN, another port
+    "198.51.100.2:40000",    // another WAN address
+    "[2001:db8::2]:40000",   // local v6
     "[2001:db8:1::10]:3478", // server v6
     "[2001:db8:1::11]:3479", // other v6
-    "203.0.113.10:3478",    // the server again (weight)
+    "203.0.113.10:3478",     // the server again (weight)
 ];
-
 
 #[path = "common/cursor.rs"]
 mod cursor;
@@ -140,8 +138,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(behind, "cone without a NAT: {c:?}");
     }
     if obs.other().is_none() {
-        assert_eq!(c.filtering, None, "filtering without another address: {c:?}");
-        assert!(!is_cone(c.nat_type) && c.nat_type != Some(NatType::Open), "{c:?}");
+        assert_eq!(
+            c.filtering, None,
+            "filtering without another address: {c:?}"
+        );
+        assert!(
+            !is_cone(c.nat_type) && c.nat_type != Some(NatType::Open),
+            "{c:?}"
+        );
         assert!(c.unknown.contains(&Unknown::NoOtherAddress));
         if behind {
             assert_eq!(c.mapping, None);
@@ -161,21 +165,35 @@ fuzz_target!(|data: &[u8]| {
             Some(Mapping::AddressDependent | Mapping::AddressAndPortDependent)
         ));
     }
-    let from_server = |p: &Probe<SocketAddr>| matches!(p, Probe::Reply(a) if Some(*a) == obs.server);
+    let from_server =
+        |p: &Probe<SocketAddr>| matches!(p, Probe::Reply(a) if Some(*a) == obs.server);
     if from_server(&obs.filtering2) || from_server(&obs.filtering3) {
-        assert_ne!(c.nat_type, Some(NatType::FullCone), "change ignored, yet full cone");
+        assert_ne!(
+            c.nat_type,
+            Some(NatType::FullCone),
+            "change ignored, yet full cone"
+        );
         assert_eq!(c.filtering, None, "change ignored, yet filtering known");
     }
     match c.filtering {
         Some(Filtering::EndpointIndependent) => {
-            assert_eq!(obs.filtering2, Probe::Reply(obs.filtering2_source().unwrap()));
+            assert_eq!(
+                obs.filtering2,
+                Probe::Reply(obs.filtering2_source().unwrap())
+            );
         }
         Some(Filtering::AddressDependent) => {
             assert_eq!(obs.filtering2, Probe::NoReply);
-            assert_eq!(obs.filtering3, Probe::Reply(obs.filtering3_source().unwrap()));
+            assert_eq!(
+                obs.filtering3,
+                Probe::Reply(obs.filtering3_source().unwrap())
+            );
         }
         Some(Filtering::AddressAndPortDependent) => {
-            assert_eq!((obs.filtering2, obs.filtering3), (Probe::NoReply, Probe::NoReply));
+            assert_eq!(
+                (obs.filtering2, obs.filtering3),
+                (Probe::NoReply, Probe::NoReply)
+            );
         }
         None => {}
     }

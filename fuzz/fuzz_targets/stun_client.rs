@@ -31,7 +31,6 @@ const TXID: [u8; 12] = [
     0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
 ];
 
-
 #[path = "common/cursor.rs"]
 mod cursor;
 use cursor::Cursor;
@@ -154,11 +153,17 @@ fuzz_target!(|data: &[u8]| {
                         match why {
                             Ignored::NotWaiting => {
                                 assert!(!was_waiting);
-                                assert_eq!(after.ignored_not_waiting, before.ignored_not_waiting + 1);
+                                assert_eq!(
+                                    after.ignored_not_waiting,
+                                    before.ignored_not_waiting + 1
+                                );
                             }
                             Ignored::WrongSource(a) => {
                                 assert!(was_waiting && a == from && !acceptable(from));
-                                assert_eq!(after.ignored_wrong_source, before.ignored_wrong_source + 1);
+                                assert_eq!(
+                                    after.ignored_wrong_source,
+                                    before.ignored_wrong_source + 1
+                                );
                             }
                             Ignored::WrongTxid => {
                                 assert!(was_waiting && acceptable(from));
@@ -213,6 +218,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let s = t.stats();
         assert!(s.transmissions >= 1 && s.transmissions <= max_tx, "{s:?}");
-        assert_eq!(total(&s) + answered, inputs, "every datagram is counted once");
+        assert_eq!(
+            total(&s) + answered,
+            inputs,
+            "every datagram is counted once"
+        );
     }
 });

@@ -21,7 +21,6 @@ use regex::bytes::{RegexBuilder, RegexSetBuilder};
 
 const LIMIT: usize = 10 * (1 << 20);
 
-
 #[path = "common/cursor.rs"]
 mod cursor;
 use cursor::Cursor;
@@ -58,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
                     live.push((i, re, peer, pattern.as_str()));
                 }
             }
-            Err(_) => assert!(reference.is_err(), "the set refused a pattern Regex accepts"),
+            Err(_) => assert!(
+                reference.is_err(),
+                "the set refused a pattern Regex accepts"
+            ),
         }
     }
     let distinct: BTreeSet<&str> = live.iter().map(|l| l.3).collect();
@@ -82,7 +84,10 @@ fuzz_target!(|data: &[u8]| {
                 want[*i] = re.is_match(payload) && peer.is_none_or(|p| p == from);
             }
         }
-        assert_eq!(got, want, "payload {payload:?} from {from}, patterns {live:?}");
+        assert_eq!(
+            got, want,
+            "payload {payload:?} from {from}, patterns {live:?}"
+        );
         assert_eq!(any, want.contains(&true));
     }
 });

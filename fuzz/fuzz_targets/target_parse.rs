@@ -33,9 +33,20 @@ fuzz_target!(|data: &[u8]| {
     assert!(s.len() <= MAX_TARGET_LEN, "{} bytes accepted", s.len());
     assert!(!s.is_empty() && !s.chars().any(char::is_whitespace));
     let shown = t.to_string();
-    assert!(shown.len() <= MAX_TARGET_LEN, "{shown:?} is too long to parse back");
-    assert_eq!(Target::parse(&shown, None).ok().as_ref(), Some(&t), "{s:?} shown as {shown:?}");
-    assert_eq!(Target::parse(&shown, Some(1)).ok().as_ref(), Some(&t), "{s:?} shown as {shown:?}");
+    assert!(
+        shown.len() <= MAX_TARGET_LEN,
+        "{shown:?} is too long to parse back"
+    );
+    assert_eq!(
+        Target::parse(&shown, None).ok().as_ref(),
+        Some(&t),
+        "{s:?} shown as {shown:?}"
+    );
+    assert_eq!(
+        Target::parse(&shown, Some(1)).ok().as_ref(),
+        Some(&t),
+        "{s:?} shown as {shown:?}"
+    );
     // With a port written, the default does not matter.
     if let Some(p) = default_port {
         if Target::parse(s, None).is_err() {
