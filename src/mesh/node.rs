@@ -45,6 +45,21 @@ where
     Arc::new(move |m, t| f(m, t).boxed())
 }
 
+/// The builder's handler setters: one per event kind, all alike.
+macro_rules! handler_setters {
+    ($($(#[$doc:meta])* $name:ident, $field:ident, $arg:ty;)*) => {$(
+        $(#[$doc])*
+        pub fn $name<F, Fut>(mut self, f: F) -> Self
+        where
+            F: Fn(Mesh, $arg) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = ()> + Send + 'static,
+        {
+            self.handlers.$field = Some(boxed(f));
+            self
+        }
+    )*};
+}
+
 /// Reconnection delays for [`Mesh::keep_connected`]: doubling from `initial` up to `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
@@ -174,54 +189,17 @@ impl MeshBuilder {
         self
     }
 
-    /// Called when a peer connects in.
-    pub fn on_inbound_connected<F, Fut>(mut self, f: F) -> Self
-    where
-        F: Fn(Mesh, Peer) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.handlers.inbound_connected = Some(boxed(f));
-        self
-    }
-
-    /// Called when this node connects out.
-    pub fn on_outbound_connected<F, Fut>(mut self, f: F) -> Self
-    where
-        F: Fn(Mesh, Peer) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.handlers.outbound_connected = Some(boxed(f));
-        self
-    }
-
-    /// Called when an inbound connection ends.
-    pub fn on_inbound_disconnected<F, Fut>(mut self, f: F) -> Self
-    where
-        F: Fn(Mesh, Disconnected) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.handlers.inbound_disconnected = Some(boxed(f));
-        self
-    }
-
-    /// Called when an outbound connection ends.
-    pub fn on_outbound_disconnected<F, Fut>(mut self, f: F) -> Self
-    where
-        F: Fn(Mesh, Disconnected) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.handlers.outbound_disconnected = Some(boxed(f));
-        self
-    }
-
-    /// Called for every message.
-    pub fn on_message<F, Fut>(mut self, f: F) -> Self
-    where
-        F: Fn(Mesh, MeshMessage) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.handlers.message = Some(boxed(f));
-        self
+    handler_setters! {
+        /// Called when a peer connects in.
+        on_inbound_connected, inbound_connected, Peer;
+        /// Called when this node connects out.
+        on_outbound_connected, outbound_connected, Peer;
+        /// Called when an inbound connection ends.
+        on_inbound_disconnected, inbound_disconnected, Disconnected;
+        /// Called when an outbound connection ends.
+        on_outbound_disconnected, outbound_disconnected, Disconnected;
+        /// Called for every message.
+        on_message, message, MeshMessage;
     }
 
     /// Called once when the mesh starts stopping.
@@ -568,7 +546,9 @@ impl Mesh {
         let pipe = Pipe::connect_with(Proto::Tcp, addr, &i.cfg)
             .await
             .map_err(|source| Error::Connect { addr, source })?;
-        let hs = tokio::time::timeout(i.handshake_timeout, i.initiate(&pipe)).await;
+        let (hs, hello) = Handshake::initiator(&i.local(), nonce());
+        let hs =
+            tokio::time::timeout(i.handshake_timeout, Inner::drive(&pipe, hs, Some(hello))).await;
         let (hs, peer) = match hs {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
@@ -835,44 +815,21 @@ impl Inner {
         }
     }
 
-    async fn next_frame(pipe: &Pipe) -> Result<Bytes, session::HandshakeError> {
-        pipe.recv()
-            .await
-            .map(|m| m.data)
-            .map_err(|_| session::HandshakeError::Unexpected)
-    }
-
-    /// The initiator's handshake, up to the decision.
-    async fn initiate(
-        &self,
+    /// Runs a handshake up to the decision: sends `first` (the initiator's HELLO), then
+    /// answers every frame until the peer is proven.
+    async fn drive(
         pipe: &Pipe,
+        mut hs: Handshake,
+        first: Option<Bytes>,
     ) -> Result<(Handshake, PeerHello), session::HandshakeError> {
-        let (mut hs, hello) = Handshake::initiator(&self.local(), nonce());
-        pipe.send(&hello)
-            .await
-            .map_err(|_| session::HandshakeError::Unexpected)?;
-        loop {
-            let f = Self::next_frame(pipe).await?;
-            match hs.on_frame(f)? {
-                Step::Send(out) => pipe
-                    .send(&out)
-                    .await
-                    .map_err(|_| session::HandshakeError::Unexpected)?,
-                Step::Decide(peer) => return Ok((hs, peer)),
-            }
+        let broken = |_| session::HandshakeError::Unexpected;
+        if let Some(f) = first {
+            pipe.send(&f).await.map_err(broken)?;
         }
-    }
-
-    /// The acceptor's handshake, up to the decision.
-    async fn answer(&self, pipe: &Pipe) -> Result<(Handshake, PeerHello), session::HandshakeError> {
-        let mut hs = Handshake::acceptor(&self.local(), nonce());
         loop {
-            let f = Self::next_frame(pipe).await?;
+            let f = pipe.recv().await.map_err(broken)?.data;
             match hs.on_frame(f)? {
-                Step::Send(out) => pipe
-                    .send(&out)
-                    .await
-                    .map_err(|_| session::HandshakeError::Unexpected)?,
+                Step::Send(out) => pipe.send(&out).await.map_err(broken)?,
                 Step::Decide(peer) => return Ok((hs, peer)),
             }
         }
@@ -1241,7 +1198,8 @@ impl daemon::Handler for Inbound {
 impl Inner {
     async fn serve_inbound(self: Arc<Self>, pipe: Pipe) {
         let addr = pipe.peer_addr().expect("a connection has a peer");
-        let hs = tokio::time::timeout(self.handshake_timeout, self.answer(&pipe)).await;
+        let hs = Handshake::acceptor(&self.local(), nonce());
+        let hs = tokio::time::timeout(self.handshake_timeout, Self::drive(&pipe, hs, None)).await;
         let (hs, hello) = match hs {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {

@@ -102,33 +102,29 @@ async fn events_come_in_order_for_connect_and_disconnect_on_both_sides() {
     }
 }
 
+/// A handler that sends what it is given, as an event, down `tx`.
+fn record<T: Send + 'static>(
+    tx: &tokio::sync::mpsc::UnboundedSender<Event>,
+    wrap: fn(T) -> Event,
+) -> impl Fn(Mesh, T) -> std::future::Ready<()> + Send + Sync + 'static {
+    let tx = tx.clone();
+    move |_, x| {
+        tx.send(wrap(x)).unwrap();
+        std::future::ready(())
+    }
+}
+
 #[tokio::test]
 async fn handlers_see_the_same_events_as_the_stream() {
     let fam = &families("mesh handlers")[0];
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let t1 = tx.clone();
-    let t2 = tx.clone();
-    let t3 = tx.clone();
-    let t4 = tx.clone();
     let t5 = tx.clone();
     let (a, mut ea) = within(
         node("a", fam)
-            .on_inbound_connected(move |_, p| {
-                let t = t1.clone();
-                async move { t.send(Event::InboundConnected(p)).unwrap() }
-            })
-            .on_outbound_connected(move |_, p| {
-                let t = t2.clone();
-                async move { t.send(Event::OutboundConnected(p)).unwrap() }
-            })
-            .on_inbound_disconnected(move |_, d| {
-                let t = t3.clone();
-                async move { t.send(Event::InboundDisconnected(d)).unwrap() }
-            })
-            .on_outbound_disconnected(move |_, d| {
-                let t = t4.clone();
-                async move { t.send(Event::OutboundDisconnected(d)).unwrap() }
-            })
+            .on_inbound_connected(record(&tx, Event::InboundConnected))
+            .on_outbound_connected(record(&tx, Event::OutboundConnected))
+            .on_inbound_disconnected(record(&tx, Event::InboundDisconnected))
+            .on_outbound_disconnected(record(&tx, Event::OutboundDisconnected))
             .on_message(move |mesh, m| {
                 let t = t5.clone();
                 async move {
