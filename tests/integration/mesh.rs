@@ -824,3 +824,84 @@ async fn a_twenty_node_mesh_broadcast_reaches_every_other_node_once() {
         }
     }
 }
+
+#[tokio::test]
+async fn hostile_bytes_end_only_their_own_connection() {
+    let fam = &families("mesh hostile bytes")[0];
+    let (a, mut ea) = within(node("a", fam).max_message(4096).start())
+        .await
+        .unwrap();
+    let addr = addr_of(&a, fam, 0);
+    let (b, _) = within(Mesh::builder("b").start()).await.unwrap();
+    within(b.connect(addr)).await.unwrap();
+    assert!(matches!(next(&mut ea).await, Event::InboundConnected(_)));
+
+    // Before the handshake: a length claim over the 512-byte handshake bound ends the
+    // connection on the spot, before any room is reserved for it.
+    let mut s = within(TcpStream::connect(addr)).await.unwrap();
+    within(s.write_all(&u32::MAX.to_be_bytes())).await.unwrap();
+    let mut rest = Vec::new();
+    let end = within(s.read_to_end(&mut rest)).await;
+    assert!(end.is_err() || rest.is_empty(), "{end:?} {rest:?}");
+
+    // Garbage where a HELLO should be.
+    let mut s = within(TcpStream::connect(addr)).await.unwrap();
+    within(s.write_all(b"\x00\x00\x00\x05GET /")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await[0], 0x03);
+
+    // After the handshake: an unknown frame kind, then a frame over the message bound.
+    let (mut m, _) = (raw_unsigned(addr, "mallory").await, next(&mut ea).await);
+    within(m.write_all(&wire::encode_data(0, None, b"fine")))
+        .await
+        .unwrap();
+    within(m.write_all(b"\x00\x00\x00\x01\x7f")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ea).await,
+        ("mallory".into(), Bytes::from("fine"))
+    );
+    let Event::InboundDisconnected(d) = next(&mut ea).await else {
+        panic!("mallory is dropped")
+    };
+    assert!(
+        matches!(d.reason, DisconnectReason::Error(_)),
+        "{:?}",
+        d.reason
+    );
+    let mut m = raw_unsigned(addr, "mallory").await;
+    assert!(matches!(next(&mut ea).await, Event::InboundConnected(_)));
+    within(m.write_all(&(5000u32).to_be_bytes())).await.unwrap();
+    assert!(matches!(next(&mut ea).await, Event::InboundDisconnected(_)));
+
+    // b was never disturbed.
+    within(b.send_to("a", "still here")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ea).await,
+        ("b".into(), Bytes::from("still here"))
+    );
+    let s = a.stats();
+    assert_eq!(
+        (s.protocol_errors, s.handshake_failures, s.inbound),
+        (1, 2, 1)
+    );
+    within(a.stop(T)).await;
+    within(b.stop(T)).await;
+}
+
+/// Completes an unsigned handshake by hand; returns the raw socket.
+async fn raw_unsigned(addr: SocketAddr, id: &str) -> TcpStream {
+    let mut sock = within(TcpStream::connect(addr)).await.unwrap();
+    let local = Local {
+        id: id.into(),
+        listen_port: 0,
+        key: None,
+    };
+    let (mut hs, hello) = Handshake::initiator(&local, [42; 32]);
+    within(sock.write_all(&hello)).await.unwrap();
+    loop {
+        let f = read_frame(&mut sock).await;
+        match hs.on_frame(f).unwrap() {
+            Step::Send(out) => within(sock.write_all(&out)).await.unwrap(),
+            Step::Decide(_) => return sock,
+        }
+    }
+}
