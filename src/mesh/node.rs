@@ -626,7 +626,12 @@ impl Mesh {
                             .map(|c| c.ended.clone())
                     }
                     Err(Error::Handshake {
-                        source: session::HandshakeError::SelfConnection,
+                        source:
+                            session::HandshakeError::SelfConnection
+                            | session::HandshakeError::Refused {
+                                code: RefuseCode::SelfConnection,
+                                ..
+                            },
                         ..
                     }) => return,
                     Err(Error::Stopping) => return,

@@ -321,6 +321,19 @@ async fn a_second_connection_to_the_same_id_is_refused() {
         other => panic!("b's connection after a's: {other:?}"),
     }
     assert_eq!(b.peer("a").unwrap().direction, Direction::Inbound);
+    // A node that reaches itself is refused, and is not its own peer.
+    match within(a.connect(addr_of(&a, fam, 0))).await {
+        Err(Error::Handshake {
+            source:
+                HandshakeError::Refused {
+                    code: RefuseCode::SelfConnection,
+                    ..
+                },
+            ..
+        }) => {}
+        other => panic!("connection to self: {other:?}"),
+    }
+    assert!(a.peer("a").is_none());
     assert_eq!((a.peers().len(), b.peers().len()), (1, 1));
     within(b.send_to("a", "still up")).await.unwrap();
     within(a.stop(T)).await;
