@@ -532,7 +532,8 @@ impl Mesh {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: a connection whose future is dropped is closed and never reported.
+    /// Cancel safe. Dropped during the handshake, the connection is closed and never
+    /// reported; dropped after it, the connection stays up and its events come as usual.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Peer, Error> {
         let i = &self.inner;
         if i.stopping.is_cancelled() {
@@ -580,13 +581,19 @@ impl Mesh {
         ) {
             Ok((conn, rx, events)) => {
                 let peer = conn.peer.clone();
-                // Queued before `connect` returns: the acceptor queued its own before it
-                // sent the AUTH this side has read, so both sides' events are in.
-                i.emit(&events, Event::OutboundConnected(peer.clone()))
-                    .await;
+                // The session task owns the connection from here, so dropping this
+                // future cannot orphan it. `connect` returns once the event is queued:
+                // the acceptor queued its own before it sent the AUTH this side has
+                // read, so both sides' events are in.
+                let (queued_tx, queued) = tokio::sync::oneshot::channel();
                 let me = i.clone();
-                i.tracker
-                    .spawn(async move { me.run_session(conn, rx, events).await });
+                i.tracker.spawn(async move {
+                    let ev = Event::OutboundConnected(conn.peer.clone());
+                    me.emit(&events, ev).await;
+                    let _ = queued_tx.send(());
+                    me.run_session(conn, rx, events).await
+                });
+                let _ = queued.await;
                 Ok(peer)
             }
             Err(code) => {
@@ -660,9 +667,10 @@ impl Mesh {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: a send dropped part-way leaves part of a frame on the wire, so
-    /// the connection is closed if that happens. Bound it with
-    /// [`MeshBuilder::send_timeout`] instead.
+    /// Not cancel safe: a send dropped while its frame is being written may leave part
+    /// of it on the wire, so the connection is then reset (and ends with
+    /// [`DisconnectReason::Error`]). Dropped before that, nothing is sent. Sends are
+    /// already bounded by [`MeshBuilder::send_timeout`].
     pub async fn send_to(&self, id: &str, msg: impl Into<Outgoing>) -> Result<(), Error> {
         let msg = msg.into();
         self.inner.check(&msg)?;
@@ -799,6 +807,14 @@ impl Inner {
             .ok_or_else(|| Error::UnknownPeer(id.to_owned()))
     }
 
+    /// Takes connection `serial` to `id` out of the table, if it is still there.
+    fn forget(&self, id: &str, serial: u64) {
+        let mut conns = self.conns.lock().unwrap();
+        if conns.get(id).is_some_and(|c| c.serial == serial) {
+            conns.remove(id);
+        }
+    }
+
     /// Queues an event, waiting for room unless the mesh is stopped hard.
     async fn emit(&self, events: &mpsc::Sender<Event>, ev: Event) {
         tokio::select! {
@@ -844,7 +860,7 @@ impl Inner {
     /// receiving half, and the event sender the session uses.
     #[allow(clippy::type_complexity)]
     fn register(
-        &self,
+        self: &Arc<Self>,
         hello: &PeerHello,
         direction: Direction,
         addr: SocketAddr,
@@ -938,6 +954,7 @@ impl Inner {
                 signed,
                 reason,
                 ended,
+                table: Arc::downgrade(self),
             },
             session.rx,
             events,
@@ -1015,15 +1032,7 @@ impl Inner {
                 }
             }
         };
-        {
-            let mut conns = self.conns.lock().unwrap();
-            if conns
-                .get(&*conn.peer.id)
-                .is_some_and(|c| c.serial == conn.serial)
-            {
-                conns.remove(&*conn.peer.id);
-            }
-        }
+        self.forget(&conn.peer.id, conn.serial);
         conn.ended.cancel();
         // A reason set by this side (replaced, disconnected, stopping) wins over what
         // the read loop saw of it.
@@ -1055,7 +1064,10 @@ impl Inner {
                 Some(f) if !t.signed => f.clone(),
                 _ => tx.data(&msg.data, msg.zlib),
             };
-            t.pipe.send(&frame).await
+            let armed = BreakIfDropped(Some(t));
+            let r = t.pipe.send(&frame).await;
+            std::mem::forget(armed);
+            r
         })
         .await;
         let err = match sent {
@@ -1148,6 +1160,25 @@ impl Inner {
     }
 }
 
+/// Armed while a frame is being written: if the send is dropped part-way (its caller
+/// cancelled it), part of a frame may be on the wire and the stream cannot go on, so the
+/// connection is reset.
+struct BreakIfDropped<'a>(Option<&'a Target>);
+
+impl Drop for BreakIfDropped<'_> {
+    fn drop(&mut self) {
+        let Some(t) = self.0.take() else { return };
+        t.reason
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| DisconnectReason::Error("send cancelled part-way".into()));
+        let pipe = t.pipe.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { pipe.abort().await });
+        }
+    }
+}
+
 /// A registered connection, as its session task sees it.
 struct RunningConn {
     serial: u64,
@@ -1156,6 +1187,18 @@ struct RunningConn {
     signed: bool,
     reason: Arc<Mutex<Option<DisconnectReason>>>,
     ended: CancellationToken,
+    table: Weak<Inner>,
+}
+
+impl Drop for RunningConn {
+    /// Whatever path drops a registered connection (its session ending, or a task
+    /// stopped before the session began), it leaves the table.
+    fn drop(&mut self) {
+        if let Some(i) = self.table.upgrade() {
+            i.forget(&self.peer.id, self.serial);
+        }
+        self.ended.cancel();
+    }
 }
 
 fn nonce() -> [u8; 32] {

@@ -918,3 +918,43 @@ async fn raw_unsigned(addr: SocketAddr, id: &str) -> TcpStream {
         }
     }
 }
+
+#[tokio::test]
+async fn a_send_cancelled_part_way_resets_the_connection() {
+    let fam = &families("mesh cancelled send")[0];
+    // a stops reading once its event queue is full and nobody reads its stream.
+    let (a, ea) = within(node("a", fam).event_capacity(1).start())
+        .await
+        .unwrap();
+    let (b, mut eb) = within(Mesh::builder("b").start()).await.unwrap();
+    within(b.connect(addr_of(&a, fam, 0))).await.unwrap();
+    assert!(matches!(next(&mut eb).await, Event::OutboundConnected(_)));
+    let chunk = Bytes::from(vec![9u8; 1 << 20]);
+    let mut blocked = false;
+    for _ in 0..64 {
+        let send = b.send_to("a", chunk.clone());
+        if tokio::time::timeout(Duration::from_millis(200), send)
+            .await
+            .is_err()
+        {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(blocked, "64 MiB went through a peer that reads nothing");
+    // The frame cut short cannot be followed by another: the connection is reset.
+    let Event::OutboundDisconnected(d) = next(&mut eb).await else {
+        panic!("disconnect")
+    };
+    assert_eq!(
+        d.reason,
+        DisconnectReason::Error("send cancelled part-way".into())
+    );
+    assert!(b.peer("a").is_none());
+    within(b.stop(T)).await;
+    // A stream kept but never read holds the node up: stop gives up at its deadline,
+    // stops the rest at once, and says so.
+    let r = within(a.stop(Duration::from_millis(300))).await;
+    assert!(!r.clean);
+    drop(ea);
+}
