@@ -7,6 +7,8 @@
 //!
 //! - `mesh_rtt_64B`: a 64-byte message to a peer that echoes it, one at a time.
 //! - `mesh_stream_64KiB`: 256 messages of 64 KiB one way, then one acknowledgement.
+//!   `raw_tokio_channel` is the baseline with its frames handed to another task through
+//!   a bounded channel, as the mesh hands messages to its dispatcher.
 //!
 //! Run with `cargo bench --bench mesh`. See docs/performance.md.
 
@@ -69,6 +71,37 @@ async fn raw_pair(echo: bool) -> Framed<TcpStream, LengthDelimitedCodec> {
                 if n % STREAM_N == 0 && f.send(Bytes::from_static(b"done")).await.is_err() {
                     return;
                 }
+            }
+        }
+    });
+    let s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    Framed::new(s, codec())
+}
+
+/// A raw peer that hands every frame to another task through a bounded channel, as the
+/// mesh hands messages to its event dispatcher; that task acknowledges every `STREAM_N`.
+async fn raw_channel_pair() -> Framed<TcpStream, LengthDelimitedCodec> {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let (mut sink, mut stream) = Framed::new(s, codec()).split();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<BytesMut>(1024);
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = stream.next().await {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut n = 0;
+        while let Some(frame) = rx.recv().await {
+            drop(frame);
+            n += 1;
+            if n % STREAM_N == 0 && sink.send(Bytes::from_static(b"done")).await.is_err() {
+                return;
             }
         }
     });
@@ -185,26 +218,33 @@ fn stream(c: &mut Criterion) {
         .throughput(Throughput::Bytes((CHUNK * STREAM_N) as u64));
     let msg = payload(CHUNK);
 
-    let mut raw = Some(run(&rt, "raw setup", raw_pair(false)));
-    g.bench_function("raw_tokio", |b| {
-        b.iter_custom(|iters| {
-            let mut f = raw.take().unwrap();
-            let msg = msg.clone();
-            let (f, d) = run(&rt, "raw stream", async move {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    for _ in 0..STREAM_N {
-                        f.feed(msg.clone()).await.unwrap();
+    for (name, channel) in [("raw_tokio", false), ("raw_tokio_channel", true)] {
+        let f = if channel {
+            run(&rt, "raw setup", raw_channel_pair())
+        } else {
+            run(&rt, "raw setup", raw_pair(false))
+        };
+        let mut raw = Some(f);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut f = raw.take().unwrap();
+                let msg = msg.clone();
+                let (f, d) = run(&rt, "raw stream", async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        for _ in 0..STREAM_N {
+                            f.feed(msg.clone()).await.unwrap();
+                        }
+                        SinkExt::<Bytes>::flush(&mut f).await.unwrap();
+                        assert_eq!(&f.next().await.unwrap().unwrap()[..], b"done");
                     }
-                    SinkExt::<Bytes>::flush(&mut f).await.unwrap();
-                    assert_eq!(&f.next().await.unwrap().unwrap()[..], b"done");
-                }
-                (f, t.elapsed())
-            });
-            raw = Some(f);
-            d
-        })
-    });
+                    (f, t.elapsed())
+                });
+                raw = Some(f);
+                d
+            })
+        });
+    }
     for signed in [false, true] {
         let (a, ev, peer) = run(&rt, "mesh setup", mesh_pair(false, signed));
         let mut ev = Some(ev);

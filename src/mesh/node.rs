@@ -712,7 +712,11 @@ impl Mesh {
             return out;
         }
         let shared = self.inner.key.is_none().then(|| {
-            wire::encode_data(if msg.zlib { wire::FLAG_ZLIB } else { 0 }, None, &msg.data)
+            wire::DataHeader::new(
+                if msg.zlib { wire::FLAG_ZLIB } else { 0 },
+                None,
+                msg.data.len(),
+            )
         });
         let sends = targets
             .iter()
@@ -1049,23 +1053,23 @@ impl Inner {
         self.emit(&events, ev).await;
     }
 
-    /// Sends `msg` on one connection, under the send timeout. `shared` is the frame
-    /// built once for every unsigned connection.
+    /// Sends `msg` on one connection, under the send timeout. `shared` is the header
+    /// built once for every unsigned connection; the payload is never copied.
     async fn send_on(
         &self,
         t: &Target,
         msg: &Outgoing,
-        shared: Option<&Bytes>,
+        shared: Option<&wire::DataHeader>,
     ) -> Result<(), Error> {
         let sent = tokio::time::timeout(self.send_timeout, async {
             // The lock keeps the signing order the wire order.
             let mut tx = t.tx.lock().await;
-            let frame = match shared {
-                Some(f) if !t.signed => f.clone(),
-                _ => tx.data(&msg.data, msg.zlib),
+            let head = match shared {
+                Some(h) if !t.signed => *h,
+                _ => tx.header(&msg.data, msg.zlib),
             };
             let armed = BreakIfDropped(Some(t));
-            let r = t.pipe.send(&frame).await;
+            let r = t.pipe.send_raw_parts(&[head.as_bytes(), &msg.data]).await;
             std::mem::forget(armed);
             r
         })

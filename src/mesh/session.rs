@@ -381,12 +381,13 @@ impl Sender {
         self.key.is_some()
     }
 
-    /// A DATA frame, with its length prefix, for `payload` (already compressed if
-    /// `zlib`). Signed sessions sign it and take the next sequence number.
-    pub fn data(&mut self, payload: &[u8], zlib: bool) -> Bytes {
+    /// The header of a DATA frame for `payload` (already compressed if `zlib`); the
+    /// frame is the header followed by the payload. Signed sessions sign it and take the
+    /// next sequence number.
+    pub fn header(&mut self, payload: &[u8], zlib: bool) -> wire::DataHeader {
         let mut flags = if zlib { FLAG_ZLIB } else { 0 };
         let Some(key) = &self.key else {
-            return wire::encode_data(flags, None, payload);
+            return wire::DataHeader::new(flags, None, payload.len());
         };
         flags |= FLAG_SIGNED;
         self.seq += 1;
@@ -395,7 +396,13 @@ impl Sender {
             seq: self.seq,
             sig: key.sign(&d).to_bytes(),
         };
-        wire::encode_data(flags, Some(&signed), payload)
+        wire::DataHeader::new(flags, Some(&signed), payload.len())
+    }
+
+    /// A whole DATA frame, with its length prefix, in one buffer (see [`Self::header`]).
+    pub fn data(&mut self, payload: &[u8], zlib: bool) -> Bytes {
+        let h = self.header(payload, zlib);
+        [h.as_bytes(), payload].concat().into()
     }
 }
 

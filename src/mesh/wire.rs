@@ -419,13 +419,50 @@ fn put_data_header(out: &mut BytesMut, flags: u8, signed: Option<&Signed>) {
     }
 }
 
-/// Encodes a DATA frame straight from a payload slice: one buffer, one copy.
+/// The bytes of a DATA frame before its payload: length prefix, kind, flags, and for a
+/// signed frame the sequence number and signature. Built on the stack, so a message goes
+/// out as this header and the caller's payload, with no buffer joining them.
+#[derive(Debug, Clone, Copy)]
+pub struct DataHeader {
+    buf: [u8; LEN_PREFIX + DATA_OVERHEAD],
+    len: usize,
+}
+
+impl DataHeader {
+    /// The header of a DATA frame carrying `payload_len` bytes.
+    ///
+    /// # Panics
+    ///
+    /// If the frame would be over `u32::MAX` bytes.
+    pub fn new(flags: u8, signed: Option<&Signed>, payload_len: usize) -> DataHeader {
+        let mut buf = [0u8; LEN_PREFIX + DATA_OVERHEAD];
+        let head = 2 + if signed.is_some() { 72 } else { 0 };
+        let len = u32::try_from(head + payload_len).expect("payload over u32::MAX");
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        buf[4] = DATA;
+        buf[5] = flags;
+        if let Some(s) = signed {
+            buf[6..14].copy_from_slice(&s.seq.to_be_bytes());
+            buf[14..78].copy_from_slice(&s.sig);
+        }
+        DataHeader {
+            buf,
+            len: LEN_PREFIX + head,
+        }
+    }
+
+    /// The header's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// A whole DATA frame in one buffer (for tests and tools; the mesh sends the header and
+/// the payload as they are).
 pub fn encode_data(flags: u8, signed: Option<&Signed>, payload: &[u8]) -> Bytes {
-    let head = 2 + if signed.is_some() { 72 } else { 0 };
-    let mut out = BytesMut::with_capacity(LEN_PREFIX + head + payload.len());
-    let len = u32::try_from(head + payload.len()).expect("payload over u32::MAX");
-    out.put_u32(len);
-    put_data_header(&mut out, flags, signed);
+    let h = DataHeader::new(flags, signed, payload.len());
+    let mut out = BytesMut::with_capacity(h.as_bytes().len() + payload.len());
+    out.put_slice(h.as_bytes());
     out.put_slice(payload);
     out.freeze()
 }

@@ -891,6 +891,27 @@ impl Pipe {
         }
     }
 
+    /// Writes `parts` back to back, without the pipe's framing and with no other send
+    /// between them: a header built on the stack and a payload the caller already holds
+    /// go out as one message without being copied together first. On TCP, parts of up to
+    /// 16 KiB in all are written in one call. On UDP the parts are joined into one
+    /// datagram.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Pipe::send`]: if cancelled, part of the parts may have been written.
+    pub async fn send_raw_parts(&self, parts: &[&[u8]]) -> Result<()> {
+        let c = self.core();
+        let r = match &c.io {
+            Io::Tcp(w) => w.write(c, parts).await,
+            _ => self.send(parts.concat()).await,
+        };
+        if r.is_ok() && matches!(&c.io, Io::Tcp(_)) {
+            c.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
     /// Sends one message to `to`. On UDP any address may be given; on a
     /// listener it goes to that peer's connection or peer pipe; on a TCP
     /// connection only its peer is accepted.

@@ -45,25 +45,37 @@ impl Writer {
         } else {
             cfg.framing.encode_header(data, cfg.max_frame, &mut head)?
         };
-        let payload = &data[skip..];
+        self.write(core, &[&head[..h], &data[skip..], trailer])
+            .await
+    }
+
+    /// Writes `parts` back to back with no other send between them: small messages are
+    /// copied into one buffer and written in one call, larger ones part by part.
+    pub(crate) async fn write(&self, core: &Core, parts: &[&[u8]]) -> Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         // Outside the cooperative budget, as the reader's lock (see reader.rs).
         let mut guard = tokio::task::unconstrained(self.0.lock()).await;
         let Some(st) = guard.as_mut() else {
             return Err(Error::Ended(core.end_or_closed()));
         };
         let write = async {
-            if h == 0 && trailer.is_empty() {
-                st.half.write_all(payload).await
-            } else if payload.len() <= COALESCE {
+            let nonempty = parts.iter().filter(|p| !p.is_empty()).count();
+            if nonempty <= 1 {
+                for p in parts {
+                    st.half.write_all(p).await?;
+                }
+                Ok(())
+            } else if total <= COALESCE {
                 st.buf.clear();
-                st.buf.put_slice(&head[..h]);
-                st.buf.put_slice(payload);
-                st.buf.put_slice(trailer);
+                for p in parts {
+                    st.buf.put_slice(p);
+                }
                 st.half.write_all(&st.buf).await
             } else {
-                st.half.write_all(&head[..h]).await?;
-                st.half.write_all(payload).await?;
-                st.half.write_all(trailer).await
+                for p in parts {
+                    st.half.write_all(p).await?;
+                }
+                Ok(())
             }
         };
         tokio::pin!(write);
