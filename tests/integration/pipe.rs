@@ -1506,3 +1506,44 @@ async fn abort_resets_the_connection() {
     let err = within(client.read_to_end(&mut rest)).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
+
+#[tokio::test]
+async fn raw_parts_from_many_senders_never_interleave() {
+    for fam in families("send_raw_parts") {
+        let lp = PipeConfig::default()
+            .dual_stack(fam.dual_stack)
+            .framing(Framing::LengthPrefixed);
+        let server = listen(Proto::Tcp, &fam, &lp).await;
+        let raw = PipeConfig::default();
+        let c = client(Proto::Tcp, &fam, 0, server.local_addr().port(), &raw).await;
+        let peer = accept(&server).await;
+        // 16 tasks × 50 messages: a header on the stack and a payload of its own, some
+        // small enough to be joined in one write, some far larger than that.
+        let mut tasks = Vec::new();
+        for t in 0..16u8 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50usize {
+                    let len = if i % 5 == 0 { 100_000 + i } else { 10 + i };
+                    let payload = vec![t; len];
+                    let head = (len as u32).to_be_bytes();
+                    c.send_raw_parts(&[&head, &payload]).await.unwrap();
+                }
+            }));
+        }
+        let mut per_task = [0usize; 16];
+        for _ in 0..16 * 50 {
+            let m = recv(&peer).await;
+            let t = m.data[0];
+            assert!(m.data.iter().all(|&b| b == t), "{}: interleaved", fam.name);
+            let i = per_task[t as usize];
+            let want = if i % 5 == 0 { 100_000 + i } else { 10 + i };
+            assert_eq!(m.data.len(), want, "{}: task {t} message {i}", fam.name);
+            per_task[t as usize] += 1;
+        }
+        for t in tasks {
+            within(t).await.unwrap();
+        }
+        assert_eq!(c.stats().sent, 800);
+    }
+}
