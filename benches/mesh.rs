@@ -46,6 +46,19 @@ fn run<T>(rt: &Runtime, what: &str, fut: impl Future<Output = T>) -> T {
     })
 }
 
+/// Runs one measured batch on `rt` with the state in `slot`, which the batch hands back
+/// with the time it measured, so that connections live across batches.
+fn timed<S, F, Fut>(rt: &Runtime, slot: &mut Option<S>, iters: u64, what: &str, f: F) -> Duration
+where
+    F: FnOnce(S, u64) -> Fut,
+    Fut: Future<Output = (S, Duration)>,
+{
+    let state = slot.take().expect("state is back after every batch");
+    let (state, d) = run(rt, what, f(state, iters));
+    *slot = Some(state);
+    d
+}
+
 fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(1 << 20)
@@ -167,19 +180,18 @@ fn rtt(c: &mut Criterion) {
     let mut raw = Some(run(&rt, "raw setup", raw_pair(true)));
     g.bench_function("raw_tokio", |b| {
         b.iter_custom(|iters| {
-            let mut f = raw.take().unwrap();
-            let msg = msg.clone();
-            let (f, d) = run(&rt, "raw rtt", async move {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    f.send(msg.clone()).await.unwrap();
-                    let back = f.next().await.unwrap().unwrap();
-                    assert_eq!(back.len(), SMALL);
+            timed(&rt, &mut raw, iters, "raw rtt", |mut f, iters| {
+                let msg = msg.clone();
+                async move {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        f.send(msg.clone()).await.unwrap();
+                        let back = f.next().await.unwrap().unwrap();
+                        assert_eq!(back.len(), SMALL);
+                    }
+                    (f, t.elapsed())
                 }
-                (f, t.elapsed())
-            });
-            raw = Some(f);
-            d
+            })
         })
     });
     for signed in [false, true] {
@@ -187,18 +199,17 @@ fn rtt(c: &mut Criterion) {
         let mut ev = Some(ev);
         g.bench_function(if signed { "mesh_signed" } else { "mesh" }, |b| {
             b.iter_custom(|iters| {
-                let mut e = ev.take().unwrap();
-                let (a, msg) = (a.clone(), msg.clone());
-                let (e, d) = run(&rt, "mesh rtt", async move {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        a.send_to("b", msg.clone()).await.unwrap();
-                        assert_eq!(next_message(&mut e).await.len(), SMALL);
+                timed(&rt, &mut ev, iters, "mesh rtt", |mut e, iters| {
+                    let (a, msg) = (a.clone(), msg.clone());
+                    async move {
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            a.send_to("b", msg.clone()).await.unwrap();
+                            assert_eq!(next_message(&mut e).await.len(), SMALL);
+                        }
+                        (e, t.elapsed())
                     }
-                    (e, t.elapsed())
-                });
-                ev = Some(e);
-                d
+                })
             })
         });
         run(&rt, "stop", async {
@@ -227,21 +238,20 @@ fn stream(c: &mut Criterion) {
         let mut raw = Some(f);
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let mut f = raw.take().unwrap();
-                let msg = msg.clone();
-                let (f, d) = run(&rt, "raw stream", async move {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        for _ in 0..STREAM_N {
-                            f.feed(msg.clone()).await.unwrap();
+                timed(&rt, &mut raw, iters, "raw stream", |mut f, iters| {
+                    let msg = msg.clone();
+                    async move {
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            for _ in 0..STREAM_N {
+                                f.feed(msg.clone()).await.unwrap();
+                            }
+                            SinkExt::<Bytes>::flush(&mut f).await.unwrap();
+                            assert_eq!(&f.next().await.unwrap().unwrap()[..], b"done");
                         }
-                        SinkExt::<Bytes>::flush(&mut f).await.unwrap();
-                        assert_eq!(&f.next().await.unwrap().unwrap()[..], b"done");
+                        (f, t.elapsed())
                     }
-                    (f, t.elapsed())
-                });
-                raw = Some(f);
-                d
+                })
             })
         });
     }
@@ -250,20 +260,19 @@ fn stream(c: &mut Criterion) {
         let mut ev = Some(ev);
         g.bench_function(if signed { "mesh_signed" } else { "mesh" }, |b| {
             b.iter_custom(|iters| {
-                let mut e = ev.take().unwrap();
-                let (a, msg) = (a.clone(), msg.clone());
-                let (e, d) = run(&rt, "mesh stream", async move {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        for _ in 0..STREAM_N {
-                            a.send_to("b", msg.clone()).await.unwrap();
+                timed(&rt, &mut ev, iters, "mesh stream", |mut e, iters| {
+                    let (a, msg) = (a.clone(), msg.clone());
+                    async move {
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            for _ in 0..STREAM_N {
+                                a.send_to("b", msg.clone()).await.unwrap();
+                            }
+                            assert_eq!(&next_message(&mut e).await[..], b"done");
                         }
-                        assert_eq!(&next_message(&mut e).await[..], b"done");
+                        (e, t.elapsed())
                     }
-                    (e, t.elapsed())
-                });
-                ev = Some(e);
-                d
+                })
             })
         });
         run(&rt, "stop", async {
