@@ -69,29 +69,39 @@ impl Completer for ShellHelper {
         pos: usize,
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let line = &line[..pos];
-        let start = line.rfind(' ').map_or(0, |i| i + 1);
-        let word = &line[start..];
-        let pairs = |items: Vec<String>| {
-            items
-                .into_iter()
-                .filter(|c| c.starts_with(word))
-                .map(|c| Pair {
-                    display: c.clone(),
-                    replacement: c,
-                })
-                .collect()
-        };
-        if start == 0 {
-            let cmds = COMMANDS.iter().map(|(c, _)| c.to_string()).collect();
-            return Ok((0, pairs(cmds)));
-        }
-        if line.starts_with("fetch ") {
-            let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
-            return Ok((start, pairs(names)));
-        }
-        Ok((pos, Vec::new()))
+        let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
+        let (start, words) = completions(line, pos, &names);
+        let pairs = words
+            .into_iter()
+            .map(|c| Pair {
+                display: c.clone(),
+                replacement: c,
+            })
+            .collect();
+        Ok((start, pairs))
     }
+}
+
+/// What completes the word before `pos`: command names at the start of the line, and
+/// the file names the shell has seen (from `files` and `search`) after `fetch`. Returns
+/// where the replaced word starts, and the candidates.
+fn completions(line: &str, pos: usize, names: &[String]) -> (usize, Vec<String>) {
+    let line = &line[..pos];
+    let start = line.rfind(' ').map_or(0, |i| i + 1);
+    let word = &line[start..];
+    let matching = |items: &mut dyn Iterator<Item = &str>| {
+        items
+            .filter(|c| c.starts_with(word))
+            .map(str::to_owned)
+            .collect()
+    };
+    if start == 0 {
+        return (0, matching(&mut COMMANDS.iter().map(|(c, _)| *c)));
+    }
+    if line.starts_with("fetch ") {
+        return (start, matching(&mut names.iter().map(String::as_str)));
+    }
+    (pos, Vec::new())
 }
 
 impl Hinter for ShellHelper {
@@ -270,4 +280,39 @@ async fn command(
         (c, _) => return Err(format!("unknown command {c}; 'help' lists them").into()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::completions;
+
+    #[test]
+    fn commands_complete_at_the_start_and_names_after_fetch() {
+        let names = vec!["notes.txt".to_string(), "new.mp3".into(), "old.txt".into()];
+        assert_eq!(
+            completions("f", 1, &names),
+            (0, vec!["files".into(), "fetch".into()])
+        );
+        assert_eq!(
+            completions("re", 2, &names),
+            (0, vec!["remove-peer".into(), "rebuild".into()])
+        );
+        assert_eq!(completions("", 0, &names).1.len(), 9);
+        assert_eq!(
+            completions("fetch n", 7, &names),
+            (6, vec!["notes.txt".into(), "new.mp3".into()])
+        );
+        assert_eq!(completions("fetch ", 6, &names), (6, names.clone()));
+        // Only the word before the cursor counts.
+        assert_eq!(
+            completions("fetch no and more", 8, &names),
+            (6, vec!["notes.txt".into()])
+        );
+        // Nothing to complete after other commands, or after a command's first word.
+        assert_eq!(completions("search n", 8, &names), (8, vec![]));
+        assert_eq!(
+            completions("fetch notes.txt x", 17, &names).1,
+            Vec::<String>::new()
+        );
+    }
 }
