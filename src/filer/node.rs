@@ -494,7 +494,7 @@ impl Inner {
             }
             Request::Trst { nonce, mac, op } => self.trusted(pipe, msg.peer, nonce, mac, op).await,
             Request::Flst => {
-                let local = self.shared.list().await.unwrap_or_default();
+                let local = self.shared.index().await.unwrap_or_default();
                 let remote: Vec<Hit> = {
                     let r = lock(&self.remote);
                     let mut v: Vec<Hit> = r.iter().map(|(n, o)| (n.clone(), o.clone())).collect();
@@ -503,7 +503,7 @@ impl Inner {
                 };
                 self.send(pipe, &reply::list_count(local.len() + remote.len()))
                     .await?;
-                for f in &local {
+                for f in local.iter() {
                     self.send(pipe, &reply::file_entry(&f.name, self.id(), Some(f.size)))
                         .await?;
                 }
@@ -643,13 +643,13 @@ impl Inner {
         }
         let t = self.cfg.peer_timeout;
         let mut hits: Vec<Hit> = Vec::new();
-        if let Ok(files) = self.shared.list().await {
+        if let Ok(files) = self.shared.index().await {
             hits.extend(
                 files
-                    .into_iter()
+                    .iter()
                     .filter(|f| f.name.contains(&key))
                     .take(MAX_HITS)
-                    .map(|f| (f.name, self.id().clone())),
+                    .map(|f| (f.name.clone(), self.id().clone())),
             );
         }
         if hits.is_empty() {
@@ -884,7 +884,10 @@ impl Inner {
         .flatten()
         .ok_or_else(|| format!("Find: no peer has {key}"))?;
         let c = FilerClient::for_peer(&owner).timeout(self.cfg.peer_timeout);
-        match c.fetch(&name, self.shared.root(), |_, _| {}).await {
+        let fetched = c.fetch(&name, self.shared.root(), |_, _| {}).await;
+        // The folder changed (or may have): searches see it at once.
+        self.shared.invalidate().await;
+        match fetched {
             Ok(f) => Ok(format!(
                 "Find: fetched {} {} bytes from {owner}",
                 name, f.size

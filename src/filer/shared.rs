@@ -67,11 +67,24 @@ pub struct SharedFile {
     pub modified: Option<SystemTime>,
 }
 
-/// The shared folder.
+/// How long a walk of the folder answers searches before the next one (see
+/// [`SharedDir::index`]).
+pub const DEFAULT_INDEX_AGE: Duration = Duration::from_secs(2);
+
+/// The shared folder. Clones share one index.
 #[derive(Debug, Clone)]
 pub struct SharedDir {
     root: PathBuf,
     timeout: Duration,
+    max_age: Duration,
+    index: std::sync::Arc<tokio::sync::Mutex<Option<Index>>>,
+}
+
+/// The folder's files as one walk found them, and when.
+#[derive(Debug)]
+struct Index {
+    at: std::time::Instant,
+    files: std::sync::Arc<Vec<SharedFile>>,
 }
 
 /// Runs a blocking file-system closure on the blocking pool under `limit`.
@@ -158,7 +171,58 @@ impl SharedDir {
             Ok(root)
         })
         .await?;
-        Ok(SharedDir { root, timeout })
+        Ok(SharedDir {
+            root,
+            timeout,
+            max_age: DEFAULT_INDEX_AGE,
+            index: Default::default(),
+        })
+    }
+
+    /// How long one walk of the folder answers [`index`](Self::index) (default
+    /// [`DEFAULT_INDEX_AGE`]). Zero walks every time.
+    pub fn index_max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// The folder's files, as [`list`](Self::list) gives them, from a walk at most
+    /// [`index_max_age`](Self::index_max_age) old. Callers that come while a walk runs
+    /// wait for that one walk and share its result, so a burst of searches costs one walk,
+    /// not one each. A file added or removed shows after at most that age; serving a file
+    /// always checks it afresh ([`resolve`](Self::resolve)).
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list). A failed walk is not kept.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a walk whose caller goes is finished by the blocking pool and dropped.
+    pub async fn index(&self) -> Result<std::sync::Arc<Vec<SharedFile>>, SharedError> {
+        let mut ix = self.index.lock().await;
+        if let Some(i) = ix.as_ref() {
+            if i.at.elapsed() < self.max_age {
+                return Ok(i.files.clone());
+            }
+        }
+        let at = std::time::Instant::now();
+        let files = std::sync::Arc::new(self.list().await?);
+        *ix = Some(Index {
+            at,
+            files: files.clone(),
+        });
+        Ok(files)
+    }
+
+    /// Forgets the index, so that the next [`index`](Self::index) walks the folder: for
+    /// callers that have just written into it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn invalidate(&self) {
+        *self.index.lock().await = None;
     }
 
     /// The folder's real path.
@@ -386,5 +450,53 @@ mod tests {
             hex(&h),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
+    }
+
+    #[tokio::test]
+    async fn the_index_is_shared_while_fresh_and_walked_again_after() {
+        let t = Duration::from_secs(10);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), b"a").unwrap();
+        let shared = SharedDir::open(dir.path(), t)
+            .await
+            .unwrap()
+            .index_max_age(Duration::from_secs(3600));
+        // Eight callers at once share one walk.
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let s = shared.clone();
+                tokio::spawn(async move { s.index().await.unwrap() })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for c in calls {
+            got.push(tokio::time::timeout(t, c).await.unwrap().unwrap());
+        }
+        assert!(got.iter().all(|g| std::sync::Arc::ptr_eq(g, &got[0])));
+        assert_eq!(got[0].len(), 1);
+        // A new file is not seen while the index is fresh...
+        std::fs::write(dir.path().join("b.txt"), b"b").unwrap();
+        let again = tokio::time::timeout(t, shared.index())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(std::sync::Arc::ptr_eq(&again, &got[0]));
+        // ...and is once it is invalidated (as after a download into the folder).
+        shared.invalidate().await;
+        let fresh = tokio::time::timeout(t, shared.index())
+            .await
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = fresh.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a.txt", "b.txt"]);
+        // With no age, every call walks.
+        let eager = shared.clone().index_max_age(Duration::ZERO);
+        std::fs::remove_file(dir.path().join("a.txt")).unwrap();
+        let now = tokio::time::timeout(t, eager.index())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.len(), 1);
+        assert!(!std::sync::Arc::ptr_eq(&now, &fresh));
     }
 }
