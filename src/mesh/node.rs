@@ -752,6 +752,8 @@ impl Mesh {
     /// event stream ends after the last disconnection. A second call waits for the
     /// first.
     ///
+    /// Do not await it inside a handler, since it waits for the handlers: spawn it.
+    ///
     /// # Cancel safety
     ///
     /// If cancelled, the node has stopped taking peers; dropping every handle then

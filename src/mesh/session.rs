@@ -420,7 +420,8 @@ pub enum Incoming {
     Ping(u64),
     /// A keepalive's answer.
     Pong(u64),
-    /// The peer is leaving.
+    /// The peer is leaving, or (a REFUSE after the acceptor took the connection) turned
+    /// it away; the reason.
     Bye(String),
 }
 
@@ -515,7 +516,11 @@ impl Receiver {
             Frame::Ping(t) => Ok(Incoming::Ping(t)),
             Frame::Pong(t) => Ok(Incoming::Pong(t)),
             Frame::Bye(r) => Ok(Incoming::Bye(r)),
-            Frame::Hello(_) | Frame::Auth(_) | Frame::Refuse(..) => Err(Reject::Unexpected),
+            // The initiator turned the connection away after the acceptor took it (a
+            // duplicate, say): a goodbye with the reason.
+            Frame::Refuse(code, r) if r.is_empty() => Ok(Incoming::Bye(code.to_string())),
+            Frame::Refuse(code, r) => Ok(Incoming::Bye(format!("{code}: {r}"))),
+            Frame::Hello(_) | Frame::Auth(_) => Err(Reject::Unexpected),
         }
     }
 }
@@ -782,6 +787,12 @@ mod tests {
                 .on_frame(strip(Frame::Bye("bye".into()).to_bytes()))
                 .unwrap(),
             Incoming::Bye("bye".into())
+        );
+        assert_eq!(
+            sr.rx
+                .on_frame(strip(Handshake::refuse(RefuseCode::Duplicate, "")))
+                .unwrap(),
+            Incoming::Bye("duplicate connection".into())
         );
         let e = sr
             .rx
