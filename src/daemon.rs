@@ -378,7 +378,10 @@ async fn serve<H: Handler>(s: &Shared<H>, peer: &Pipe) {
 }
 
 /// The next message, or `None` if the idle limit passed first.
-async fn recv_within(peer: &Pipe, idle: Option<Duration>) -> Option<pipe::Result<Message>> {
+pub(crate) async fn recv_within(
+    peer: &Pipe,
+    idle: Option<Duration>,
+) -> Option<pipe::Result<Message>> {
     match idle {
         Some(d) => tokio::time::timeout(d, peer.recv()).await.ok(),
         None => Some(peer.recv().await),

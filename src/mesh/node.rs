@@ -278,7 +278,7 @@ impl MeshBuilder {
             Arc::downgrade(&guard),
         ));
         *inner.dispatcher.lock().unwrap() = Some(dispatcher);
-        Ok((Mesh { inner, guard }, Events { rx: user_rx }))
+        Ok((Mesh { guard }, Events { rx: user_rx }))
     }
 }
 
@@ -351,7 +351,6 @@ struct Conn {
     peer: Peer,
     pipe: Pipe,
     tx: Arc<tokio::sync::Mutex<session::Sender>>,
-    signed: bool,
     /// The reason set by whoever ends the connection from this side.
     reason: Arc<Mutex<Option<DisconnectReason>>>,
     ended: CancellationToken,
@@ -409,14 +408,13 @@ impl Drop for Guard {
 /// at once (use [`Mesh::stop`] to say goodbye to peers first).
 #[derive(Clone)]
 pub struct Mesh {
-    inner: Arc<Inner>,
     guard: Arc<Guard>,
 }
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mesh")
-            .field("id", &self.inner.id)
+            .field("id", &self.inner().id)
             .finish_non_exhaustive()
     }
 }
@@ -447,6 +445,10 @@ impl futures::Stream for Events {
 }
 
 impl Mesh {
+    fn inner(&self) -> &Arc<Inner> {
+        &self.guard.0
+    }
+
     /// Starts setting up a node with id `id`: 1 to 64 bytes of UTF-8 without whitespace
     /// or control characters.
     pub fn builder(id: impl Into<String>) -> MeshBuilder {
@@ -471,17 +473,17 @@ impl Mesh {
 
     /// This node's id.
     pub fn id(&self) -> &str {
-        &self.inner.id
+        &self.inner().id
     }
 
     /// The addresses the node listens on.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.inner.local_addrs.lock().unwrap().clone()
+        self.inner().local_addrs.lock().unwrap().clone()
     }
 
     /// The connected peers.
     pub fn peers(&self) -> Vec<Peer> {
-        let conns = self.inner.conns.lock().unwrap();
+        let conns = self.inner().conns.lock().unwrap();
         let mut v: Vec<Peer> = conns.values().map(|c| c.peer.clone()).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
@@ -489,7 +491,7 @@ impl Mesh {
 
     /// The connected peer with this id.
     pub fn peer(&self, id: &str) -> Option<Peer> {
-        self.inner
+        self.inner()
             .conns
             .lock()
             .unwrap()
@@ -499,7 +501,7 @@ impl Mesh {
 
     /// Counters.
     pub fn stats(&self) -> MeshStats {
-        let i = &self.inner;
+        let i = self.inner();
         let c = &i.counters;
         let (inbound, outbound) = {
             let conns = i.conns.lock().unwrap();
@@ -535,7 +537,7 @@ impl Mesh {
     /// Cancel safe. Dropped during the handshake, the connection is closed and never
     /// reported; dropped after it, the connection stays up and its events come as usual.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Peer, Error> {
-        let i = &self.inner;
+        let i = self.inner();
         if i.stopping.is_cancelled() {
             return Err(Error::Stopping);
         }
@@ -612,20 +614,17 @@ impl Mesh {
     /// `addr` turns out to be this node.
     pub fn keep_connected(&self, addr: SocketAddr, backoff: Backoff) {
         let weak = Arc::downgrade(&self.guard);
-        let inner = self.inner.clone();
+        let inner = self.inner().clone();
         let stopping = inner.stopping.clone();
         inner.tracker.spawn(async move {
             let mut delay = backoff.initial;
             loop {
                 let Some(guard) = weak.upgrade() else { return };
-                let mesh = Mesh {
-                    inner: guard.0.clone(),
-                    guard,
-                };
+                let mesh = Mesh { guard };
                 let ended = match mesh.connect(addr).await {
                     Ok(p) => {
                         delay = backoff.initial;
-                        mesh.inner
+                        mesh.inner()
                             .conns
                             .lock()
                             .unwrap()
@@ -673,9 +672,9 @@ impl Mesh {
     /// already bounded by [`MeshBuilder::send_timeout`].
     pub async fn send_to(&self, id: &str, msg: impl Into<Outgoing>) -> Result<(), Error> {
         let msg = msg.into();
-        self.inner.check(&msg)?;
-        let target = self.inner.target(id)?;
-        self.inner.send_on(&target, &msg, None).await
+        self.inner().check(&msg)?;
+        let target = self.inner().target(id)?;
+        self.inner().send_on(&target, &msg, None).await
     }
 
     /// Sends one message to every connected peer but those in `except`, concurrently.
@@ -688,30 +687,22 @@ impl Mesh {
         let msg = msg.into();
         let mut out = Broadcast::default();
         let targets: Vec<Target> = {
-            let conns = self.inner.conns.lock().unwrap();
+            let conns = self.inner().conns.lock().unwrap();
             conns
                 .values()
                 .filter(|c| !except.contains(&&*c.peer.id))
                 .map(Target::of)
                 .collect()
         };
-        if let Err(e) = self.inner.check(&msg) {
+        if self.inner().check(&msg).is_err() {
+            // Every peer gets its own copy of the error: it is not `Clone`.
             out.failed = targets
                 .into_iter()
-                .map(|t| {
-                    (
-                        t.id,
-                        Error::TooLarge {
-                            len: msg.data.len(),
-                            max: self.inner.max_message,
-                        },
-                    )
-                })
+                .map(|t| (t.id, self.inner().check(&msg).unwrap_err()))
                 .collect();
-            tracing::debug!(error = %e, "broadcast too large");
             return out;
         }
-        let shared = self.inner.key.is_none().then(|| {
+        let shared = self.inner().key.is_none().then(|| {
             wire::DataHeader::new(
                 if msg.zlib { wire::FLAG_ZLIB } else { 0 },
                 None,
@@ -720,7 +711,7 @@ impl Mesh {
         });
         let sends = targets
             .iter()
-            .map(|t| self.inner.send_on(t, &msg, shared.as_ref()));
+            .map(|t| self.inner().send_on(t, &msg, shared.as_ref()));
         let results = futures::future::join_all(sends).await;
         for (t, r) in targets.into_iter().zip(results) {
             match r {
@@ -738,10 +729,10 @@ impl Mesh {
     ///
     /// Cancel safe: the connection is marked for closing at once.
     pub async fn disconnect(&self, id: &str) -> bool {
-        let Ok(t) = self.inner.target(id) else {
+        let Ok(t) = self.inner().target(id) else {
             return false;
         };
-        self.inner
+        self.inner()
             .close_conn(&t, DisconnectReason::Local, "disconnect")
             .await;
         true
@@ -759,7 +750,7 @@ impl Mesh {
     /// If cancelled, the node has stopped taking peers; dropping every handle then
     /// stops the rest at once.
     pub async fn stop(&self, deadline: Duration) -> StopReport {
-        let i = self.inner.clone();
+        let i = self.inner().clone();
         *i.stopped.get_or_init(|| i.clone().stop_now(deadline)).await
     }
 }
@@ -769,7 +760,6 @@ struct Target {
     id: Arc<str>,
     pipe: Pipe,
     tx: Arc<tokio::sync::Mutex<session::Sender>>,
-    signed: bool,
     reason: Arc<Mutex<Option<DisconnectReason>>>,
 }
 
@@ -779,7 +769,6 @@ impl Target {
             id: c.peer.id.clone(),
             pipe: c.pipe.clone(),
             tx: c.tx.clone(),
-            signed: c.signed,
             reason: c.reason.clone(),
         }
     }
@@ -936,7 +925,6 @@ impl Inner {
             key: hello.key,
         };
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        let signed = session.tx.is_signed();
         let reason = Arc::new(Mutex::new(None));
         let ended = CancellationToken::new();
         conns.insert(
@@ -946,7 +934,6 @@ impl Inner {
                 peer: peer.clone(),
                 pipe: pipe.clone(),
                 tx: Arc::new(tokio::sync::Mutex::new(session.tx)),
-                signed,
                 reason: reason.clone(),
                 ended: ended.clone(),
                 _permit: permit,
@@ -957,7 +944,6 @@ impl Inner {
                 serial,
                 peer,
                 pipe,
-                signed,
                 reason,
                 ended,
                 table: Arc::downgrade(self),
@@ -981,7 +967,7 @@ impl Inner {
                 biased;
                 _ = self.hard.cancelled() => break DisconnectReason::Stopping,
                 _ = conn.ended.cancelled() => break DisconnectReason::Local,
-                r = recv_within(&conn.pipe, self.keepalive) => r,
+                r = daemon::recv_within(&conn.pipe, self.keepalive) => r,
             };
             let frame = match next {
                 Some(Ok(m)) => m.data,
@@ -1010,7 +996,7 @@ impl Inner {
                         from: conn.peer.id.clone(),
                         data: payload,
                         compressed,
-                        signed: conn.signed,
+                        signed: self.key.is_some(),
                     };
                     self.emit(&events, Event::Message(m)).await;
                 }
@@ -1055,8 +1041,9 @@ impl Inner {
         self.emit(&events, ev).await;
     }
 
-    /// Sends `msg` on one connection, under the send timeout. `shared` is the header
-    /// built once for every unsigned connection; the payload is never copied.
+    /// Sends `msg` on one connection, under the send timeout. `shared` is the header a
+    /// broadcast on an unsigned mesh built once for every connection; the payload is
+    /// never copied.
     async fn send_on(
         &self,
         t: &Target,
@@ -1067,7 +1054,7 @@ impl Inner {
             // The lock keeps the signing order the wire order.
             let mut tx = t.tx.lock().await;
             let head = match shared {
-                Some(h) if !t.signed => *h,
+                Some(h) => *h,
                 _ => tx.header(&msg.data, msg.zlib),
             };
             let armed = BreakIfDropped(Some(t));
@@ -1190,7 +1177,6 @@ struct RunningConn {
     serial: u64,
     peer: Peer,
     pipe: Pipe,
-    signed: bool,
     reason: Arc<Mutex<Option<DisconnectReason>>>,
     ended: CancellationToken,
     table: Weak<Inner>,
@@ -1221,14 +1207,6 @@ fn ended_reason(e: crate::pipe::Error) -> DisconnectReason {
         }
         PE::Ended(r) => DisconnectReason::Error(r.to_string()),
         e => DisconnectReason::Error(e.to_string()),
-    }
-}
-
-/// The next message, or `None` if `limit` passed first.
-async fn recv_within(pipe: &Pipe, limit: Option<Duration>) -> Option<crate::pipe::Result<Message>> {
-    match limit {
-        Some(d) => tokio::time::timeout(d, pipe.recv()).await.ok(),
-        None => Some(pipe.recv().await),
     }
 }
 
@@ -1317,10 +1295,7 @@ async fn dispatch(
     let mut user = Some(user);
     while let Some(ev) = rx.recv().await {
         let call: Option<BoxFuture<'static, ()>> = guard.upgrade().and_then(|g| {
-            let mesh = Mesh {
-                inner: g.0.clone(),
-                guard: g,
-            };
+            let mesh = Mesh { guard: g };
             match &ev {
                 Event::InboundConnected(p) => {
                     h.inbound_connected.as_ref().map(|f| f(mesh, p.clone()))
