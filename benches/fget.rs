@@ -36,6 +36,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
+mod support;
+use support::{bounded, runtime};
+
 /// The longest a setup step or one measured batch may take.
 const LIMIT: Duration = Duration::from_secs(60);
 /// The file's size.
@@ -47,22 +50,6 @@ const SERVER_CHUNK: usize = 64 << 10;
 /// The raw clients' read buffer (the size the p2pipe client reserves).
 const CLIENT_BUF: usize = 256 << 10;
 const LOCALHOST: &str = "127.0.0.1:0";
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Runs a setup future on `rt`, panicking if it takes longer than `LIMIT`.
-fn setup<T>(rt: &Runtime, what: &str, fut: impl Future<Output = T>) -> T {
-    rt.block_on(async {
-        tokio::time::timeout(LIMIT, fut)
-            .await
-            .unwrap_or_else(|_| panic!("{what}: setup took longer than {LIMIT:?}"))
-    })
-}
 
 /// Runs `iters` fetches as a task on `rt` under the time limit; `one` does a fetch and
 /// returns the time it measured.
@@ -314,8 +301,8 @@ async fn node(shared: &Path) -> FilerNode {
 fn fget(c: &mut Criterion) {
     let f = Arc::new(files());
     let rt = runtime();
-    let raw = setup(&rt, "raw server", raw_server(f.shared.clone()));
-    let node = setup(&rt, "node", node(&f.shared));
+    let raw = bounded(&rt, "raw server", raw_server(f.shared.clone()));
+    let node = bounded(&rt, "node", node(&f.shared));
     let addr = node.local_addr();
     let client = FilerClient::new(addr).timeout(LIMIT);
 

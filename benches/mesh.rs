@@ -26,25 +26,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+mod support;
+use support::{bounded, runtime};
+
 const LIMIT: Duration = Duration::from_secs(30);
 const SMALL: usize = 64;
 const CHUNK: usize = 64 << 10;
 const STREAM_N: usize = 256;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn run<T>(rt: &Runtime, what: &str, fut: impl Future<Output = T>) -> T {
-    rt.block_on(async {
-        tokio::time::timeout(LIMIT, fut)
-            .await
-            .unwrap_or_else(|_| panic!("{what}: took longer than {LIMIT:?}"))
-    })
-}
 
 /// Runs one measured batch on `rt` with the state in `slot`, which the batch hands back
 /// with the time it measured, so that connections live across batches.
@@ -54,7 +42,7 @@ where
     Fut: Future<Output = (S, Duration)>,
 {
     let state = slot.take().expect("state is back after every batch");
-    let (state, d) = run(rt, what, f(state, iters));
+    let (state, d) = bounded(rt, what, f(state, iters));
     *slot = Some(state);
     d
 }
@@ -177,7 +165,7 @@ fn rtt(c: &mut Criterion) {
         .sample_size(20);
     let msg = payload(SMALL);
 
-    let mut raw = Some(run(&rt, "raw setup", raw_pair(true)));
+    let mut raw = Some(bounded(&rt, "raw setup", raw_pair(true)));
     g.bench_function("raw_tokio", |b| {
         b.iter_custom(|iters| {
             timed(&rt, &mut raw, iters, "raw rtt", |mut f, iters| {
@@ -195,7 +183,7 @@ fn rtt(c: &mut Criterion) {
         })
     });
     for signed in [false, true] {
-        let (a, ev, peer) = run(&rt, "mesh setup", mesh_pair(true, signed));
+        let (a, ev, peer) = bounded(&rt, "mesh setup", mesh_pair(true, signed));
         let mut ev = Some(ev);
         g.bench_function(if signed { "mesh_signed" } else { "mesh" }, |b| {
             b.iter_custom(|iters| {
@@ -212,7 +200,7 @@ fn rtt(c: &mut Criterion) {
                 })
             })
         });
-        run(&rt, "stop", async {
+        bounded(&rt, "stop", async {
             a.stop(LIMIT).await;
             peer.stop(LIMIT).await;
         });
@@ -231,9 +219,9 @@ fn stream(c: &mut Criterion) {
 
     for (name, channel) in [("raw_tokio", false), ("raw_tokio_channel", true)] {
         let f = if channel {
-            run(&rt, "raw setup", raw_channel_pair())
+            bounded(&rt, "raw setup", raw_channel_pair())
         } else {
-            run(&rt, "raw setup", raw_pair(false))
+            bounded(&rt, "raw setup", raw_pair(false))
         };
         let mut raw = Some(f);
         g.bench_function(name, |b| {
@@ -256,7 +244,7 @@ fn stream(c: &mut Criterion) {
         });
     }
     for signed in [false, true] {
-        let (a, ev, peer) = run(&rt, "mesh setup", mesh_pair(false, signed));
+        let (a, ev, peer) = bounded(&rt, "mesh setup", mesh_pair(false, signed));
         let mut ev = Some(ev);
         g.bench_function(if signed { "mesh_signed" } else { "mesh" }, |b| {
             b.iter_custom(|iters| {
@@ -275,7 +263,7 @@ fn stream(c: &mut Criterion) {
                 })
             })
         });
-        run(&rt, "stop", async {
+        bounded(&rt, "stop", async {
             a.stop(LIMIT).await;
             peer.stop(LIMIT).await;
         });

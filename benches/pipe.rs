@@ -24,6 +24,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
+mod support;
+use support::{bounded, runtime};
+
 /// The longest a setup step or one measured batch may take.
 const LIMIT: Duration = Duration::from_secs(30);
 /// Message size of the round-trip groups.
@@ -35,22 +38,6 @@ const BULK_CHUNK: usize = 64 << 10;
 const DISPATCH_N: usize = 10_000;
 const DISPATCH_TOPIC: usize = 500;
 const LOCALHOST: &str = "127.0.0.1:0";
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// Runs a setup future on `rt`, panicking if it takes longer than `LIMIT`.
-fn setup<T>(rt: &Runtime, what: &str, fut: impl Future<Output = T>) -> T {
-    rt.block_on(async {
-        tokio::time::timeout(LIMIT, fut)
-            .await
-            .unwrap_or_else(|_| panic!("{what}: setup took longer than {LIMIT:?}"))
-    })
-}
 
 /// Runs one measured batch as a task on `rt`. The state moves into the task
 /// and comes back with the time the task measured, so it lives across batches.
@@ -143,7 +130,7 @@ fn tcp_round_trip(c: &mut Criterion) {
     configure(&mut g);
     g.throughput(Throughput::Elements(1));
 
-    let mut raw = Some(setup(&rt, "raw tcp", async {
+    let mut raw = Some(bounded(&rt, "raw tcp", async {
         let addr = raw_tcp_echo_server().await;
         let s = TcpStream::connect(addr).await.expect("connect");
         s.set_nodelay(true).expect("nodelay");
@@ -168,7 +155,7 @@ fn tcp_round_trip(c: &mut Criterion) {
         })
     });
 
-    let mut pipe = Some(setup(&rt, "pipe tcp", async {
+    let mut pipe = Some(bounded(&rt, "pipe tcp", async {
         let addr = pipe_echo_server(Proto::Tcp).await;
         Pipe::connect(Proto::Tcp, addr).await.expect("connect")
     }));
@@ -215,7 +202,7 @@ fn udp_round_trip(c: &mut Criterion) {
     configure(&mut g);
     g.throughput(Throughput::Elements(1));
 
-    let mut raw = Some(setup(&rt, "raw udp", async {
+    let mut raw = Some(bounded(&rt, "raw udp", async {
         let server = raw_udp_echo_server().await;
         RawUdpClient {
             s: UdpSocket::bind(LOCALHOST).await.expect("bind"),
@@ -240,7 +227,7 @@ fn udp_round_trip(c: &mut Criterion) {
         })
     });
 
-    let mut pipe = Some(setup(&rt, "pipe udp", async {
+    let mut pipe = Some(bounded(&rt, "pipe udp", async {
         let addr = pipe_echo_server(Proto::Udp).await;
         Pipe::connect(Proto::Udp, addr).await.expect("connect")
     }));
@@ -294,7 +281,7 @@ fn tcp_bulk(c: &mut Criterion) {
     g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Bytes(BULK_TOTAL as u64));
 
-    let mut raw = Some(setup(&rt, "raw bulk", async {
+    let mut raw = Some(bounded(&rt, "raw bulk", async {
         let l = TcpListener::bind(LOCALHOST).await.expect("bind");
         let writer = TcpStream::connect(l.local_addr().expect("addr"))
             .await
@@ -340,7 +327,7 @@ fn tcp_bulk(c: &mut Criterion) {
         })
     });
 
-    let mut pipe = Some(setup(&rt, "pipe bulk", async {
+    let mut pipe = Some(bounded(&rt, "pipe bulk", async {
         let server = Pipe::listen(Proto::Tcp, LOCALHOST).await.expect("listen");
         let writer = Pipe::connect(Proto::Tcp, server.local_addr())
             .await
@@ -494,7 +481,7 @@ fn subscription_dispatch(c: &mut Criterion) {
     configure(&mut g);
     g.throughput(Throughput::Elements(DISPATCH_N as u64));
 
-    let mut raw = Some(setup(&rt, "raw dispatch", async {
+    let mut raw = Some(bounded(&rt, "raw dispatch", async {
         let l = TcpListener::bind(LOCALHOST).await.expect("bind");
         let connect = TcpStream::connect(l.local_addr().expect("addr"));
         let (s, go) = tokio::join!(connect, start_sender(l));
@@ -532,7 +519,7 @@ fn subscription_dispatch(c: &mut Criterion) {
         ("pipe_1_sub", 1),
         ("pipe_1000_subs", 1000),
     ] {
-        let mut d = Some(setup(&rt, name, pipe_dispatch(subs)));
+        let mut d = Some(bounded(&rt, name, pipe_dispatch(subs)));
         g.bench_function(name, |b| {
             b.iter_custom(|iters| batch(&rt, &mut d, iters, name, pipe_dispatch_batch))
         });
