@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::support::spawn_guard;
-use crate::support::{ipv6_usable, within};
+use crate::support::{ipv6_usable, succeeded, within};
 
 #[tokio::test]
 async fn echo_command_serves_both_protocols_and_families_and_stops_on_sigterm() {
@@ -96,11 +96,7 @@ async fn nat_command_reports_json_against_a_loopback_server() {
     )
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["interface"], "lo");
     let v4 = &v["ipv4"];
@@ -318,12 +314,7 @@ async fn three_node_session_from_the_command_line() {
         None,
     )
     .await;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(
         text.contains("sha-256 verified, resumed: 1300000 bytes transferred"),
         "{text}"
@@ -336,12 +327,7 @@ async fn three_node_session_from_the_command_line() {
         Some(session),
     )
     .await;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(text.contains("2 peers"), "{text}");
     assert!(text.contains(&format!("notes.txt  at {}", a.id)), "{text}");
     assert!(

@@ -14,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::support::{ipv6_usable, within, within_for};
+use crate::support::{ipv6_usable, succeeded, within, within_for};
 
 /// A node sharing a fresh folder with `files`, on `ip`, quick to time out.
 async fn node_with(
@@ -527,11 +527,7 @@ async fn interop_with_an_independent_btfiler_node() {
     )
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(std::fs::read(&dest).unwrap(), b"rust bytes");
     let _ = py.child.start_kill();
     let _ = within(py.child.wait()).await;

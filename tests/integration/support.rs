@@ -226,3 +226,16 @@ pub fn spawn_guard_blocking() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     rx.recv_timeout(T)
         .unwrap_or_else(|e| panic!("could not take the spawn guard within {T:?}: {e}"))
 }
+
+/// A finished command's stdout as text, after asserting that it succeeded; otherwise
+/// panics with both of its streams.
+#[track_caller]
+pub fn succeeded(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
