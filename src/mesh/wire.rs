@@ -381,7 +381,9 @@ impl Frame {
                 signed,
                 payload,
             } => {
-                put_data_header(out, *flags, signed.as_ref());
+                let head = DataHeader::new(*flags, signed.as_ref(), payload.len());
+                // The length prefix is written below, for every kind alike.
+                out.put_slice(&head.as_bytes()[LEN_PREFIX..]);
                 out.put_slice(payload);
             }
             Frame::Ping(t) => {
@@ -407,15 +409,6 @@ impl Frame {
         let mut out = BytesMut::new();
         self.encode(&mut out);
         out.freeze()
-    }
-}
-
-fn put_data_header(out: &mut BytesMut, flags: u8, signed: Option<&Signed>) {
-    out.put_u8(DATA);
-    out.put_u8(flags);
-    if let Some(s) = signed {
-        out.put_u64(s.seq);
-        out.put_slice(&s.sig);
     }
 }
 
