@@ -542,11 +542,20 @@ async fn read_frame(sock: &mut TcpStream) -> Bytes {
 }
 
 async fn raw_peer(addr: SocketAddr, id: &str, key: SigningKey) -> Result<RawPeer, HandshakeError> {
+    raw_handshake(addr, id, Some(key)).await
+}
+
+/// Completes a handshake by hand (signed when `key` is given) over a raw socket.
+async fn raw_handshake(
+    addr: SocketAddr,
+    id: &str,
+    key: Option<SigningKey>,
+) -> Result<RawPeer, HandshakeError> {
     let mut sock = within(TcpStream::connect(addr)).await.unwrap();
     let local = Local {
         id: id.into(),
         listen_port: 0,
-        key: Some(key),
+        key,
     };
     let (mut hs, hello) = Handshake::initiator(&local, [42; 32]);
     within(sock.write_all(&hello)).await.unwrap();
@@ -902,21 +911,7 @@ async fn hostile_bytes_end_only_their_own_connection() {
 
 /// Completes an unsigned handshake by hand; returns the raw socket.
 async fn raw_unsigned(addr: SocketAddr, id: &str) -> TcpStream {
-    let mut sock = within(TcpStream::connect(addr)).await.unwrap();
-    let local = Local {
-        id: id.into(),
-        listen_port: 0,
-        key: None,
-    };
-    let (mut hs, hello) = Handshake::initiator(&local, [42; 32]);
-    within(sock.write_all(&hello)).await.unwrap();
-    loop {
-        let f = read_frame(&mut sock).await;
-        match hs.on_frame(f).unwrap() {
-            Step::Send(out) => within(sock.write_all(&out)).await.unwrap(),
-            Step::Decide(_) => return sock,
-        }
-    }
+    raw_handshake(addr, id, None).await.unwrap().sock
 }
 
 #[tokio::test]
