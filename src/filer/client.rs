@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::frame::{Decoder, Event, Frame, Kind};
 use super::msg::{reply, Nonce, QueryId, Request, TrustedOp};
 use super::peer::{PeerEntry, PeerId};
-use super::store::{Begun, Download};
+use super::store::{Begun, Destination, Download, Expected};
 use super::Error;
 use crate::addr::Target;
 
@@ -44,9 +44,17 @@ pub struct Fetched {
     pub size: u64,
     /// Bytes transferred by this call (less than `size` when it resumed).
     pub transferred: u64,
-    /// Whether the content was checked against the owner's SHA-256 (an original node
-    /// cannot give one).
+    /// Whether the bytes on disk were checked against the owner's SHA-256 (an original
+    /// node cannot give one).
     pub verified: bool,
+    /// Where this call started: the bytes already in a part file (or the whole size when
+    /// the file was already in place).
+    pub resumed_from: u64,
+    /// The file was already in place with the right content; nothing was transferred.
+    pub already_there: bool,
+    /// A part file left by an earlier attempt did not match the node's copy and was
+    /// started over.
+    pub restarted: bool,
 }
 
 impl FilerClient {
@@ -370,144 +378,199 @@ impl FilerClient {
         }
     }
 
-    /// Downloads `name` into `dir`. With a p2pipe node: asks its size and SHA-256
-    /// (`FINF`), resumes a part file left by an earlier attempt with a ranged get
-    /// (`FRNG`), verifies, and renames into place. With an original node (no `FINF`):
-    /// a whole `FGET`, renamed into place once its announced length has arrived.
-    /// `progress` is told (bytes so far, total) as bytes arrive.
+    /// Downloads `name` into `dir`, under its last name component; see
+    /// [`fetch_to`](Self::fetch_to).
     ///
     /// # Errors
     ///
-    /// The node refused, the transfer stalled longer than the time limit, ended short,
-    /// or failed verification (the part file is then deleted).
+    /// As [`fetch_to`](Self::fetch_to), or a name that cannot be saved.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: a cancelled download leaves its part file, which the next call
-    /// resumes; nothing incomplete is ever at the final path.
+    /// As [`fetch_to`](Self::fetch_to).
     pub async fn fetch(
         &self,
         name: &str,
         dir: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Fetched, Error> {
+        self.fetch_to(name, &Destination::in_dir(dir, name)?, progress)
+            .await
+    }
+
+    /// `FPFX`: the SHA-256 of the first `length` bytes of `name`.
+    ///
+    /// # Errors
+    ///
+    /// As [`exchange`](Self::exchange), [`Error::NoReply`] from a node without the
+    /// extension, or the node refused (no such file, or it is shorter).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn prefix_hash(&self, name: &str, length: u64) -> Result<[u8; 32], Error> {
+        let r = self
+            .one(&Request::Fpfx {
+                name: name.to_owned(),
+                length,
+            })
+            .await?;
+        reply::parse_prefix_hash(&r)
+    }
+
+    /// Downloads `name` to `dest`, one writer per part file and verified on disk (see
+    /// [`store`](super::store)). With a p2pipe node: asks its size and SHA-256 (`FINF`);
+    /// a part file left by an earlier attempt is checked against the node's copy
+    /// (`FPFX`) and resumed with a ranged get (`FRNG`), or started over if it differs.
+    /// With an original node (no `FINF`): a whole `FGET`, put in place once its
+    /// announced length is on disk, and not called verified. `progress` is told
+    /// (bytes so far, total) as bytes arrive.
+    ///
+    /// # Errors
+    ///
+    /// The node refused, the transfer stalled longer than the time limit or ended
+    /// short, another download holds the part file ([`StoreError::Busy`]), a file of
+    /// other content is in place, or the bytes on disk failed verification (the part
+    /// file is then deleted).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled download leaves its part file (and releases its lock),
+    /// which the next call checks and resumes; nothing unverified is ever at the final
+    /// path.
+    pub async fn fetch_to(
+        &self,
+        name: &str,
+        dest: &Destination,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Fetched, Error> {
-        let dl_err = |e: super::store::StoreError| Error::Download(e.to_string());
-        match self.file_info(name).await {
-            Ok(info) => {
-                let mut dl = match Download::begin(dir, name, info.size, info.sha256)
-                    .await
-                    .map_err(dl_err)?
-                {
-                    Begun::Complete(path) => {
-                        progress(info.size, info.size);
-                        return Ok(Fetched {
-                            path,
-                            size: info.size,
-                            transferred: 0,
-                            verified: true,
-                        });
-                    }
-                    Begun::Resume(d) => d,
-                };
-                let start = dl.offset();
-                progress(start, info.size);
-                if start < info.size {
-                    let req = Request::Frng {
-                        name: name.to_owned(),
-                        offset: start,
-                        length: info.size - start,
-                    };
-                    let r = self
-                        .stream_body(
-                            &req.to_frame(),
-                            info.size - start,
-                            Sink::Download(&mut dl),
-                            |done| progress(start + done, info.size),
-                        )
-                        .await;
-                    if let Err(e) = r {
-                        // Keep every byte that arrived, for the next attempt.
-                        let _ = dl.flush().await;
-                        return Err(e);
-                    }
-                }
-                let path = dl.finish().await.map_err(dl_err)?;
-                Ok(Fetched {
+        let info = match self.file_info(name).await {
+            Ok(info) => info,
+            Err(Error::NoReply) => return self.fetch_whole(name, dest, progress).await,
+            Err(e) => return Err(e),
+        };
+        let expected = Expected {
+            size: info.size,
+            sha256: info.sha256,
+        };
+        let mut dl = match Download::begin(dest, Some(expected)).await? {
+            Begun::Complete(path) => {
+                progress(info.size, info.size);
+                return Ok(Fetched {
                     path,
                     size: info.size,
-                    transferred: info.size - start,
+                    transferred: 0,
+                    resumed_from: info.size,
                     verified: true,
-                })
+                    already_there: true,
+                    restarted: false,
+                });
             }
-            Err(Error::NoReply) => self.fetch_whole(name, dir, progress).await,
-            Err(e) => Err(e),
+            Begun::Resume(d) => d,
+        };
+        let restarted = self.check_part(name, &mut dl).await?;
+        let start = dl.offset();
+        progress(start, info.size);
+        if start < info.size {
+            let req = Request::Frng {
+                name: name.to_owned(),
+                offset: start,
+                length: info.size - start,
+            };
+            let r = self
+                .stream_body(&req.to_frame(), &mut dl, |done| {
+                    progress(start + done, info.size)
+                })
+                .await;
+            if let Err(e) = r {
+                // Keep every byte that arrived, for the next attempt.
+                let _ = dl.flush().await;
+                return Err(e);
+            }
         }
+        let landed = dl.finish().await?;
+        Ok(Fetched {
+            path: landed.path,
+            size: landed.size,
+            transferred: info.size - start,
+            resumed_from: start,
+            verified: landed.verified,
+            already_there: false,
+            restarted,
+        })
+    }
+
+    /// Compares the bytes a part file holds with the start of the node's copy, and
+    /// empties it when they differ. True if it was emptied. A node without `FPFX` is
+    /// trusted until the final check.
+    async fn check_part(&self, name: &str, dl: &mut Download) -> Result<bool, Error> {
+        if dl.offset() == 0 {
+            return Ok(false);
+        }
+        let same = match self.prefix_hash(name, dl.offset()).await {
+            Ok(h) => h == dl.prefix_sha256(),
+            Err(Error::NoReply) => true,
+            // The node's copy is shorter than the part file: it changed.
+            Err(Error::Refused(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if !same {
+            dl.restart().await?;
+        }
+        Ok(!same)
     }
 
     /// `FGET` from a node without `FINF`: the length comes from the reply's header, and
-    /// the hash is computed but cannot be checked.
+    /// the hash is computed on disk but cannot be checked.
     async fn fetch_whole(
         &self,
         name: &str,
-        dir: &Path,
+        dest: &Destination,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Fetched, Error> {
-        let (final_path, part_path) =
-            super::store::paths(dir, name).map_err(|e| Error::Download(e.to_string()))?;
-        if tokio::fs::try_exists(&final_path).await.unwrap_or(false) {
-            return Err(Error::Download(format!(
-                "{} already exists",
-                final_path.display()
-            )));
-        }
-        let mut file = tokio::fs::File::create(&part_path)
-            .await
-            .map_err(|e| Error::Download(format!("{}: {e}", part_path.display())))?;
+        let mut dl = match Download::begin(dest, None).await? {
+            Begun::Resume(d) => d,
+            Begun::Complete(_) => return Err(Error::BadReply("unreachable: nothing expected")),
+        };
         let req = Request::Fget {
             name: name.to_owned(),
         };
         let mut total = 0u64;
-        let size = self
-            .stream_body(&req.to_frame(), u64::MAX, Sink::File(&mut file), |done| {
+        let r = self
+            .stream_body(&req.to_frame(), &mut dl, |done| {
                 total = done;
                 progress(done, done)
             })
             .await;
-        let size = match size {
-            Ok(s) => s,
-            Err(e) => {
-                drop(file);
-                let _ = tokio::fs::remove_file(&part_path).await;
-                return Err(e);
-            }
-        };
-        file.sync_all()
-            .await
-            .map_err(|e| Error::Download(e.to_string()))?;
-        drop(file);
-        tokio::fs::rename(&part_path, &final_path)
-            .await
-            .map_err(|e| Error::Download(e.to_string()))?;
-        progress(total, size);
+        if let Err(e) = r {
+            drop(dl);
+            // Nothing of an unhashed download can be resumed.
+            let _ = tokio::fs::remove_file(dest.part_path()).await;
+            return Err(e);
+        }
+        let landed = dl.finish().await?;
+        progress(total, landed.size);
         Ok(Fetched {
-            path: final_path,
-            size,
-            transferred: size,
+            path: landed.path,
+            size: landed.size,
+            transferred: landed.size,
+            resumed_from: 0,
             verified: false,
+            already_there: false,
+            restarted: false,
         })
     }
 
-    /// Sends `request`, expects one streamed `REPL` of at most `max` bytes, and hands its
-    /// pieces to `sink`. Returns the body's length. An `ERRO` becomes
-    /// [`Error::Refused`]. The limit is on silence: each read must come within the time
-    /// limit.
+    /// Sends `request`, expects one streamed `REPL` whose length is what `dl` still
+    /// wants (or sets it, for a download without a known size), and writes its pieces
+    /// to `dl`. An `ERRO` becomes [`Error::Refused`]. The limit is on silence: each
+    /// read must come within the time limit.
     async fn stream_body(
         &self,
         request: &Frame,
-        max: u64,
-        mut sink: Sink<'_>,
+        dl: &mut Download,
         mut progress: impl FnMut(u64),
-    ) -> Result<u64, Error> {
+    ) -> Result<(), Error> {
         let limit = self.timeout;
         let mut s = tokio::time::timeout(limit, self.connect())
             .await
@@ -534,17 +597,15 @@ impl FilerClient {
                         if kind != Kind::REPL {
                             return Err(Error::UnexpectedReply(kind));
                         }
-                        if len > max {
-                            return Err(Error::TooLarge { len, max });
-                        }
+                        dl.announce(len)?;
                         body_len = Some(len);
                     }
                     Some(Event::BodyChunk(chunk)) => {
                         done += chunk.len() as u64;
-                        sink.write(&chunk).await?;
+                        dl.write(&chunk).await?;
                         progress(done);
                     }
-                    Some(Event::BodyEnd) => return Ok(body_len.unwrap_or(done)),
+                    Some(Event::BodyEnd) => return Ok(()),
                     Some(Event::Frame(f)) => {
                         reply::expect_repl(&f)?;
                         return Err(Error::BadReply("a file reply that is not streamed"));
@@ -576,27 +637,4 @@ fn counted<T>(
         return Err(Error::BadReply("count does not match its entries"));
     }
     rest.iter().map(entry).collect()
-}
-
-/// Where a streamed body goes.
-enum Sink<'a> {
-    /// A verified download.
-    Download(&'a mut Download),
-    /// A plain part file (an original node's FGET).
-    File(&'a mut tokio::fs::File),
-}
-
-impl Sink<'_> {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        match self {
-            Sink::Download(d) => d
-                .write(chunk)
-                .await
-                .map_err(|e| Error::Download(e.to_string())),
-            Sink::File(f) => f
-                .write_all(chunk)
-                .await
-                .map_err(|e| Error::Download(e.to_string())),
-        }
-    }
 }

@@ -66,6 +66,8 @@ impl Kind {
     pub const TRST: Kind = Kind(*b"TRST");
     /// `FLST`: the files a node knows (p2pipe extension).
     pub const FLST: Kind = Kind(*b"FLST");
+    /// `FPFX`: the SHA-256 of the start of a file (p2pipe extension).
+    pub const FPFX: Kind = Kind(*b"FPFX");
 
     /// A type from its four bytes, upper-cased as receivers do.
     pub const fn new(bytes: [u8; 4]) -> Kind {

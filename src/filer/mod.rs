@@ -105,8 +105,8 @@ pub enum Error {
     #[error("peer closed without a reply")]
     NoReply,
     /// A download could not be written or verified.
-    #[error("download failed: {0}")]
-    Download(String),
+    #[error(transparent)]
+    Download(#[from] store::StoreError),
     /// A local file could not be served or read.
     #[error("local file: {0}")]
     Local(String),

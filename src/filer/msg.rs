@@ -16,6 +16,7 @@
 //! |---|---|
 //! | `FINF` | `<name>` |
 //! | `FRNG` | `<name> <offset> <length>` (decimal u64s; `offset + length` must not overflow) |
+//! | `FPFX` | `<name> <length>` (decimal u64): the SHA-256 of the file's first `length` bytes |
 //! | `QHST` | `<return-pid> <key> <ttl> <qid> <visited>`: `qid` is 16 lowercase hex digits, `visited` 1 to [`MAX_HISTORY`] peer ids joined by `,` (the senders so far) |
 //! | `CHAL` | empty |
 //! | `TRST` | `<nonce> <mac> <OP> <args...>`: `nonce` 32 and `mac` 64 lowercase hex digits; see [`TrustedOp`] and [`mac_input`] |
@@ -57,7 +58,7 @@ impl ParseError {
             Kind::FGET => Some(reply::file_not_found()),
             Kind::QUIT => quit_echo(payload),
             Kind::FINF => Some(reply::info_bad_args()),
-            Kind::FRNG => Some(reply::range_bad_args()),
+            Kind::FRNG | Kind::FPFX => Some(reply::range_bad_args()),
             Kind::CHAL => Some(reply::challenge_bad_args()),
             Kind::TRST => Some(reply::trust_bad_args()),
             _ => None,
@@ -368,6 +369,14 @@ pub enum Request {
         /// How many bytes.
         length: u64,
     },
+    /// `FPFX <name> <length>`: the SHA-256 of a file's first `length` bytes, so that a
+    /// client can check a part file before it resumes.
+    Fpfx {
+        /// The file name.
+        name: String,
+        /// How many bytes from the start.
+        length: u64,
+    },
     /// `QHST <return-pid> <key> <ttl> <qid> <visited>`: a search with its history.
     Qhst {
         /// Where results go.
@@ -510,6 +519,14 @@ impl Request {
                     length,
                 }
             }
+            Kind::FPFX => {
+                let [file, length] = exact(p).ok_or_else(|| bad("expected 2 fields"))?;
+                let length = number(length).ok_or_else(|| bad("bad length"))?;
+                Request::Fpfx {
+                    name: name(file)?,
+                    length,
+                }
+            }
             Kind::QHST => {
                 let [ret, key, t, qid, visited] =
                     exact(p).ok_or_else(|| bad("expected 5 fields"))?;
@@ -564,6 +581,7 @@ impl Request {
             Request::Ping => Kind::PING,
             Request::Finf { .. } => Kind::FINF,
             Request::Frng { .. } => Kind::FRNG,
+            Request::Fpfx { .. } => Kind::FPFX,
             Request::Qhst { .. } => Kind::QHST,
             Request::Chal => Kind::CHAL,
             Request::Trst { .. } => Kind::TRST,
@@ -591,6 +609,7 @@ impl Request {
                 offset,
                 length,
             } => format!("{name} {offset} {length}"),
+            Request::Fpfx { name, length } => format!("{name} {length}"),
             Request::Qhst {
                 ret,
                 key,
@@ -760,6 +779,11 @@ pub mod reply {
         repl(text)
     }
 
+    /// `REPL <sha256 as 64 lowercase hex digits>`, the answer to FPFX.
+    pub fn prefix_hash(sha256: &[u8; 32]) -> Frame {
+        repl(super::super::shared::hex(sha256))
+    }
+
     /// `ERRO Info: incorrect arguments`.
     pub fn info_bad_args() -> Frame {
         erro("Info: incorrect arguments")
@@ -881,6 +905,16 @@ pub mod reply {
             size: super::number(size).ok_or(bad.clone())?,
             sha256: super::unhex(digest).ok_or(bad)?,
         })
+    }
+
+    /// Reads the answer to FPFX.
+    ///
+    /// # Errors
+    ///
+    /// As [`expect_repl`], or [`Error::BadReply`] when it is not one SHA-256 in hex.
+    pub fn parse_prefix_hash(frame: &Frame) -> Result<[u8; 32], Error> {
+        let [digest] = one(frame, "prefix hash is not one sha256-hex")?;
+        super::unhex(digest).ok_or(Error::BadReply("prefix hash is not one sha256-hex"))
     }
 
     /// Reads the answer to CHAL.

@@ -476,6 +476,7 @@ impl Inner {
                 }
                 Err(_) => self.send(pipe, &reply::file_read_error()).await,
             },
+            Request::Fpfx { name, length } => self.serve_prefix_hash(pipe, &name, length).await,
             Request::Quit { pid } => {
                 let removed = lock(&self.peers).remove(&pid).is_some();
                 let r = if removed {
@@ -535,6 +536,27 @@ impl Inner {
         }
         hashes.insert(key, h);
         Ok((f, h))
+    }
+
+    /// Answers `FPFX`: the SHA-256 of the first `length` bytes of a shared file.
+    async fn serve_prefix_hash(&self, pipe: &Pipe, name: &str, length: u64) -> Result<(), Error> {
+        let f = match self.shared.resolve(name).await {
+            Ok(f) => f,
+            Err(SharedError::BadName { .. } | SharedError::NotFound(_)) => {
+                return self.send(pipe, &reply::file_not_found()).await
+            }
+            Err(_) => return self.send(pipe, &reply::file_read_error()).await,
+        };
+        if length > f.size {
+            return self.send(pipe, &reply::range_out_of_bounds()).await;
+        }
+        let r = match super::store::sha256_prefix(&f.path, length).await {
+            Ok(Some(h)) => reply::prefix_hash(&h),
+            // The file shrank since it was checked.
+            Ok(None) => reply::range_out_of_bounds(),
+            Err(_) => reply::file_read_error(),
+        };
+        self.send(pipe, &r).await
     }
 
     /// Streams `name` from `offset` (`length` bytes, or to the end) as one `REPL`.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use p2pipe::filer::client::FilerClient;
 use p2pipe::filer::node::{FilerNode, NodeConfig};
-use p2pipe::filer::store::{Begun, Download};
+use p2pipe::filer::store::{Begun, Destination, Download, Expected};
 use p2pipe::filer::{Error, PeerId, TrustedOp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 use crate::support::{ipv6_usable, succeeded, within, within_for};
 
 /// A node sharing a fresh folder with `files`, on `ip`, quick to time out.
-async fn node_with(
+pub async fn node_with(
     ip: &str,
     files: &[(&str, &[u8])],
     tweak: impl FnOnce(&mut NodeConfig),
@@ -48,7 +48,7 @@ async fn node_with(
     (node, dir)
 }
 
-async fn node(ip: &str, files: &[(&str, &[u8])]) -> (FilerNode, tempfile::TempDir) {
+pub async fn node(ip: &str, files: &[(&str, &[u8])]) -> (FilerNode, tempfile::TempDir) {
     node_with(ip, files, |_| {}).await
 }
 
@@ -266,17 +266,18 @@ async fn an_interrupted_fetch_resumes_from_where_it_stopped() {
     let c = FilerClient::new(a.local_addr());
     let info = within(c.file_info("big.bin")).await.unwrap();
     // An earlier attempt stopped after 400,000 bytes.
-    match within(Download::begin(
-        into.path(),
-        "big.bin",
-        info.size,
-        info.sha256,
-    ))
-    .await
-    .unwrap()
+    let dest = Destination::in_dir(into.path(), "big.bin").unwrap();
+    let expected = Expected {
+        size: info.size,
+        sha256: info.sha256,
+    };
+    match within(Download::begin(&dest, Some(expected)))
+        .await
+        .unwrap()
     {
         Begun::Resume(mut d) => {
             within(d.write(&body[..400_000])).await.unwrap();
+            within(d.flush()).await.unwrap();
         }
         Begun::Complete(_) => panic!("nothing was there"),
     }

@@ -7,6 +7,7 @@
 mod cli;
 mod daemon;
 mod faults;
+mod fetch;
 mod filer;
 mod iface;
 mod lab;

@@ -103,6 +103,13 @@ fn extension_requests_both_ways() {
             },
         ),
         (
+            "FPFX song.mp3 4096".into(),
+            Request::Fpfx {
+                name: "song.mp3".into(),
+                length: 4096,
+            },
+        ),
+        (
             "QHST 10.0.0.2:5000 song 3 00000000deadbeef 10.0.0.2:5000,[2001:db8::1]:5000".into(),
             Request::Qhst {
                 ret: pid("10.0.0.2:5000"),
@@ -258,6 +265,8 @@ fn other_malformed_requests() {
     );
     let range_bad = Some(b"ERRO\0\0\0\x1aRange: incorrect arguments".to_vec());
     assert_eq!(bad_reply(b"FRNG\0\0\0\x05a 1 x"), range_bad);
+    assert_eq!(bad_reply(b"FPFX\0\0\0\x03a x"), range_bad);
+    assert_eq!(bad_reply(b"FPFX\0\0\0\x05a 1 2"), range_bad);
     let overflow = format!("a {} 2", u64::MAX);
     let frame = Frame::new(Kind::FRNG, overflow);
     assert_eq!(
