@@ -479,10 +479,21 @@ fn begin_blocking(dest: &Destination, expected: Option<Expected>) -> Result<Foun
         return Ok(done);
     }
     let mut file = lock_part(dest)?;
-    // Another download may have put the file in place between the check and the lock.
-    if let Some(done) = check_final(dest, expected)? {
-        let _ = std::fs::remove_file(&dest.part);
-        return Ok(done);
+    // Another download may have put a file in place between the check and the lock.
+    // The part file is ours while the lock is held: a complete file makes it useless,
+    // and a refusal leaves it only if it holds bytes of an earlier attempt.
+    match check_final(dest, expected) {
+        Ok(None) => {}
+        Ok(Some(done)) => {
+            let _ = std::fs::remove_file(&dest.part);
+            return Ok(done);
+        }
+        Err(e) => {
+            if file.metadata().is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&dest.part);
+            }
+            return Err(e);
+        }
     }
     let part = &dest.part;
     let (mut prefix, mut len) = hash_from_start(&mut file).map_err(io_err(part))?;
