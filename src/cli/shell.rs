@@ -1,18 +1,31 @@
 //! `p2pipe shell`: an interactive shell over one node, with history and completion.
 //!
 //! It offers what the btfiler window offered: the peer list, the file list, search,
-//! fetch, adding and removing peers, rebuilding the table, and quit. Operations that
-//! change the node (fetch into its folder, add-peer, remove-peer, rebuild) are trusted
-//! and need the node's secret (`--secret-file`); the secret itself is never sent.
+//! fetch, adding and removing peers, rebuilding the table, and quit (or exit). Operations
+//! that change the node (fetch into its folder, add-peer, remove-peer, rebuild) are
+//! trusted and need the node's secret (`--secret-file`); the secret itself is never sent.
+//!
+//! Results go to stdout and errors to stderr. The node's reply texts are shown without
+//! their protocol tags (`Join: `, `Find: `...), which stay on the wire for btfiler. Tab
+//! lists the candidates when several match. Ctrl-C while a command runs (a search that
+//! waits, a fetch) cancels that command and returns to the prompt; a trusted one may
+//! already have started on the node. Ctrl-C at the prompt gives a new prompt. The
+//! history is saved whenever the shell ends: `quit`, `exit`, end of input, or an error.
+//!
+//! When stdin is not a terminal (a script piped in), the shell exits with a non-zero
+//! status if any command failed; at a terminal it exits with 0.
 
 use std::borrow::Cow;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::{Frame, Kind, PeerId, TrustedOp};
+use p2pipe::filer::{Error as FilerError, Frame, Kind, PeerId, TrustedOp};
 use rustyline::completion::{Completer, Pair};
+use rustyline::config::{CompletionType, Config};
+use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
@@ -20,12 +33,19 @@ use rustyline::{Context, Editor, Helper};
 
 /// Arguments of `p2pipe shell`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Ctrl-C cancels the running command. With stdin not a terminal \
+    (commands piped in), the exit status is non-zero if any command failed."
+)]
 pub struct Args {
     /// The node to work with.
     node: String,
     /// A file holding the node's secret, for the trusted commands.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    /// The longest `search` waits for answers, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    wait: f64,
 }
 
 const COMMANDS: &[(&str, &str)] = &[
@@ -53,6 +73,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     ("help", "this list"),
     ("quit", "leave the shell"),
+    ("exit", "leave the shell (as quit)"),
 ];
 
 /// Completes command names, and file names after `fetch`.
@@ -133,8 +154,71 @@ fn text(f: &Frame) -> String {
     String::from_utf8_lossy(&f.payload).into_owned()
 }
 
-/// Runs the shell until `quit` or end of input.
+/// A node's reply text without its protocol tag (`Join: `, `Find: `, `Quit: `,
+/// `Rebuild: `, `Share: `...): one capitalised word and a colon, which the wire keeps
+/// for btfiler and the shell does not show.
+fn untagged(text: &str) -> &str {
+    match text.split_once(": ") {
+        Some((tag, rest))
+            if tag.starts_with(|c: char| c.is_ascii_uppercase())
+                && tag.chars().all(|c| c.is_ascii_alphabetic()) =>
+        {
+            rest
+        }
+        _ => text,
+    }
+}
+
+/// `1 peer`, `2 peers`, `0 peers`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// Some commands failed in a shell whose input was not a terminal (each was reported
+/// as it failed).
+#[derive(Debug)]
+struct CommandsFailed(usize);
+
+impl std::fmt::Display for CommandsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0;
+        write!(f, "{} failed", counted(n, "command"))
+    }
+}
+
+impl std::error::Error for CommandsFailed {}
+
+/// Installs the process's Ctrl-C handler now, before the first command; tokio keeps it
+/// installed from then on. A Ctrl-C that comes while no command listens for it (the
+/// shell reading its input from a pipe) is then ignored instead of ending the process.
+fn catch_ctrl_c() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::interrupt()).map(drop)
+    }
+    #[cfg(windows)]
+    {
+        tokio::signal::windows::ctrl_c().map(drop)
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        Ok(())
+    }
+}
+
+/// Runs the shell until `quit`, `exit` or end of input, and saves the history.
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let wait = Duration::try_from_secs_f64(args.wait).map_err(|_| {
+        format!(
+            "invalid --wait {}: a number of seconds is needed",
+            args.wait
+        )
+    })?;
     let secret = match &args.secret_file {
         Some(f) => Some(super::share::read_secret(f)?),
         None => None,
@@ -142,9 +226,16 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let target = p2pipe::Target::parse(&args.node, None)?;
     let client = FilerClient::new(target).timeout(Duration::from_secs(30));
     let id = client.name().await?;
+    // Until here Ctrl-C ends the process (a node that does not answer); from here on
+    // it cancels the running command.
+    catch_ctrl_c()?;
     println!("connected to {id}; 'help' lists the commands");
+    let interactive = std::io::stdin().is_terminal();
     let names = Arc::new(Mutex::new(Vec::new()));
-    let mut ed: Editor<ShellHelper, rustyline::history::FileHistory> = Editor::new()?;
+    let config = Config::builder()
+        .completion_type(CompletionType::List)
+        .build();
+    let mut ed: Editor<ShellHelper, rustyline::history::FileHistory> = Editor::with_config(config)?;
     ed.set_helper(Some(ShellHelper {
         names: names.clone(),
     }));
@@ -153,19 +244,22 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let _ = ed.load_history(h);
     }
     let prompt = format!("p2pipe {id}> ");
-    loop {
+    let mut failed = 0;
+    let end: Result<(), Box<dyn std::error::Error>> = loop {
         let p = prompt.clone();
-        let (back, line) = tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let r = ed.readline(&p);
             (ed, r)
         })
-        .await?;
-        ed = back;
+        .await;
+        // Only a panic in the line editor loses it, and the history with it.
+        let line;
+        (ed, line) = read.map_err(|e| format!("the line editor failed: {e}"))?;
         let line = match line {
             Ok(l) => l,
-            Err(rustyline::error::ReadlineError::Interrupted) => continue,
-            Err(rustyline::error::ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break Ok(()),
+            Err(e) => break Err(e.into()),
         };
         let words: Vec<&str> = line.split_whitespace().collect();
         let Some((&cmd, rest)) = words.split_first() else {
@@ -173,37 +267,86 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         };
         let _ = ed.add_history_entry(line.as_str());
         if cmd == "quit" || cmd == "exit" {
-            break;
+            break Ok(());
         }
-        if let Err(e) = command(&client, &args.node, secret.as_deref(), &names, cmd, rest).await {
-            println!("error: {e}");
+        // A fresh listener per command: a Ctrl-C that came at the prompt is not kept
+        // for the next command.
+        let run = command(
+            &client,
+            &args.node,
+            secret.as_deref(),
+            &names,
+            wait,
+            cmd,
+            rest,
+        );
+        let done = tokio::select! {
+            r = run => Some(r),
+            Ok(()) = tokio::signal::ctrl_c() => None,
+        };
+        match done {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+            None => println!("cancelled"),
         }
-    }
+    };
     if let Some(h) = &history {
         if let Some(dir) = h.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = ed.save_history(h);
     }
+    end?;
+    if failed > 0 && !interactive {
+        return Err(Box::new(CommandsFailed(failed)));
+    }
     Ok(())
 }
 
+/// Runs one command.
+///
+/// # Cancel safety
+///
+/// Cancel safe, but a trusted operation may already have started on the node.
 async fn command(
     client: &FilerClient,
     node: &str,
     secret: Option<&[u8]>,
     names: &Arc<Mutex<Vec<String>>>,
+    wait: Duration,
     cmd: &str,
     rest: &[&str],
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // The node's answer is printed; an `ERRO` answer is the command's error.
     let trusted = |op: TrustedOp| async move {
         let secret = secret.ok_or("this command needs the node's secret (--secret-file)")?;
-        let replies = client.trusted(secret, op).await?;
-        for f in replies.iter().skip(1) {
-            let kind = if f.kind == Kind::ERRO { "error: " } else { "" };
-            println!("{kind}{}", text(f));
+        let replies = match client.trusted(secret, op).await {
+            Ok(r) => r,
+            Err(FilerError::Refused(t)) => {
+                return Err(format!("the node refused: {}", untagged(&t)).into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if replies.len() < 2 {
+            return Err("the node closed without an answer".into());
         }
-        Ok::<(), Box<dyn std::error::Error>>(())
+        let mut refused = Vec::new();
+        for f in &replies[1..] {
+            let t = text(f);
+            if f.kind == Kind::ERRO {
+                refused.push(untagged(&t).to_owned());
+            } else {
+                println!("{}", untagged(&t));
+            }
+        }
+        if refused.is_empty() {
+            Ok::<(), Box<dyn std::error::Error>>(())
+        } else {
+            Err(refused.join("; ").into())
+        }
     };
     match (cmd, rest) {
         ("help", _) => {
@@ -213,14 +356,14 @@ async fn command(
         }
         ("peers", []) => {
             let peers = client.list().await?;
-            println!("{} peers", peers.len());
+            println!("{}", counted(peers.len(), "peer"));
             for p in peers {
                 println!("  {} ({}:{})", p.pid, p.host, p.port);
             }
         }
         ("files", []) => {
             let files = client.files().await?;
-            println!("{} files", files.len());
+            println!("{}", counted(files.len(), "file"));
             let mut known = Vec::new();
             for (name, owner, size) in files {
                 match size {
@@ -234,15 +377,23 @@ async fn command(
             }
         }
         ("search", [key]) => {
-            let hits = super::search::search_via(node, key, 8, Duration::from_secs(3), 0).await?;
+            let quiet = super::search::DEFAULT_QUIET;
+            let hits = super::search::search_via(node, key, 8, wait, quiet, 0).await?;
             if hits.is_empty() {
-                println!("no answer for {key}");
+                return Err(Box::new(super::search::NoAnswer {
+                    key: (*key).to_owned(),
+                    wait,
+                }));
             }
             for (name, owner) in &hits {
                 println!("  {name}  at {owner}");
             }
             if let Ok(mut n) = names.lock() {
-                n.extend(hits.into_iter().map(|(name, _)| name));
+                for (name, _) in hits {
+                    if !n.contains(&name) {
+                        n.push(name);
+                    }
+                }
             }
         }
         ("fetch", [name]) => {
@@ -284,7 +435,7 @@ async fn command(
 
 #[cfg(test)]
 mod tests {
-    use super::completions;
+    use super::{completions, counted, untagged};
 
     #[test]
     fn commands_complete_at_the_start_and_names_after_fetch() {
@@ -297,7 +448,8 @@ mod tests {
             completions("re", 2, &names),
             (0, vec!["remove-peer".into(), "rebuild".into()])
         );
-        assert_eq!(completions("", 0, &names).1.len(), 9);
+        assert_eq!(completions("", 0, &names).1.len(), 10);
+        assert_eq!(completions("e", 1, &names), (0, vec!["exit".into()]));
         assert_eq!(
             completions("fetch n", 7, &names),
             (6, vec!["notes.txt".into(), "new.mp3".into()])
@@ -314,5 +466,27 @@ mod tests {
             completions("fetch notes.txt x", 17, &names).1,
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn reply_texts_lose_their_protocol_tag_and_counts_their_plural() {
+        assert_eq!(
+            untagged("Join: peer added: 127.0.0.1:9"),
+            "peer added: 127.0.0.1:9"
+        );
+        assert_eq!(
+            untagged("Find: fetched a.txt 3 bytes from h:1"),
+            "fetched a.txt 3 bytes from h:1"
+        );
+        assert_eq!(untagged("Rebuild: 2 peers"), "2 peers");
+        assert_eq!(untagged("Share: a.txt 5 2cf2"), "a.txt 5 2cf2");
+        assert_eq!(untagged("Quit: peer removed: h:9"), "peer removed: h:9");
+        // Not a tag: lower case, several words, or no colon.
+        assert_eq!(untagged("peer added: x"), "peer added: x");
+        assert_eq!(untagged("No peer: x"), "No peer: x");
+        assert_eq!(untagged("2 peers"), "2 peers");
+        assert_eq!(counted(0, "peer"), "0 peers");
+        assert_eq!(counted(1, "peer"), "1 peer");
+        assert_eq!(counted(2, "file"), "2 files");
     }
 }

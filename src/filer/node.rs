@@ -762,13 +762,25 @@ impl Inner {
     }
 
     async fn build_peers(&self, host: &str, port: u16, hops: u32) -> Result<usize, Error> {
+        self.build_peers_into(&self.peers, host, port, hops).await
+    }
+
+    /// As [`build_peers`](Self::build_peers), adding to `table`: the node's own, or a
+    /// fresh one that a rebuild swaps in once it is built.
+    async fn build_peers_into(
+        &self,
+        table: &Mutex<PeerTable>,
+        host: &str,
+        port: u16,
+        hops: u32,
+    ) -> Result<usize, Error> {
         let t = self.cfg.peer_timeout;
         let me = self.id().clone();
         let mut added = 0;
         let mut todo = vec![(host.to_owned(), port, hops)];
         let mut first = true;
         while let Some((host, port, hops)) = todo.pop() {
-            if lock(&self.peers).is_full() {
+            if lock(table).is_full() {
                 break;
             }
             let c = FilerClient::new(crate::addr::Target::Host {
@@ -782,7 +794,7 @@ impl Inner {
                 Err(_) => continue,
             };
             first = false;
-            if pid == me || lock(&self.peers).contains(&pid) {
+            if pid == me || lock(table).contains(&pid) {
                 continue;
             }
             // A contact whose table is full cannot take us, but its peers may: it is
@@ -793,9 +805,7 @@ impl Inner {
                 Err(Error::Refused(text)) if text.contains("too many peers") => false,
                 Err(_) => continue,
             };
-            if accepted
-                && lock(&self.peers).insert(pid.clone(), host.clone(), port) == Insert::Added
-            {
+            if accepted && lock(table).insert(pid.clone(), host.clone(), port) == Insert::Added {
                 added += 1;
             }
             if hops == 0 {
@@ -803,7 +813,7 @@ impl Inner {
             }
             if let Ok(list) = c.list().await {
                 for p in list {
-                    if p.pid != me && !lock(&self.peers).contains(&p.pid) {
+                    if p.pid != me && !lock(table).contains(&p.pid) {
                         todo.push((p.host, p.port, hops - 1));
                     }
                 }
@@ -870,11 +880,26 @@ impl Inner {
                 return self.send(pipe, &f).await;
             }
             TrustedOp::Rebuild { host, port, hops } => {
-                let own = self.id().clone();
-                *lock(&self.peers) = PeerTable::new(own, self.cfg.max_peers);
-                match self.build_peers(&host, port, hops).await {
-                    Ok(n) => Ok(format!("Rebuild: {n} peers")),
-                    Err(e) => Err(format!("Rebuild: {e}")),
+                // Built aside and swapped in whole: a rebuild that fails, or that no
+                // peer joins, leaves the table as it was.
+                let fresh = Mutex::new(PeerTable::new(self.id().clone(), self.cfg.max_peers));
+                let contact = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                match self.build_peers_into(&fresh, &host, port, hops).await {
+                    Ok(n) if n > 0 => {
+                        *lock(&self.peers) = fresh.into_inner().unwrap_or_else(|p| p.into_inner());
+                        Ok(format!(
+                            "Rebuild: {n} peer{}",
+                            if n == 1 { "" } else { "s" }
+                        ))
+                    }
+                    Ok(_) => Err(format!(
+                        "Rebuild: no peer joined from {contact}; the peer table was kept"
+                    )),
+                    Err(e) => Err(format!("Rebuild: {contact}: {e}; the peer table was kept")),
                 }
             }
         };

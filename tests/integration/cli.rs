@@ -331,15 +331,19 @@ async fn three_node_session_from_the_command_line() {
     assert!(text.contains("2 peers"), "{text}");
     assert!(text.contains(&format!("notes.txt  at {}", a.id)), "{text}");
     assert!(
-        text.contains(&format!("Find: fetched notes.txt 17 bytes from {}", a.id)),
+        text.contains(&format!("\nfetched notes.txt 17 bytes from {}", a.id)),
         "{text}"
     );
     assert!(
         text.contains(&format!("notes.txt  17 bytes  at {}", c.id)),
         "{text}"
     );
-    assert!(text.contains("Join: peer added: 127.0.0.1:9"), "{text}");
-    assert!(text.contains("Quit: peer removed: 127.0.0.1:9"), "{text}");
+    assert!(text.contains("\npeer added: 127.0.0.1:9"), "{text}");
+    assert!(text.contains("\npeer removed: 127.0.0.1:9"), "{text}");
+    // The protocol's tags stay on the wire; the shell does not show them.
+    for tag in ["Find:", "Join:", "Quit:"] {
+        assert!(!text.contains(tag), "{text}");
+    }
     assert_eq!(
         std::fs::read(dc.join("notes.txt")).unwrap(),
         b"remember the milk"
@@ -352,10 +356,257 @@ async fn three_node_session_from_the_command_line() {
     )
     .await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("needs the node's secret"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs the node's secret"), "{err}");
     assert!(text.contains("2 peers"), "{text}");
+    assert!(!out.status.success(), "a piped shell whose command failed");
 
     for s in [c, b, a] {
         s.stop().await;
     }
+}
+
+// ---- `p2pipe shell` and `p2pipe search` against a node in this process ----
+
+/// A node in this process sharing a fresh folder with `files`, on `ip`.
+async fn filer_node(
+    ip: std::net::IpAddr,
+    files: &[(&str, &[u8])],
+    secret: Option<&[u8]>,
+) -> (p2pipe::filer::node::FilerNode, tempfile::TempDir) {
+    use p2pipe::filer::node::{FilerNode, NodeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body) in files {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    let mut cfg = NodeConfig::new(dir.path());
+    cfg.stabilize_every = None;
+    cfg.secret = secret.map(<[u8]>::to_vec);
+    let node = within(FilerNode::start(SocketAddr::new(ip, 0), cfg))
+        .await
+        .unwrap();
+    (node, dir)
+}
+
+/// Runs `p2pipe` with `stdin` as its input, its history under `state`.
+async fn p2pipe_with_state(
+    args: &[&str],
+    stdin: &str,
+    state: &std::path::Path,
+) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let guard = spawn_guard().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+        .args(args)
+        .env("XDG_STATE_HOME", state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run p2pipe");
+    drop(guard);
+    let mut input = child.stdin.take().unwrap();
+    within(input.write_all(stdin.as_bytes())).await.unwrap();
+    drop(input);
+    within(child.wait_with_output()).await.unwrap()
+}
+
+/// Ctrl-C during a search that waits cancels that search only: the shell says so,
+/// answers the next command, exits with 0 at `quit`, and saves its history.
+#[tokio::test]
+async fn ctrl_c_cancels_the_running_shell_command_and_the_shell_carries_on() {
+    use tokio::io::AsyncWriteExt;
+    let (node, _d) = filer_node(crate::support::V4, &[], None).await;
+    let state = tempfile::tempdir().unwrap();
+    let guard = spawn_guard().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+        .arg("shell")
+        .arg(node.local_addr().to_string())
+        .args(["--wait", "60"])
+        .env("XDG_STATE_HOME", state.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run p2pipe shell");
+    let mut input = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = within(lines.next_line()).await.unwrap().expect("a line");
+    drop(guard);
+    assert!(first.starts_with("connected to"), "{first}");
+    within(input.write_all(b"search something-absent\n"))
+        .await
+        .unwrap();
+    // The search is running once the node has its query.
+    within(async {
+        while node.stats().queries_received == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let pid = child.id().expect("running") as libc::pid_t;
+    // SAFETY: kill has no memory effects; pid is our own child, still running.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let line = within(lines.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("cancelled"));
+    within(input.write_all(b"peers\nquit\n")).await.unwrap();
+    drop(input);
+    let line = within(lines.next_line()).await.unwrap();
+    assert_eq!(line.as_deref(), Some("0 peers"));
+    assert_eq!(within(lines.next_line()).await.unwrap(), None);
+    let out = within(child.wait_with_output()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history =
+        std::fs::read_to_string(state.path().join("p2pipe").join("shell-history")).unwrap();
+    for command in ["search something-absent", "peers", "quit"] {
+        assert!(history.lines().any(|l| l == command), "{history}");
+    }
+}
+
+/// Ctrl-C while a piped shell waits for its next line, before any command ran, does
+/// not end it: the shell reads on, and `quit` ends it with 0 and its history saved.
+#[tokio::test]
+async fn ctrl_c_at_a_piped_shells_prompt_does_not_end_the_shell() {
+    use tokio::io::AsyncWriteExt;
+    let (node, _d) = filer_node(crate::support::V4, &[], None).await;
+    let state = tempfile::tempdir().unwrap();
+    let guard = spawn_guard().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+        .arg("shell")
+        .arg(node.local_addr().to_string())
+        .env("XDG_STATE_HOME", state.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run p2pipe shell");
+    let mut input = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The shell catches Ctrl-C before it says it is connected.
+    let first = within(lines.next_line()).await.unwrap().expect("a line");
+    drop(guard);
+    assert!(first.starts_with("connected to"), "{first}");
+    let pid = child.id().expect("running") as libc::pid_t;
+    // SAFETY: kill has no memory effects; pid is our own child, still running.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    within(input.write_all(b"quit\n")).await.unwrap();
+    drop(input);
+    assert_eq!(within(lines.next_line()).await.unwrap(), None);
+    let out = within(child.wait_with_output()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history =
+        std::fs::read_to_string(state.path().join("p2pipe").join("shell-history")).unwrap();
+    assert!(history.lines().any(|l| l == "quit"), "{history}");
+}
+
+/// Results on stdout, errors on stderr; the reply texts without their protocol tags and
+/// with singular counts; `help` lists `exit`; and a piped shell whose command failed
+/// exits non-zero, still saving its history.
+#[tokio::test]
+async fn shell_prints_errors_on_stderr_and_a_piped_shell_with_a_failed_command_exits_non_zero() {
+    let secret = b"shell secret";
+    let (peer, _dp) = filer_node(crate::support::V4, &[], None).await;
+    let (node, _d) = filer_node(crate::support::V4, &[("a.txt", b"abc")], Some(secret)).await;
+    within(node.join("127.0.0.1", peer.local_addr().port(), 0))
+        .await
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let secret_file = state.path().join("secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let at = node.local_addr().to_string();
+    let args = ["shell", &at, "--secret-file", secret_file.to_str().unwrap()];
+
+    let session = "help\npeers\nfiles\nadd-peer 127.0.0.1:9 127.0.0.1 9\nexit\n";
+    let out = p2pipe_with_state(&args, session, state.path()).await;
+    let text = succeeded(&out);
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("exit ")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l == "1 peer"), "{text}");
+    assert!(text.lines().any(|l| l == "1 file"), "{text}");
+    assert!(
+        text.lines().any(|l| l == "peer added: 127.0.0.1:9"),
+        "{text}"
+    );
+    assert!(!text.contains("Join:"), "{text}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let session = "frobnicate\npeers\nadd-peer 127.0.0.1:9 127.0.0.1 9\n";
+    let out = p2pipe_with_state(&args, session, state.path()).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text} {err}");
+    assert!(text.lines().any(|l| l == "2 peers"), "{text}");
+    assert!(!text.contains("error"), "{text}");
+    assert!(err.contains("error: unknown command frobnicate"), "{err}");
+    assert!(
+        err.contains("error: peer already inserted 127.0.0.1:9"),
+        "{err}"
+    );
+    assert!(err.contains("p2pipe: 2 commands failed"), "{err}");
+    // Ended by the end of its input after the failures: the history is saved.
+    let history =
+        std::fs::read_to_string(state.path().join("p2pipe").join("shell-history")).unwrap();
+    for command in ["help", "exit", "frobnicate", "peers"] {
+        assert!(history.lines().any(|l| l == command), "{history}");
+    }
+}
+
+/// A search that is answered stops soon after its answer, long before `--wait`, over
+/// IPv4 and IPv6.
+#[tokio::test]
+async fn search_stops_once_answers_stop_coming_instead_of_waiting_the_whole_time() {
+    for ip in crate::support::loopbacks("search_stops_early") {
+        let (node, _d) = filer_node(ip, &[("song.ogg", b"la la la")], None).await;
+        let at = node.local_addr().to_string();
+        let start = std::time::Instant::now();
+        let out = p2pipe(&["search", "song", "--via", &at, "--wait", "20"], None).await;
+        let took = start.elapsed();
+        let text = succeeded(&out);
+        assert_eq!(text.trim(), format!("song.ogg {}", node.id()), "{text}");
+        assert!(took < std::time::Duration::from_secs(10), "{took:?} ({ip})");
+    }
+}
+
+/// A search that no node answers fails: the reason once on stderr, nothing on stdout.
+#[tokio::test]
+async fn search_without_an_answer_fails_with_the_reason_on_stderr_only() {
+    let (node, _d) = filer_node(crate::support::V4, &[("song.ogg", b"la")], None).await;
+    let at = node.local_addr().to_string();
+    let out = p2pipe(
+        &["search", "nothing-here", "--via", &at, "--wait", "0.5"],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("no answer for nothing-here within 0.5 s")
+            .count(),
+        1,
+        "{err}"
+    );
 }

@@ -973,3 +973,71 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
     );
     assert!(ok > 0, "some fetches succeeded");
 }
+
+// ---- Rebuild keeps the peer table until the new one is built ----
+
+/// A trusted rebuild builds a new table aside and swaps it in only when it succeeds:
+/// from a dead contact, or from one that no peer joins, the node answers with an error
+/// and keeps its peers; from a live contact, the new table replaces the old.
+#[tokio::test]
+async fn a_failed_rebuild_keeps_the_peer_table_and_a_successful_one_replaces_it() {
+    use socket2::{Domain, Socket, Type};
+    let secret = b"rebuild secret".to_vec();
+    let (old, _do) = node("127.0.0.1", &[]).await;
+    let (hub, _dh) = node("127.0.0.1", &[]).await;
+    let (n, _dn) = node_with("127.0.0.1", &[], |c| c.secret = Some(secret.clone())).await;
+    within(n.join("127.0.0.1", old.local_addr().port(), 0))
+        .await
+        .unwrap();
+    let c = FilerClient::new(n.local_addr());
+    let listed = || async {
+        within(c.list())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.pid)
+            .collect::<Vec<PeerId>>()
+    };
+    assert_eq!(listed().await, vec![old.id().clone()]);
+    let rebuild = |port: u16| {
+        c.trusted(
+            &secret,
+            TrustedOp::Rebuild {
+                host: "127.0.0.1".into(),
+                port,
+                hops: 2,
+            },
+        )
+    };
+    // A socket that is bound but not listening holds its port and refuses connections.
+    let dead = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    dead.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let dead_port = dead.local_addr().unwrap().as_socket().unwrap().port();
+    let r = within(rebuild(dead_port)).await.unwrap();
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1].kind, p2pipe::filer::Kind::ERRO);
+    let text = String::from_utf8_lossy(&r[1].payload);
+    assert!(
+        text.starts_with(&format!("Rebuild: 127.0.0.1:{dead_port}: "))
+            && text.ends_with("; the peer table was kept"),
+        "{text}"
+    );
+    assert_eq!(listed().await, vec![old.id().clone()]);
+    // The node itself as the contact answers, but no peer joins.
+    let r = within(rebuild(n.local_addr().port())).await.unwrap();
+    assert_eq!(r[1].kind, p2pipe::filer::Kind::ERRO);
+    assert_eq!(
+        String::from_utf8_lossy(&r[1].payload),
+        format!(
+            "Rebuild: no peer joined from 127.0.0.1:{}; the peer table was kept",
+            n.local_addr().port()
+        )
+    );
+    assert_eq!(listed().await, vec![old.id().clone()]);
+    // From a live contact: the new table, and only it.
+    let r = within(rebuild(hub.local_addr().port())).await.unwrap();
+    assert_eq!(r[1].kind, p2pipe::filer::Kind::REPL);
+    assert_eq!(String::from_utf8_lossy(&r[1].payload), "Rebuild: 1 peer");
+    assert_eq!(listed().await, vec![hub.id().clone()]);
+}
