@@ -8,7 +8,8 @@
 //! addresses others can reach it at, the files it left out and why, and the result of
 //! each `--join`; in the background it asks STUN servers (as `p2pipe nat` does) for the
 //! external address. Then it logs, at info level, the peers that join and leave, the
-//! searches it answers and the files it serves.
+//! searches it answers, the files it serves and the trusted operations it accepts or
+//! refuses.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
