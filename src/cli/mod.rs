@@ -45,9 +45,12 @@ enum Command {
     Shell(shell::Args),
 }
 
-fn init_logging(verbose: u8) {
+/// Logs to stderr: warnings by default, info for p2pipe itself in a long-running node
+/// (`share`, whose joins, searches and transfers are its news), more with `-v`.
+fn init_logging(verbose: u8, long_running: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
+        0 if long_running => "warn,p2pipe=info",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -55,6 +58,7 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -62,7 +66,7 @@ fn init_logging(verbose: u8) {
 /// Parses the command line and runs the subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, matches!(cli.command, Command::Share(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

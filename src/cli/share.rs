@@ -1,30 +1,56 @@
 //! `p2pipe share`: run a file-sharing node on a folder.
+//!
+//! Without a folder it shares `~/Public`, creating it if missing. Every argument is
+//! checked before the node binds its port, so a typo costs nothing. By default the node
+//! listens on every interface (`[::]`, dual-stack; `0.0.0.0` where IPv6 is missing), and
+//! its id is the LAN address of the default interface, so that other machines can join
+//! it; `--bind 127.0.0.1` keeps it to this machine. At start it prints its id, the
+//! addresses others can reach it at, the files it left out and why, and the result of
+//! each `--join`; in the background it asks STUN servers (as `p2pipe nat` does) for the
+//! external address. Then it logs, at info level, the peers that join and leave, the
+//! searches it answers, the files it serves and the trusted operations it accepts or
+//! refuses.
 
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use p2pipe::addr::{AddrClass, Af};
 use p2pipe::filer::node::{FilerNode, NodeConfig};
+use p2pipe::filer::shared::Skipped;
+use p2pipe::filer::{Error as FilerError, PeerId};
+use p2pipe::iface::Interface;
+
+use super::servers;
+
+/// How long the background STUN request waits for an answer.
+const STUN_WAIT: Duration = Duration::from_millis(1500);
 
 /// Arguments of `p2pipe share`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The folder to share (downloads asked by a trusted client land here too).
-    dir: PathBuf,
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: IpAddr,
+    /// The folder to share (downloads asked by a trusted client land here too); by
+    /// default ~/Public, created if missing.
+    dir: Option<PathBuf>,
+    /// The address to listen on. By default every interface ([::], which takes IPv4
+    /// too, or 0.0.0.0 without IPv6); 127.0.0.1 keeps the node to this machine.
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
     /// The port to listen on (0: any free port).
     #[arg(long, default_value_t = 7000)]
     port: u16,
+    /// The host others reach this node at, which makes its id HOST:PORT. By default
+    /// the address it listens on, or for every interface the LAN address of the
+    /// default one.
+    #[arg(long, value_name = "HOST")]
+    advertise: Option<String>,
     /// A node to join through (repeatable), as btfiler's buildpeers does.
     #[arg(long, value_name = "HOST:PORT")]
     join: Vec<String>,
     /// How many hops to follow when joining.
     #[arg(long, default_value_t = 2)]
     hops: u32,
-    /// The most peers in the table.
+    /// The most peers in the table (at least 1).
     #[arg(long, default_value_t = 64)]
     max_peers: usize,
     /// A file holding the node's secret; without one, trusted operations are off.
@@ -33,12 +59,21 @@ pub struct Args {
     /// Accept trusted operations from any address, not only loopback.
     #[arg(long)]
     trust_remote: bool,
+    /// A STUN server to learn the external address from (repeatable); replaces
+    /// $P2PIPE_STUN, the config file and the built-in list, as for `p2pipe nat`.
+    #[arg(long = "stun", value_name = "HOST:PORT")]
+    stun: Vec<String>,
+    /// Do not ask STUN servers for the external address.
+    #[arg(long, conflicts_with = "stun")]
+    no_stun: bool,
 }
 
 /// Reads a secret file: its bytes, without a trailing newline.
 pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let mut s = std::fs::read(path)
-        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()).to_lowercase())?;
+    let mut s = std::fs::read(path).map_err(|e| {
+        let e = e.to_string().to_lowercase();
+        format!("cannot read secret file {}: {e}", path.display())
+    })?;
     while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         s.pop();
     }
@@ -48,58 +83,319 @@ pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
     Ok(s)
 }
 
-/// Splits `host:port` (or `[v6]:port`).
-pub fn host_port(s: &str) -> Result<(String, u16), String> {
-    let t = p2pipe::Target::parse(s, None).map_err(|e| format!("{s}: {e}"))?;
-    match t {
-        p2pipe::Target::Addr(a) => Ok((a.ip().to_string(), a.port())),
-        p2pipe::Target::Host { host, port } => Ok((host, port)),
+/// Splits `host:port` (or `[v6]:port`); the error says why it is not one.
+fn host_port(s: &str) -> Result<(String, u16), String> {
+    match p2pipe::Target::parse(s, None) {
+        Ok(p2pipe::Target::Addr(a)) => Ok((a.ip().to_string(), a.port())),
+        Ok(p2pipe::Target::Host { host, port }) => Ok((host, port)),
+        Err(p2pipe::error::Error::InvalidTarget { reason, .. }) => Err(reason.to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `1 file`, `2 files`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Everything the node needs, checked before anything is bound.
+struct Checked {
+    dir: PathBuf,
+    created: bool,
+    joins: Vec<(String, String, u16)>,
+    cfg: NodeConfig,
+    stun: Option<Vec<String>>,
+}
+
+fn check(args: &Args) -> Result<Checked, String> {
+    if args.max_peers == 0 {
+        return Err("--max-peers must be at least 1".into());
+    }
+    let mut joins = Vec::with_capacity(args.join.len());
+    for j in &args.join {
+        let why = |reason: &str| format!("invalid --join {j}: {reason} (expected HOST:PORT)");
+        let (host, port) = host_port(j).map_err(|e| why(&e))?;
+        if port == 0 {
+            return Err(why("port 0"));
+        }
+        joins.push((j.clone(), host, port));
+    }
+    if let Some(h) = &args.advertise {
+        PeerId::new(h, 1).map_err(|e| format!("invalid --advertise {h}: {e}"))?;
+    }
+    let secret = args.secret_file.as_deref().map(read_secret).transpose()?;
+    let loopback_only = args.bind.is_some_and(|ip| ip.is_loopback());
+    // Asked when the node listens beyond loopback, or when servers are named.
+    let stun = if args.no_stun || (loopback_only && args.stun.is_empty()) {
+        None
+    } else {
+        Some(servers::servers(&args.stun)?.0)
+    };
+    let (dir, created) = folder(args.dir.as_deref())?;
+    let mut cfg = NodeConfig::new(&dir);
+    cfg.max_peers = args.max_peers;
+    cfg.trusted_from_anywhere = args.trust_remote;
+    cfg.secret = secret;
+    cfg.advertise_host = args.advertise.clone();
+    Ok(Checked {
+        dir,
+        created,
+        joins,
+        cfg,
+        stun,
+    })
+}
+
+/// The folder to share: the one given, which must exist, or `~/Public`, created if
+/// missing. Also whether it was created.
+fn folder(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
+    if let Some(dir) = given {
+        return match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => Ok((dir.to_path_buf(), false)),
+            Ok(_) => Err(format!("{} is not a folder", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                "no folder {}: create it, or run \"p2pipe share\" to share ~/Public",
+                dir.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot open {}: {}",
+                dir.display(),
+                e.to_string().to_lowercase()
+            )),
+        };
+    }
+    let home = std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .filter(|h| !h.is_empty())
+        .ok_or("no home folder ($HOME is not set): name the folder to share")?;
+    let dir = PathBuf::from(home).join("Public");
+    if dir.is_dir() {
+        return Ok((dir, false));
+    }
+    std::fs::create_dir(&dir).map_err(|e| {
+        let e = e.to_string().to_lowercase();
+        format!("cannot create {}: {e}", dir.display())
+    })?;
+    Ok((dir, true))
+}
+
+/// Starts the node on `--bind`, or on `[::]` (dual-stack) falling back to `0.0.0.0`
+/// where IPv6 cannot be bound.
+async fn start(args: &Args, cfg: NodeConfig) -> Result<FilerNode, FilerError> {
+    if let Some(ip) = args.bind {
+        return FilerNode::start(SocketAddr::new(ip, args.port), cfg).await;
+    }
+    let any6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), args.port);
+    match FilerNode::start(any6, cfg.clone()).await {
+        Err(FilerError::Listen { kind, reason, .. })
+            if !matches!(
+                kind,
+                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            tracing::debug!(%reason, "cannot listen on [::], listening on 0.0.0.0");
+            let any4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), args.port);
+            FilerNode::start(any4, cfg).await
+        }
+        other => other,
+    }
+}
+
+/// The addresses others can reach a node listening on `bound` at: the bound address
+/// itself, or for a wildcard the addresses of the interfaces that are up (not loopback
+/// or link-local; IPv6 only for `[::]`), the node's own id first.
+fn reachable(bound: SocketAddr, id: &PeerId) -> Vec<String> {
+    let port = bound.port();
+    let mut out = vec![id.to_string()];
+    if !bound.ip().is_unspecified() {
+        return out;
+    }
+    let usable = |class: AddrClass| class.is_unicast() && class != AddrClass::LinkLocal;
+    for nic in Interface::list().unwrap_or_default() {
+        if !nic.flags.up || nic.flags.loopback {
+            continue;
+        }
+        let v4 = nic
+            .v4
+            .iter()
+            .filter(|a| usable(a.class))
+            .map(|a| SocketAddr::new(a.ip.into(), port));
+        let v6 = nic
+            .v6
+            .iter()
+            .filter(|a| bound.is_ipv6() && usable(a.class))
+            .map(|a| SocketAddr::new(a.ip.into(), port));
+        for a in v4.chain(v6) {
+            let a = a.to_string();
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
+/// The "skipped" line: what was left out and why.
+fn skipped_line(skipped: &Skipped) -> String {
+    let mut reasons: Vec<(&str, Vec<String>)> = Vec::new();
+    for (name, why) in &skipped.names {
+        let quoted = format!("'{}'", name.escape_debug());
+        match reasons.iter_mut().find(|(w, _)| w == why) {
+            Some((_, names)) => names.push(quoted),
+            None => reasons.push((why, vec![quoted])),
+        }
+    }
+    let mut parts: Vec<String> = reasons
+        .into_iter()
+        .map(|(why, names)| {
+            format!(
+                "names the protocol cannot carry ({why}): {}",
+                names.join(", ")
+            )
+        })
+        .collect();
+    let more = skipped.count - skipped.names.len();
+    if more > 0 {
+        parts.push(format!("and {more} more"));
+    }
+    format!(
+        "skipped {}: {}; hidden files and part files are not shared",
+        count(skipped.count, "file", "files"),
+        parts.join("; ")
+    )
+}
+
+/// Asks the STUN servers for the external address of each family the node listens on,
+/// and prints what they say.
+async fn external(list: Vec<String>, families: Vec<Af>, id: PeerId) {
+    let config = p2pipe::stun::Config {
+        initial_rto: Duration::from_millis(200),
+        max_rto: Duration::from_millis(400),
+        max_transmissions: 4,
+        final_wait_multiplier: 2,
+        expect_from: p2pipe::stun::ExpectFrom::Server,
+    };
+    let ask = |af: Af| {
+        let list = &list;
+        async move {
+            let servers = tokio::time::timeout(STUN_WAIT, p2pipe::nat::resolve_servers(list, af))
+                .await
+                .ok()?
+                .ok()?;
+            if servers.is_empty() {
+                return None;
+            }
+            let any = SocketAddr::new(af.unspecified(), 0);
+            let socket = p2pipe::iface::bind::udp_socket(any, None).ok()?;
+            let asked = p2pipe::stun::udp::first_answer(&socket, &servers, config);
+            let (_, answer) = tokio::time::timeout(STUN_WAIT, asked).await.ok()?.ok()?;
+            answer.mapped.map(|a| a.ip())
+        }
+    };
+    let answers = futures::future::join_all(families.iter().map(|af| ask(*af))).await;
+    let own: Vec<IpAddr> = Interface::list()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|n| {
+            let v4 = n.v4.iter().map(|a| IpAddr::from(a.ip));
+            let v6 = n.v6.iter().map(|a| IpAddr::from(a.ip));
+            v4.chain(v6).collect::<Vec<_>>()
+        })
+        .collect();
+    let mut any = false;
+    for ip in answers.into_iter().flatten() {
+        any = true;
+        if own.contains(&ip) {
+            println!("external address {ip} (stun): this machine's own, no nat in front");
+        } else {
+            println!(
+                "external address {ip} (stun): others outside the network reach this node only if the router forwards tcp port {} to {id}",
+                id.port()
+            );
+        }
+    }
+    if !any {
+        tracing::info!(
+            servers = list.len(),
+            "no stun server answered; the external address is unknown"
+        );
     }
 }
 
 /// Runs the node until Ctrl-C or SIGTERM, then leaves the network.
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut cfg = NodeConfig::new(&args.dir);
-    cfg.max_peers = args.max_peers;
-    cfg.trusted_from_anywhere = args.trust_remote;
-    if let Some(f) = &args.secret_file {
-        cfg.secret = Some(read_secret(f)?);
+    let Checked {
+        dir,
+        created,
+        joins,
+        cfg,
+        stun,
+    } = check(&args)?;
+    if created {
+        println!("created {} (empty)", dir.display());
     }
     let trusted = cfg.secret.is_some();
-    let node = FilerNode::start(SocketAddr::new(args.bind, args.port), cfg).await?;
+    let node = start(&args, cfg).await?;
+    let bound = node.local_addr();
+    let id = node.id().clone();
     let files = node.files().await?;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "sharing {} as {} ({} files{})",
-        args.dir.display(),
-        node.id(),
-        files.len(),
+    println!(
+        "sharing {} as {id} ({}{})",
+        dir.display(),
+        count(files.len(), "file", "files"),
         if trusted {
             ", trusted operations on"
         } else {
             ""
         }
-    )?;
-    out.flush()?;
-    drop(out);
-    for j in &args.join {
-        let (host, port) = host_port(j)?;
-        match node.join(&host, port, args.hops).await {
-            Ok(n) => println!("joined through {j}: {n} peers added"),
+    );
+    if bound.ip().is_loopback() {
+        println!("listening on {bound}: only this machine can reach it");
+    } else {
+        let at = reachable(bound, &id);
+        let every = if bound.ip().is_unspecified() {
+            " (every interface)"
+        } else {
+            ""
+        };
+        println!(
+            "listening on {bound}{every}; others can reach it at {}",
+            at.join(", ")
+        );
+    }
+    let skipped = node.skipped().await?;
+    if skipped.count > 0 {
+        println!("{}", skipped_line(&skipped));
+    }
+    let stun_task = stun.map(|list| {
+        let families = match bound.ip() {
+            IpAddr::V6(ip) if ip.is_unspecified() => vec![Af::V4, Af::V6],
+            ip => vec![Af::of(&ip)],
+        };
+        tokio::spawn(external(list, families, id.clone()))
+    });
+    if joins.is_empty() {
+        println!("not joined to a network: others join this one with \"p2pipe share --join {id}\"");
+    }
+    for (j, host, port) in &joins {
+        match node.join(host, *port, args.hops).await {
+            Ok(n) => println!(
+                "joined through {j}: {} added, {} in the table",
+                count(n, "peer", "peers"),
+                count(node.peers().len(), "peer", "peers")
+            ),
             Err(e) => eprintln!("p2pipe: cannot join through {j}: {e}"),
         }
     }
-    let peers: Vec<String> = node.peers().iter().map(|p| p.pid.to_string()).collect();
-    println!(
-        "peers: {}",
-        if peers.is_empty() {
-            "none".into()
-        } else {
-            peers.join(" ")
-        }
-    );
-    super::stop_signal().await;
+    // The signal handlers are in place before the user is told how to stop.
+    let stop = super::stop_signal();
+    tokio::pin!(stop);
+    let _ = futures::poll!(stop.as_mut());
+    println!("press Ctrl-C to leave the network");
+    stop.await;
+    if let Some(t) = stun_task {
+        t.abort();
+    }
     node.shutdown(Duration::from_secs(5)).await;
     println!("left the network");
     Ok(())

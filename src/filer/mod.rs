@@ -110,6 +110,16 @@ pub enum Error {
     /// A local file could not be served or read.
     #[error("local file: {0}")]
     Local(String),
+    /// The node cannot listen on its address.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The OS error's kind ([`std::io::ErrorKind::AddrInUse`] for a port taken).
+        kind: std::io::ErrorKind,
+        /// Why, in words.
+        reason: String,
+    },
     /// A read or write failed (for drivers built on the codec).
     #[error("btpeer {op} failed: {message}")]
     Io {
@@ -155,6 +165,11 @@ mod tests {
             Error::UnexpectedReply(Kind::NAME),
             Error::BadReply("not a number"),
             Error::io("read", std::io::Error::other("Boom")),
+            Error::Listen {
+                addr: "127.0.0.1:7000".parse().unwrap(),
+                kind: std::io::ErrorKind::AddrInUse,
+                reason: "address in use".into(),
+            },
         ];
         for e in errors {
             let s = e.to_string();

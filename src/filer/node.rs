@@ -1,7 +1,7 @@
 //! The file-sharing node on the Daemon: every btfiler message with its exact replies,
 //! joining, searching, serving files, and the trusted operations.
 //!
-//! What it fixes in the original (see `shared/protocol.md`):
+//! What it fixes in the original (see `docs/protocol.md`):
 //!
 //! - FGET, FINF and FRNG serve only regular files inside the shared folder
 //!   ([`SharedDir`]); names learned from RESP are never served.
@@ -13,9 +13,18 @@
 //! - JOIN and QUIT are accepted as the protocol says, but trusted operations (`TRST`)
 //!   need the node's secret, proven by challenge-response, and by default come only from
 //!   loopback.
+//!
+//! A node bound to `[::]` is dual-stack (IPv4 clients reach it too, and a loopback one is
+//! still loopback). A node bound to a wildcard address needs an id others can use: by
+//! default the LAN address of the default interface ([`NodeConfig::advertise_host`]).
+//!
+//! The node logs at info level what changes its view of the network and what it gives
+//! away: peers joining, leaving (QUIT) and dropped by the stabilizer, searches answered,
+//! files served, and trusted operations accepted or refused (never a secret or a MAC).
+//! Names and keys other peers sent are logged escaped.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,9 +39,11 @@ use super::frame::{Frame, Header, Kind};
 use super::msg::{reply, Nonce, QueryId, Request, TrustedOp, MAX_HISTORY};
 use super::peer::{Insert, PeerEntry, PeerId, PeerTable};
 use super::seen::Seen;
-use super::shared::{sha256_file, SharedDir, SharedError, SharedFile};
+use super::shared::{sha256_file, SharedDir, SharedError, SharedFile, Skipped};
 use super::Error;
+use crate::addr::{AddrClass, Af};
 use crate::daemon::{Daemon, Handler};
+use crate::iface::Interface;
 use crate::pipe::{Message, Pipe, PipeConfig, Proto};
 use crate::Framing;
 
@@ -69,7 +80,10 @@ pub struct NodeConfig {
     pub fs_timeout: Duration,
     /// How often the stabilizer pings peers and drops the dead (`None`: never).
     pub stabilize_every: Option<Duration>,
-    /// The host in the node's id; by default the address it listens on.
+    /// The host in the node's id. By default the address it listens on; for a wildcard
+    /// address (`0.0.0.0`, `[::]`), the LAN address of the interface of the default
+    /// route (IPv4 first, then IPv6 for `[::]`), else of the first interface that is up,
+    /// else loopback.
     pub advertise_host: Option<String>,
     /// The most connections served at once.
     pub max_connections: usize,
@@ -166,11 +180,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl FilerNode {
-    /// Starts a node sharing `cfg.dir`, listening on `bind` (TCP; port 0 picks one).
+    /// Starts a node sharing `cfg.dir`, listening on `bind` (TCP; port 0 picks one). On
+    /// `[::]` it is dual-stack: IPv4 clients reach it too.
     ///
     /// # Errors
     ///
-    /// The folder cannot be opened, or the address cannot be bound.
+    /// The folder cannot be opened ([`Error::Local`]), or the address cannot be bound
+    /// ([`Error::Listen`], naming the address).
     ///
     /// # Cancel safety
     ///
@@ -194,9 +210,11 @@ impl FilerNode {
             query_slots: Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_IN_FLIGHT)),
             cfg,
         });
+        let wildcard_v6 = matches!(bind.ip(), IpAddr::V6(ip) if ip.is_unspecified());
         let pipe_cfg = PipeConfig::default()
             .framing(Framing::Btpeer)
-            .max_frame(super::MAX_CONTROL);
+            .max_frame(super::MAX_CONTROL)
+            .dual_stack(wildcard_v6);
         let daemon = Daemon::builder(NodeHandler(inner.clone()))
             .config(pipe_cfg)
             .idle_timeout(inner.cfg.request_timeout)
@@ -204,11 +222,11 @@ impl FilerNode {
             .listen(Proto::Tcp, bind)
             .start()
             .await
-            .map_err(|e| Error::Local(e.to_string()))?;
+            .map_err(|e| listen_error(e, bind))?;
         let addr = daemon.local_addrs()[0].1;
         let host = match &inner.cfg.advertise_host {
             Some(h) => h.clone(),
-            None => addr.ip().to_string(),
+            None => default_host(addr.ip()).await,
         };
         let id = PeerId::new(&host, addr.port())?;
         *lock(&inner.peers) = PeerTable::new(id.clone(), inner.cfg.max_peers);
@@ -261,6 +279,24 @@ impl FilerNode {
         self.inner
             .shared
             .list()
+            .await
+            .map_err(|e| Error::Local(e.to_string()))
+    }
+
+    /// The files of the folder left out because the protocol cannot carry their names
+    /// (whitespace, control characters...), from the walk searches use.
+    ///
+    /// # Errors
+    ///
+    /// The folder cannot be read in time.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn skipped(&self) -> Result<std::sync::Arc<Skipped>, Error> {
+        self.inner
+            .shared
+            .skipped()
             .await
             .map_err(|e| Error::Local(e.to_string()))
     }
@@ -373,6 +409,97 @@ fn client_for(entry: &PeerEntry, t: Duration) -> FilerClient {
     .timeout(t)
 }
 
+/// The daemon's failure to listen, as this layer's error, naming the address.
+fn listen_error(e: crate::daemon::Error, bind: SocketAddr) -> Error {
+    use crate::daemon::Error as D;
+    match e {
+        D::Listen {
+            addr,
+            source: crate::pipe::Error::Bind { source, .. },
+            ..
+        } => {
+            let kind = source.kind();
+            let reason = match kind {
+                std::io::ErrorKind::AddrInUse => "address in use".to_owned(),
+                std::io::ErrorKind::AddrNotAvailable => "no such address on this machine".into(),
+                std::io::ErrorKind::PermissionDenied if (1..1024).contains(&addr.port()) => {
+                    "permission denied (ports below 1024 need privileges)".into()
+                }
+                _ => source.to_string().to_lowercase(),
+            };
+            Error::Listen { addr, kind, reason }
+        }
+        D::Listen { addr, source, .. } => Error::Listen {
+            addr,
+            kind: std::io::ErrorKind::Other,
+            reason: source.to_string().to_lowercase(),
+        },
+        D::NoListeners => Error::Listen {
+            addr: bind,
+            kind: std::io::ErrorKind::Other,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// The host of the id of a node listening on `bound` (see [`NodeConfig::advertise_host`]).
+async fn default_host(bound: IpAddr) -> String {
+    if !bound.is_unspecified() {
+        return bound.to_string();
+    }
+    let families: &[Af] = if bound.is_ipv6() {
+        &[Af::V4, Af::V6]
+    } else {
+        &[Af::V4]
+    };
+    for &af in families {
+        if let Some(ip) = lan_address(af).await {
+            return ip.to_string();
+        }
+    }
+    tracing::warn!("no network interface is up: the node's id is a loopback address");
+    "127.0.0.1".to_owned()
+}
+
+/// An address of family `af` that other machines of the network can reach this one at: the
+/// default interface's (from the route table, or where the route table cannot be read, the
+/// source address the OS picks towards a documentation address, which sends nothing), else
+/// the first of an interface that is up. Never loopback or link-local.
+async fn lan_address(af: Af) -> Option<IpAddr> {
+    let usable = |ip: &IpAddr| {
+        !ip.is_loopback()
+            && !ip.is_unspecified()
+            && crate::addr::classify(*ip) != AddrClass::LinkLocal
+    };
+    let default = tokio::task::spawn_blocking(move || Interface::default_for(af)).await;
+    match default {
+        Ok(Ok(Some(nic))) => {
+            if let Some(ip) = nic.bind_addr(af).map(|a| a.ip()).filter(usable) {
+                return Some(ip);
+            }
+        }
+        Ok(Ok(None)) => {}
+        _ => {
+            let towards: SocketAddr = match af {
+                Af::V4 => SocketAddr::from(([192, 0, 2, 1], 9)),
+                Af::V6 => SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 9)),
+            };
+            if let Ok(ip) = crate::iface::bind::source_towards(towards, None).await {
+                if usable(&ip) {
+                    return Some(ip);
+                }
+            }
+        }
+    }
+    let nics = tokio::task::spawn_blocking(Interface::list)
+        .await
+        .ok()?
+        .ok()?;
+    nics.iter()
+        .filter(|n| n.flags.up && !n.flags.loopback)
+        .find_map(|n| n.bind_addr(af).map(|a| a.ip()).filter(usable))
+}
+
 impl Inner {
     fn id(&self) -> &PeerId {
         self.id
@@ -434,6 +561,16 @@ impl Inner {
             }
             Request::Join { pid, host, port } => {
                 let r = lock(&self.peers).insert(pid.clone(), host, port);
+                match r {
+                    Insert::Added => tracing::info!(%pid, from = %msg.peer, "peer joined"),
+                    Insert::Full => tracing::info!(
+                        %pid,
+                        from = %msg.peer,
+                        max_peers = self.cfg.max_peers,
+                        "peer refused: the peer table is full"
+                    ),
+                    Insert::Duplicate => tracing::debug!(%pid, "peer joined again"),
+                }
                 self.send(pipe, &reply::join_result(r, &pid)).await
             }
             Request::Quer { ret, key, ttl } => {
@@ -463,12 +600,15 @@ impl Inner {
                 let _ = self.results.send((name, owner));
                 Ok(())
             }
-            Request::Fget { name } => self.serve_file(pipe, &name, 0, None).await,
+            Request::Fget { name } => self.serve_file(pipe, msg.peer, &name, 0, None).await,
             Request::Frng {
                 name,
                 offset,
                 length,
-            } => self.serve_file(pipe, &name, offset, Some(length)).await,
+            } => {
+                self.serve_file(pipe, msg.peer, &name, offset, Some(length))
+                    .await
+            }
             Request::Finf { name } => match self.file_hash(&name).await {
                 Ok((f, h)) => self.send(pipe, &reply::file_info(f.size, &h)).await,
                 Err(SharedError::BadName { .. } | SharedError::NotFound(_)) => {
@@ -480,6 +620,7 @@ impl Inner {
             Request::Quit { pid } => {
                 let removed = lock(&self.peers).remove(&pid).is_some();
                 let r = if removed {
+                    tracing::info!(%pid, from = %msg.peer, "peer left (quit)");
                     reply::quit_removed(&pid)
                 } else {
                     reply::quit_not_found(&pid)
@@ -559,10 +700,12 @@ impl Inner {
         self.send(pipe, &r).await
     }
 
-    /// Streams `name` from `offset` (`length` bytes, or to the end) as one `REPL`.
+    /// Streams `name` from `offset` (`length` bytes, or to the end) as one `REPL` to
+    /// `peer`.
     async fn serve_file(
         &self,
         pipe: &Pipe,
+        peer: SocketAddr,
         name: &str,
         offset: u64,
         length: Option<u64>,
@@ -615,6 +758,7 @@ impl Inner {
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
         self.counters.files_served.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(name = ?f.name, bytes = len, offset, %peer, "file served");
         Ok(())
     }
 
@@ -665,6 +809,7 @@ impl Inner {
         }
         let t = self.cfg.peer_timeout;
         let mut hits: Vec<Hit> = Vec::new();
+        let mut learned = false;
         if let Ok(files) = self.shared.index().await {
             hits.extend(
                 files
@@ -675,6 +820,7 @@ impl Inner {
             );
         }
         if hits.is_empty() {
+            learned = true;
             let remote = lock(&self.remote);
             hits.extend(
                 remote
@@ -686,11 +832,22 @@ impl Inner {
         }
         if !hits.is_empty() {
             let back = FilerClient::for_peer(&ret).timeout(t);
+            let found = hits.len();
+            let mut sent = 0;
             for (name, owner) in hits {
                 if back.resp(&name, &owner).await.is_ok() {
+                    sent += 1;
                     self.counters.resp_sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            tracing::info!(
+                ?key,
+                hits = found,
+                sent,
+                asker = %ret,
+                from_learned_names = learned,
+                "search answered"
+            );
             return;
         }
         if ttl == 0 {
@@ -846,14 +1003,31 @@ impl Inner {
     ) -> Result<(), Error> {
         let local = crate::addr::canonical(from).ip().is_loopback();
         let allowed = local || self.cfg.trusted_from_anywhere;
-        let ok = allowed
-            && lock(&self.challenges)
-                .verify(&nonce, &mac, &op.to_string(), Instant::now())
-                .is_ok();
-        if !ok {
+        let checked = if allowed {
+            lock(&self.challenges).verify(&nonce, &mac, &op.to_string(), Instant::now())
+        } else {
+            Ok(())
+        };
+        if !allowed || checked.is_err() {
             self.counters.trust_denied.fetch_add(1, Ordering::Relaxed);
+            // The operation's code only: its arguments come from whoever asked.
+            match checked {
+                Err(why) => tracing::info!(
+                    op = op.code(),
+                    %from,
+                    %why,
+                    "trusted operation refused"
+                ),
+                Ok(()) => tracing::info!(
+                    op = op.code(),
+                    %from,
+                    why = "not from loopback (see trusted_from_anywhere)",
+                    "trusted operation refused"
+                ),
+            }
             return self.send(pipe, &reply::trust_denied()).await;
         }
+        tracing::info!(?op, %from, "trusted operation accepted");
         self.send(pipe, &reply::trust_accepted()).await?;
         let result = match op {
             TrustedOp::Find { key } => self.find_and_fetch(&key).await,

@@ -5,6 +5,11 @@
 //! file inside the folder. Names learned from other peers are never looked up here. Every
 //! check runs on the blocking pool under a time limit, so a hung file system cannot hang
 //! the node.
+//!
+//! A walk of the folder ([`SharedDir::index`]) also keeps the files it left out because the
+//! protocol cannot carry their names (whitespace, control characters, a backslash, too
+//! long, not UTF-8): [`SharedDir::skipped`] lists them, so that a user can be told.
+//! Hidden files and downloads in progress are left out on purpose and not listed.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -67,6 +72,31 @@ pub struct SharedFile {
     pub modified: Option<SystemTime>,
 }
 
+/// The most skipped names a walk keeps (see [`Skipped`]); the rest are only counted.
+pub const MAX_SKIPPED_NAMES: usize = 100;
+
+/// The files a walk left out because the protocol cannot carry their names.
+///
+/// Hidden files and folders and downloads in progress ([`PART_SUFFIX`]) are not counted:
+/// they are left out on purpose.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// The first [`MAX_SKIPPED_NAMES`] names (lossily decoded; a folder's ends with `/`),
+    /// each with why it cannot be carried, in the order the walk found them.
+    pub names: Vec<(String, &'static str)>,
+    /// How many in all.
+    pub count: usize,
+}
+
+impl Skipped {
+    fn add(&mut self, name: String, why: &'static str) {
+        self.count += 1;
+        if self.names.len() < MAX_SKIPPED_NAMES {
+            self.names.push((name, why));
+        }
+    }
+}
+
 /// How long a walk of the folder answers searches before the next one (see
 /// [`SharedDir::index`]).
 pub const DEFAULT_INDEX_AGE: Duration = Duration::from_secs(2);
@@ -85,6 +115,7 @@ pub struct SharedDir {
 struct Index {
     at: std::time::Instant,
     files: std::sync::Arc<Vec<SharedFile>>,
+    skipped: std::sync::Arc<Skipped>,
 }
 
 /// Runs a blocking file-system closure on the blocking pool under `limit`.
@@ -200,19 +231,42 @@ impl SharedDir {
     ///
     /// Cancel safe: a walk whose caller goes is finished by the blocking pool and dropped.
     pub async fn index(&self) -> Result<std::sync::Arc<Vec<SharedFile>>, SharedError> {
+        Ok(self.fresh().await?.0)
+    }
+
+    /// The files the walk behind [`index`](Self::index) left out because the protocol
+    /// cannot carry their names; from the same walk, at most as old.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`index`](Self::index).
+    pub async fn skipped(&self) -> Result<std::sync::Arc<Skipped>, SharedError> {
+        Ok(self.fresh().await?.1)
+    }
+
+    /// The index's two halves, walking again if it is too old.
+    async fn fresh(
+        &self,
+    ) -> Result<(std::sync::Arc<Vec<SharedFile>>, std::sync::Arc<Skipped>), SharedError> {
         let mut ix = self.index.lock().await;
         if let Some(i) = ix.as_ref() {
             if i.at.elapsed() < self.max_age {
-                return Ok(i.files.clone());
+                return Ok((i.files.clone(), i.skipped.clone()));
             }
         }
         let at = std::time::Instant::now();
-        let files = std::sync::Arc::new(self.list().await?);
+        let (files, skipped) = self.walk().await?;
+        let (files, skipped) = (std::sync::Arc::new(files), std::sync::Arc::new(skipped));
         *ix = Some(Index {
             at,
             files: files.clone(),
+            skipped: skipped.clone(),
         });
-        Ok(files)
+        Ok((files, skipped))
     }
 
     /// Forgets the index, so that the next [`index`](Self::index) walks the folder: for
@@ -284,9 +338,15 @@ impl SharedDir {
     ///
     /// Cancel safe.
     pub async fn list(&self) -> Result<Vec<SharedFile>, SharedError> {
+        Ok(self.walk().await?.0)
+    }
+
+    /// As [`list`](Self::list), with the files whose names the protocol cannot carry.
+    async fn walk(&self) -> Result<(Vec<SharedFile>, Skipped), SharedError> {
         let root = self.root.clone();
         blocking(self.timeout, move || {
             let mut out = Vec::new();
+            let mut skipped = Skipped::default();
             let mut stack = vec![(root.clone(), String::new())];
             while let Some((dir, prefix)) = stack.pop() {
                 let entries = std::fs::read_dir(&dir).map_err(|source| SharedError::Io {
@@ -294,11 +354,28 @@ impl SharedDir {
                     source,
                 })?;
                 for entry in entries.flatten() {
-                    let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+                    let os_name = entry.file_name();
+                    let lossy = os_name.to_string_lossy();
+                    // Hidden entries and downloads in progress are left out on purpose.
+                    if lossy.starts_with('.') || lossy.ends_with(PART_SUFFIX) {
+                        continue;
+                    }
+                    let folder = || {
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            "/"
+                        } else {
+                            ""
+                        }
+                    };
+                    let Some(file_name) = os_name.to_str() else {
+                        skipped.add(format!("{prefix}{lossy}{}", folder()), "not utf-8");
                         continue;
                     };
                     let name = format!("{prefix}{file_name}");
-                    if check_name(&name).is_err() {
+                    if let Err(e) = check_name(&name) {
+                        if let SharedError::BadName { why, .. } = e {
+                            skipped.add(format!("{name}{}", folder()), why);
+                        }
                         continue;
                     }
                     let Ok(real) = std::fs::canonicalize(entry.path()) else {
@@ -330,7 +407,7 @@ impl SharedDir {
                 }
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
+            Ok((out, skipped))
         })
         .await
     }
@@ -450,6 +527,53 @@ mod tests {
             hex(&h),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
+    }
+
+    #[tokio::test]
+    async fn a_walk_lists_the_names_the_protocol_cannot_carry_but_not_hidden_or_part_files() {
+        let t = Duration::from_secs(10);
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "a.txt",
+            "my notes.txt",
+            "tab\there",
+            ".hidden x",
+            "y z.p2pipe-part",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("my music")).unwrap();
+        std::fs::write(dir.path().join("my music/song.ogg"), b"la").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b c"), b"x").unwrap();
+        let shared = SharedDir::open(dir.path(), t).await.unwrap();
+        let files = tokio::time::timeout(t, shared.index())
+            .await
+            .unwrap()
+            .unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a.txt"]);
+        let skipped = tokio::time::timeout(t, shared.skipped())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut got: Vec<(&str, &str)> = skipped
+            .names
+            .iter()
+            .map(|(n, w)| (n.as_str(), *w))
+            .collect();
+        got.sort();
+        let why = "whitespace or control characters";
+        assert_eq!(
+            got,
+            [
+                ("my music/", why),
+                ("my notes.txt", why),
+                ("sub/b c", why),
+                ("tab\there", why)
+            ]
+        );
+        assert_eq!(skipped.count, 4);
     }
 
     #[tokio::test]

@@ -206,7 +206,7 @@ impl Share {
         let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
             .arg("share")
             .arg(dir)
-            .args(["--port", "0"])
+            .args(["--bind", "127.0.0.1", "--port", "0", "--no-stun"])
             .args(extra)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -221,10 +221,10 @@ impl Share {
             .and_then(|r| r.split(' ').next())
             .expect(&first)
             .to_owned();
-        // Wait until joining is over: the peers line.
+        // Wait until joining is over: the last line of the start-up.
         loop {
             let l = within(lines.next_line()).await.unwrap().expect("a line");
-            if l.starts_with("peers:") {
+            if l.starts_with("press Ctrl-C") {
                 break;
             }
         }
@@ -609,4 +609,464 @@ async fn search_without_an_answer_fails_with_the_reason_on_stderr_only() {
         1,
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// `p2pipe share` for a newcomer: the default folder, every argument checked before the
+// port is bound, a clear error for a port in use, every interface by default, the start-up
+// report (files skipped, plurals, the external address) and the info logs of a node.
+// ---------------------------------------------------------------------------------------
+
+mod newcomer {
+    use std::path::Path;
+    use std::process::Stdio;
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+    use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+    use crate::support::{ipv6_usable, spawn_guard, succeeded, within};
+
+    /// A running `p2pipe share` with `HOME` set, its start-up lines (up to the "press
+    /// Ctrl-C" line), and its stdout and stderr to read on.
+    struct Node {
+        child: Child,
+        out: Lines<BufReader<ChildStdout>>,
+        err: Lines<BufReader<ChildStderr>>,
+        startup: Vec<String>,
+    }
+
+    impl Node {
+        async fn start(home: &Path, args: &[&str]) -> Node {
+            let guard = spawn_guard().await;
+            let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+                .arg("share")
+                .args(args)
+                .env("HOME", home)
+                .env_remove("RUST_LOG")
+                .env_remove("P2PIPE_STUN")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("run p2pipe share");
+            let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+            let err = BufReader::new(child.stderr.take().unwrap()).lines();
+            let mut startup = Vec::new();
+            // Held until the child has printed: it runs its own code by then.
+            let mut guard = Some(guard);
+            loop {
+                let l = within(out.next_line())
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("share ended during start-up: {startup:?}"));
+                guard.take();
+                let last = l.starts_with("press Ctrl-C");
+                startup.push(l);
+                if last {
+                    break;
+                }
+            }
+            Node {
+                child,
+                out,
+                err,
+                startup,
+            }
+        }
+
+        /// The start-up line that starts with `prefix`.
+        fn line(&self, prefix: &str) -> &str {
+            self.startup
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no line {prefix:?} in {:?}", self.startup))
+        }
+
+        /// The node's id, from "sharing DIR as ID (...)".
+        fn id(&self) -> String {
+            let l = self.line("sharing ");
+            let after = l.rsplit(" as ").next().expect(l);
+            after.split(' ').next().expect(l).to_owned()
+        }
+
+        /// The next log line (stderr) that `want` accepts.
+        async fn log(&mut self, want: impl Fn(&str) -> bool) -> String {
+            loop {
+                let l = within(self.err.next_line())
+                    .await
+                    .unwrap()
+                    .expect("the node logs on");
+                if want(&l) {
+                    return l;
+                }
+            }
+        }
+
+        /// The next line on stdout that `want` accepts, looking at the start-up first.
+        async fn out(&mut self, want: impl Fn(&str) -> bool) -> String {
+            if let Some(l) = self.startup.iter().find(|l| want(l)) {
+                return l.clone();
+            }
+            loop {
+                let l = within(self.out.next_line())
+                    .await
+                    .unwrap()
+                    .expect("the node prints on");
+                if want(&l) {
+                    return l;
+                }
+            }
+        }
+
+        async fn stop(mut self) {
+            let pid = self.child.id().expect("running").to_string();
+            let st = within(Command::new("kill").args(["-TERM", &pid]).status())
+                .await
+                .unwrap();
+            assert!(st.success());
+            let mut rest = Vec::new();
+            while let Some(l) = within(self.out.next_line()).await.unwrap() {
+                rest.push(l);
+            }
+            assert_eq!(rest.last().map(String::as_str), Some("left the network"));
+            assert!(within(self.child.wait()).await.unwrap().success());
+        }
+    }
+
+    /// Runs `p2pipe ARGS` with `HOME` set, expecting it to end by itself.
+    async fn p2pipe_exits(home: &Path, args: &[&str]) -> std::process::Output {
+        let _guard = spawn_guard().await;
+        within(
+            Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+                .args(args)
+                .env("HOME", home)
+                .env_remove("P2PIPE_STUN")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Runs `p2pipe share ARGS` with `HOME` set, expecting it to end by itself.
+    async fn share_exits(home: &Path, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["share"];
+        all.extend(args);
+        p2pipe_exits(home, &all).await
+    }
+
+    /// A NAME request: the id a node answers with.
+    async fn name_of(at: std::net::SocketAddr) -> String {
+        let mut s = within(tokio::net::TcpStream::connect(at)).await.unwrap();
+        within(s.write_all(b"NAME\0\0\0\0")).await.unwrap();
+        let mut out = Vec::new();
+        within(s.read_to_end(&mut out)).await.unwrap();
+        assert_eq!(&out[..4], b"REPL", "{out:?}");
+        String::from_utf8(out[8..].to_vec()).unwrap()
+    }
+
+    fn folder_with(files: &[&str]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(d.path().join(f), b"hello").unwrap();
+        }
+        d
+    }
+
+    #[tokio::test]
+    async fn share_without_a_folder_creates_and_shares_home_public() {
+        let home = tempfile::tempdir().unwrap();
+        let public = home.path().join("Public");
+        let local = ["--bind", "127.0.0.1", "--port", "0", "--no-stun"];
+        let n = Node::start(home.path(), &local).await;
+        assert_eq!(
+            n.startup[0],
+            format!("created {} (empty)", public.display())
+        );
+        let sharing = format!("sharing {} as 127.0.0.1:", public.display());
+        assert!(n.startup[1].starts_with(&sharing), "{:?}", n.startup);
+        assert!(n.startup[1].ends_with("(0 files)"), "{:?}", n.startup);
+        assert!(public.is_dir());
+        n.stop().await;
+        // The second time it is there: shared as it is, and "1 file" is singular.
+        std::fs::write(public.join("a.txt"), b"a").unwrap();
+        let n = Node::start(home.path(), &local).await;
+        assert!(n.startup[0].starts_with(&sharing), "{:?}", n.startup);
+        assert!(n.startup[0].ends_with("(1 file)"), "{:?}", n.startup);
+        n.stop().await;
+    }
+
+    #[tokio::test]
+    async fn share_of_a_missing_folder_fails_naming_it_with_a_hint() {
+        let home = tempfile::tempdir().unwrap();
+        let missing = home.path().join("no").join("such");
+        let out = share_exits(
+            home.path(),
+            &[missing.to_str().unwrap(), "--port", "0", "--no-stun"],
+        )
+        .await;
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "no folder {}: create it, or run \"p2pipe share\" to share ~/Public",
+                missing.display()
+            )),
+            "{err}"
+        );
+        assert!(!home.path().join("Public").exists(), "nothing created");
+    }
+
+    /// Each bad argument is refused before the port is bound: with the port held by the
+    /// test, the error is the argument's, not "cannot listen", and nothing is printed.
+    #[tokio::test]
+    async fn share_checks_every_argument_before_binding_its_port() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = folder_with(&["a.txt"]);
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port().to_string();
+        let missing = home.path().join("missing-secret");
+        let missing = missing.to_str().unwrap();
+        let no_dir = home.path().join("no-dir");
+        let no_dir = no_dir.to_str().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let cases: [(&[&str], String); 6] = [
+            (&[d, "--join", "foo"], "invalid --join foo: ".into()),
+            (
+                &[d, "--join", "127.0.0.1:9", "--join", "[::1"],
+                "invalid --join [::1: ".into(),
+            ),
+            (
+                &[d, "--max-peers", "0"],
+                "--max-peers must be at least 1".into(),
+            ),
+            (
+                &[d, "--secret-file", missing],
+                format!("cannot read secret file {missing}"),
+            ),
+            (&[d, "--advertise", "a b"], "invalid --advertise a b".into()),
+            (&[no_dir], format!("no folder {no_dir}")),
+        ];
+        for (args, want) in cases {
+            let mut all = args.to_vec();
+            all.extend(["--bind", "127.0.0.1", "--port", &port, "--no-stun"]);
+            let out = share_exits(home.path(), &all).await;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?}: {err}");
+            assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+            assert!(err.contains(&want), "{args:?}: {err}");
+            assert!(
+                !err.contains("cannot listen"),
+                "{args:?} bound first: {err}"
+            );
+        }
+        drop(held);
+    }
+
+    /// A port in use is an error naming the address, on a given address and on the
+    /// default (every interface).
+    #[tokio::test]
+    async fn share_on_a_port_in_use_says_which_address_it_cannot_listen_on() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = folder_with(&[]);
+        let d = dir.path().to_str().unwrap();
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port().to_string();
+        let out = share_exits(
+            home.path(),
+            &[d, "--bind", "127.0.0.1", "--port", &port, "--no-stun"],
+        )
+        .await;
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "cannot listen on 127.0.0.1:{port}: address in use"
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("local file"), "{err}");
+        // Every interface includes 127.0.0.1: [::] (dual-stack) or 0.0.0.0 is taken too.
+        let out = share_exits(home.path(), &[d, "--port", &port, "--no-stun"]).await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot listen on "), "{err}");
+        assert!(err.contains(&format!(":{port}: address in use")), "{err}");
+        drop(held);
+    }
+
+    /// By default the node listens on every interface, is reached over 127.0.0.1 (and
+    /// ::1, dual-stack) alike, and its id is an address others can use, not a wildcard.
+    #[tokio::test]
+    async fn share_listens_on_every_interface_by_default_with_an_id_others_can_use() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = folder_with(&[]);
+        let n = Node::start(
+            home.path(),
+            &[dir.path().to_str().unwrap(), "--port", "0", "--no-stun"],
+        )
+        .await;
+        let id = n.id();
+        let (host, port) = id.rsplit_once(':').expect(&id);
+        let host = host.trim_matches(|c| c == '[' || c == ']');
+        let ip: std::net::IpAddr = host.parse().expect(host);
+        assert!(!ip.is_unspecified(), "{id}");
+        let listening = n.line("listening on ");
+        let any = if ipv6_usable("share_listens_on_every_interface") {
+            "[::]"
+        } else {
+            "0.0.0.0"
+        };
+        assert!(
+            listening.starts_with(&format!(
+                "listening on {any}:{port} (every interface); others can reach it at {id}"
+            )),
+            "{listening}"
+        );
+        let port: u16 = port.parse().unwrap();
+        assert_eq!(name_of(([127, 0, 0, 1], port).into()).await, id);
+        if any == "[::]" {
+            let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+            assert_eq!(name_of(v6).await, id);
+        }
+        n.stop().await;
+    }
+
+    #[tokio::test]
+    async fn share_says_which_files_it_skips_and_why() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = folder_with(&["a.txt", "my notes.txt", ".hidden"]);
+        let n = Node::start(
+            home.path(),
+            &[
+                dir.path().to_str().unwrap(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-stun",
+            ],
+        )
+        .await;
+        assert!(n.line("sharing ").ends_with("(1 file)"), "{:?}", n.startup);
+        assert_eq!(
+            n.line("skipped "),
+            "skipped 1 file: names the protocol cannot carry (whitespace or control characters): 'my notes.txt'; hidden files and part files are not shared"
+        );
+        assert_eq!(
+            n.line("listening on "),
+            format!("listening on {}: only this machine can reach it", n.id())
+        );
+        n.stop().await;
+    }
+
+    /// The external address comes from the STUN server given (here on loopback), in the
+    /// background.
+    #[tokio::test]
+    async fn share_prints_the_external_address_a_stun_server_sees() {
+        use p2pipe::stun::server::TestServer;
+        let server = within(TestServer::start(
+            "127.0.0.1".parse().unwrap(),
+            "127.0.0.2".parse().unwrap(),
+        ))
+        .await
+        .unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let dir = folder_with(&[]);
+        let stun = server.primary().to_string();
+        let mut n = Node::start(
+            home.path(),
+            &[
+                dir.path().to_str().unwrap(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--stun",
+                &stun,
+            ],
+        )
+        .await;
+        let l = n.out(|l| l.starts_with("external address")).await;
+        assert_eq!(
+            l,
+            "external address 127.0.0.1 (stun): this machine's own, no nat in front"
+        );
+        assert!(server.requests() >= 1);
+        n.stop().await;
+    }
+
+    /// A node logs, at info level without -v: a peer joining, a search it answers, a file
+    /// it serves, a trusted operation refused (never the secret tried), a peer leaving.
+    #[tokio::test]
+    async fn share_logs_joins_searches_files_served_and_trusted_operations() {
+        use p2pipe::filer::client::FilerClient;
+        use p2pipe::filer::{PeerId, TrustedOp};
+        let home = tempfile::tempdir().unwrap();
+        let (da, db) = (folder_with(&["a.txt"]), folder_with(&[]));
+        let local = ["--bind", "127.0.0.1", "--port", "0", "--no-stun"];
+        let mut a_args = vec![da.path().to_str().unwrap()];
+        a_args.extend(local);
+        let mut a = Node::start(home.path(), &a_args).await;
+        let a_id = a.id();
+        let mut b_args = vec![db.path().to_str().unwrap(), "--join", &a_id];
+        b_args.extend(local);
+        let b = Node::start(home.path(), &b_args).await;
+        let b_id = b.id();
+        assert_eq!(
+            b.line("joined through "),
+            format!("joined through {a_id}: 1 peer added, 1 peer in the table")
+        );
+        assert!(
+            !b.startup.iter().any(|l| l.starts_with("peers:")),
+            "{:?}",
+            b.startup
+        );
+        let l = a
+            .log(|l| l.contains("peer joined") && l.contains(&b_id))
+            .await;
+        assert!(l.contains("INFO"), "{l}");
+
+        let out = p2pipe_exits(
+            home.path(),
+            &[
+                "search", "a.tx", "--via", &a_id, "--count", "1", "--wait", "8",
+            ],
+        )
+        .await;
+        assert_eq!(succeeded(&out).trim(), format!("a.txt {a_id}"));
+        let l = a.log(|l| l.contains("search answered")).await;
+        assert!(l.contains("key=\"a.tx\"") && l.contains("hits=1"), "{l}");
+
+        let at: std::net::SocketAddr = a_id.parse().unwrap();
+        let mut s = within(tokio::net::TcpStream::connect(at)).await.unwrap();
+        within(s.write_all(b"FGET\0\0\0\x05a.txt")).await.unwrap();
+        let mut got = Vec::new();
+        within(s.read_to_end(&mut got)).await.unwrap();
+        assert_eq!(&got[8..], b"hello");
+        let l = a.log(|l| l.contains("file served")).await;
+        assert!(l.contains("name=\"a.txt\"") && l.contains("bytes=5"), "{l}");
+
+        let tried = b"not-the-secret-4711";
+        let op = TrustedOp::AddPeer {
+            pid: PeerId::parse("127.0.0.1:9").unwrap(),
+            host: "127.0.0.1".into(),
+            port: 9,
+        };
+        assert!(within(FilerClient::new(at).trusted(tried, op))
+            .await
+            .is_err());
+        let l = a.log(|l| l.contains("trusted operation refused")).await;
+        assert!(l.contains("op=\"ADDP\"") || l.contains("op=ADDP"), "{l}");
+        assert!(!l.contains("not-the-secret"), "{l}");
+
+        b.stop().await;
+        let l = a
+            .log(|l| l.contains("peer left (quit)") && l.contains(&b_id))
+            .await;
+        assert!(l.contains("INFO"), "{l}");
+        a.stop().await;
+    }
 }

@@ -1041,3 +1041,95 @@ async fn a_failed_rebuild_keeps_the_peer_table_and_a_successful_one_replaces_it(
     assert_eq!(String::from_utf8_lossy(&r[1].payload), "Rebuild: 1 peer");
     assert_eq!(listed().await, vec![hub.id().clone()]);
 }
+
+// ---------------------------------------------------------------------------------------
+// A node on every interface: dual-stack on `[::]`, an id others can use, trusted
+// operations still from loopback only, and a clear error for a port in use.
+// ---------------------------------------------------------------------------------------
+
+/// On `[::]` (or `0.0.0.0` without IPv6) the node takes IPv4 and IPv6 clients, and a
+/// loopback client of either family is trusted, as on a loopback-bound node.
+#[tokio::test]
+async fn a_loopback_client_of_a_node_bound_to_the_wildcard_is_trusted() {
+    let secret = b"wildcard secret".to_vec();
+    let v6 = ipv6_usable("a_loopback_client_of_a_node_bound_to_the_wildcard_is_trusted");
+    let any = if v6 { "::" } else { "0.0.0.0" };
+    let (n, _d) = node_with(any, &[], |c| c.secret = Some(secret.clone())).await;
+    assert!(n.local_addr().ip().is_unspecified(), "{}", n.local_addr());
+    let port = n.local_addr().port();
+    let mut clients = vec!["127.0.0.1"];
+    if v6 {
+        clients.push("::1");
+    }
+    for (i, client) in clients.iter().enumerate() {
+        let to = SocketAddr::new(client.parse().unwrap(), port);
+        let peer = 9 + i as u16;
+        let op = TrustedOp::AddPeer {
+            pid: PeerId::parse(&format!("127.0.0.1:{peer}")).unwrap(),
+            host: "127.0.0.1".into(),
+            port: peer,
+        };
+        let r = within(FilerClient::new(to).trusted(&secret, op))
+            .await
+            .unwrap_or_else(|e| panic!("from {client}: {e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&r[1].payload),
+            format!("Join: peer added: 127.0.0.1:{peer}"),
+            "from {client}"
+        );
+    }
+    assert_eq!(n.peers().len(), clients.len());
+    assert_eq!(n.stats().trust_denied, 0);
+}
+
+/// A node on a wildcard address does not put the wildcard in its id: it takes a LAN
+/// address (loopback on a machine without network), unless told what to advertise.
+#[tokio::test]
+async fn a_node_bound_to_the_wildcard_has_an_id_others_can_use() {
+    let (n, _d) = node("0.0.0.0", &[]).await;
+    let ip = n.id().ip().expect("an address");
+    assert!(ip.is_ipv4() && !ip.is_unspecified(), "{}", n.id());
+    assert_eq!(n.id().port(), n.local_addr().port());
+    // An address of this machine.
+    let own: Vec<std::net::IpAddr> = p2pipe::Interface::list()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i.v4.iter().map(|a| std::net::IpAddr::from(a.ip)))
+        .collect();
+    assert!(own.contains(&ip), "{ip} is not among {own:?}");
+    let (m, _d) = node_with("0.0.0.0", &[], |c| {
+        c.advertise_host = Some("node.example".into())
+    })
+    .await;
+    assert_eq!(
+        m.id().to_string(),
+        format!("node.example:{}", m.local_addr().port())
+    );
+}
+
+/// A port in use is [`Error::Listen`], naming the address, on IPv4 and IPv6.
+#[tokio::test]
+async fn a_port_in_use_is_a_listen_error_naming_the_address() {
+    let mut ips = vec!["127.0.0.1"];
+    if ipv6_usable("a_port_in_use_is_a_listen_error_naming_the_address") {
+        ips.push("::1");
+    }
+    for ip in ips {
+        let held = std::net::TcpListener::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        let at = held.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = within(FilerNode::start(at, NodeConfig::new(dir.path())))
+            .await
+            .err()
+            .expect("the port is taken");
+        assert!(
+            matches!(&err, Error::Listen { addr, kind, .. }
+                if *addr == at && *kind == std::io::ErrorKind::AddrInUse),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("cannot listen on {at}: address in use")
+        );
+    }
+}
