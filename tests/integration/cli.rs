@@ -316,7 +316,9 @@ async fn three_node_session_from_the_command_line() {
     .await;
     let text = succeeded(&out);
     assert!(
-        text.contains("sha-256 verified, resumed: 1300000 bytes transferred"),
+        text.contains(
+            "sha-256 verified on disk; resumed at byte 700000, 1300000 bytes transferred"
+        ),
         "{text}"
     );
     assert_eq!(std::fs::read(into.join("holiday.mkv")).unwrap(), big);
