@@ -10,7 +10,8 @@
 //! ```
 //!
 //! With `--id`, one interactive node: it listens where `--listen` says, connects to every
-//! `--peer`, broadcasts each line typed on stdin, and prints what arrives. Three
+//! `--peer`, broadcasts each line typed on stdin, and prints what arrives (control
+//! characters escaped, as `\u{4}`). Ctrl-C or the end of input stops it. Three
 //! terminals make the same three-node chat by hand:
 //!
 //! ```sh
@@ -26,7 +27,6 @@ use clap::Parser;
 use futures::StreamExt;
 use p2pipe::mesh::{Backoff, Event, Mesh, MeshBuilder, Outgoing};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncBufReadExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,6 +48,20 @@ struct Chat {
     text: String,
 }
 
+/// `text` with its control characters escaped (`\u{4}`), so that a terminal shows them
+/// instead of acting on them.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A chat node: prints what it hears and who comes and goes.
 fn chat_node(id: &str, listen: SocketAddr) -> MeshBuilder {
     let me = id.to_owned();
@@ -57,19 +71,26 @@ fn chat_node(id: &str, listen: SocketAddr) -> MeshBuilder {
         .on_message(move |_, msg| {
             let me = m1.clone();
             async move {
+                let from = printable(msg.from.as_ref());
                 match msg.json::<Chat>() {
-                    Ok(c) => println!("[{me}] <{}> {}", msg.from, c.text),
-                    Err(e) => println!("[{me}] <{}> (not a chat message: {e})", msg.from),
+                    Ok(c) => println!("[{me}] <{from}> {}", printable(&c.text)),
+                    Err(e) => println!("[{me}] <{from}> (not a chat message: {e})"),
                 }
             }
         })
         .on_inbound_connected(move |_, p| {
             let me = m2.clone();
-            async move { println!("[{me}] {} joined from {}", p.id, p.addr) }
+            async move {
+                let id = printable(p.id.as_ref());
+                println!("[{me}] {id} joined from {}", p.addr)
+            }
         })
         .on_inbound_disconnected(move |_, d| {
             let me = m3.clone();
-            async move { println!("[{me}] {} left ({})", d.peer.id, d.reason) }
+            async move {
+                let id = printable(d.peer.id.as_ref());
+                println!("[{me}] {id} left ({})", d.reason)
+            }
         })
 }
 
@@ -147,7 +168,9 @@ async fn interactive(
     peers: Vec<SocketAddr>,
 ) -> Result<(), BoxError> {
     let (mesh, _events) = chat_node(&id, listen)
-        .on_outbound_connected(|_, p| async move { println!("connected to {}", p.id) })
+        .on_outbound_connected(|_, p| async move {
+            println!("connected to {}", printable(p.id.as_ref()))
+        })
         .start()
         .await?;
     println!("{id} listens on {}", mesh.local_addrs()[0]);
@@ -155,19 +178,32 @@ async fn interactive(
         mesh.keep_connected(p, Backoff::default());
     }
     drop(_events);
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // Lines are read on a thread of their own: a read blocked on the terminal must not
+    // hold up the exit. (Tokio's stdin reads on its blocking pool, which the runtime
+    // waits for when it shuts down, so Ctrl-C would wait for the next Enter.) The
+    // thread is never joined; the process ends without it.
+    let (tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            line = stdin.next_line() => match line? {
+            line = lines.recv() => match line {
                 Some(text) => {
-                    let r = mesh.broadcast(Outgoing::json(&Chat { text })?, &[]).await;
+                    let r = mesh.broadcast(Outgoing::json(&Chat { text: text? })?, &[]).await;
                     for (peer, e) in r.failed {
-                        println!("not sent to {peer}: {e}");
+                        println!("not sent to {}: {e}", printable(peer.as_ref()));
                     }
                 }
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
         }
     }
     mesh.stop(Duration::from_secs(2)).await;

@@ -1,10 +1,24 @@
 //! `p2pipe nat`: the NAT behaviour of an interface, per address family.
+//!
+//! The report says, per family, what the STUN servers told, or why the family was not
+//! tested. Nothing unknown is left without its reason: in the text, `unknown: <why>`;
+//! in the JSON, a `null` always has a `<field>_reason` beside it, at the top
+//! (`"ipv6": null, "ipv6_reason": "none of the 2 stun servers has an ipv6 address"`)
+//! and inside a report (`"mapping": null, "mapping_reason": "..."`, see
+//! [`p2pipe::nat::Reasons`]).
+//!
+//! The command fails (exit status 1, after printing the report) when neither family got
+//! an external address from a server; the error then says whether no server name
+//! resolved (`no stun server name resolved (dns: ...)`) or no server answered (`no stun
+//! server answered (asked: ...)`).
 
 use std::io::Write;
+use std::net::SocketAddr;
 
+use p2pipe::dns::{self, Resolver};
 use p2pipe::iface::Interface;
 use p2pipe::nat::{self, NatReport, ProbeConfig};
-use p2pipe::Af;
+use p2pipe::{Af, Target};
 
 use super::servers;
 
@@ -18,18 +32,203 @@ pub struct Args {
     /// Test this interface (bound by name and address) instead of the default one.
     #[arg(long, value_name = "NAME")]
     interface: Option<String>,
-    /// Print one JSON object: {"interface": ..., "ipv4": {...} or null, "ipv6": ...}.
+    /// Print one JSON object: {"interface": ..., "ipv4": {...} or null, "ipv6": ...,
+    /// "stun_servers": [...], "interfaces": [...]}.
+    ///
+    /// A null always comes with its reason beside it as `<field>_reason`: `"ipv6": null,
+    /// "ipv6_reason": "..."` for a family that was not tested, `"mapping": null,
+    /// "mapping_reason": "..."` for a part of a report the servers could not tell (also
+    /// nat_type, filtering, external, port_allocation), `"interface_reason"` when no
+    /// interface has a default route.
     #[arg(long)]
     json: bool,
 }
 
 /// What was found for one family: a report, or why there is none.
+#[derive(Debug)]
 enum Outcome {
-    Report(NatReport),
+    Report(Box<NatReport>),
     NotTested(String),
 }
 
+/// One family's test: its outcome, the servers it asked and the names that did not
+/// resolve.
+#[derive(Debug)]
+struct Family {
+    outcome: Outcome,
+    /// The server addresses the probe asked (empty when it did not run).
+    asked: Vec<SocketAddr>,
+    /// Resolver errors of names that did not resolve at all (each names its host).
+    unresolved: Vec<String>,
+    /// How many names were looked up (or given as addresses).
+    names: usize,
+}
+
+impl Family {
+    fn answered(&self) -> bool {
+        matches!(&self.outcome, Outcome::Report(r) if r.external.is_some())
+    }
+}
+
+/// The servers of one family, resolved.
+#[derive(Debug, Default)]
+struct Resolved {
+    addrs: Vec<SocketAddr>,
+    /// Resolver errors of names that did not resolve at all.
+    unresolved: Vec<String>,
+    /// Names that resolve, but to no address of the family.
+    other_family: usize,
+}
+
+/// Resolves `list` (`host:port`, port 3478 by default) to addresses of family `af`,
+/// keeping their order; all lookups at once, each under the resolver's time limit.
+///
+/// # Errors
+///
+/// A server that is not a valid `host:port`.
+async fn resolve(list: &[String], af: Af, resolver: &Resolver) -> Result<Resolved, String> {
+    let targets = list
+        .iter()
+        .map(|s| Target::parse(s, Some(3478)).map_err(|e| format!("bad stun server {s}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lookups = targets
+        .iter()
+        .map(|t| resolver.resolve(t, Some(af), dns::DEFAULT_TIMEOUT));
+    let mut out = Resolved::default();
+    for found in futures::future::join_all(lookups).await {
+        match found {
+            Ok(addrs) => {
+                for a in addrs {
+                    if Af::of_socket(&a) == af && !out.addrs.contains(&a) {
+                        out.addrs.push(a);
+                    }
+                }
+            }
+            Err(p2pipe::error::Error::NoAddress { .. }) => out.other_family += 1,
+            Err(e) => out.unresolved.push(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// Why a family has no server to ask, once its names are resolved.
+fn no_server_reason(af: Af, names: usize, r: &Resolved) -> String {
+    let af = af.to_string().to_lowercase();
+    if r.unresolved.len() == names {
+        return format!(
+            "no stun server name resolved (dns: {})",
+            r.unresolved.join("; ")
+        );
+    }
+    let mut why = format!("none of the {names} stun servers has an {af} address");
+    if !r.unresolved.is_empty() {
+        why.push_str(&format!(
+            "; {} did not resolve (dns: {})",
+            r.unresolved.len(),
+            r.unresolved.join("; ")
+        ));
+    }
+    why
+}
+
+fn join<T: ToString>(items: &[T], sep: &str) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// The error of a run where no family got an external address, or `None` when one did.
+fn failure(families: &[(Af, Family)]) -> Option<String> {
+    if families.iter().any(|(_, f)| f.answered()) {
+        return None;
+    }
+    let asked: Vec<SocketAddr> = families
+        .iter()
+        .flat_map(|(_, f)| f.asked.iter().copied())
+        .collect();
+    if !asked.is_empty() {
+        return Some(format!(
+            "no stun server answered (asked: {})",
+            join(&asked, ", ")
+        ));
+    }
+    let mut unresolved: Vec<&String> = Vec::new();
+    for e in families.iter().flat_map(|(_, f)| &f.unresolved) {
+        if !unresolved.contains(&e) {
+            unresolved.push(e);
+        }
+    }
+    // No family asked anyone: either no name resolved at all, or each family had its
+    // own reason (no address of that family, no route ...).
+    if families
+        .iter()
+        .all(|(_, f)| f.names > 0 && f.unresolved.len() == f.names)
+    {
+        return Some(format!(
+            "no stun server name resolved (dns: {})",
+            join(&unresolved, "; ")
+        ));
+    }
+    let why: Vec<String> = families
+        .iter()
+        .map(|(af, f)| match &f.outcome {
+            Outcome::NotTested(why) => format!("{}: {why}", af.to_string().to_lowercase()),
+            Outcome::Report(_) => format!("{}: no report", af.to_string().to_lowercase()),
+        })
+        .collect();
+    Some(format!("no stun server was asked ({})", why.join("; ")))
+}
+
+/// The JSON document: every null has its `<field>_reason`.
+fn json(
+    interface: Option<&str>,
+    families: &[(Af, Family)],
+    list: &[String],
+    nics: &[Interface],
+) -> serde_json::Value {
+    let mut doc = serde_json::Map::new();
+    doc.insert("interface".into(), interface.into());
+    if interface.is_none() {
+        doc.insert(
+            "interface_reason".into(),
+            "no interface has a default route".into(),
+        );
+    }
+    for (af, f) in families {
+        let key = af.to_string().to_lowercase();
+        match &f.outcome {
+            Outcome::Report(r) => {
+                let v = serde_json::to_value(r).unwrap_or_else(|e| {
+                    doc.insert(format!("{key}_reason"), format!("not shown: {e}").into());
+                    serde_json::Value::Null
+                });
+                doc.insert(key, v);
+            }
+            Outcome::NotTested(why) => {
+                doc.insert(key.clone(), serde_json::Value::Null);
+                doc.insert(format!("{key}_reason"), why.clone().into());
+            }
+        }
+    }
+    doc.insert("stun_servers".into(), list.into());
+    doc.insert(
+        "interfaces".into(),
+        nics.iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    serde_json::Value::Object(doc)
+}
+
 /// Runs the NAT tests and prints the report.
+///
+/// # Errors
+///
+/// Bad arguments, no interfaces, or no family got an external address (after the
+/// report is printed).
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (list, source) = servers::servers(&args.stun)?;
     let nics = Interface::list()?;
@@ -43,12 +242,13 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             )?),
             None => None,
         };
+    let resolver = dns::default_resolver();
     // Both families at once: a report costs the slower of the two, not their sum.
     let (v4, v6) = tokio::join!(
-        family(Af::V4, &list, chosen.as_ref()),
-        family(Af::V6, &list, chosen.as_ref())
+        family(Af::V4, &list, chosen.as_ref(), resolver),
+        family(Af::V6, &list, chosen.as_ref(), resolver)
     );
-    let outcomes = [(Af::V4, v4), (Af::V6, v6)];
+    let families = [(Af::V4, v4), (Af::V6, v6)];
     let mut used_interface = chosen.as_ref().map(|n| n.name.clone());
     for af in [Af::V4, Af::V6] {
         if used_interface.is_none() {
@@ -57,126 +257,270 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let answered = outcomes
-        .iter()
-        .any(|(_, o)| matches!(o, Outcome::Report(r) if r.external.is_some()));
+    let failed = failure(&families);
 
     let mut out = std::io::stdout().lock();
     if args.json {
-        let value = |o: &Outcome| match o {
-            Outcome::Report(r) => serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
-            Outcome::NotTested(_) => serde_json::Value::Null,
-        };
-        let doc = serde_json::json!({
-            "interface": used_interface,
-            "ipv4": value(&outcomes[0].1),
-            "ipv6": value(&outcomes[1].1),
-            "stun_servers": list,
-            "interfaces": nics.iter().map(|n| &n.name).collect::<Vec<_>>(),
-        });
+        let doc = json(used_interface.as_deref(), &families, &list, &nics);
         serde_json::to_writer(&mut out, &doc)?;
         writeln!(out)?;
-        return Ok(());
+    } else {
+        print_text(
+            &mut out,
+            used_interface.as_deref(),
+            &families,
+            &list,
+            &source,
+        )?;
+        if let Some(why) = &failed {
+            writeln!(out, "{why}; the interfaces are:")?;
+            for nic in &nics {
+                let v4 = nic.v4.iter().map(|a| a.ip.to_string());
+                let v6 = nic.v6.iter().map(|a| a.ip.to_string());
+                let addrs: Vec<String> = v4.chain(v6).collect();
+                writeln!(out, "  {} {}", nic.name, addrs.join(" "))?;
+            }
+        }
     }
-    match &used_interface {
+    out.flush()?;
+    match failed {
+        Some(why) => Err(why.into()),
+        None => Ok(()),
+    }
+}
+
+fn print_text(
+    out: &mut impl Write,
+    interface: Option<&str>,
+    families: &[(Af, Family)],
+    list: &[String],
+    source: &servers::Source,
+) -> std::io::Result<()> {
+    match interface {
         Some(name) => writeln!(out, "interface {name}")?,
         None => writeln!(out, "interface: none with a default route")?,
     }
-    for (af, outcome) in &outcomes {
+    for (af, f) in families {
         writeln!(out, "{af}")?;
-        match outcome {
+        match &f.outcome {
             Outcome::NotTested(why) => writeln!(out, "  not tested: {why}")?,
             Outcome::Report(r) if r.external.is_none() => writeln!(
                 out,
-                "  no stun server answered ({} asked, {} requests in {} ms): udp is blocked, or the servers are unreachable",
-                list.len(),
+                "  no stun server answered (asked: {}; {} requests in {} ms): udp is blocked, or the servers are unreachable",
+                join(&f.asked, ", "),
                 r.requests,
                 r.elapsed.as_millis()
             )?,
-            Outcome::Report(r) => print_report(&mut out, r)?,
+            Outcome::Report(r) => print_report(out, r)?,
         }
     }
     writeln!(out, "stun servers from {source}: {}", list.join(" "))?;
-    if !answered {
-        writeln!(out, "no stun server answered; the interfaces are:")?;
-        for nic in &nics {
-            let v4 = nic.v4.iter().map(|a| a.ip.to_string());
-            let v6 = nic.v6.iter().map(|a| a.ip.to_string());
-            let addrs: Vec<String> = v4.chain(v6).collect();
-            writeln!(out, "  {} {}", nic.name, addrs.join(" "))?;
+    let mut unresolved: Vec<&String> = Vec::new();
+    for e in families.iter().flat_map(|(_, f)| &f.unresolved) {
+        if !unresolved.contains(&e) {
+            unresolved.push(e);
         }
+    }
+    if !unresolved.is_empty() {
+        writeln!(out, "did not resolve: {}", join(&unresolved, "; "))?;
     }
     Ok(())
 }
 
-fn unknown_or<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref()
-        .map_or_else(|| "unknown".to_owned(), ToString::to_string)
+/// The value, or `unknown: <why>`.
+fn known_or<T: std::fmt::Display>(v: &Option<T>, why: &Option<String>) -> String {
+    match (v, why) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(why)) => format!("unknown: {why}"),
+        (None, None) => "unknown".to_owned(),
+    }
 }
 
 fn print_report(out: &mut impl Write, r: &NatReport) -> std::io::Result<()> {
-    writeln!(out, "  nat type         {}", unknown_or(&r.nat_type))?;
-    writeln!(out, "  mapping          {}", unknown_or(&r.mapping))?;
-    writeln!(out, "  filtering        {}", unknown_or(&r.filtering))?;
-    writeln!(out, "  external         {}", unknown_or(&r.external))?;
-    writeln!(out, "  port allocation  {}", unknown_or(&r.port_allocation))?;
-    writeln!(out, "  local            {}", unknown_or(&r.local))?;
+    let why = &r.reasons;
+    let none = &None;
+    writeln!(
+        out,
+        "  nat type         {}",
+        known_or(&r.nat_type, &why.nat_type)
+    )?;
+    writeln!(
+        out,
+        "  mapping          {}",
+        known_or(&r.mapping, &why.mapping)
+    )?;
+    writeln!(
+        out,
+        "  filtering        {}",
+        known_or(&r.filtering, &why.filtering)
+    )?;
+    writeln!(
+        out,
+        "  external         {}",
+        known_or(&r.external, &why.external)
+    )?;
+    writeln!(
+        out,
+        "  port allocation  {}",
+        known_or(&r.port_allocation, &why.port_allocation)
+    )?;
+    writeln!(out, "  local            {}", known_or(&r.local, none))?;
     writeln!(
         out,
         "  server           {} ({} transactions, {} requests, {} ms)",
-        unknown_or(&r.server),
+        known_or(&r.server, none),
         r.transactions,
         r.requests,
         r.elapsed.as_millis()
     )?;
-    if !r.unknown.is_empty() {
-        let why: Vec<String> = r
-            .unknown
-            .iter()
-            .map(|u| {
-                serde_json::to_value(u)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            })
-            .collect();
-        writeln!(out, "  unknown because  {}", why.join(", "))?;
-    }
     Ok(())
 }
 
-async fn family(af: Af, list: &[String], chosen: Option<&Interface>) -> Outcome {
+async fn family(
+    af: Af,
+    list: &[String],
+    chosen: Option<&Interface>,
+    resolver: &Resolver,
+) -> Family {
+    let not_tested = |why: String, unresolved: Vec<String>| Family {
+        outcome: Outcome::NotTested(why),
+        asked: Vec::new(),
+        unresolved,
+        names: list.len(),
+    };
     let mut cfg = ProbeConfig::default();
     if let Some(nic) = chosen {
-        {
-            let ip = match af {
-                Af::V4 => nic.v4.first().map(|a| a.ip.into()),
-                Af::V6 => nic.v6.iter().find(|a| a.scope_id == 0).map(|a| a.ip.into()),
-            };
-            let Some(ip) = ip else {
-                return Outcome::NotTested(format!(
-                    "{} has no {} address",
-                    nic.name,
-                    af.to_string().to_lowercase()
-                ));
-            };
-            cfg.local_ip = Some(ip);
-            cfg.device = Some(nic.name.clone());
-        }
+        let ip = match af {
+            Af::V4 => nic.v4.first().map(|a| a.ip.into()),
+            Af::V6 => nic.v6.iter().find(|a| a.scope_id == 0).map(|a| a.ip.into()),
+        };
+        let Some(ip) = ip else {
+            let why = format!(
+                "{} has no {} address",
+                nic.name,
+                af.to_string().to_lowercase()
+            );
+            return not_tested(why, Vec::new());
+        };
+        cfg.local_ip = Some(ip);
+        cfg.device = Some(nic.name.clone());
     }
-    let servers = match nat::resolve_servers(list, af).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::NotTested(e.to_string()),
+    let resolved = match resolve(list, af, resolver).await {
+        Ok(r) => r,
+        Err(why) => return not_tested(why, Vec::new()),
     };
-    if servers.is_empty() {
-        return Outcome::NotTested(format!(
-            "none of the {} stun servers has an {} address (names that do not resolve are skipped)",
-            list.len(),
-            af.to_string().to_lowercase()
-        ));
+    if resolved.addrs.is_empty() {
+        let why = no_server_reason(af, list.len(), &resolved);
+        return not_tested(why, resolved.unresolved);
     }
-    match nat::probe(af, &servers, &cfg).await {
-        Ok(r) => Outcome::Report(r),
-        Err(e) => Outcome::NotTested(e.to_string()),
+    match nat::probe(af, &resolved.addrs, &cfg).await {
+        Ok(mut r) => {
+            if r.external.is_none() {
+                r.reasons.external = Some(format!(
+                    "no stun server answered (asked: {})",
+                    join(&resolved.addrs, ", ")
+                ));
+            }
+            Family {
+                outcome: Outcome::Report(Box::new(r)),
+                asked: resolved.addrs,
+                unresolved: resolved.unresolved,
+                names: list.len(),
+            }
+        }
+        Err(e) => not_tested(e.to_string(), resolved.unresolved),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a current-thread runtime, under a time limit.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), f)
+                    .await
+                    .expect("took too long")
+            })
+    }
+
+    /// A resolver that sends no query anywhere: no upstream servers, no hosts entries.
+    fn offline() -> Resolver {
+        Resolver::builder().no_hosts().build().unwrap()
+    }
+
+    #[test]
+    fn names_that_do_not_resolve_are_told_apart_from_servers_that_do_not_answer() {
+        let list = vec![
+            "stun.example.invalid:3478".to_owned(),
+            "other.example.invalid".to_owned(),
+        ];
+        let resolver = offline();
+        let families: Vec<(Af, Family)> = [Af::V4, Af::V6]
+            .into_iter()
+            .map(|af| (af, block_on(family(af, &list, None, &resolver))))
+            .collect();
+        for (af, f) in &families {
+            assert!(f.asked.is_empty(), "{af}: nothing to ask");
+            let Outcome::NotTested(why) = &f.outcome else {
+                panic!("{af}: {:?}", f.outcome)
+            };
+            assert!(
+                why.starts_with("no stun server name resolved (dns: "),
+                "{af}: {why}"
+            );
+            assert!(why.contains("\"stun.example.invalid\""), "{why}");
+            assert!(why.contains("\"other.example.invalid\""), "{why}");
+        }
+        let err = failure(&families).expect("nothing answered");
+        assert!(
+            err.starts_with("no stun server name resolved (dns: "),
+            "{err}"
+        );
+        assert!(!err.contains("answered"), "{err}");
+        let doc = json(Some("lo"), &families, &list, &[]);
+        assert!(doc["ipv4"].is_null());
+        assert!(
+            doc["ipv4_reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("no stun server name resolved"),
+            "{doc}"
+        );
+
+        // Once one server was asked, the failure says it did not answer, and who.
+        let asked: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut families = families;
+        families[0].1 = Family {
+            outcome: Outcome::NotTested("no reply".into()),
+            asked: vec![asked],
+            unresolved: Vec::new(),
+            names: 1,
+        };
+        assert_eq!(
+            failure(&families).unwrap(),
+            "no stun server answered (asked: 127.0.0.1:9)"
+        );
+    }
+
+    #[test]
+    fn a_name_of_the_other_family_only_is_not_a_dns_failure() {
+        let list = vec!["127.0.0.1:3478".to_owned(), "x.example.invalid".to_owned()];
+        let r = block_on(resolve(&list, Af::V6, &offline())).unwrap();
+        assert!(r.addrs.is_empty());
+        assert_eq!(r.other_family, 1);
+        assert_eq!(r.unresolved.len(), 1);
+        let why = no_server_reason(Af::V6, list.len(), &r);
+        assert!(
+            why.starts_with(
+                "none of the 2 stun servers has an ipv6 address; 1 did not resolve (dns: "
+            ),
+            "{why}"
+        );
     }
 }

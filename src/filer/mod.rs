@@ -7,7 +7,7 @@
 //! into typed requests and builds every reply byte for byte, and [`peer`] checks peer ids
 //! and keeps the bounded peer table. The node and client above only move bytes.
 //!
-//! # The wire protocol (`shared/protocol.md`)
+//! # The wire protocol (`docs/protocol.md`)
 //!
 //! A frame is `TYPE` (4 ASCII bytes, upper-cased by the receiver), `LEN` (u32 big-endian)
 //! and `LEN` payload bytes; a short header or payload means no message. A requester opens

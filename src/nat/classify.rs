@@ -20,7 +20,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Filtering, Mapping, NatType, PortAllocation};
+use super::{Filtering, Mapping, NatType, PortAllocation, Reasons};
 
 /// What one answered Binding request showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,9 @@ pub enum Unknown {
     NoReply,
 }
 
-/// The classifier's answer. `None` fields are unknown.
+/// The classifier's answer. `None` fields are unknown, and each then has its reason in
+/// [`reasons`](Classification::reasons) (unless test I did not run at all: then nothing is
+/// claimed and the answer is the default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Classification {
     /// The RFC 3489 type.
@@ -166,8 +168,23 @@ pub struct Classification {
     pub external: Option<SocketAddr>,
     /// The port-allocation pattern.
     pub port_allocation: Option<PortAllocation>,
-    /// Why parts are unknown, if they are.
+    /// Why parts are unknown, if they are, as codes.
     pub unknown: Vec<Unknown>,
+    /// Why each unknown part is unknown, in words: set exactly for the `None` fields.
+    pub reasons: Reasons,
+}
+
+/// The reason of every part when no server answered test I.
+const NO_ANSWER: &str = "no stun server answered";
+
+/// A value, or why it is unknown.
+type Known<T> = Result<T, String>;
+
+fn split<T>(k: Known<T>) -> (Option<T>, Option<String>) {
+    match k {
+        Ok(v) => (Some(v), None),
+        Err(why) => (None, Some(why)),
+    }
 }
 
 /// Classifies what the tests saw.
@@ -178,6 +195,14 @@ pub fn classify(obs: &Observations) -> Classification {
         Probe::NoReply => {
             out.nat_type = Some(NatType::UdpBlocked);
             out.unknown.push(Unknown::NoReply);
+            let why = || Some(NO_ANSWER.to_owned());
+            out.reasons = Reasons {
+                nat_type: None,
+                mapping: why(),
+                filtering: why(),
+                external: why(),
+                port_allocation: why(),
+            };
             return out;
         }
         Probe::Reply(b) => b,
@@ -188,74 +213,123 @@ pub fn classify(obs: &Observations) -> Classification {
         out.unknown.push(Unknown::NoOtherAddress);
     }
 
-    out.mapping = if !behind_nat {
-        Some(Mapping::EndpointIndependent)
-    } else if obs.other().is_none() {
-        None
-    } else {
-        match (obs.mapping2, obs.mapping3) {
-            (Probe::Reply(x2), _) if x2 == test1.mapped => Some(Mapping::EndpointIndependent),
-            (Probe::Reply(x2), Probe::Reply(x3)) if x3 == x2 => Some(Mapping::AddressDependent),
-            (Probe::Reply(_), Probe::Reply(_)) => Some(Mapping::AddressAndPortDependent),
-            (Probe::NoReply, _) | (Probe::Reply(_), Probe::NoReply) => {
-                out.unknown.push(Unknown::NoReply);
-                None
-            }
-            _ => None,
-        }
-    };
+    let mapping = mapping(obs, test1.mapped, behind_nat, &mut out.unknown);
+    let filtering = filtering(obs, &mut out.unknown);
 
-    out.filtering = filtering(obs, &mut out.unknown);
-
-    out.nat_type = match (behind_nat, out.mapping, out.filtering) {
-        (false, _, Some(Filtering::EndpointIndependent)) => Some(NatType::Open),
-        (false, _, Some(_)) => Some(NatType::SymmetricUdpFirewall),
-        (true, Some(Mapping::EndpointIndependent), Some(f)) => Some(match f {
-            Filtering::EndpointIndependent => NatType::FullCone,
-            Filtering::AddressDependent => NatType::RestrictedCone,
-            Filtering::AddressAndPortDependent => NatType::PortRestrictedCone,
+    use Filtering as F;
+    use Mapping as M;
+    let nat_type = match (behind_nat, &mapping, &filtering) {
+        (false, _, Ok(F::EndpointIndependent)) => Ok(NatType::Open),
+        (false, _, Ok(_)) => Ok(NatType::SymmetricUdpFirewall),
+        (false, _, Err(why)) => Err(format!("the filtering is unknown: {why}")),
+        (true, Ok(M::EndpointIndependent), Ok(f)) => Ok(match f {
+            F::EndpointIndependent => NatType::FullCone,
+            F::AddressDependent => NatType::RestrictedCone,
+            F::AddressAndPortDependent => NatType::PortRestrictedCone,
         }),
-        (true, Some(_), _) if out.mapping != Some(Mapping::EndpointIndependent) => {
-            Some(NatType::Symmetric)
+        (true, Ok(M::EndpointIndependent), Err(why)) => {
+            Err(format!("the filtering is unknown: {why}"))
         }
-        _ => None,
+        (true, Ok(_), _) => Ok(NatType::Symmetric),
+        (true, Err(why), _) => Err(format!("the mapping is unknown: {why}")),
     };
 
-    out.port_allocation = if !behind_nat {
-        Some(PortAllocation::Preserving)
+    let port_allocation = if !behind_nat {
+        Ok(PortAllocation::Preserving)
     } else {
-        port_allocation(&obs.port_samples)
+        port_allocation(&obs.port_samples).ok_or_else(|| {
+            format!(
+                "{} port samples answered, {MIN_PORT_SAMPLES} are needed",
+                obs.port_samples.len()
+            )
+        })
     };
+
+    (out.nat_type, out.reasons.nat_type) = split(nat_type);
+    (out.mapping, out.reasons.mapping) = split(mapping);
+    (out.filtering, out.reasons.filtering) = split(filtering);
+    (out.port_allocation, out.reasons.port_allocation) = split(port_allocation);
     out.unknown.dedup();
     out
 }
 
-fn filtering(obs: &Observations, unknown: &mut Vec<Unknown>) -> Option<Filtering> {
-    let server = obs.server?;
-    let (want2, want3) = (obs.filtering2_source()?, obs.filtering3_source()?);
+/// Why the server's answer to test I allows no RFC 5780 test.
+fn no_other_address(obs: &Observations) -> String {
+    match obs.server {
+        Some(server) => {
+            format!("{server} gave no usable other-address (it does not support rfc 5780)")
+        }
+        None => "the server gave no usable other-address (no rfc 5780 support)".to_owned(),
+    }
+}
+
+fn mapping(
+    obs: &Observations,
+    mapped: SocketAddr,
+    behind_nat: bool,
+    unknown: &mut Vec<Unknown>,
+) -> Known<Mapping> {
+    if !behind_nat {
+        return Ok(Mapping::EndpointIndependent);
+    }
+    let (Some(to2), Some(to3)) = (obs.mapping2_target(), obs.other()) else {
+        return Err(no_other_address(obs));
+    };
+    match (obs.mapping2, obs.mapping3) {
+        (Probe::Reply(x2), _) if x2 == mapped => Ok(Mapping::EndpointIndependent),
+        (Probe::Reply(x2), Probe::Reply(x3)) if x3 == x2 => Ok(Mapping::AddressDependent),
+        (Probe::Reply(_), Probe::Reply(_)) => Ok(Mapping::AddressAndPortDependent),
+        (Probe::NoReply, _) => {
+            unknown.push(Unknown::NoReply);
+            Err(format!("mapping test ii (to {to2}) got no reply"))
+        }
+        (Probe::Reply(_), Probe::NoReply) => {
+            unknown.push(Unknown::NoReply);
+            Err(format!("mapping test iii (to {to3}) got no reply"))
+        }
+        _ => Err("the mapping tests did not run".to_owned()),
+    }
+}
+
+fn filtering(obs: &Observations, unknown: &mut Vec<Unknown>) -> Known<Filtering> {
+    let Some(server) = obs.server else {
+        return Err("the server's address is unknown".to_owned());
+    };
+    let (Some(want2), Some(want3)) = (obs.filtering2_source(), obs.filtering3_source()) else {
+        return Err(no_other_address(obs));
+    };
     // A reply from the very address the request went to means the server ignored the
     // change request; nothing can be concluded from either test then.
     let ignored = |p: &Probe<SocketAddr>| p.reply() == Some(&server);
     if ignored(&obs.filtering2) || ignored(&obs.filtering3) {
         unknown.push(Unknown::ChangeIgnored);
-        return None;
+        return Err(format!(
+            "{server} ignored change-request (it answered from the address the request went to)"
+        ));
     }
     match (obs.filtering2, obs.filtering3) {
-        (Probe::Reply(from), _) if from == want2 => Some(Filtering::EndpointIndependent),
-        (Probe::NoReply, Probe::Reply(from)) if from == want3 => Some(Filtering::AddressDependent),
-        (Probe::NoReply, Probe::NoReply) => Some(Filtering::AddressAndPortDependent),
-        _ => None,
+        (Probe::Reply(from), _) if from == want2 => Ok(Filtering::EndpointIndependent),
+        (Probe::NoReply, Probe::Reply(from)) if from == want3 => Ok(Filtering::AddressDependent),
+        (Probe::NoReply, Probe::NoReply) => Ok(Filtering::AddressAndPortDependent),
+        (Probe::NotRun, _) | (_, Probe::NotRun) => {
+            Err("the filtering tests did not run".to_owned())
+        }
+        _ => Err("a filtering test was answered from an unexpected address".to_owned()),
     }
 }
+
+/// The fewest port samples that tell a pattern.
+pub const MIN_PORT_SAMPLES: usize = 3;
 
 /// The largest step between consecutive mapped ports still called sequential.
 pub const MAX_SEQUENTIAL_DELTA: i32 = 64;
 
 /// The port-allocation pattern of a NAT from samples taken in order: preserving when
 /// every mapped port equals its local port, sequential when consecutive mapped ports
-/// differ by the same small step, random otherwise. `None` with fewer than three samples.
+/// differ by the same small step, random otherwise. `None` with fewer than
+/// [`MIN_PORT_SAMPLES`] samples.
 pub fn port_allocation(samples: &[PortSample]) -> Option<PortAllocation> {
-    if samples.len() < 3 {
+    if samples.len() < MIN_PORT_SAMPLES {
         return None;
     }
     if samples.iter().all(|s| s.local == s.mapped) {
@@ -540,6 +614,91 @@ mod tests {
             .unknown
             .contains(&Unknown::NoReply));
         assert!(find("full-cone").unknown.is_empty());
+    }
+
+    /// Each field of `c` with its reason, by name.
+    fn parts(c: &Classification) -> [(&'static str, bool, &Option<String>); 5] {
+        [
+            ("nat_type", c.nat_type.is_some(), &c.reasons.nat_type),
+            ("mapping", c.mapping.is_some(), &c.reasons.mapping),
+            ("filtering", c.filtering.is_some(), &c.reasons.filtering),
+            ("external", c.external.is_some(), &c.reasons.external),
+            (
+                "port_allocation",
+                c.port_allocation.is_some(),
+                &c.reasons.port_allocation,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_unknown_part_has_a_reason_and_no_known_part_has_one() {
+        let mut rows = table();
+        // Behind a NAT with only two port samples: the pattern is unknown.
+        let mut o = base(WAN);
+        o.mapping2 = reply(WAN);
+        o.filtering2 = reply(OTHER);
+        o.port_samples.truncate(2);
+        rows.push(Row {
+            name: "two port samples",
+            obs: o,
+            nat_type: Some(NatType::FullCone),
+            mapping: Some(M::EndpointIndependent),
+            filtering: Some(F::EndpointIndependent),
+        });
+        for row in &rows {
+            let c = classify(&row.obs);
+            for (field, known, reason) in parts(&c) {
+                match reason {
+                    Some(why) => {
+                        assert!(!known, "{}: {field} is known, yet has a reason", row.name);
+                        assert!(!why.is_empty(), "{}: {field}", row.name);
+                        assert_eq!(why, &why.to_lowercase(), "{}: {field}", row.name);
+                    }
+                    None => assert!(known, "{}: {field} is unknown without a reason", row.name),
+                }
+            }
+        }
+        let why = |name: &str| {
+            let row = rows.iter().find(|r| r.name == name).unwrap();
+            classify(&row.obs).reasons
+        };
+        let r = why("udp-blocked");
+        assert_eq!(r.external.as_deref(), Some("no stun server answered"));
+        assert_eq!(r.nat_type, None, "udp-blocked is a type");
+        let r = why("change ignored");
+        let f = r.filtering.unwrap();
+        assert!(
+            f.contains(&format!("{SERVER} ignored change-request")),
+            "{f}"
+        );
+        assert_eq!(
+            r.nat_type.unwrap(),
+            format!("the filtering is unknown: {f}")
+        );
+        let r = why("no other-address");
+        let m = r.mapping.unwrap();
+        assert!(
+            m.contains(&format!("{SERVER} gave no usable other-address")),
+            "{m}"
+        );
+        assert_eq!(r.nat_type.unwrap(), format!("the mapping is unknown: {m}"));
+        assert_eq!(
+            why("mapping test lost").mapping.unwrap(),
+            format!("mapping test ii (to {A2P1}) got no reply")
+        );
+        assert_eq!(
+            why("mapping test iii lost").mapping.unwrap(),
+            format!("mapping test iii (to {OTHER}) got no reply")
+        );
+        assert!(why("reply from a stranger")
+            .filtering
+            .unwrap()
+            .contains("unexpected address"));
+        assert_eq!(
+            why("two port samples").port_allocation.unwrap(),
+            "2 port samples answered, 3 are needed"
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! `filtering` are `endpoint-independent`, `address-dependent` or
 //! `address-and-port-dependent`; `nat_type` is one of `open`, `full-cone`,
 //! `restricted-cone`, `port-restricted-cone`, `symmetric`, `symmetric-udp-firewall`,
-//! `udp-blocked`; anything the servers could not tell is `null`.
+//! `udp-blocked`; anything the servers could not tell is `null`, and never a bare
+//! `null`: beside each one, `<field>_reason` says why in words (`"mapping": null,
+//! "mapping_reason": "203.0.113.10:3478 gave no usable other-address ..."`), see
+//! [`Reasons`]. A known field has no `_reason`.
 
 pub mod classify;
 mod probe;
@@ -21,7 +24,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use classify::{classify, Classification, Observations, PortSample, Probe, Unknown};
+pub use classify::{
+    classify, Classification, Observations, PortSample, Probe, Unknown, MIN_PORT_SAMPLES,
+};
 pub use probe::{probe, resolve_servers, routes, ProbeConfig};
 
 /// Errors of the NAT layer.
@@ -141,7 +146,54 @@ impl fmt::Display for PortAllocation {
     }
 }
 
+/// Why each unknown part of an answer is unknown, in words: set for exactly the fields
+/// that are `None`. In a [`NatReport`]'s JSON each sits beside its field as
+/// `<field>_reason` (`nat_type_reason`, `mapping_reason`, `filtering_reason`,
+/// `external_reason`, `port_allocation_reason`), and is left out when the field is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reasons {
+    /// Why the RFC 3489 type is unknown.
+    #[serde(
+        rename = "nat_type_reason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nat_type: Option<String>,
+    /// Why the mapping behaviour is unknown.
+    #[serde(
+        rename = "mapping_reason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mapping: Option<String>,
+    /// Why the filtering behaviour is unknown.
+    #[serde(
+        rename = "filtering_reason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub filtering: Option<String>,
+    /// Why the external address is unknown.
+    #[serde(
+        rename = "external_reason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub external: Option<String>,
+    /// Why the port-allocation pattern is unknown.
+    #[serde(
+        rename = "port_allocation_reason",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port_allocation: Option<String>,
+}
+
 /// The NAT behaviour of one address family of one NIC.
+///
+/// Every `None` among `nat_type`, `mapping`, `filtering`, `external` and
+/// `port_allocation` has its reason in [`reasons`](NatReport::reasons); `local` and
+/// `server` are always set by [`probe`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatReport {
     /// The RFC 3489 type, or null when unknown.
@@ -158,8 +210,12 @@ pub struct NatReport {
     pub local: Option<SocketAddr>,
     /// The STUN server whose answers were used.
     pub server: Option<SocketAddr>,
-    /// Why parts of the answer are unknown.
+    /// Why parts of the answer are unknown, as codes.
     pub unknown: Vec<Unknown>,
+    /// Why parts of the answer are unknown, in words, one per unknown field; in JSON,
+    /// flattened into `<field>_reason` entries.
+    #[serde(flatten)]
+    pub reasons: Reasons,
     /// STUN transactions started.
     pub transactions: u32,
     /// Datagrams sent, retransmissions included.
@@ -215,6 +271,7 @@ mod tests {
             local: None,
             server: None,
             unknown: vec![Unknown::ChangeIgnored],
+            reasons: Reasons::default(),
             transactions: 7,
             requests: 18,
             ignored: 0,
@@ -230,6 +287,13 @@ mod tests {
         assert_eq!(v["unknown"][0], "change-ignored");
         assert_eq!(v["elapsed"], 1050);
         assert!(v["local"].is_null());
+        assert!(
+            v.as_object()
+                .unwrap()
+                .keys()
+                .all(|k| !k.ends_with("_reason")),
+            "known fields have no reason: {v}"
+        );
         let back: NatReport = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
         for (t, s) in [
@@ -243,5 +307,39 @@ mod tests {
             assert_eq!(serde_json::to_value(t).unwrap(), s);
             assert_eq!(t.to_string(), s);
         }
+    }
+
+    #[test]
+    fn an_unknown_field_has_its_reason_beside_it_in_json() {
+        let r = NatReport {
+            nat_type: None,
+            mapping: Some(Mapping::EndpointIndependent),
+            filtering: None,
+            external: Some("198.51.100.1:40000".parse().unwrap()),
+            port_allocation: Some(PortAllocation::Preserving),
+            local: None,
+            server: None,
+            unknown: vec![Unknown::ChangeIgnored],
+            reasons: Reasons {
+                nat_type: Some("the filtering is unknown: x".into()),
+                filtering: Some("x".into()),
+                ..Reasons::default()
+            },
+            transactions: 3,
+            requests: 3,
+            ignored: 0,
+            elapsed: Duration::from_millis(10),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["filtering"].is_null());
+        assert_eq!(v["filtering_reason"], "x");
+        assert!(v["nat_type"].is_null());
+        assert_eq!(v["nat_type_reason"], "the filtering is unknown: x");
+        let o = v.as_object().unwrap();
+        for known in ["mapping", "external", "port_allocation"] {
+            assert!(!o.contains_key(&format!("{known}_reason")), "{v}");
+        }
+        let back: NatReport = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
     }
 }

@@ -377,6 +377,7 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
         local: Some(local),
         server: Some(server),
         unknown: c.unknown,
+        reasons: c.reasons,
         transactions: tally.transactions,
         requests: tally.requests,
         ignored: tally.ignored,

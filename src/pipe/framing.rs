@@ -35,7 +35,7 @@ pub enum Framing {
     /// A u32 big-endian length before every payload.
     LengthPrefixed,
     /// btpeer frames: 4-byte type, u32 big-endian length, payload
-    /// (see `shared/protocol.md`). A message is the type followed by the payload.
+    /// (see `docs/protocol.md`). A message is the type followed by the payload.
     Btpeer,
     /// Any tokio-util [`Decoder`], made fresh for every connection.
     Custom(CustomFraming),

@@ -110,7 +110,8 @@ async fn nat_command_reports_json_against_a_loopback_server() {
     assert!(server.requests() >= 3);
 }
 
-/// With no server answering, the report says so and still lists the interfaces.
+/// With no server answering, the report says so, still lists the interfaces, and the
+/// command fails.
 #[tokio::test]
 async fn nat_command_says_when_no_server_answers() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -123,7 +124,7 @@ async fn nat_command_says_when_no_server_answers() {
     )
     .await
     .unwrap();
-    assert!(out.status.success());
+    assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("no stun server answered"), "{text}");
     assert!(text.contains("the interfaces are:"), "{text}");
@@ -1070,5 +1071,138 @@ mod newcomer {
             .await;
         assert!(l.contains("INFO"), "{l}");
         a.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `p2pipe nat`: its exit status, and a reason beside every null of its JSON.
+// ---------------------------------------------------------------------------------------
+
+/// Every null in `v`, at any depth, as a path, unless a non-empty `<key>_reason` string
+/// sits beside it.
+fn nulls_without_reason(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                let at = format!("{path}/{k}");
+                if child.is_null() {
+                    let reason = map.get(&format!("{k}_reason")).and_then(|r| r.as_str());
+                    if reason.is_none_or(str::is_empty) {
+                        out.push(at);
+                    }
+                } else {
+                    nulls_without_reason(child, &at, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let at = format!("{path}/{i}");
+                if child.is_null() {
+                    out.push(at);
+                } else {
+                    nulls_without_reason(child, &at, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[track_caller]
+fn assert_every_null_has_a_reason(v: &serde_json::Value) {
+    let mut bare = Vec::new();
+    nulls_without_reason(v, "", &mut bare);
+    assert!(bare.is_empty(), "nulls without a reason: {bare:?} in {v}");
+}
+
+/// A STUN server port where nothing listens: the command prints its report, says that
+/// no server answered and which it asked, and fails; in JSON too.
+#[tokio::test]
+async fn nat_command_fails_when_nothing_listens_on_the_stun_port() {
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = p2pipe(&["nat", "--interface", "lo", "--stun", &closed], None).await;
+    assert!(!out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let said = format!("no stun server answered (asked: {closed})");
+    assert!(text.contains(&said), "{text}");
+    assert!(text.contains("the interfaces are:"), "{text}");
+    assert!(!text.contains("did not resolve"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("p2pipe: {said}")), "{err}");
+
+    let out = p2pipe(
+        &["nat", "--json", "--interface", "lo", "--stun", &closed],
+        None,
+    )
+    .await;
+    assert!(!out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ipv4"]["nat_type"], "udp-blocked", "{v}");
+    assert!(v["ipv4"]["external"].is_null(), "{v}");
+    assert_eq!(v["ipv4"]["external_reason"], said.as_str(), "{v}");
+    assert_every_null_has_a_reason(&v);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&said), "{err}");
+}
+
+/// Against loopback servers that answer but cannot tell everything (one ignores
+/// CHANGE-REQUEST, one gives no OTHER-ADDRESS), the command succeeds, and every null of
+/// its JSON has its reason beside it: the parts the server could not tell, and the
+/// family that was not tested.
+#[tokio::test]
+async fn nat_command_json_gives_a_reason_beside_every_null() {
+    use p2pipe::stun::server::{ServerConfig, TestServer};
+    let (a1, a2) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    let ignores_change: fn(&mut ServerConfig) = |c| c.ignore_change = true;
+    let no_other_address: fn(&mut ServerConfig) = |c| c.other_address = false;
+    let cases = [
+        (ignores_change, "ignored change-request"),
+        (no_other_address, "gave no usable other-address"),
+    ];
+    for (adjust, why) in cases {
+        let server = within(TestServer::start_with(a1, a2, adjust))
+            .await
+            .unwrap();
+        let primary = server.primary().to_string();
+        let out = p2pipe(
+            &["nat", "--json", "--interface", "lo", "--stun", &primary],
+            None,
+        )
+        .await;
+        let text = succeeded(&out);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_every_null_has_a_reason(&v);
+        let v4 = &v["ipv4"];
+        assert!(v4["external"].is_string(), "{v}");
+        assert!(v4["filtering"].is_null(), "{v}");
+        let filtering = v4["filtering_reason"].as_str().unwrap();
+        assert!(filtering.contains(&primary), "{filtering}");
+        assert!(filtering.contains(why), "{filtering}");
+        assert!(v4["nat_type"].is_null(), "{v}");
+        assert_eq!(
+            v4["nat_type_reason"].as_str().unwrap(),
+            format!("the filtering is unknown: {filtering}")
+        );
+        assert!(v["ipv6"].is_null(), "{v}");
+        assert_eq!(
+            v["ipv6_reason"], "none of the 1 stun servers has an ipv6 address",
+            "{v}"
+        );
+        // The text says the same.
+        let out = p2pipe(&["nat", "--interface", "lo", "--stun", &primary], None).await;
+        let text = succeeded(&out);
+        assert!(
+            text.contains(&format!("  filtering        unknown: {filtering}\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains("  not tested: none of the 1 stun servers has an ipv6 address"),
+            "{text}"
+        );
     }
 }
