@@ -794,7 +794,8 @@ pub mod reply {
         erro("Range: incorrect arguments")
     }
 
-    /// `ERRO Range: out of bounds`: the range runs past the end of the file.
+    /// `ERRO Range: out of bounds`: a range that starts past the end of the file (FRNG),
+    /// or a prefix longer than the file (FPFX).
     pub fn range_out_of_bounds() -> Frame {
         erro("Range: out of bounds")
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An independent btfiler-compatible node, written from protocol.md only
+"""An independent btfiler-compatible node, written from the protocol description only (docs/protocol.md)
 (the btpeer/btfiler wire protocol notes).
 
 It exists so that p2pipe's file-sharing node can be tested against a second,
