@@ -41,7 +41,7 @@ enum Command {
     /// Download a file from a node, verified; rerun to resume.
     Fetch(fetch::Args),
     /// An interactive shell over a node: peers, files, search, fetch, add-peer,
-    /// remove-peer, rebuild, quit.
+    /// remove-peer, rebuild, quit (or exit).
     Shell(shell::Args),
 }
 
