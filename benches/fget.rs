@@ -8,11 +8,13 @@
 //! - `fget_network`: the body is read to the end and thrown away. Raw: a raw client
 //!   reading into a reused 256 KiB buffer. p2pipe: a [`FilerNode`] serving `FGET`, read
 //!   through the client's [`Decoder`] as the client reads downloads.
-//! - `fget_to_disk`: the body is written to a part file and hashed (SHA-256), the part
-//!   file is synced, checked against the known hash and renamed into place. Raw: that
-//!   loop written with tokio. p2pipe: [`FilerClient::fetch`] (`FINF`, then `FRNG`
-//!   streamed to a part file, hashed, renamed). Removing the fetched file afterwards is
-//!   not timed.
+//! - `fget_to_disk`: the body is written to a part file, the part file is synced,
+//!   checked against the known SHA-256 and renamed into place. Two raw baselines:
+//!   `raw_tokio` hashes the bytes in memory as they arrive (cheaper, and blind to what
+//!   happens to the file), `raw_tokio_read_back` hashes the bytes read back from the
+//!   synced file, which is the job p2pipe does. p2pipe: [`FilerClient::fetch`] (`FINF`,
+//!   then `FRNG` streamed to a locked part file, read back and hashed, linked into
+//!   place). Removing the fetched file afterwards is not timed.
 //!
 //! Files live in `/dev/shm` when it exists (tmpfs: the bench measures the code, not a
 //! disk), else in the system's temporary folder; `P2PIPE_BENCH_DIR` overrides.
@@ -241,9 +243,16 @@ async fn decoder_fetch_sink(addr: SocketAddr) -> Duration {
     t
 }
 
-/// The raw client to disk: a part file written and hashed as the body arrives, synced,
-/// checked, and renamed into place.
-async fn raw_fetch_disk(addr: SocketAddr, dest: &Path, sha256: [u8; 32]) -> Duration {
+/// The raw client to disk: a part file written as the body arrives, synced, checked,
+/// and renamed into place. With `read_back`, the check hashes the bytes read back from
+/// the synced file (the job `FilerClient::fetch` does); without, the bytes hashed are
+/// those in memory as they arrive.
+async fn raw_fetch_disk(
+    addr: SocketAddr,
+    dest: &Path,
+    sha256: [u8; 32],
+    read_back: bool,
+) -> Duration {
     let start = Instant::now();
     let mut s = request(addr).await;
     let len = raw_header(&mut s).await;
@@ -258,15 +267,27 @@ async fn raw_fetch_disk(addr: SocketAddr, dest: &Path, sha256: [u8; 32]) -> Dura
             break;
         }
         file.write_all(&buf[..n]).await.expect("write");
-        hasher.update(&buf[..n]);
+        if !read_back {
+            hasher.update(&buf[..n]);
+        }
         got += n as u64;
     }
     assert_eq!(got, len, "short body");
-    let h: [u8; 32] = hasher.finalize().into();
-    assert_eq!(h, sha256, "the body does not hash to the file's SHA-256");
     file.flush().await.expect("flush");
     file.sync_all().await.expect("sync");
     drop(file);
+    if read_back {
+        let mut file = tokio::fs::File::open(&part).await.expect("reopen");
+        loop {
+            let n = file.read(&mut buf).await.expect("read back");
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    let h: [u8; 32] = hasher.finalize().into();
+    assert_eq!(h, sha256, "the body does not hash to the file's SHA-256");
     tokio::fs::rename(&part, dest.join(NAME))
         .await
         .expect("rename");
@@ -327,7 +348,16 @@ fn fget(c: &mut Criterion) {
             let f = f.clone();
             batch(&rt, iters, "raw to disk", move || {
                 let f = f.clone();
-                async move { raw_fetch_disk(raw, &f.dest, f.sha256).await }
+                async move { raw_fetch_disk(raw, &f.dest, f.sha256, false).await }
+            })
+        })
+    });
+    g.bench_function("raw_tokio_read_back", |b| {
+        b.iter_custom(|iters| {
+            let f = f.clone();
+            batch(&rt, iters, "raw to disk, read back", move || {
+                let f = f.clone();
+                async move { raw_fetch_disk(raw, &f.dest, f.sha256, true).await }
             })
         })
     });
