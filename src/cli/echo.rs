@@ -100,8 +100,9 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     crate::cli::stop_signal().await;
     let report = daemon.shutdown(Duration::from_secs(args.grace)).await;
     println!(
-        "echo stopped ({} peers finished, {} stopped at the deadline)",
-        report.finished, report.aborted
+        "echo stopped ({} finished, {} stopped at the deadline)",
+        crate::cli::count(report.finished as u64, "peer"),
+        report.aborted
     );
     Ok(())
 }

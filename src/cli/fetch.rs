@@ -87,7 +87,7 @@ fn interrupted(dest: &Destination, done: u64, total: u64) -> String {
 /// disk were checked against the node's SHA-256.
 fn summary(name: &str, got: &Fetched) -> String {
     let path = display(&got.path);
-    let bytes = plural(got.size, "byte");
+    let bytes = crate::cli::count(got.size, "byte");
     if got.already_there {
         return format!(
             "{path} is already there ({bytes}, sha-256 verified on disk); nothing fetched"
@@ -105,18 +105,10 @@ fn summary(name: &str, got: &Fetched) -> String {
         extra = format!(
             "; resumed at byte {}, {} transferred",
             got.resumed_from,
-            plural(got.transferred, "byte")
+            crate::cli::count(got.transferred, "byte")
         );
     }
     format!("fetched {name} ({bytes}, {how}{extra}) to {path}")
-}
-
-fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
 }
 
 fn display(p: &Path) -> String {

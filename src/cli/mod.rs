@@ -97,6 +97,15 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `1 file`, `2 files`, `0 files`: a count with its noun, plural by `s`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Waits for Ctrl-C, or SIGTERM on Unix.
 ///
 /// # Cancel safety

@@ -93,11 +93,6 @@ fn host_port(s: &str) -> Result<(String, u16), String> {
     }
 }
 
-/// `1 file`, `2 files`.
-fn count(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 /// Everything the node needs, checked before anything is bound.
 struct Checked {
     dir: PathBuf,
@@ -260,7 +255,7 @@ fn skipped_line(skipped: &Skipped) -> String {
     }
     format!(
         "skipped {}: {}; hidden files and part files are not shared",
-        count(skipped.count, "file", "files"),
+        crate::cli::count(skipped.count as u64, "file"),
         parts.join("; ")
     )
 }
@@ -342,7 +337,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "sharing {} as {id} ({}{})",
         dir.display(),
-        count(files.len(), "file", "files"),
+        crate::cli::count(files.len() as u64, "file"),
         if trusted {
             ", trusted operations on"
         } else {
@@ -381,8 +376,8 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         match node.join(host, *port, args.hops).await {
             Ok(n) => println!(
                 "joined through {j}: {} added, {} in the table",
-                count(n, "peer", "peers"),
-                count(node.peers().len(), "peer", "peers")
+                crate::cli::count(n as u64, "peer"),
+                crate::cli::count(node.peers().len() as u64, "peer")
             ),
             Err(e) => eprintln!("p2pipe: cannot join through {j}: {e}"),
         }

@@ -170,14 +170,6 @@ fn untagged(text: &str) -> &str {
 }
 
 /// `1 peer`, `2 peers`, `0 peers`.
-fn counted(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
 /// Some commands failed in a shell whose input was not a terminal (each was reported
 /// as it failed).
 #[derive(Debug)]
@@ -186,7 +178,7 @@ struct CommandsFailed(usize);
 impl std::fmt::Display for CommandsFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.0;
-        write!(f, "{} failed", counted(n, "command"))
+        write!(f, "{} failed", crate::cli::count(n as u64, "command"))
     }
 }
 
@@ -356,14 +348,14 @@ async fn command(
         }
         ("peers", []) => {
             let peers = client.list().await?;
-            println!("{}", counted(peers.len(), "peer"));
+            println!("{}", crate::cli::count(peers.len() as u64, "peer"));
             for p in peers {
                 println!("  {} ({}:{})", p.pid, p.host, p.port);
             }
         }
         ("files", []) => {
             let files = client.files().await?;
-            println!("{}", counted(files.len(), "file"));
+            println!("{}", crate::cli::count(files.len() as u64, "file"));
             let mut known = Vec::new();
             for (name, owner, size) in files {
                 match size {
@@ -435,7 +427,7 @@ async fn command(
 
 #[cfg(test)]
 mod tests {
-    use super::{completions, counted, untagged};
+    use super::{completions, untagged};
 
     #[test]
     fn commands_complete_at_the_start_and_names_after_fetch() {
@@ -485,8 +477,8 @@ mod tests {
         assert_eq!(untagged("peer added: x"), "peer added: x");
         assert_eq!(untagged("No peer: x"), "No peer: x");
         assert_eq!(untagged("2 peers"), "2 peers");
-        assert_eq!(counted(0, "peer"), "0 peers");
-        assert_eq!(counted(1, "peer"), "1 peer");
-        assert_eq!(counted(2, "file"), "2 files");
+        assert_eq!(crate::cli::count(0, "peer"), "0 peers");
+        assert_eq!(crate::cli::count(1, "peer"), "1 peer");
+        assert_eq!(crate::cli::count(2, "file"), "2 files");
     }
 }

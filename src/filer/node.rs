@@ -401,6 +401,15 @@ impl Handler for NodeHandler {
     }
 }
 
+/// The reply that refuses a file request: an unknown or unservable name is "not
+/// found", anything else a read error.
+fn refusal(e: &SharedError) -> Frame {
+    match e {
+        SharedError::BadName { .. } | SharedError::NotFound(_) => reply::file_not_found(),
+        _ => reply::file_read_error(),
+    }
+}
+
 fn client_for(entry: &PeerEntry, t: Duration) -> FilerClient {
     FilerClient::new(crate::addr::Target::Host {
         host: entry.host.clone(),
@@ -611,10 +620,7 @@ impl Inner {
             }
             Request::Finf { name } => match self.file_hash(&name).await {
                 Ok((f, h)) => self.send(pipe, &reply::file_info(f.size, &h)).await,
-                Err(SharedError::BadName { .. } | SharedError::NotFound(_)) => {
-                    self.send(pipe, &reply::file_not_found()).await
-                }
-                Err(_) => self.send(pipe, &reply::file_read_error()).await,
+                Err(e) => self.send(pipe, &refusal(&e)).await,
             },
             Request::Fpfx { name, length } => self.serve_prefix_hash(pipe, &name, length).await,
             Request::Quit { pid } => {
@@ -683,10 +689,7 @@ impl Inner {
     async fn serve_prefix_hash(&self, pipe: &Pipe, name: &str, length: u64) -> Result<(), Error> {
         let f = match self.shared.resolve(name).await {
             Ok(f) => f,
-            Err(SharedError::BadName { .. } | SharedError::NotFound(_)) => {
-                return self.send(pipe, &reply::file_not_found()).await
-            }
-            Err(_) => return self.send(pipe, &reply::file_read_error()).await,
+            Err(e) => return self.send(pipe, &refusal(&e)).await,
         };
         if length > f.size {
             return self.send(pipe, &reply::range_out_of_bounds()).await;
@@ -712,10 +715,7 @@ impl Inner {
     ) -> Result<(), Error> {
         let f = match self.shared.resolve(name).await {
             Ok(f) => f,
-            Err(SharedError::BadName { .. } | SharedError::NotFound(_)) => {
-                return self.send(pipe, &reply::file_not_found()).await
-            }
-            Err(_) => return self.send(pipe, &reply::file_read_error()).await,
+            Err(e) => return self.send(pipe, &refusal(&e)).await,
         };
         if offset > f.size {
             return self.send(pipe, &reply::range_out_of_bounds()).await;

@@ -244,11 +244,23 @@ impl Share {
     }
 }
 
-async fn p2pipe(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+/// Runs `p2pipe ARGS` to its end, with `stdin` as its input (closed after it). HOME is
+/// the temporary folder, so nothing of the user's is read or written.
+pub async fn p2pipe(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    p2pipe_env(args, stdin, &[]).await
+}
+
+/// As [`p2pipe`], with `env` set as well.
+pub async fn p2pipe_env(
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::process::Output {
     let guard = spawn_guard().await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
         .args(args)
         .env("HOME", std::env::temp_dir())
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -377,18 +389,10 @@ async fn filer_node(
     files: &[(&str, &[u8])],
     secret: Option<&[u8]>,
 ) -> (p2pipe::filer::node::FilerNode, tempfile::TempDir) {
-    use p2pipe::filer::node::{FilerNode, NodeConfig};
-    let dir = tempfile::tempdir().unwrap();
-    for (name, body) in files {
-        std::fs::write(dir.path().join(name), body).unwrap();
-    }
-    let mut cfg = NodeConfig::new(dir.path());
-    cfg.stabilize_every = None;
-    cfg.secret = secret.map(<[u8]>::to_vec);
-    let node = within(FilerNode::start(SocketAddr::new(ip, 0), cfg))
-        .await
-        .unwrap();
-    (node, dir)
+    crate::filer::node_with(&ip.to_string(), files, |c| {
+        c.secret = secret.map(<[u8]>::to_vec)
+    })
+    .await
 }
 
 /// Runs `p2pipe` with `stdin` as its input, its history under `state`.
@@ -397,22 +401,7 @@ async fn p2pipe_with_state(
     stdin: &str,
     state: &std::path::Path,
 ) -> std::process::Output {
-    use tokio::io::AsyncWriteExt;
-    let guard = spawn_guard().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
-        .args(args)
-        .env("XDG_STATE_HOME", state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run p2pipe");
-    drop(guard);
-    let mut input = child.stdin.take().unwrap();
-    within(input.write_all(stdin.as_bytes())).await.unwrap();
-    drop(input);
-    within(child.wait_with_output()).await.unwrap()
+    p2pipe_env(args, Some(stdin), &[("XDG_STATE_HOME", state.as_os_str())]).await
 }
 
 /// Ctrl-C during a search that waits cancels that search only: the shell says so,

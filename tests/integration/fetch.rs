@@ -26,18 +26,7 @@ fn body(len: u32) -> Vec<u8> {
 
 /// Runs `p2pipe fetch ARGS` to its end.
 async fn fetch_cmd(args: &[&str]) -> std::process::Output {
-    let guard = spawn_guard().await;
-    let child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
-        .arg("fetch")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run p2pipe");
-    drop(guard);
-    within(child.wait_with_output()).await.unwrap()
+    crate::cli::p2pipe(&[&["fetch"], args].concat(), None).await
 }
 
 fn text(out: &std::process::Output) -> (String, String) {
