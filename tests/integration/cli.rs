@@ -256,8 +256,29 @@ pub async fn p2pipe_env(
     stdin: Option<&str>,
     env: &[(&str, &std::ffi::OsStr)],
 ) -> std::process::Output {
+    let (mut child, guard) = spawn_p2pipe(args, env).await;
+    drop(guard);
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        use tokio::io::AsyncWriteExt;
+        within(input.write_all(text.as_bytes())).await.unwrap();
+    }
+    drop(input);
+    within(child.wait_with_output()).await.unwrap()
+}
+
+/// Starts `p2pipe ARGS` with piped stdin, stdout and stderr, HOME the temporary folder
+/// and `env` set. It returns the spawn guard too: hold it until the child has shown it
+/// runs (see `support::spawn_guard`).
+pub async fn spawn_p2pipe(
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (
+    tokio::process::Child,
+    tokio::sync::RwLockWriteGuard<'static, ()>,
+) {
     let guard = spawn_guard().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
+    let child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
         .args(args)
         .env("HOME", std::env::temp_dir())
         .envs(env.iter().copied())
@@ -267,14 +288,7 @@ pub async fn p2pipe_env(
         .kill_on_drop(true)
         .spawn()
         .expect("run p2pipe");
-    drop(guard);
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        use tokio::io::AsyncWriteExt;
-        within(input.write_all(text.as_bytes())).await.unwrap();
-    }
-    drop(input);
-    within(child.wait_with_output()).await.unwrap()
+    (child, guard)
 }
 
 /// Three nodes run from the command line, as the README shows: a search, a fetch that
@@ -411,18 +425,9 @@ async fn ctrl_c_cancels_the_running_shell_command_and_the_shell_carries_on() {
     use tokio::io::AsyncWriteExt;
     let (node, _d) = filer_node(crate::support::V4, &[], None).await;
     let state = tempfile::tempdir().unwrap();
-    let guard = spawn_guard().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
-        .arg("shell")
-        .arg(node.local_addr().to_string())
-        .args(["--wait", "60"])
-        .env("XDG_STATE_HOME", state.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run p2pipe shell");
+    let at = node.local_addr().to_string();
+    let state_env = [("XDG_STATE_HOME", state.path().as_os_str())];
+    let (mut child, guard) = spawn_p2pipe(&["shell", &at, "--wait", "60"], &state_env).await;
     let mut input = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = within(lines.next_line()).await.unwrap().expect("a line");
@@ -469,17 +474,9 @@ async fn ctrl_c_at_a_piped_shells_prompt_does_not_end_the_shell() {
     use tokio::io::AsyncWriteExt;
     let (node, _d) = filer_node(crate::support::V4, &[], None).await;
     let state = tempfile::tempdir().unwrap();
-    let guard = spawn_guard().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
-        .arg("shell")
-        .arg(node.local_addr().to_string())
-        .env("XDG_STATE_HOME", state.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run p2pipe shell");
+    let at = node.local_addr().to_string();
+    let state_env = [("XDG_STATE_HOME", state.path().as_os_str())];
+    let (mut child, guard) = spawn_p2pipe(&["shell", &at], &state_env).await;
     let mut input = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     // The shell catches Ctrl-C before it says it is connected.

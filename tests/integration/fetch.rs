@@ -5,17 +5,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use p2pipe::filer::client::FilerClient;
 use p2pipe::filer::store::StoreError;
 use p2pipe::filer::{Error, Kind, TrustedOp};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 use crate::filer::{node, node_with};
-use crate::support::{loopbacks, spawn_guard, succeeded, within};
+use crate::support::{loopbacks, succeeded, within};
 
 /// A body that differs at every offset, so a shifted or doubled copy cannot pass.
 fn body(len: u32) -> Vec<u8> {
@@ -428,15 +426,9 @@ async fn ctrl_c_during_a_fetch_says_how_to_resume() {
     let (at, stalled) = stalling_node(big.clone()).await;
     let into = tempfile::tempdir().unwrap();
     let o = into.path().to_str().unwrap().to_string();
-    let guard = spawn_guard().await;
-    let child = Command::new(env!("CARGO_BIN_EXE_p2pipe"))
-        .args(["fetch", "big.bin", "--from", &at.to_string(), "-o", &o])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run p2pipe");
+    let from = at.to_string();
+    let (child, guard) =
+        crate::cli::spawn_p2pipe(&["fetch", "big.bin", "--from", &from, "-o", &o], &[]).await;
     drop(guard);
     // The ranged get was asked for, so the fetch is under way (and its Ctrl-C handler
     // installed); the node has gone quiet.
