@@ -8,6 +8,7 @@
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`](pipe::Pipe) type for TCP and UDP, IPv4 and IPv6, client and server |
+//! | nat | [`nat`] | NAT behaviour: the sans-IO RFC 5780 and RFC 3489 classifier, probes, port allocation |
 //! | stun | [`stun`] | sans-IO STUN client transactions (RFC 5389, 5780, 3489) |
 //! | iface | [`iface`] | the machine's interfaces, their addresses, the default interface per family, routes to external addresses |
 //! | base | [`addr`], [`dns`], [`error`] | target parsing, address classes, name resolution |
@@ -44,6 +45,11 @@ pub use pipe::{Framing, Message, Pipe, PipeConfig, Proto, Subscription};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The examples in docs/architecture.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/architecture.md")]
+pub struct ArchitectureDoctests;
 
 /// The examples in docs/mesh.md, compiled as doc tests.
 #[cfg(doctest)]
