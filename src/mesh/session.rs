@@ -132,6 +132,7 @@ impl HandshakeError {
 
 /// What to do after a handshake frame.
 #[derive(Debug)]
+#[must_use = "a step says what to send or decide next"]
 pub enum Step {
     /// Send this frame and wait for the next.
     Send(Bytes),
@@ -408,6 +409,7 @@ impl Sender {
 
 /// A frame received on a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a received frame must be delivered or answered"]
 pub enum Incoming {
     /// A message: its payload, decompressed, and whether it came compressed.
     Message {

@@ -65,6 +65,7 @@ impl Default for Config {
 
 /// Bytes to send, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a transmit does nothing until its bytes are sent"]
 pub struct Transmit {
     /// The destination.
     pub to: SocketAddr,
@@ -87,6 +88,7 @@ pub enum Ignored {
 
 /// What [`Transaction::handle_input`] made of a datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "an outcome may be the answer the transaction waited for"]
 pub enum Outcome {
     /// The awaited response (success or error class): the transaction is done.
     Answered(Response),
@@ -363,7 +365,7 @@ mod tests {
             final_wait_multiplier: 4,
             ..Config::default()
         });
-        t.start(t0);
+        let _first = t.start(t0);
         assert_eq!(t.poll_timeout().unwrap() - t0, Duration::from_millis(100));
         assert!(t.handle_timeout(t0 + Duration::from_millis(100)).is_some());
         assert_eq!(t.poll_timeout().unwrap() - t0, Duration::from_millis(500));
@@ -389,7 +391,7 @@ mod tests {
         );
         let t0 = Instant::now();
         let mut t = transaction(config);
-        t.start(t0);
+        let _first = t.start(t0);
         for at in [100u64, 250, 400, 550] {
             let due = t.poll_timeout().unwrap();
             assert_eq!(due - t0, Duration::from_millis(at));
@@ -406,10 +408,11 @@ mod tests {
     fn answered_in_counts_from_the_first_transmission() {
         let t0 = Instant::now();
         let mut t = transaction(Config::default());
-        t.start(t0);
+        let _first = t.start(t0);
         let due = t.poll_timeout().unwrap();
         t.handle_timeout(due);
-        t.handle_input(server(), RFC5769_V4, due + Duration::from_millis(7));
+        let answer = t.handle_input(server(), RFC5769_V4, due + Duration::from_millis(7));
+        assert!(matches!(answer, Outcome::Answered(_)), "{answer:?}");
         assert_eq!(t.answered_in(), Some(Duration::from_millis(507)));
         assert_eq!(t.answered_from(), Some(server()));
     }
@@ -418,7 +421,7 @@ mod tests {
     fn the_right_reply_is_accepted() {
         let t0 = Instant::now();
         let mut t = transaction(Config::default());
-        t.start(t0);
+        let _first = t.start(t0);
         let out = t.handle_input(server(), RFC5769_V4, t0);
         let Outcome::Answered(r) = out else {
             panic!("not answered: {out:?}")
@@ -434,7 +437,7 @@ mod tests {
     fn wrong_replies_are_ignored_and_counted() {
         let t0 = Instant::now();
         let mut t = transaction(Config::default());
-        t.start(t0);
+        let _first = t.start(t0);
         let other: SocketAddr = "198.51.100.2:3478".parse().unwrap();
         let mut wrong_txid = RFC5769_V4.to_vec();
         wrong_txid[19] ^= 1;
@@ -492,7 +495,7 @@ mod tests {
             expect_from: ExpectFrom::Exactly(changed),
             ..Config::default()
         });
-        exact.start(t0);
+        let _first = exact.start(t0);
         assert!(matches!(
             exact.handle_input(server(), RFC5769_V4, t0),
             Outcome::Ignored(Ignored::WrongSource(_))
@@ -506,7 +509,7 @@ mod tests {
             expect_from: ExpectFrom::Either(changed, server()),
             ..Config::default()
         });
-        either.start(t0);
+        let _first = either.start(t0);
         assert!(matches!(
             either.handle_input("203.0.113.9:1".parse().unwrap(), RFC5769_V4, t0),
             Outcome::Ignored(Ignored::WrongSource(_))
@@ -520,7 +523,7 @@ mod tests {
             expect_from: ExpectFrom::Any,
             ..Config::default()
         });
-        any.start(t0);
+        let _first = any.start(t0);
         assert!(matches!(
             any.handle_input("203.0.113.9:1".parse().unwrap(), RFC5769_V4, t0),
             Outcome::Answered(_)
@@ -541,7 +544,7 @@ mod tests {
                 ..Config::default()
             });
             let t0 = Instant::now();
-            t.start(t0);
+            let _first = t.start(t0);
             assert_eq!(t.poll_timeout(), None);
             assert_eq!(t.handle_timeout(t0 + Duration::from_secs(3600)), None);
             assert_eq!(*t.state(), State::Waiting);
