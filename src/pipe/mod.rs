@@ -363,7 +363,8 @@ impl PipeConfig {
 pub struct PipeStats {
     /// Messages received.
     pub received: u64,
-    /// Messages sent.
+    /// Successful send calls: `send`, `send_to`, `send_raw` and `send_raw_parts`
+    /// count one each.
     pub sent: u64,
     /// Messages dropped: a full UDP flow, a full accept backlog, too many peers.
     pub dropped: u64,
@@ -450,6 +451,14 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Counts a send call that succeeded; every send method goes through here.
+    fn count_sent(&self, r: Result<()>) -> Result<()> {
+        if r.is_ok() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
     fn new(
         proto: Proto,
         local: SocketAddr,
@@ -869,10 +878,7 @@ impl Pipe {
             },
             Io::TcpListener(_) | Io::UdpListener(..) => Err(Error::NoPeer),
         };
-        if r.is_ok() {
-            c.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        r
+        c.count_sent(r)
     }
 
     /// Writes `data` as it is, without the pipe's framing: for protocols that
@@ -886,7 +892,7 @@ impl Pipe {
     pub async fn send_raw(&self, data: impl AsRef<[u8]>) -> Result<()> {
         let c = self.core();
         match &c.io {
-            Io::Tcp(w) => w.send(c, data.as_ref(), true).await,
+            Io::Tcp(w) => c.count_sent(w.send(c, data.as_ref(), true).await),
             _ => self.send(data).await,
         }
     }
@@ -902,14 +908,10 @@ impl Pipe {
     /// As [`Pipe::send`]: if cancelled, part of the parts may have been written.
     pub async fn send_raw_parts(&self, parts: &[&[u8]]) -> Result<()> {
         let c = self.core();
-        let r = match &c.io {
-            Io::Tcp(w) => w.write(c, parts).await,
+        match &c.io {
+            Io::Tcp(w) => c.count_sent(w.write(c, parts).await),
             _ => self.send(parts.concat()).await,
-        };
-        if r.is_ok() && matches!(&c.io, Io::Tcp(_)) {
-            c.sent.fetch_add(1, Ordering::Relaxed);
         }
-        r
     }
 
     /// Sends one message to `to`. On UDP any address may be given; on a
@@ -938,10 +940,7 @@ impl Pipe {
                 None => Err(Error::UnknownPeer(to)),
             },
         };
-        if r.is_ok() {
-            c.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        r
+        c.count_sent(r)
     }
 
     /// Waits for the next message of the pipe's flow (see the module docs).

@@ -1547,3 +1547,37 @@ async fn raw_parts_from_many_senders_never_interleave() {
         assert_eq!(c.stats().sent, 800);
     }
 }
+
+/// Every send method counts one message in `sent`, on TCP and UDP, over every family:
+/// `send`, `send_to`, `send_raw` and `send_raw_parts` agree.
+#[tokio::test]
+async fn every_send_method_counts_one_sent_message() {
+    for fam in families("sent-count") {
+        for proto in PROTOS {
+            let c = cfg(proto, &fam);
+            let server = listen(proto, &fam, &c).await;
+            let port = server.local_addr().port();
+            let cl = client(proto, &fam, 0, port, &c).await;
+            let peer = cl.peer_addr().expect("a connected client");
+            // The framed sends add the newline; the raw ones carry their own.
+            within(cl.send(b"one")).await.unwrap();
+            within(cl.send_to(b"two", peer)).await.unwrap();
+            within(cl.send_raw(b"three\n")).await.unwrap();
+            within(cl.send_raw_parts(&[b"fo", b"ur\n"])).await.unwrap();
+            assert_eq!(cl.stats().sent, 4, "{proto}/{}", fam.name);
+            // All four arrived, as four messages.
+            let accepted = within(server.accept()).await.unwrap();
+            for want in ["one", "two", "three", "four"] {
+                let m = within(accepted.recv()).await.unwrap();
+                let got = String::from_utf8_lossy(&m.data);
+                assert_eq!(got.trim_end(), want, "{proto}/{}", fam.name);
+            }
+            // A send that fails is not counted.
+            let stranger: SocketAddr = SocketAddr::new(peer.ip(), 9);
+            if proto == Proto::Tcp {
+                assert!(within(cl.send_to(b"x", stranger)).await.is_err());
+                assert_eq!(cl.stats().sent, 4, "{proto}/{}", fam.name);
+            }
+        }
+    }
+}
