@@ -367,19 +367,17 @@ impl Lab {
         LabBuilder::default()
     }
 
-    /// Whether the lab can run: root, `ip`, `nft`, coturn's `turnserver`
-    /// and `turnutils_natdiscovery`, and network namespaces can be created.
-    /// Checked once per process; `Err` says what is missing.
+    /// Whether the lab can run: every program of [`PROGRAMS`], root, and
+    /// network namespaces can be created. Checked once per process; `Err`
+    /// says what is missing.
     pub fn prereqs() -> Result<(), String> {
         static STATUS: OnceLock<Result<(), String>> = OnceLock::new();
         STATUS
             .get_or_init(|| {
+                missing_program(which)?;
                 // SAFETY: geteuid has no preconditions.
                 if unsafe { libc::geteuid() } != 0 {
                     return Err("not running as root".into());
-                }
-                for p in ["ip", "nft", "turnserver", "turnutils_natdiscovery"] {
-                    which(p).ok_or_else(|| format!("`{p}` not found"))?;
                 }
                 let probe = format!("p2l-{}-probe", std::process::id());
                 let add = run(ip(&["netns", "add", &probe]), None, LAB_T);
@@ -894,6 +892,24 @@ pub fn netns_list() -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect()
+}
+
+/// The programs the lab runs: iproute2, nftables, coturn's server and
+/// natdiscovery, and `conntrack` ([`Lab::flush_conntrack`]).
+pub const PROGRAMS: [&str; 5] = [
+    "ip",
+    "nft",
+    "turnserver",
+    "turnutils_natdiscovery",
+    "conntrack",
+];
+
+/// `Err` naming the first of [`PROGRAMS`] that `find` does not find.
+pub fn missing_program(find: impl Fn(&str) -> Option<PathBuf>) -> Result<(), String> {
+    for p in PROGRAMS {
+        find(p).ok_or_else(|| format!("`{p}` not found"))?;
+    }
+    Ok(())
 }
 
 /// True if the lab can run. Otherwise prints `skipping <test>: <reason>`, or

@@ -1,12 +1,13 @@
 //! Tests of the lab itself: coturn's own natdiscovery tool sees each NAT kind
 //! as intended, the filtering of each kind checked by hand, sockets made by
 //! `run_in` live in their namespace, a second uplink is reached by binding
-//! to its device, and loss drops packets without cutting the path.
+//! to its device, and loss drops packets without cutting the path; and the
+//! harness's own checks: missing programs.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::{lab_or_skip, netns_list, per_kind, Behaviour, Lab, NatKind};
+use super::{lab_or_skip, missing_program, netns_list, per_kind, Behaviour, Lab, NatKind};
 
 /// natdiscovery behind a filtering NAT waits about 3 s for each missing
 /// answer; a whole run takes at most about 7 s.
@@ -14,6 +15,28 @@ const DISCOVERY_LIMIT: Duration = Duration::from_secs(40);
 
 fn show(b: Option<Behaviour>) -> &'static str {
     b.map_or("-", Behaviour::name)
+}
+
+/// Each program a lab test runs, when missing, makes the lab unavailable (a skip, or a
+/// failure under CI=true) rather than a panic in the middle of a test: `conntrack`
+/// included, which `Lab::flush_conntrack` runs.
+#[test]
+fn a_missing_lab_program_makes_the_lab_unavailable() {
+    assert_eq!(missing_program(|p| Some(p.into())), Ok(()));
+    for gone in [
+        "ip",
+        "nft",
+        "turnserver",
+        "turnutils_natdiscovery",
+        "conntrack",
+    ] {
+        let find = |p: &str| (p != gone).then(|| p.into());
+        assert_eq!(
+            missing_program(find),
+            Err(format!("`{gone}` not found")),
+            "without {gone}"
+        );
+    }
 }
 
 #[test]
