@@ -8,6 +8,7 @@ use std::time::Duration;
 use p2pipe::{Pipe, PipeConfig, Proto};
 
 use super::{lab_or_skip, per_kind, Behaviour, Exec, Lab, NatKind};
+use crate::support::within;
 
 /// Generous: a loss-free report takes about a second, a lossy one a few.
 const NAT_LIMIT: Duration = Duration::from_secs(30);
@@ -211,8 +212,8 @@ fn p2pipe_nat_classifies_every_kind() {
 
 /// Two uplinks behind two NAT types: `p2pipe interfaces` lists both, `p2pipe nat
 /// --interface` gives each its own type and external address, and a pipe bound to the
-/// second NIC (by address and device) is seen by the server at the second NIC's
-/// external address, over UDP and TCP.
+/// second NIC (by address and device) is seen by an independent who-am-I server (not
+/// p2pipe's) at the second NIC's external address, over UDP and TCP.
 #[test]
 fn two_uplinks_each_get_their_own_report() {
     lab_or_skip!();
@@ -271,40 +272,22 @@ fn two_uplinks_each_get_their_own_report() {
         assert_eq!(local.ip(), lab.host_ip(n));
     }
 
-    // A p2pipe server on the lab's internet side says who it sees.
+    // Independent who-am-I servers (plain std sockets) on the lab's internet side
+    // record whom they see and send it back.
     let wan2 = lab.wan_ip(2);
     let server_ip = Ipv4Addr::new(203, 0, 113, 10);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = lab.spawn_in(lab.ns_inet(), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let whoami = |msg: p2pipe::Message, reply: Pipe| async move {
-                reply.send(msg.peer.to_string().as_bytes()).await
-            };
-            let daemon = p2pipe::Daemon::builder(whoami)
-                .listen_all([server_ip.into()], [0], [Proto::Tcp, Proto::Udp])
-                .start()
-                .await
-                .unwrap();
-            tx.send(daemon.local_addrs().to_vec()).unwrap();
-            let _ = stop_rx.await;
-            daemon.shutdown(Duration::from_secs(1)).await;
-        })
-    });
-    let addrs = rx.recv_timeout(Duration::from_secs(10)).expect("server up");
+    let udp = lab.whoami_server(lab.ns_inet(), (server_ip, 0).into());
+    let tcp = lab.tcp_whoami_server(lab.ns_inet(), (server_ip, 0).into());
+    let addrs = [(Proto::Udp, udp.addr()), (Proto::Tcp, tcp.addr())];
     let nic2 = lab.host_nic(2);
     let host2 = lab.host_ip(2);
-    let seen = lab.run_in(lab.ns_host(), move || {
+    let replies = lab.run_in(lab.ns_host(), move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut seen = Vec::new();
+            let mut replies = Vec::new();
             for (proto, at) in addrs {
                 let cfg = PipeConfig::default()
                     .bind(SocketAddr::new(host2.into(), 0))
@@ -315,21 +298,19 @@ fn two_uplinks_each_get_their_own_report() {
                     let msg = pipe.recv_timeout(Duration::from_secs(5)).await?;
                     Ok::<_, p2pipe::pipe::Error>(String::from_utf8_lossy(&msg.data).into_owned())
                 };
-                let text = tokio::time::timeout(Duration::from_secs(10), ask)
+                let text = within(ask)
                     .await
-                    .expect("pipe over up2 timed out")
-                    .expect("pipe over up2");
-                seen.push((proto, text));
+                    .unwrap_or_else(|e| panic!("{proto:?} pipe over up2: {e}"));
+                replies.push((proto, text));
             }
-            seen
+            replies
         })
     });
-    let _ = stop_tx.send(());
-    server.join().expect("server thread");
-    assert_eq!(seen.len(), 2);
-    for (proto, text) in seen {
-        let addr: SocketAddr = text.parse().unwrap_or_else(|_| panic!("{text}"));
-        assert_eq!(addr.ip(), std::net::IpAddr::from(wan2), "{proto:?}");
+    // A reply comes after the server recorded its sender: the records are complete.
+    for ((proto, text), seen) in replies.iter().zip([udp.seen(), tcp.seen()]) {
+        assert_eq!(seen.len(), 1, "{proto:?} server saw {seen:?}");
+        assert_eq!(seen[0].ip(), std::net::IpAddr::from(wan2), "{proto:?}");
+        assert_eq!(text, &seen[0].to_string(), "{proto:?}");
     }
 }
 
