@@ -621,6 +621,33 @@ impl Lab {
         (parse_natdiscovery(&text), run)
     }
 
+    /// How many UDP datagrams to coturn's ports (3478 and 3479) router `n`
+    /// has taken from the host so far, (IPv4, IPv6): counted by nftables as
+    /// they enter the router, before any loss or blocking rule, so it is what
+    /// the host sent (see [`count_ruleset`]).
+    pub fn stun_datagrams(&self, n: usize) -> (u64, u64) {
+        let ns = self.ns_router(n).to_owned();
+        let read = |counter: &str| {
+            let r = self.exec(
+                &ns,
+                "nft",
+                &["list", "counter", "inet", "lab_count", counter],
+            );
+            let text = String::from_utf8_lossy(&r.stdout).into_owned();
+            text.split("packets ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no counter {counter} in {ns}: {text}{}",
+                        String::from_utf8_lossy(&r.stderr)
+                    )
+                })
+        };
+        (read("stun4"), read("stun6"))
+    }
+
     /// Empties the conntrack table of every router (state left by an earlier
     /// exchange can change a filtering result). Needs `conntrack`.
     pub fn flush_conntrack(&self) -> Result<(), String> {
@@ -826,16 +853,15 @@ impl Lab {
                 &metric,
             ]);
             let uplink = self.uplinks[n - 1];
-            let mut rules = uplink.kind.ruleset(wan, hostip).unwrap_or_default();
+            let mut rules = count_ruleset();
+            rules += &uplink.kind.ruleset(wan, hostip).unwrap_or_default();
             if let Some(p) = uplink.loss_percent {
                 rules += &loss_ruleset(p);
             }
-            if !rules.is_empty() {
-                let mut nft = ip(&["netns", "exec", &rtr]);
-                nft.arg(which("nft").expect("nft")).args(["-f", "-"]);
-                let r = run(nft, Some(&rules), LAB_T);
-                assert!(r.success(), "nft in {rtr} failed: {}\n{rules}", r.stderr());
-            }
+            let mut nft = ip(&["netns", "exec", &rtr]);
+            nft.arg(which("nft").expect("nft")).args(["-f", "-"]);
+            let r = run(nft, Some(&rules), LAB_T);
+            assert!(r.success(), "nft in {rtr} failed: {}\n{rules}", r.stderr());
         }
         self.start_coturn();
     }
@@ -1181,6 +1207,20 @@ pub fn loss_ruleset(percent: u8) -> String {
         "table inet lab_loss {{\n  chain forward {{\n    \
          type filter hook forward priority filter - 10; policy accept;\n    \
          numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
+    )
+}
+
+/// A ruleset counting the UDP datagrams from the host (entering on `lan`) to
+/// coturn's ports, per family, in the named counters `stun4` and `stun6`. Its
+/// chain comes before the loss table's (priority filter - 10) and the kinds'
+/// filters, so it counts what the host sent, dropped or not.
+pub fn count_ruleset() -> String {
+    let ports = format!("{{ {}, {} }}", STUN_PRIMARY.port(), STUN_ALTERNATE.port());
+    format!(
+        "table inet lab_count {{\n  counter stun4 {{ }}\n  counter stun6 {{ }}\n  \
+         chain forward {{\n    type filter hook forward priority filter - 20; policy accept;\n    \
+         iifname \"lan\" meta nfproto ipv4 udp dport {ports} counter name \"stun4\"\n    \
+         iifname \"lan\" meta nfproto ipv6 udp dport {ports} counter name \"stun6\"\n  }}\n}}\n"
     )
 }
 
