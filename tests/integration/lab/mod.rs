@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{in_ci, spawn_guard_blocking};
 
+mod filer;
 mod nat;
 pub mod natdiscovery;
 mod tests;
