@@ -27,7 +27,9 @@
 
 use std::fmt;
 use std::fs::File;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{
+    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, UdpSocket,
+};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{in_ci, spawn_guard_blocking};
 
+mod filer;
 mod nat;
 pub mod natdiscovery;
 mod tests;
@@ -230,28 +233,85 @@ impl fmt::Display for NatKind {
     }
 }
 
+/// The limit for one lab of [`per_kind`], from its build to its drop: every
+/// step inside has its own, shorter limit; this one bounds the sum.
+pub const PER_KIND_T: Duration = Duration::from_secs(180);
+
 /// Builds one fresh single-uplink lab per kind (with `loss_percent` at the router), all
 /// at once on their own threads, runs `f` in each, and returns the results in the
-/// order of `kinds`. A panic in any lab is raised here.
+/// order of `kinds`. A panic in any lab is raised here, and so is a lab that takes
+/// longer than [`PER_KIND_T`].
 pub fn per_kind<R, F>(kinds: &[NatKind], loss_percent: Option<u8>, f: F) -> Vec<(NatKind, R)>
 where
     R: Send + 'static,
     F: Fn(&Lab, NatKind) -> R + Send + Sync + Clone + 'static,
 {
+    let started = Instant::now();
     let handles: Vec<_> = kinds
         .iter()
         .map(|&kind| {
             let f = f.clone();
-            std::thread::spawn(move || {
+            spawn_bounded(format!("lab {kind}"), move || {
                 let lab = Lab::builder().uplink(kind, loss_percent).build();
                 (kind, f(&lab, kind))
             })
         })
         .collect();
+    // The labs run at once: one deadline for all of them.
     handles
         .into_iter()
-        .map(|h| h.join().expect("lab thread"))
+        .map(|h| h.join_within(PER_KIND_T.saturating_sub(started.elapsed())))
         .collect()
+}
+
+/// A thread that tells when it ends (also by a panic), so that joining it can be
+/// bounded: see [`Bounded::join_within`].
+pub struct Bounded<R> {
+    name: String,
+    done: mpsc::Receiver<()>,
+    handle: JoinHandle<R>,
+}
+
+/// Starts `f` on a thread named `name`, joined later with [`Bounded::join_within`].
+pub fn spawn_bounded<R, F>(name: String, f: F) -> Bounded<R>
+where
+    R: Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+{
+    let (tx, done) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            // Dropped when `f` returns or unwinds: the receiver then sees the
+            // channel closed.
+            let _ended = tx;
+            f()
+        })
+        .expect("spawn a thread");
+    Bounded { name, done, handle }
+}
+
+impl<R> Bounded<R> {
+    /// Waits at most `limit` for the thread to end and returns its result;
+    /// `None` if it is still running then (the thread is left to run).
+    pub fn try_join_within(self, limit: Duration) -> Option<std::thread::Result<R>> {
+        match self.done.recv_timeout(limit) {
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            // Closed (or, never, a message): `f` is over, the join is immediate.
+            _ => Some(self.handle.join()),
+        }
+    }
+
+    /// As [`Bounded::try_join_within`], panicking if the thread is still
+    /// running after `limit`, and passing a panic of the thread on.
+    pub fn join_within(self, limit: Duration) -> R {
+        let name = self.name.clone();
+        match self.try_join_within(limit) {
+            Some(Ok(r)) => r,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => panic!("thread `{name}` did not end within {limit:?}"),
+        }
+    }
 }
 
 /// One uplink of the host: a router of some kind, with optional loss.
@@ -367,19 +427,17 @@ impl Lab {
         LabBuilder::default()
     }
 
-    /// Whether the lab can run: root, `ip`, `nft`, coturn's `turnserver`
-    /// and `turnutils_natdiscovery`, and network namespaces can be created.
-    /// Checked once per process; `Err` says what is missing.
+    /// Whether the lab can run: every program of [`PROGRAMS`], root, and
+    /// network namespaces can be created. Checked once per process; `Err`
+    /// says what is missing.
     pub fn prereqs() -> Result<(), String> {
         static STATUS: OnceLock<Result<(), String>> = OnceLock::new();
         STATUS
             .get_or_init(|| {
+                missing_program(which)?;
                 // SAFETY: geteuid has no preconditions.
                 if unsafe { libc::geteuid() } != 0 {
                     return Err("not running as root".into());
-                }
-                for p in ["ip", "nft", "turnserver", "turnutils_natdiscovery"] {
-                    which(p).ok_or_else(|| format!("`{p}` not found"))?;
                 }
                 let probe = format!("p2l-{}-probe", std::process::id());
                 let add = run(ip(&["netns", "add", &probe]), None, LAB_T);
@@ -498,21 +556,19 @@ impl Lab {
     }
 
     /// Starts `f` on a thread inside namespace `ns` and returns at once, for
-    /// servers that run while the test goes on. Join the handle (or make `f`
-    /// stop by itself) before the lab is dropped.
-    pub fn spawn_in<R, F>(&self, ns: &str, f: F) -> JoinHandle<R>
+    /// servers that run while the test goes on. Join it with
+    /// [`Bounded::join_within`] (or make `f` stop by itself) before the lab is
+    /// dropped.
+    pub fn spawn_in<R, F>(&self, ns: &str, f: F) -> Bounded<R>
     where
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
         let path = netns_path(ns);
-        std::thread::Builder::new()
-            .name(format!("netns {ns}"))
-            .spawn(move || {
-                enter_netns(&path);
-                f()
-            })
-            .expect("spawn a thread")
+        spawn_bounded(format!("netns {ns}"), move || {
+            enter_netns(&path);
+            f()
+        })
     }
 
     /// Starts a "who am I" UDP server in namespace `ns` on `bind` (port 0:
@@ -522,6 +578,16 @@ impl Lab {
         let socket = self.run_in(ns, move || UdpSocket::bind(bind));
         let socket = socket.unwrap_or_else(|e| panic!("bind who-am-I server on {bind}: {e}"));
         WhoAmI::start(socket)
+    }
+
+    /// Starts a "who am I" TCP server in namespace `ns` on `bind` (port 0:
+    /// any): it writes each client the address it sees as text, records it
+    /// (see [`TcpWhoAmI::seen`]) and closes the connection.
+    pub fn tcp_whoami_server(&self, ns: &str, bind: SocketAddr) -> TcpWhoAmI {
+        let listener = self.run_in(ns, move || TcpListener::bind(bind));
+        let listener =
+            listener.unwrap_or_else(|e| panic!("bind TCP who-am-I server on {bind}: {e}"));
+        TcpWhoAmI::start(listener)
     }
 
     /// Asks a [`WhoAmI`] server at `server` which address it sees, from a new
@@ -554,6 +620,33 @@ impl Lab {
         );
         let text = format!("{}\n{}", run.stdout(), run.stderr());
         (parse_natdiscovery(&text), run)
+    }
+
+    /// How many UDP datagrams to coturn's ports (3478 and 3479) router `n`
+    /// has taken from the host so far, (IPv4, IPv6): counted by nftables as
+    /// they enter the router, before any loss or blocking rule, so it is what
+    /// the host sent (see [`count_ruleset`]).
+    pub fn stun_datagrams(&self, n: usize) -> (u64, u64) {
+        let ns = self.ns_router(n).to_owned();
+        let read = |counter: &str| {
+            let r = self.exec(
+                &ns,
+                "nft",
+                &["list", "counter", "inet", "lab_count", counter],
+            );
+            let text = String::from_utf8_lossy(&r.stdout).into_owned();
+            text.split("packets ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no counter {counter} in {ns}: {text}{}",
+                        String::from_utf8_lossy(&r.stderr)
+                    )
+                })
+        };
+        (read("stun4"), read("stun6"))
     }
 
     /// Empties the conntrack table of every router (state left by an earlier
@@ -761,16 +854,15 @@ impl Lab {
                 &metric,
             ]);
             let uplink = self.uplinks[n - 1];
-            let mut rules = uplink.kind.ruleset(wan, hostip).unwrap_or_default();
+            let mut rules = count_ruleset();
+            rules += &uplink.kind.ruleset(wan, hostip).unwrap_or_default();
             if let Some(p) = uplink.loss_percent {
                 rules += &loss_ruleset(p);
             }
-            if !rules.is_empty() {
-                let mut nft = ip(&["netns", "exec", &rtr]);
-                nft.arg(which("nft").expect("nft")).args(["-f", "-"]);
-                let r = run(nft, Some(&rules), LAB_T);
-                assert!(r.success(), "nft in {rtr} failed: {}\n{rules}", r.stderr());
-            }
+            let mut nft = ip(&["netns", "exec", &rtr]);
+            nft.arg(which("nft").expect("nft")).args(["-f", "-"]);
+            let r = run(nft, Some(&rules), LAB_T);
+            assert!(r.success(), "nft in {rtr} failed: {}\n{rules}", r.stderr());
         }
         self.start_coturn();
     }
@@ -896,6 +988,24 @@ pub fn netns_list() -> Vec<String> {
         .collect()
 }
 
+/// The programs the lab runs: iproute2, nftables, coturn's server and
+/// natdiscovery, and `conntrack` ([`Lab::flush_conntrack`]).
+pub const PROGRAMS: [&str; 5] = [
+    "ip",
+    "nft",
+    "turnserver",
+    "turnutils_natdiscovery",
+    "conntrack",
+];
+
+/// `Err` naming the first of [`PROGRAMS`] that `find` does not find.
+pub fn missing_program(find: impl Fn(&str) -> Option<PathBuf>) -> Result<(), String> {
+    for p in PROGRAMS {
+        find(p).ok_or_else(|| format!("`{p}` not found"))?;
+    }
+    Ok(())
+}
+
 /// True if the lab can run. Otherwise prints `skipping <test>: <reason>`, or
 /// panics under `CI=true`: in CI a lab test never skips silently.
 pub fn lab_available(test: &str) -> bool {
@@ -972,6 +1082,62 @@ impl Drop for WhoAmI {
     }
 }
 
+/// A TCP server that writes each client the address it sees (as text),
+/// records it and closes the connection. Stopped and joined on drop.
+pub struct TcpWhoAmI {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<SocketAddr>>>,
+    /// The listener itself (a duplicate descriptor), to shut it down.
+    stopper: TcpListener,
+    thread: Option<Bounded<()>>,
+}
+
+impl TcpWhoAmI {
+    fn start(listener: TcpListener) -> TcpWhoAmI {
+        use std::io::Write;
+        let addr = listener.local_addr().expect("local address");
+        let stopper = listener.try_clone().expect("clone the listener");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let thread = spawn_bounded(format!("tcp who-am-i {addr}"), move || {
+            // Ends when the listener is shut down: accept then fails.
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                let Ok(from) = conn.peer_addr() else { continue };
+                log.lock().unwrap().push(from);
+                let _ = conn.write_all(from.to_string().as_bytes());
+            }
+        });
+        TcpWhoAmI {
+            addr,
+            seen,
+            stopper,
+            thread: Some(thread),
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every client address seen so far, in order.
+    pub fn seen(&self) -> Vec<SocketAddr> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TcpWhoAmI {
+    fn drop(&mut self) {
+        // Shutting a listening socket down wakes a blocked accept (Linux).
+        let _ = socket2::SockRef::from(&self.stopper).shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            // Never panics here: a drop may run while a test panics.
+            let _ = t.try_join_within(LAB_T);
+        }
+    }
+}
+
 fn whoami_client(device: Option<&str>, server: SocketAddr, tries: u32) -> Option<Seen> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("UDP socket");
@@ -1042,6 +1208,20 @@ pub fn loss_ruleset(percent: u8) -> String {
         "table inet lab_loss {{\n  chain forward {{\n    \
          type filter hook forward priority filter - 10; policy accept;\n    \
          numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
+    )
+}
+
+/// A ruleset counting the UDP datagrams from the host (entering on `lan`) to
+/// coturn's ports, per family, in the named counters `stun4` and `stun6`. Its
+/// chain comes before the loss table's (priority filter - 10) and the kinds'
+/// filters, so it counts what the host sent, dropped or not.
+pub fn count_ruleset() -> String {
+    let ports = format!("{{ {}, {} }}", STUN_PRIMARY.port(), STUN_ALTERNATE.port());
+    format!(
+        "table inet lab_count {{\n  counter stun4 {{ }}\n  counter stun6 {{ }}\n  \
+         chain forward {{\n    type filter hook forward priority filter - 20; policy accept;\n    \
+         iifname \"lan\" meta nfproto ipv4 udp dport {ports} counter name \"stun4\"\n    \
+         iifname \"lan\" meta nfproto ipv6 udp dport {ports} counter name \"stun6\"\n  }}\n}}\n"
     )
 }
 

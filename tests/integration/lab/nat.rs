@@ -8,6 +8,7 @@ use std::time::Duration;
 use p2pipe::{Pipe, PipeConfig, Proto};
 
 use super::{lab_or_skip, per_kind, Behaviour, Exec, Lab, NatKind};
+use crate::support::within;
 
 /// Generous: a loss-free report takes about a second, a lossy one a few.
 const NAT_LIMIT: Duration = Duration::from_secs(30);
@@ -137,32 +138,43 @@ fn external_of(lab: &Lab, n: usize, kind: NatKind) -> Ipv4Addr {
 }
 
 /// Every kind, one fresh lab each (all at once): `p2pipe nat` gives the lab's type,
-/// mapping, filtering and external address, with fewer requests than P2PD; coturn's
-/// natdiscovery runs in the same lab for the comparison table in docs/nat.md.
+/// mapping, filtering and external address, with fewer requests than P2PD (counted by
+/// the router, not by p2pipe); coturn's natdiscovery runs in the same lab, agrees on
+/// mapping and filtering, and gives the comparison table in docs/nat.md.
 #[test]
 fn p2pipe_nat_classifies_every_kind() {
     lab_or_skip!();
     let results: Vec<_> = per_kind(&NatKind::ALL, None, |lab, kind| {
         let (v, run) = p2pipe_nat(lab, &[]);
+        // What p2pipe sent to coturn, counted by the router before natdiscovery runs.
+        let counted = lab.stun_datagrams(1);
         // A fresh conntrack table for natdiscovery, so p2pipe's mappings cannot change
         // its answer.
         lab.flush_conntrack().expect("flush conntrack");
         let (d, nd) = lab.natdiscovery(Duration::from_secs(40));
-        (external_of(lab, 1, kind), lab.host_ip6(1), v, run, d, nd)
+        (
+            external_of(lab, 1, kind),
+            lab.host_ip6(1),
+            v,
+            run,
+            counted,
+            d,
+            nd,
+        )
     })
     .into_iter()
-    .map(|(kind, (ext, ext6, v, run, d, nd))| (kind, ext, ext6, v, run, d, nd))
+    .map(|(kind, (ext, ext6, v, run, n, d, nd))| (kind, ext, ext6, v, run, n, d, nd))
     .collect();
 
     println!(
-        "| lab kind | p2pipe nat_type | p2pipe mapping / filtering | requests (transactions) | p2pipe wall ms | natdiscovery mapping / filtering | natdiscovery wall ms | p2pipe ipv6 nat_type |"
+        "| lab kind | p2pipe nat_type | p2pipe mapping / filtering | requests counted by the router (reported; transactions) | p2pipe wall ms | natdiscovery mapping / filtering | natdiscovery wall ms | p2pipe ipv6 nat_type |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut failures = Vec::new();
-    for (kind, ext, ext6, v, run, d, nd) in &results {
+    for (kind, ext, ext6, v, run, (sent4, sent6), d, nd) in &results {
         let v4 = &v["ipv4"];
         println!(
-            "| {kind} | {} | {} / {} | {} ({}) | {} | {} / {} | {} | {} |",
+            "| {kind} | {} | {} / {} | {sent4} ({}; {}) | {} | {} / {} | {} | {} |",
             v4["nat_type"],
             v4["mapping"],
             v4["filtering"],
@@ -177,11 +189,20 @@ fn p2pipe_nat_classifies_every_kind() {
         if let Err(e) = check(*kind, v4, *ext) {
             failures.push(e);
         }
-        let requests = v4["requests"].as_u64().unwrap_or(u64::MAX);
-        if requests >= P2PD_REQUESTS {
+        // The router counted every datagram the host sent to coturn's ports (before
+        // any filter drops it): fewer than P2PD sends, and exactly what p2pipe reports.
+        if *sent4 >= P2PD_REQUESTS {
             failures.push(format!(
-                "{kind}: {requests} requests, P2PD's test sends {P2PD_REQUESTS}"
+                "{kind}: the router counted {sent4} requests, P2PD's test sends {P2PD_REQUESTS}"
             ));
+        }
+        for (family, sent) in [("ipv4", sent4), ("ipv6", sent6)] {
+            if v[family]["requests"].as_u64() != Some(*sent) {
+                failures.push(format!(
+                    "{kind}: {family} reports {} requests, the router counted {sent}",
+                    v[family]["requests"]
+                ));
+            }
         }
         if v["interface"] != "up1" {
             failures.push(format!("{kind}: interface {} (want up1)", v["interface"]));
@@ -195,15 +216,28 @@ fn p2pipe_nat_classifies_every_kind() {
         if let Err(e) = check(kind6, &v["ipv6"], *ext6) {
             failures.push(format!("ipv6 behind {kind}: {e}"));
         }
-        // Both tools agree wherever natdiscovery gives a verdict.
-        let agree = |ours: &serde_json::Value, theirs: Option<Behaviour>| {
-            theirs.is_none() || *ours == name(theirs)
-        };
-        if !agree(&v4["filtering"], d.filtering) {
-            failures.push(format!(
-                "{kind}: p2pipe filtering {} but natdiscovery {:?}",
-                v4["filtering"], d.filtering
-            ));
+        // natdiscovery gives a mapping and a filtering verdict behind every kind but
+        // udp-blocked (docs/nat-lab.md): a missing one is a failure, and p2pipe says the
+        // same (null where neither can tell). Behind the symmetric kind this is stricter
+        // than `check`, which also takes address-dependent: both tools see the router's
+        // `snat random` give another port per destination port.
+        let (_, want_mapping, want_filtering) = kind.expected();
+        let verdicts = [
+            ("mapping", &v4["mapping"], d.mapping, want_mapping),
+            ("filtering", &v4["filtering"], d.filtering, want_filtering),
+        ];
+        for (what, ours, theirs, want) in verdicts {
+            if theirs.is_none() != want.is_none() {
+                failures.push(format!(
+                    "{kind}: natdiscovery {what} verdict {theirs:?}, want {want:?}\n{}\n{}",
+                    nd.stdout(),
+                    nd.stderr()
+                ));
+            } else if *ours != name(theirs) {
+                failures.push(format!(
+                    "{kind}: p2pipe {what} {ours} but natdiscovery {theirs:?}"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -211,8 +245,8 @@ fn p2pipe_nat_classifies_every_kind() {
 
 /// Two uplinks behind two NAT types: `p2pipe interfaces` lists both, `p2pipe nat
 /// --interface` gives each its own type and external address, and a pipe bound to the
-/// second NIC (by address and device) is seen by the server at the second NIC's
-/// external address, over UDP and TCP.
+/// second NIC (by address and device) is seen by an independent who-am-I server (not
+/// p2pipe's) at the second NIC's external address, over UDP and TCP.
 #[test]
 fn two_uplinks_each_get_their_own_report() {
     lab_or_skip!();
@@ -271,40 +305,22 @@ fn two_uplinks_each_get_their_own_report() {
         assert_eq!(local.ip(), lab.host_ip(n));
     }
 
-    // A p2pipe server on the lab's internet side says who it sees.
+    // Independent who-am-I servers (plain std sockets) on the lab's internet side
+    // record whom they see and send it back.
     let wan2 = lab.wan_ip(2);
     let server_ip = Ipv4Addr::new(203, 0, 113, 10);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = lab.spawn_in(lab.ns_inet(), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let whoami = |msg: p2pipe::Message, reply: Pipe| async move {
-                reply.send(msg.peer.to_string().as_bytes()).await
-            };
-            let daemon = p2pipe::Daemon::builder(whoami)
-                .listen_all([server_ip.into()], [0], [Proto::Tcp, Proto::Udp])
-                .start()
-                .await
-                .unwrap();
-            tx.send(daemon.local_addrs().to_vec()).unwrap();
-            let _ = stop_rx.await;
-            daemon.shutdown(Duration::from_secs(1)).await;
-        })
-    });
-    let addrs = rx.recv_timeout(Duration::from_secs(10)).expect("server up");
+    let udp = lab.whoami_server(lab.ns_inet(), (server_ip, 0).into());
+    let tcp = lab.tcp_whoami_server(lab.ns_inet(), (server_ip, 0).into());
+    let addrs = [(Proto::Udp, udp.addr()), (Proto::Tcp, tcp.addr())];
     let nic2 = lab.host_nic(2);
     let host2 = lab.host_ip(2);
-    let seen = lab.run_in(lab.ns_host(), move || {
+    let replies = lab.run_in(lab.ns_host(), move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut seen = Vec::new();
+            let mut replies = Vec::new();
             for (proto, at) in addrs {
                 let cfg = PipeConfig::default()
                     .bind(SocketAddr::new(host2.into(), 0))
@@ -315,21 +331,19 @@ fn two_uplinks_each_get_their_own_report() {
                     let msg = pipe.recv_timeout(Duration::from_secs(5)).await?;
                     Ok::<_, p2pipe::pipe::Error>(String::from_utf8_lossy(&msg.data).into_owned())
                 };
-                let text = tokio::time::timeout(Duration::from_secs(10), ask)
+                let text = within(ask)
                     .await
-                    .expect("pipe over up2 timed out")
-                    .expect("pipe over up2");
-                seen.push((proto, text));
+                    .unwrap_or_else(|e| panic!("{proto:?} pipe over up2: {e}"));
+                replies.push((proto, text));
             }
-            seen
+            replies
         })
     });
-    let _ = stop_tx.send(());
-    server.join().expect("server thread");
-    assert_eq!(seen.len(), 2);
-    for (proto, text) in seen {
-        let addr: SocketAddr = text.parse().unwrap_or_else(|_| panic!("{text}"));
-        assert_eq!(addr.ip(), std::net::IpAddr::from(wan2), "{proto:?}");
+    // A reply comes after the server recorded its sender: the records are complete.
+    for ((proto, text), seen) in replies.iter().zip([udp.seen(), tcp.seen()]) {
+        assert_eq!(seen.len(), 1, "{proto:?} server saw {seen:?}");
+        assert_eq!(seen[0].ip(), std::net::IpAddr::from(wan2), "{proto:?}");
+        assert_eq!(text, &seen[0].to_string(), "{proto:?}");
     }
 }
 
@@ -389,8 +403,19 @@ fn stun_over_tcp_through_a_nat() {
     assert_eq!(answer.local.ip(), std::net::IpAddr::from(lab.host_ip(1)));
 }
 
+/// The loss levels of [`heavy_loss_gives_the_right_answer_or_unknown`], each with the
+/// fewest whole right answers (type, mapping, filtering and external address) of its six
+/// kinds. Measured in ten runs of the test: every answer right, 60 of 60 at each level.
+/// Each request is sent up to 7 times, so a request is lost for good with probability
+/// 0.19^7 ≈ 1e-5 at 10% loss both ways (one unknown allowed), and 0.51^7 < 1% at 30%.
+/// At 30%, even if an unknown answer were as likely as 1 in 20 (the most that none in 60
+/// leaves plausible), four unknowns among six kinds would come in about 1 run in
+/// 10000. A build whose answers turn unknown under loss fails.
+const RIGHT_UNDER_LOSS: [(u8, usize); 2] = [(10, 5), (30, 3)];
+
 /// With 10% and 30% of packets dropped at the router, both ways, every answer is the
-/// lab's or unknown (null), never a wrong type.
+/// lab's or unknown (null), never a wrong type; and at each loss level most answers are
+/// the lab's whole type (see [`RIGHT_UNDER_LOSS`]): unknown is not always an answer.
 #[test]
 fn heavy_loss_gives_the_right_answer_or_unknown() {
     lab_or_skip!();
@@ -399,7 +424,9 @@ fn heavy_loss_gives_the_right_answer_or_unknown() {
         .filter(|k| *k != NatKind::UdpBlocked)
         .collect();
     let mut wrong = Vec::new();
-    for loss in [10u8, 30] {
+    let mut too_few = Vec::new();
+    for (loss, floor) in RIGHT_UNDER_LOSS {
+        let mut right = 0;
         let results = per_kind(&kinds, Some(loss), |lab, kind| {
             let (v, run) = p2pipe_nat(lab, &[]);
             (external_of(lab, 1, kind), v, run)
@@ -431,8 +458,22 @@ fn heavy_loss_gives_the_right_answer_or_unknown() {
                     "{loss}% loss, {kind} (mapping {:?}): {v4}",
                     mapping
                 ));
+            } else if v4["nat_type"] == kind.name()
+                && !v4["mapping"].is_null()
+                && v4["filtering"] == name(filtering)
+                && !v4["external"].is_null()
+            {
+                right += 1;
             }
+        }
+        println!("{loss}% loss: {right} of {} answers right", kinds.len());
+        if right < floor {
+            too_few.push(format!(
+                "{loss}% loss: {right} of {} answers right, want at least {floor}",
+                kinds.len()
+            ));
         }
     }
     assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
+    assert!(too_few.is_empty(), "{}", too_few.join("\n"));
 }

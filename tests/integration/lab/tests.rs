@@ -1,12 +1,17 @@
 //! Tests of the lab itself: coturn's own natdiscovery tool sees each NAT kind
 //! as intended, the filtering of each kind checked by hand, sockets made by
 //! `run_in` live in their namespace, a second uplink is reached by binding
-//! to its device, and loss drops packets without cutting the path.
+//! to its device, and loss drops packets without cutting the path; and the
+//! harness's own checks: missing programs, bounded joins.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::{lab_or_skip, netns_list, per_kind, Behaviour, Lab, NatKind};
+use super::{
+    lab_or_skip, missing_program, netns_list, per_kind, spawn_bounded, Behaviour, Lab, NatKind,
+    LAB_T,
+};
+use crate::support::SHORT;
 
 /// natdiscovery behind a filtering NAT waits about 3 s for each missing
 /// answer; a whole run takes at most about 7 s.
@@ -14,6 +19,51 @@ const DISCOVERY_LIMIT: Duration = Duration::from_secs(40);
 
 fn show(b: Option<Behaviour>) -> &'static str {
     b.map_or("-", Behaviour::name)
+}
+
+/// Each program a lab test runs, when missing, makes the lab unavailable (a skip, or a
+/// failure under CI=true) rather than a panic in the middle of a test: `conntrack`
+/// included, which `Lab::flush_conntrack` runs.
+#[test]
+fn a_missing_lab_program_makes_the_lab_unavailable() {
+    assert_eq!(missing_program(|p| Some(p.into())), Ok(()));
+    for gone in [
+        "ip",
+        "nft",
+        "turnserver",
+        "turnutils_natdiscovery",
+        "conntrack",
+    ] {
+        let find = |p: &str| (p != gone).then(|| p.into());
+        assert_eq!(
+            missing_program(find),
+            Err(format!("`{gone}` not found")),
+            "without {gone}"
+        );
+    }
+}
+
+/// Joining a lab's thread (a server in a namespace, a lab of `per_kind`) is bounded: a
+/// thread still running at the limit fails the test instead of hanging it, a panic in
+/// the thread comes through, and so does its result.
+#[test]
+fn a_lab_thread_still_running_at_the_limit_fails_its_join() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let blocked = spawn_bounded("blocked".into(), move || {
+        let _ = wait.recv_timeout(LAB_T);
+    });
+    let joined = catch_unwind(AssertUnwindSafe(|| blocked.join_within(SHORT)));
+    let _ = release.send(());
+    let why = joined.expect_err("joined a thread that was still running");
+    let why = why.downcast_ref::<String>().map_or("", String::as_str);
+    assert!(why.contains("did not end within"), "{why}");
+
+    let panicking = spawn_bounded("panics".into(), || -> u32 { panic!("inside the thread") });
+    let why = catch_unwind(AssertUnwindSafe(|| panicking.join_within(LAB_T)))
+        .expect_err("the thread's panic");
+    assert_eq!(why.downcast_ref::<&str>(), Some(&"inside the thread"));
+    assert_eq!(spawn_bounded("returns".into(), || 7).join_within(LAB_T), 7);
 }
 
 #[test]
