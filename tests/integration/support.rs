@@ -275,7 +275,8 @@ pub fn succeeded(out: &std::process::Output) -> String {
 pub const TALLY_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
 
 /// The heading of the list printed at the end of a run that skipped something.
-pub const TALLY_HEADING: &str = "skipped tests (they passed without running; CI=true fails them):";
+pub const TALLY_HEADING: &str =
+    "skipped tests, or parts of tests (libtest counts them as passed; CI=true fails them):";
 
 fn tally_file() -> std::path::PathBuf {
     std::env::var_os("P2PIPE_SKIP_TALLY")
