@@ -378,7 +378,7 @@ fn python_node() -> Option<(String, String)> {
         if crate::support::in_ci() {
             panic!("python3 is required for the interop tests under CI=true");
         }
-        eprintln!("skipping interop: no python3");
+        crate::support::skip("interop", "no python3");
         return None;
     }
     Some(("python3".into(), script.into()))

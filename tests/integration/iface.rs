@@ -117,7 +117,10 @@ async fn pipes_bind_to_a_device_by_name() {
     let pipe = match within(Pipe::connect_with(Proto::Udp, server.local_addr(), &cfg)).await {
         Ok(p) => p,
         Err(e) if e.to_string().contains("permitted") && !crate::support::in_ci() => {
-            eprintln!("pipes_bind_to_a_device_by_name: skipped, no CAP_NET_RAW: {e}");
+            crate::support::skip(
+                "pipes_bind_to_a_device_by_name",
+                format!("no CAP_NET_RAW: {e}"),
+            );
             return;
         }
         Err(e) => panic!("binding to lo failed: {e}"),

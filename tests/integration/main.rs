@@ -14,5 +14,6 @@ mod lab;
 mod load;
 mod mesh;
 mod pipe;
+mod skips;
 mod stun;
 mod support;

@@ -13,6 +13,7 @@ use p2pipe::mesh::{
     Backoff, Direction, DisconnectReason, Error, Event, Events, HandshakeError, Mesh, MeshBuilder,
     Outgoing, RefuseCode,
 };
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -531,6 +532,29 @@ async fn a_decompression_bomb_is_dropped_and_counted() {
 struct RawPeer {
     sock: TcpStream,
     tx: p2pipe::mesh::session::Sender,
+    /// The transcript hash `T` of the handshake (docs/mesh.md), from the two HELLOs.
+    th: [u8; 32],
+}
+
+impl RawPeer {
+    /// A signed DATA frame for `payload` at `seq`, signed by `by` over exactly the bytes a
+    /// message's signature covers on this connection (docs/mesh.md):
+    /// `SHA-256("p2pipe-mesh/1 msg" ‖ T ‖ role ‖ seq ‖ flags ‖ payload)`, the role being
+    /// this side's, the initiator (`b'i'`).
+    fn signed_by(&self, by: &SigningKey, seq: u64, payload: &[u8]) -> Bytes {
+        use ed25519_dalek::Signer;
+        let flags = wire::FLAG_SIGNED;
+        let mut h = Sha256::new();
+        h.update(b"p2pipe-mesh/1 msg");
+        h.update(self.th);
+        h.update([b'i']);
+        h.update(seq.to_be_bytes());
+        h.update([flags]);
+        h.update(payload);
+        let digest: [u8; 32] = h.finalize().into();
+        let sig = by.sign(&digest).to_bytes();
+        wire::encode_data(flags, Some(&Signed { seq, sig }), payload)
+    }
 }
 
 async fn read_frame(sock: &mut TcpStream) -> Bytes {
@@ -559,8 +583,18 @@ async fn raw_handshake(
     };
     let (mut hs, hello) = Handshake::initiator(&local, [42; 32]);
     within(sock.write_all(&hello)).await.unwrap();
+    // T = SHA-256("p2pipe-mesh/1" ‖ len ‖ HELLO_i ‖ len ‖ HELLO_a): each HELLO with its
+    // length prefix, as sent.
+    let mut th = Sha256::new();
+    th.update(b"p2pipe-mesh/1");
+    th.update(&hello);
+    let mut theirs = true;
     loop {
         let f = read_frame(&mut sock).await;
+        if std::mem::take(&mut theirs) {
+            th.update((f.len() as u32).to_be_bytes());
+            th.update(&f);
+        }
         match hs.on_frame(f)? {
             Step::Send(out) => within(sock.write_all(&out)).await.unwrap(),
             Step::Decide(_) => break,
@@ -570,6 +604,7 @@ async fn raw_handshake(
     Ok(RawPeer {
         sock,
         tx: session.tx,
+        th: th.finalize().into(),
     })
 }
 
@@ -599,34 +634,45 @@ async fn forged_signatures_are_refused() {
     let n = tampered.len();
     tampered[n - 6..n].copy_from_slice(b"999999");
     within(m.sock.write_all(&tampered)).await.unwrap();
-    // 4. Signed by another key that claims to be mallory's (what SecureNode took: a key
-    //    the message itself carries).
-    let other = key(3);
-    use ed25519_dalek::Signer;
-    let forged = wire::encode_data(
-        wire::FLAG_SIGNED,
-        Some(&Signed {
-            seq: 100,
-            sig: other.sign(b"anything").to_bytes(),
-        }),
-        b"forged",
-    );
+    // 4. The very bytes a message's signature covers on this connection (a fresh
+    //    sequence number, the flags, the payload), signed by another key: one mallory's
+    //    handshake did not prove (what SecureNode took: a key the message itself carries).
+    let forged = m.signed_by(&key(3), 4, b"forged");
     within(m.sock.write_all(&forged)).await.unwrap();
     // 5. No signature at all.
     within(m.sock.write_all(&wire::encode_data(0, None, b"unsigned")))
         .await
         .unwrap();
-    // 6. A genuine one after all that.
+    // 6. A genuine one after all that (sequence 3).
     let last = m.tx.data(b"still me", false);
     within(m.sock.write_all(&last)).await.unwrap();
+    // 7. The forged frame's twin, signed by mallory's own key: taken, so the frame in 4
+    //    was a real message in all but its key.
+    let twin = m.signed_by(&key(2), 4, b"forged");
+    let parts = |f: &Bytes| match Frame::parse(f.slice(4..)).unwrap() {
+        Frame::Data {
+            flags,
+            signed: Some(s),
+            payload,
+        } => ((flags, s.seq, payload), s.sig),
+        f => panic!("not signed data: {f:?}"),
+    };
+    let ((same, sig_twin), (as_forged, sig_forged)) = (parts(&twin), parts(&forged));
+    assert_eq!(same, as_forged);
+    assert_ne!(sig_twin, sig_forged);
+    within(m.sock.write_all(&twin)).await.unwrap();
 
     let Event::Message(first) = next(&mut ea).await else {
         panic!("message")
     };
     assert_eq!((&first.data[..], first.signed), (&b"genuine"[..], true));
     assert_eq!(next_msg(&mut ea).await.1, "still me");
+    let Event::Message(twin) = next(&mut ea).await else {
+        panic!("message")
+    };
+    assert_eq!((&twin.data[..], twin.signed), (&b"forged"[..], true));
     let s = a.stats();
-    assert_eq!((s.bad_signatures, s.replays, s.messages_in), (3, 1, 2));
+    assert_eq!((s.bad_signatures, s.replays, s.messages_in), (3, 1, 3));
     within(a.stop(T)).await;
 }
 

@@ -37,7 +37,7 @@ fn quick_probe() -> ProbeConfig {
 #[tokio::test]
 async fn udp_binding_sees_the_client_address() {
     let server = within(TestServer::start(A1, A2)).await.unwrap();
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sock = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
     let (i, r) = within(udp::first_answer(&sock, &[server.primary()], quick()))
         .await
         .unwrap();
@@ -50,7 +50,7 @@ async fn udp_binding_sees_the_client_address() {
 #[tokio::test]
 async fn change_requests_come_back_from_the_other_addresses() {
     let server = within(TestServer::start(A1, A2)).await.unwrap();
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sock = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
     let [a1p1, a1p2, a2p1, a2p2] = server.addresses();
     let cases = [
         ((false, false), a1p1),
@@ -81,8 +81,8 @@ async fn change_requests_come_back_from_the_other_addresses() {
 async fn several_servers_are_asked_at_once() {
     let server = within(TestServer::start(A1, A2)).await.unwrap();
     // A silent "server": bound, never answers.
-    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
+    let sock = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
     let servers = [silent.local_addr().unwrap(), server.primary()];
     let started = std::time::Instant::now();
     let (i, r) = within(udp::first_answer(&sock, &servers, quick()))
@@ -121,7 +121,7 @@ async fn udp_and_tcp_binding_v6() {
     if !ipv6_usable("udp_and_tcp_binding_v6") {
         return;
     }
-    let sock = UdpSocket::bind("[::1]:0").await.unwrap();
+    let sock = within(UdpSocket::bind("[::1]:0")).await.unwrap();
     let addr = sock.local_addr().unwrap();
     let core = ServerCore::new(ServerConfig::new(
         addr,
@@ -138,14 +138,16 @@ async fn udp_and_tcp_binding_v6() {
             }
         }
     });
-    let client = UdpSocket::bind("[::1]:0").await.unwrap();
+    let client = within(UdpSocket::bind("[::1]:0")).await.unwrap();
     let (_, r) = within(udp::first_answer(&client, &[addr], quick()))
         .await
         .unwrap();
     assert_eq!(r.mapped, Some(client.local_addr().unwrap()));
     task.abort();
 
-    let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let listener = within(tokio::net::TcpListener::bind("[::1]:0"))
+        .await
+        .unwrap();
     let at = listener.local_addr().unwrap();
     let tcp_core = ServerCore::new(ServerConfig::new(
         at,
@@ -175,15 +177,15 @@ async fn udp_and_tcp_binding_v6() {
 /// one. None of it is accepted, all of it is counted, and the answer is the real one.
 #[tokio::test]
 async fn bad_replies_are_ignored_and_counted() {
-    let fake = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let stranger = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let fake = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
+    let stranger = within(UdpSocket::bind("127.0.0.2:0")).await.unwrap();
     let fake_addr = fake.local_addr().unwrap();
     let core = ServerCore::new(ServerConfig::new(
         fake_addr,
         SocketAddr::new(A2, fake_addr.port() + 1),
     ))
     .unwrap();
-    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
     let client_addr = client.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let mut buf = [0u8; 1500];
@@ -302,7 +304,7 @@ async fn the_rfc5780_server_is_preferred() {
 
 #[tokio::test]
 async fn no_answer_is_udp_blocked_and_no_server_is_an_error() {
-    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
     let r = within(nat::probe(
         Af::V4,
         &[silent.local_addr().unwrap()],
@@ -326,10 +328,10 @@ async fn no_answer_is_udp_blocked_and_no_server_is_an_error() {
 /// the give-up: the transaction sends its whole schedule and ends on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_garbage_does_not_stall_the_schedule() {
-    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
+    let client = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
     let target = client.local_addr().unwrap();
-    let flooder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let flooder = within(UdpSocket::bind("127.0.0.1:0")).await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = {
         let stop = stop.clone();

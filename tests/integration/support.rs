@@ -1,5 +1,6 @@
 //! Helpers shared by every integration test module: time limits, address
-//! families on loopback, and small conveniences around channels.
+//! families on loopback, small conveniences around channels, and the record of
+//! skipped tests ([`skip`]).
 //!
 //! Nothing here is specific to one layer, so the pipe and daemon tests can
 //! both use it.
@@ -33,6 +34,8 @@ pub fn within<F: Future>(f: F) -> impl Future<Output = F::Output> {
 #[track_caller]
 pub fn within_for<F: Future>(limit: Duration, f: F) -> impl Future<Output = F::Output> {
     let at = Location::caller();
+    // Nearly every test comes here first: this run's record of skips starts now.
+    skips();
     async move {
         match tokio::time::timeout(limit, f).await {
             Ok(v) => v,
@@ -142,7 +145,7 @@ pub fn ipv6_usable(test: &str) -> bool {
         Ok(()) => true,
         Err(why) if in_ci() => panic!("{test}: IPv6 loopback is required under CI=true: {why}"),
         Err(why) => {
-            eprintln!("{test}: skipping IPv6 and dual-stack cases: {why}");
+            skip(test, format!("IPv6 and dual-stack cases: {why}"));
             false
         }
     }
@@ -238,4 +241,112 @@ pub fn succeeded(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+// ---------------------------------------------------------------------------
+// Skips
+//
+// A test that cannot run here (no IPv6, no NAT lab, no python3, too few open
+// files...) calls [`skip`] and returns. Under `CI=true` that is a failure:
+// [`skip`] panics. Elsewhere the test passes as far as libtest knows, so the
+// skip must be seen some other way. libtest has no hook for the end of a run,
+// and it captures what a passing test prints with `print!`/`eprint!` (those
+// macros, also in threads the test spawns, write to its capture buffer), so:
+//
+// 1. [`skip`] writes `SKIPPED <test>: <reason>` at once through a
+//    `std::io::stderr()` handle. Writes through the handle bypass the capture
+//    (only the macros consult it), so the line shows with or without
+//    `--nocapture`; `skips::` checks this by running the test binary.
+// 2. The same line goes to `$CARGO_TARGET_TMPDIR/skipped-tests.txt`
+//    ([`TALLY_FILE`]), which `.ci/run` prints at its end if present. The file
+//    is removed the first time this process calls [`within_for`] or [`skip`],
+//    so it never holds an older run's skips.
+// 3. At that first call the process also registers an `atexit` handler, which
+//    runs after libtest's summary, whether the run passed or failed, and
+//    prints the whole list again under a heading: the tally at the end.
+//
+// A test that runs on a thread of its own, as libtest runs every test, is
+// named by that thread's name (`module::test`, as `cargo test` lists it), so a
+// helper that skips part of a test on its behalf names the right test.
+
+/// Where this run's skips are recorded, one `SKIPPED <test>: <reason>` line
+/// each; `P2PIPE_SKIP_TALLY` names another file (used by `skips::` to run a
+/// test binary of its own without touching this run's record).
+pub const TALLY_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
+
+/// The heading of the list printed at the end of a run that skipped something.
+pub const TALLY_HEADING: &str =
+    "skipped tests, or parts of tests (libtest counts them as passed; CI=true fails them):";
+
+fn tally_file() -> std::path::PathBuf {
+    std::env::var_os("P2PIPE_SKIP_TALLY")
+        .map(Into::into)
+        .unwrap_or_else(|| TALLY_FILE.into())
+}
+
+/// This run's skips. The first call removes an older run's record and sets up
+/// the list at exit.
+fn skips() -> &'static std::sync::Mutex<Vec<String>> {
+    static SKIPS: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    SKIPS.get_or_init(|| {
+        let _ = std::fs::remove_file(tally_file());
+        // SAFETY: registers a plain function with no arguments to run at exit.
+        unsafe { libc::atexit(print_skips_at_exit) };
+        std::sync::Mutex::new(Vec::new())
+    })
+}
+
+/// Runs at exit, after libtest's summary: the list of skips, if any. Must not
+/// panic (it is called from C), so every error is ignored.
+extern "C" fn print_skips_at_exit() {
+    use std::io::Write;
+    let Some(list) = skips()
+        .lock()
+        .ok()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.join(""))
+    else {
+        return;
+    };
+    let text = format!(
+        "\n{TALLY_HEADING}\n{list}(listed in {})\n",
+        tally_file().display()
+    );
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// Records that `test` (or a part of it, which `reason` then names) cannot run
+/// here, and why; the caller then returns or leaves that part out. Under
+/// `CI=true` it panics instead: in CI nothing is skipped. `test` names the
+/// caller in messages; the record names the test libtest runs on this thread
+/// when there is one (see the design above).
+#[track_caller]
+pub fn skip(test: &str, reason: impl std::fmt::Display) {
+    let list = skips();
+    if in_ci() {
+        panic!("{test}: cannot be skipped under CI=true: {reason}");
+    }
+    let name = match std::thread::current().name() {
+        Some(n) if n != "main" && !n.starts_with("tokio-") => n.to_owned(),
+        _ => test.to_owned(),
+    };
+    let line = format!("SKIPPED {name}: {reason}\n");
+    let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+    use std::io::Write;
+    // Through the handle, not `eprint!`: libtest does not capture this.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let file = tally_file();
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        let _ = writeln!(
+            std::io::stderr(),
+            "cannot record the skip in {}: {e}",
+            file.display()
+        );
+    }
+    list.push(line);
 }

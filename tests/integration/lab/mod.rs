@@ -1013,7 +1013,7 @@ pub fn lab_available(test: &str) -> bool {
         Ok(()) => true,
         Err(why) if in_ci() => panic!("{test}: the NAT lab is required under CI=true: {why}"),
         Err(why) => {
-            eprintln!("skipping {test}: {why}");
+            crate::support::skip(test, format!("the NAT lab cannot run here: {why}"));
             false
         }
     }
