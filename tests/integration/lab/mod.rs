@@ -63,7 +63,7 @@ const STUN6_IP2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0x1
 /// coturn's primary IPv6 address and port.
 pub const STUN6_PRIMARY: SocketAddr = SocketAddr::V6(SocketAddrV6::new(STUN6_IP1, 3478, 0, 0));
 
-/// Skips the calling test (prints `skipping <test>: <reason>` and returns)
+/// Skips the calling test (prints `SKIPPED <test>: <reason>` and returns)
 /// when the lab cannot run here; panics instead under `CI=true`.
 macro_rules! lab_or_skip {
     () => {{
@@ -1006,7 +1006,7 @@ pub fn missing_program(find: impl Fn(&str) -> Option<PathBuf>) -> Result<(), Str
     Ok(())
 }
 
-/// True if the lab can run. Otherwise prints `skipping <test>: <reason>`, or
+/// True if the lab can run. Otherwise prints `SKIPPED <test>: <reason>`, or
 /// panics under `CI=true`: in CI a lab test never skips silently.
 pub fn lab_available(test: &str) -> bool {
     match Lab::prereqs() {
