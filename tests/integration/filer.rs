@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::node::{FilerNode, NodeConfig};
+use p2pipe::filer::node::{FilerNode, NodeConfig, NodeStats};
 use p2pipe::filer::store::{Begun, Destination, Download, Expected};
 use p2pipe::filer::{Error, PeerId, TrustedOp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -583,28 +583,35 @@ async fn thirty_nodes_search_four_hops_within_twice_the_links() {
         let degree = links.iter().filter(|(a, b)| *a == i || *b == i).count();
         assert_eq!(n.peers().len(), degree, "node {i}");
     }
-    let mut hits = nodes[0].search("far-away").await;
+    let mut hits = within(nodes[0].search("far-away")).await;
     let (name, owner) = within(hits.recv()).await.unwrap();
     assert_eq!(name, "far-away-file.dat");
     assert_eq!(owner, *nodes[far].id());
-    // Wait until the flood is over: every query sent has been received.
-    let settled = || {
-        let sent: u64 = nodes.iter().map(|n| n.stats().queries_sent).sum();
-        let received: u64 = nodes.iter().map(|n| n.stats().queries_received).sum();
-        (sent, received)
+    // Wait until the flood is over. A node counts a query as received when it starts
+    // handling it, and as handled once its answer or every forward is done; a forward is
+    // counted as sent before it leaves. So nothing is left to come once, in a snapshot,
+    // no node is handling a query (received == handled) and every query sent has been
+    // received. A snapshot is one only if the counters did not move while it was read:
+    // two reads in a row must agree.
+    let snapshot = || -> Vec<NodeStats> { nodes.iter().map(|n| n.stats()).collect() };
+    let quiet = |s: &[NodeStats]| {
+        let sent: u64 = s.iter().map(|n| n.queries_sent).sum();
+        let received: u64 = s.iter().map(|n| n.queries_received).sum();
+        sent == received && s.iter().all(|n| n.queries_received == n.queries_handled)
     };
-    within(async {
+    let settled = within(async {
         loop {
-            let (s, r) = settled();
-            if s == r {
-                break;
+            let first = snapshot();
+            if quiet(&first) && snapshot() == first {
+                break first;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    let (sent, _) = settled();
-    let dups: u64 = nodes.iter().map(|n| n.stats().queries_duplicate).sum();
+    assert!(settled.iter().all(|n| n.queries_shed == 0), "{settled:?}");
+    let sent: u64 = settled.iter().map(|n| n.queries_sent).sum();
+    let dups: u64 = settled.iter().map(|n| n.queries_duplicate).sum();
     println!(
         "30 nodes, {} links: one search cost {sent} query messages ({dups} dropped as duplicates)",
         links.len()
