@@ -534,6 +534,126 @@ async fn interop_with_an_independent_btfiler_node() {
     let _ = within(py.child.wait()).await;
 }
 
+/// The trusted session's MAC against values computed by Python's `hmac` module (the
+/// fixture of tests/btfiler/test_btfiler_node.py), not by the code under test:
+/// HMAC-SHA256 keyed with the node's secret over `<nonce> <op-text>`, in lower-case hex,
+/// as docs/protocol.md states. The node accepts a request carrying it.
+#[test]
+fn the_trusted_mac_matches_values_computed_by_python_hmac() {
+    use p2pipe::filer::auth::{mac, Challenges};
+    use p2pipe::filer::msg::{Mac, Nonce};
+    use p2pipe::filer::{Frame, Kind, Request};
+
+    const SECRET: &[u8] = b"p2pipe known-answer secret";
+    let nonce = Nonce(std::array::from_fn(|i| i as u8));
+    assert_eq!(nonce.to_string(), "000102030405060708090a0b0c0d0e0f");
+    let add = TrustedOp::AddPeer {
+        pid: PeerId::parse("127.0.0.1:7").unwrap(),
+        host: "127.0.0.1".into(),
+        port: 7,
+    };
+    let find = TrustedOp::Find { key: "song".into() };
+    assert_eq!(add.to_string(), "ADDP 127.0.0.1:7 127.0.0.1 7");
+    assert_eq!(find.to_string(), "FIND song");
+    let fixture = [
+        (
+            add.to_string(),
+            "8996b4c7921d054a0452e66b32b9953aa04556bef203dc2b2ebfee96c993ddec",
+        ),
+        (
+            find.to_string(),
+            "5c4d06cc16d886e36d7c7087e9ec1246aabb17d74e1601cf1e6555e1c94ead3d",
+        ),
+        (
+            "FIND ünïcode".to_string(),
+            "c6c24e98b7ce39d9a703f659ee5268cc70e9119f7d908f382bd4e763e97922f7",
+        ),
+    ];
+    for (op_text, want) in &fixture {
+        assert_eq!(mac(SECRET, &nonce, op_text).to_string(), *want, "{op_text}");
+        let mut node = Challenges::new(Some(SECRET.to_vec()));
+        let now = std::time::Instant::now();
+        assert_eq!(node.issue(nonce.0, now), nonce);
+        let proof = Mac::parse(want).unwrap();
+        assert_eq!(
+            node.verify(&nonce, &proof, op_text, now),
+            Ok(()),
+            "{op_text}"
+        );
+    }
+    // On the wire: `TRST <nonce> <mac> <op-text>`, read back to the same parts.
+    let (op_text, want) = &fixture[0];
+    let payload = format!("{nonce} {want} {op_text}");
+    let req = Request::parse(&Frame::new(Kind::TRST, payload.clone().into_bytes())).unwrap();
+    assert_eq!(
+        req,
+        Request::Trst {
+            nonce,
+            mac: Mac::parse(want).unwrap(),
+            op: add,
+        }
+    );
+    assert_eq!(req.to_frame().payload, payload.as_bytes());
+}
+
+/// The independent Python client's trusted request (CHAL, then TRST with a MAC it
+/// computes from docs/protocol.md) is accepted by a p2pipe node; with a wrong secret it
+/// is refused.
+#[tokio::test]
+async fn a_trusted_request_from_the_independent_python_client_is_accepted() {
+    let Some((py, script)) = python_node() else {
+        return;
+    };
+    let secret = b"python-made proof".to_vec();
+    let (n, _d) = node_with("127.0.0.1", &[], |c| c.secret = Some(secret.clone())).await;
+    let keys = tempfile::tempdir().unwrap();
+    let right = keys.path().join("right");
+    let wrong = keys.path().join("wrong");
+    std::fs::write(&right, &secret).unwrap();
+    std::fs::write(&wrong, b"python-made guess").unwrap();
+    let trusted = |key: &std::path::Path| {
+        Command::new(&py)
+            .arg(&script)
+            .args([
+                "trusted",
+                "--to",
+                &n.local_addr().to_string(),
+                "--secret-file",
+            ])
+            .arg(key)
+            .args(["ADDP", "127.0.0.1:7", "127.0.0.1", "7"])
+            .output()
+    };
+    let payloads = |out: &std::process::Output| -> Vec<String> {
+        succeeded(out);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!(
+                    "{} {}",
+                    v["type"].as_str().unwrap(),
+                    v["payload"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let out = within(trusted(&wrong)).await.unwrap();
+    let got = payloads(&out);
+    assert_eq!(got[1..], ["ERRO Trust: not authorized"], "{got:?}");
+    assert!(n.peers().is_empty());
+    assert_eq!(n.stats().trust_denied, 1);
+    let out = within(trusted(&right)).await.unwrap();
+    let got = payloads(&out);
+    assert_eq!(
+        got[1..],
+        ["REPL Trust: accepted", "REPL Join: peer added: 127.0.0.1:7"],
+        "{got:?}"
+    );
+    assert_eq!(n.peers().len(), 1);
+    assert_eq!(n.stats().trust_denied, 1);
+}
+
 /// A 30-node network on loopback: a ring with chords. A search finds a file four hops
 /// away, and the messages it costs, counted on every node, stay within twice the number
 /// of links.
