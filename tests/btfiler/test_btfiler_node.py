@@ -107,10 +107,11 @@ def request(port, ftype, payload=""):
 
 
 def raw_exchange(port, data):
-    """Send raw bytes, return everything read until EOF."""
+    """Send raw bytes and end the sending side, return everything read until EOF."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
         s.settimeout(TIMEOUT)
         s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
         out = b""
         while chunk := s.recv(65536):
             out += chunk
