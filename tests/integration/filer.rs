@@ -225,7 +225,7 @@ async fn three_nodes_search_and_fetch() {
         );
         // Every side's table shows the others.
         assert!(a.peers().iter().any(|p| p.pid == *b.id()), "{ip}");
-        let mut hits = c.search("track-07").await;
+        let mut hits = within(c.search("track-07")).await;
         let (name, owner) = within(hits.recv()).await.unwrap();
         assert_eq!(name, "music/track-07.flac");
         assert_eq!(owner, *a.id());
@@ -310,7 +310,9 @@ async fn trusted_operations_need_the_secret_which_never_crosses_the_wire() {
     .await;
     let (plain, _d2) = node("127.0.0.1", &[]).await;
     // A recording relay in front of the node.
-    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
     let relay_at = relay.local_addr().unwrap();
     let target = n.local_addr();
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
@@ -476,7 +478,7 @@ async fn interop_with_an_independent_btfiler_node() {
     assert!(added >= 1);
     assert!(rust_b.peers().iter().any(|p| p.pid.to_string() == py.id));
     // p2pipe → Python: rust_b searches, the Python node has the file.
-    let mut hits = rust_b.search("from-python").await;
+    let mut hits = within(rust_b.search("from-python")).await;
     let (name, owner) = within(hits.recv()).await.unwrap();
     assert_eq!(name, "from-python.txt");
     assert_eq!(owner.to_string(), py.id);
