@@ -514,7 +514,7 @@ def cmd_trusted(args):
     """CHAL, then TRST on a new connection; prints every reply of both."""
     host, port = args.to
     with open(args.secret_file, "rb") as f:
-        secret = f.read()
+        secret = f.read().rstrip(b"\r\n")  # as p2pipe's --secret-file reads it
     # The text the MAC covers: the code in upper case, the arguments as given (in their
     # canonical spelling), single spaces.
     op_text = " ".join([args.op.upper(), *args.args])
@@ -581,7 +581,7 @@ def main(argv=None):
                                       "JSON lines")
     t.add_argument("--to", type=split_hostport, required=True, metavar="HOST:PORT")
     t.add_argument("--secret-file", required=True, metavar="PATH",
-                   help="the node's secret: the file's bytes, as they are")
+                   help="the node's secret: the file's bytes, without a trailing newline")
     t.add_argument("--timeout", type=float, default=TIMEOUT)
     t.add_argument("op", help="FIND, SHAR, ADDP, DELP or RBLD")
     t.add_argument("args", nargs="*")

@@ -358,7 +358,7 @@ class TrustedMacTest(unittest.TestCase):
         server.start()
         secret = os.path.join(self.tmp_dir(), "secret")
         with open(secret, "wb") as f:
-            f.write(MAC_SECRET)
+            f.write(MAC_SECRET + b"\n")  # a trailing newline is not part of the secret
         port = listener.getsockname()[1]
         res = run("trusted", "--to", f"127.0.0.1:{port}", "--secret-file", secret,
                   "addp", "127.0.0.1:7", "127.0.0.1", "7")
