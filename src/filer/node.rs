@@ -114,6 +114,7 @@ impl NodeConfig {
 #[derive(Debug, Default)]
 struct Counters {
     queries_received: AtomicU64,
+    queries_handled: AtomicU64,
     queries_duplicate: AtomicU64,
     queries_sent: AtomicU64,
     resp_sent: AtomicU64,
@@ -129,6 +130,10 @@ struct Counters {
 pub struct NodeStats {
     /// QUER and QHST received.
     pub queries_received: u64,
+    /// Of those, handled to the end: dropped as already seen, answered, or forwarded
+    /// with every forward finished. Less than `queries_received` while some are being
+    /// handled.
+    pub queries_handled: u64,
     /// Of those, dropped as already seen.
     pub queries_duplicate: u64,
     /// QUER and QHST sent (forwarded, or the node's own searches).
@@ -521,6 +526,7 @@ impl Inner {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         NodeStats {
             queries_received: l(&c.queries_received),
+            queries_handled: l(&c.queries_handled),
             queries_duplicate: l(&c.queries_duplicate),
             queries_sent: l(&c.queries_sent),
             resp_sent: l(&c.resp_sent),
@@ -780,7 +786,8 @@ impl Inner {
         };
         let me = self.clone();
         tokio::spawn(async move {
-            me.handle_query(ret, key, ttl, history).await;
+            me.clone().handle_query(ret, key, ttl, history).await;
+            me.counters.queries_handled.fetch_add(1, Ordering::Relaxed);
             drop(permit);
         });
     }

@@ -453,6 +453,18 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// Runs `f` under a time limit, so that no await here can hang a test.
+    #[track_caller]
+    fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+        let at = std::panic::Location::caller();
+        async move {
+            match tokio::time::timeout(Duration::from_secs(10), f).await {
+                Ok(v) => v,
+                Err(_) => panic!("timed out after 10 s waiting at {at}"),
+            }
+        }
+    }
+
     #[test]
     fn names_that_are_never_served() {
         for bad in [
@@ -501,19 +513,21 @@ mod tests {
             std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
             std::os::unix::fs::symlink(dir.path().join("a.txt"), dir.path().join("alias")).unwrap();
         }
-        let shared = SharedDir::open(dir.path(), DEFAULT_FS_TIMEOUT)
+        let shared = within(SharedDir::open(dir.path(), DEFAULT_FS_TIMEOUT))
             .await
             .unwrap();
-        let a = shared.resolve("a.txt").await.unwrap();
+        let a = within(shared.resolve("a.txt")).await.unwrap();
         assert_eq!(a.size, 5);
-        assert_eq!(shared.resolve("sub/b.txt").await.unwrap().size, 3);
+        assert_eq!(within(shared.resolve("sub/b.txt")).await.unwrap().size, 3);
         for refused in ["leak", "out/secret", "sub", "missing", "../secret"] {
-            assert!(shared.resolve(refused).await.is_err(), "{refused} served");
+            assert!(
+                within(shared.resolve(refused)).await.is_err(),
+                "{refused} served"
+            );
         }
         let abs = secret.to_string_lossy().into_owned();
-        assert!(shared.resolve(&abs).await.is_err());
-        let names: Vec<String> = shared
-            .list()
+        assert!(within(shared.resolve(&abs)).await.is_err());
+        let names: Vec<String> = within(shared.list())
             .await
             .unwrap()
             .into_iter()
@@ -521,7 +535,7 @@ mod tests {
             .collect();
         #[cfg(unix)]
         assert_eq!(names, ["a.txt", "alias", "sub/b.txt"]);
-        let (h, n) = sha256_file(&a.path).await.unwrap();
+        let (h, n) = within(sha256_file(&a.path)).await.unwrap();
         assert_eq!(n, 5);
         assert_eq!(
             hex(&h),
@@ -546,7 +560,7 @@ mod tests {
         std::fs::write(dir.path().join("my music/song.ogg"), b"la").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/b c"), b"x").unwrap();
-        let shared = SharedDir::open(dir.path(), t).await.unwrap();
+        let shared = within(SharedDir::open(dir.path(), t)).await.unwrap();
         let files = tokio::time::timeout(t, shared.index())
             .await
             .unwrap()
@@ -581,7 +595,7 @@ mod tests {
         let t = Duration::from_secs(10);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.txt"), b"a").unwrap();
-        let shared = SharedDir::open(dir.path(), t)
+        let shared = within(SharedDir::open(dir.path(), t))
             .await
             .unwrap()
             .index_max_age(Duration::from_secs(3600));
@@ -606,7 +620,7 @@ mod tests {
             .unwrap();
         assert!(std::sync::Arc::ptr_eq(&again, &got[0]));
         // ...and is once it is invalidated (as after a download into the folder).
-        shared.invalidate().await;
+        within(shared.invalidate()).await;
         let fresh = tokio::time::timeout(t, shared.index())
             .await
             .unwrap()

@@ -792,6 +792,18 @@ mod sys {
 mod tests {
     use super::*;
 
+    /// Runs `f` under a time limit, so that no await here can hang a test.
+    #[track_caller]
+    fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+        let at = std::panic::Location::caller();
+        async move {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), f).await {
+                Ok(v) => v,
+                Err(_) => panic!("timed out after 10 s waiting at {at}"),
+            }
+        }
+    }
+
     fn expected(b: &[u8]) -> Option<Expected> {
         Some(Expected {
             size: b.len() as u64,
@@ -800,7 +812,7 @@ mod tests {
     }
 
     async fn begin(dest: &Destination, body: &[u8]) -> Download {
-        match Download::begin(dest, expected(body)).await.unwrap() {
+        match within(Download::begin(dest, expected(body))).await.unwrap() {
             Begun::Resume(d) => *d,
             Begun::Complete(p) => panic!("already complete at {}", p.display()),
         }
@@ -816,8 +828,8 @@ mod tests {
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let dest = into(dir.path(), "data.bin");
         let mut d = begin(&dest, &body).await;
-        d.write(&body[..70_000]).await.unwrap();
-        d.flush().await.unwrap();
+        within(d.write(&body[..70_000])).await.unwrap();
+        within(d.flush()).await.unwrap();
         drop(d); // interrupted
         assert!(!dest.path().exists(), "nothing looks complete");
         assert!(dest.part_path().exists());
@@ -825,13 +837,15 @@ mod tests {
         assert_eq!(d.offset(), 70_000);
         let want: [u8; 32] = Sha256::digest(&body[..70_000]).into();
         assert_eq!(d.prefix_sha256(), want);
-        d.write(&body[70_000..]).await.unwrap();
-        let landed = d.finish().await.unwrap();
+        within(d.write(&body[70_000..])).await.unwrap();
+        let landed = within(d.finish()).await.unwrap();
         assert!(landed.verified);
         assert_eq!(std::fs::read(&landed.path).unwrap(), body);
         assert!(!dest.part_path().exists());
         // Again: already complete, checked on disk.
-        let again = Download::begin(&dest, expected(&body)).await.unwrap();
+        let again = within(Download::begin(&dest, expected(&body)))
+            .await
+            .unwrap();
         assert!(matches!(again, Begun::Complete(_)));
         assert!(
             !dest.part_path().exists(),
@@ -845,22 +859,28 @@ mod tests {
         let body = b"only one writer at a time".to_vec();
         let dest = into(dir.path(), "one.txt");
         let mut first = begin(&dest, &body).await;
-        first.write(&body[..5]).await.unwrap();
-        let err = Download::begin(&dest, expected(&body)).await.unwrap_err();
+        within(first.write(&body[..5])).await.unwrap();
+        let err = within(Download::begin(&dest, expected(&body)))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Busy { .. }), "{err}");
         assert!(err.to_string().contains("already being fetched"), "{err}");
         // A lock held by a plain file handle (another process's download) counts too.
-        first.write(&body[5..]).await.unwrap();
-        first.finish().await.unwrap();
+        within(first.write(&body[5..])).await.unwrap();
+        within(first.finish()).await.unwrap();
         assert_eq!(std::fs::read(dest.path()).unwrap(), body);
         let other = into(dir.path(), "two.txt");
         let held = File::create(other.part_path()).unwrap();
         held.lock().unwrap();
-        let err = Download::begin(&other, expected(b"x")).await.unwrap_err();
+        let err = within(Download::begin(&other, expected(b"x")))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Busy { .. }), "{err}");
         drop(held);
         assert!(matches!(
-            Download::begin(&other, expected(b"x")).await.unwrap(),
+            within(Download::begin(&other, expected(b"x")))
+                .await
+                .unwrap(),
             Begun::Resume(_)
         ));
     }
@@ -871,8 +891,8 @@ mod tests {
         let body = b"the right content".to_vec();
         let dest = into(dir.path(), "f.txt");
         let mut d = begin(&dest, &body).await;
-        d.write(b"the wrong content").await.unwrap();
-        let err = d.finish().await.unwrap_err();
+        within(d.write(b"the wrong content")).await.unwrap();
+        let err = within(d.finish()).await.unwrap_err();
         assert!(matches!(err, StoreError::HashMismatch { .. }), "{err}");
         assert!(!dest.part_path().exists());
         assert!(!dest.path().exists());
@@ -892,8 +912,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let dest = into(dir.path(), "t.bin");
             let mut d = begin(&dest, &body).await;
-            d.write(&body[..before]).await.unwrap();
-            d.flush().await.unwrap();
+            within(d.write(&body[..before])).await.unwrap();
+            within(d.flush()).await.unwrap();
             // Someone ignores the lock (it is advisory) and changes the part file.
             let mut other = std::fs::OpenOptions::new()
                 .write(true)
@@ -908,8 +928,8 @@ mod tests {
                 _ => std::io::Write::write_all(&mut other, b"XXXX").unwrap(),
             }
             drop(other);
-            d.write(&body[before..]).await.unwrap();
-            let err = d.finish().await.unwrap_err();
+            within(d.write(&body[before..])).await.unwrap();
+            let err = within(d.finish()).await.unwrap_err();
             assert!(
                 matches!(
                     err,
@@ -929,14 +949,14 @@ mod tests {
         let dest = into(dir.path(), "g");
         let mut d = begin(&dest, &body).await;
         assert!(matches!(
-            d.write(b"0123456789x").await,
+            within(d.write(b"0123456789x")).await,
             Err(StoreError::Overrun { .. })
         ));
         assert!(matches!(d.announce(11), Err(StoreError::Overrun { .. })));
         assert!(matches!(d.announce(9), Err(StoreError::Short { .. })));
         d.announce(10).unwrap();
-        d.write(b"01234").await.unwrap();
-        let err = d.finish().await.unwrap_err();
+        within(d.write(b"01234")).await.unwrap();
+        let err = within(d.finish()).await.unwrap_err();
         assert!(matches!(err, StoreError::Short { got: 5, .. }), "{err}");
         assert!(!dest.path().exists());
     }
@@ -946,14 +966,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = into(dir.path(), "plain.txt");
         std::fs::write(dest.part_path(), b"stale bytes of unknown origin").unwrap();
-        let mut d = match Download::begin(&dest, None).await.unwrap() {
+        let mut d = match within(Download::begin(&dest, None)).await.unwrap() {
             Begun::Resume(d) => d,
             Begun::Complete(_) => panic!("nothing expected"),
         };
         assert_eq!(d.offset(), 0, "without a hash nothing can be resumed");
         d.announce(5).unwrap();
-        d.write(b"hello").await.unwrap();
-        let landed = d.finish().await.unwrap();
+        within(d.write(b"hello")).await.unwrap();
+        let landed = within(d.finish()).await.unwrap();
         assert!(!landed.verified);
         assert_eq!(landed.sha256, <[u8; 32]>::from(Sha256::digest(b"hello")));
         assert_eq!(std::fs::read(dest.path()).unwrap(), b"hello");
@@ -979,7 +999,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("h"), b"mine").unwrap();
         let dest = into(dir.path(), "h");
-        let err = Download::begin(&dest, expected(b"yours"))
+        let err = within(Download::begin(&dest, expected(b"yours")))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Exists(_)), "{err}");
@@ -988,12 +1008,12 @@ mod tests {
         // With leave to replace: only a verified download replaces it.
         let dest = dest.replace(true);
         let mut d = begin(&dest, b"yours").await;
-        d.write(b"YOURS").await.unwrap();
-        assert!(d.finish().await.is_err());
+        within(d.write(b"YOURS")).await.unwrap();
+        assert!(within(d.finish()).await.is_err());
         assert_eq!(std::fs::read(dir.path().join("h")).unwrap(), b"mine");
         let mut d = begin(&dest, b"yours").await;
-        d.write(b"yours").await.unwrap();
-        d.finish().await.unwrap();
+        within(d.write(b"yours")).await.unwrap();
+        within(d.finish()).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("h")).unwrap(), b"yours");
     }
 
@@ -1002,9 +1022,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = into(dir.path(), "race.txt");
         let mut d = begin(&dest, b"downloaded").await;
-        d.write(b"downloaded").await.unwrap();
+        within(d.write(b"downloaded")).await.unwrap();
         std::fs::write(dest.path(), b"the user's own file").unwrap();
-        let err = d.finish().await.unwrap_err();
+        let err = within(d.finish()).await.unwrap_err();
         assert!(matches!(err, StoreError::Exists(_)), "{err}");
         assert_eq!(std::fs::read(dest.path()).unwrap(), b"the user's own file");
     }
@@ -1017,7 +1037,9 @@ mod tests {
         std::fs::write(&victim, b"keep me").unwrap();
         let dest = into(dir.path(), "v.txt");
         std::os::unix::fs::symlink(&victim, dest.part_path()).unwrap();
-        let err = Download::begin(&dest, expected(b"x")).await.unwrap_err();
+        let err = within(Download::begin(&dest, expected(b"x")))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::NotAFile(_)), "{err}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
     }
@@ -1064,8 +1086,12 @@ mod tests {
         std::fs::write(&p, &body).unwrap();
         for len in [0u64, 1, 262_144, 262_145, 300_000] {
             let want: [u8; 32] = Sha256::digest(&body[..len as usize]).into();
-            assert_eq!(sha256_prefix(&p, len).await.unwrap(), Some(want), "{len}");
+            assert_eq!(
+                within(sha256_prefix(&p, len)).await.unwrap(),
+                Some(want),
+                "{len}"
+            );
         }
-        assert_eq!(sha256_prefix(&p, 300_001).await.unwrap(), None);
+        assert_eq!(within(sha256_prefix(&p, 300_001)).await.unwrap(), None);
     }
 }

@@ -13,6 +13,8 @@ Python 3.11 standard library only. See README.md for the command line.
 
 import argparse
 import base64
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -101,6 +103,12 @@ def parse_port(port):
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad port {port!r}")
     return int(port)
+
+
+def trusted_mac(secret, nonce, op_text):
+    """The MAC of a trusted request (docs/protocol.md, TRST): HMAC-SHA256 keyed with the
+    node's secret over `<nonce> <op-text>`, as 64 lower-case hex digits."""
+    return hmac.new(secret, f"{nonce} {op_text}".encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def plain_name(name):
@@ -502,6 +510,30 @@ def cmd_fetch(args):
     return 0
 
 
+def cmd_trusted(args):
+    """CHAL, then TRST on a new connection; prints every reply of both."""
+    host, port = args.to
+    with open(args.secret_file, "rb") as f:
+        secret = f.read().rstrip(b"\r\n")  # as p2pipe's --secret-file reads it
+    # The text the MAC covers: the code in upper case, the arguments as given (in their
+    # canonical spelling), single spaces.
+    op_text = " ".join([args.op.upper(), *args.args])
+    try:
+        replies = exchange(host, port, "CHAL", b"", args.timeout)
+        for frame in replies:
+            emit(frame_json(*frame))
+        if len(replies) != 1 or replies[0][0] != b"REPL":
+            return 1
+        nonce = text(replies[0][1])
+        mac = trusted_mac(secret, nonce, op_text)
+        for frame in exchange(host, port, "TRST", f"{nonce} {mac} {op_text}", args.timeout):
+            emit(frame_json(*frame))
+    except (OSError, ProtocolError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="btfiler-compatible test node")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -544,6 +576,16 @@ def main(argv=None):
     f.add_argument("-o", dest="output", required=True, metavar="PATH")
     f.add_argument("--timeout", type=float, default=TIMEOUT)
     f.set_defaults(func=cmd_fetch)
+
+    t = sub.add_parser("trusted", help="a trusted operation (CHAL, then TRST), replies as "
+                                      "JSON lines")
+    t.add_argument("--to", type=split_hostport, required=True, metavar="HOST:PORT")
+    t.add_argument("--secret-file", required=True, metavar="PATH",
+                   help="the node's secret: the file's bytes, without a trailing newline")
+    t.add_argument("--timeout", type=float, default=TIMEOUT)
+    t.add_argument("op", help="FIND, SHAR, ADDP, DELP or RBLD")
+    t.add_argument("args", nargs="*")
+    t.set_defaults(func=cmd_trusted)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -1,8 +1,10 @@
 """Tests of btfiler_node.py: nodes run as subprocesses on 127.0.0.1, port 0.
 
-Run with: python3 -m unittest discover -s tests/btfiler
+Run with: python3 -m unittest discover -s tests/btfiler -p 'test_*.py' -v
 """
 
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -16,8 +18,25 @@ import threading
 import time
 import unittest
 
-NODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "btfiler_node.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import btfiler_node  # noqa: E402  (the module under test, for its frame and MAC helpers)
+
+NODE = os.path.join(HERE, "btfiler_node.py")
 TIMEOUT = 10.0  # upper bound on any single wait
+
+# The trusted session's MAC (docs/protocol.md, TRST): HMAC-SHA256 keyed with the node's
+# secret over `<nonce> <op-text>`, as lower-case hex. Computed with Python's hmac module;
+# tests/integration/filer.rs pins the same values against p2pipe's code.
+MAC_SECRET = b"p2pipe known-answer secret"
+MAC_NONCE = "000102030405060708090a0b0c0d0e0f"
+MAC_FIXTURE = [
+    ("ADDP 127.0.0.1:7 127.0.0.1 7",
+     "8996b4c7921d054a0452e66b32b9953aa04556bef203dc2b2ebfee96c993ddec"),
+    ("FIND song", "5c4d06cc16d886e36d7c7087e9ec1246aabb17d74e1601cf1e6555e1c94ead3d"),
+    ("FIND \u00fcn\u00efcode",
+     "c6c24e98b7ce39d9a703f659ee5268cc70e9119f7d908f382bd4e763e97922f7"),
+]
 
 
 class NodeProc:
@@ -88,10 +107,11 @@ def request(port, ftype, payload=""):
 
 
 def raw_exchange(port, data):
-    """Send raw bytes, return everything read until EOF."""
+    """Send raw bytes and end the sending side, return everything read until EOF."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
         s.settimeout(TIMEOUT)
         s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -295,6 +315,65 @@ class BtfilerNodeTest(unittest.TestCase):
         a.wait_line(lambda l: l == f"RESP doc.txt {b.pid}")
         # a now knows where doc.txt is, but does not serve it
         self.assertEqual(self.one(a.request("FGET", "doc.txt")), ("ERRO", "File not found"))
+
+
+class TrustedMacTest(unittest.TestCase):
+    """The trusted session's MAC, as docs/protocol.md states it."""
+
+    def test_the_mac_matches_the_fixture_computed_with_the_hmac_module(self):
+        for op_text, want in MAC_FIXTURE:
+            message = (MAC_NONCE + " " + op_text).encode("utf-8")
+            self.assertEqual(hmac.new(MAC_SECRET, message, hashlib.sha256).hexdigest(), want,
+                             op_text)
+            self.assertEqual(btfiler_node.trusted_mac(MAC_SECRET, MAC_NONCE, op_text), want,
+                             op_text)
+        # Any other secret, nonce or text gives another MAC.
+        op_text, want = MAC_FIXTURE[0]
+        self.assertNotEqual(btfiler_node.trusted_mac(b"other", MAC_NONCE, op_text), want)
+        self.assertNotEqual(btfiler_node.trusted_mac(MAC_SECRET, "0" * 32, op_text), want)
+        self.assertNotEqual(btfiler_node.trusted_mac(MAC_SECRET, MAC_NONCE, op_text + " "),
+                            want)
+
+    def test_the_trusted_command_sends_chal_then_trst_with_the_mac(self):
+        # A stand-in node: CHAL gets the fixture's nonce, TRST is recorded and accepted.
+        got = []
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        listener.settimeout(TIMEOUT)
+
+        def serve():
+            for _ in range(2):
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(TIMEOUT)
+                    ftype, payload = btfiler_node.recv_frame(conn)
+                    got.append((ftype, payload.decode()))
+                    if ftype == b"CHAL":
+                        btfiler_node.send_frame(conn, "REPL", MAC_NONCE)
+                    else:
+                        btfiler_node.send_frame(conn, "REPL", "Trust: accepted")
+                        btfiler_node.send_frame(conn, "REPL", "Join: peer added: 127.0.0.1:7")
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        secret = os.path.join(self.tmp_dir(), "secret")
+        with open(secret, "wb") as f:
+            f.write(MAC_SECRET + b"\n")  # a trailing newline is not part of the secret
+        port = listener.getsockname()[1]
+        res = run("trusted", "--to", f"127.0.0.1:{port}", "--secret-file", secret,
+                  "addp", "127.0.0.1:7", "127.0.0.1", "7")
+        server.join(TIMEOUT)
+        self.assertEqual(res.returncode, 0, res.stderr)
+        op_text, mac = MAC_FIXTURE[0]
+        self.assertEqual(got, [(b"CHAL", ""), (b"TRST", f"{MAC_NONCE} {mac} {op_text}")])
+        self.assertEqual([json.loads(l)["payload"] for l in res.stdout.splitlines()],
+                         [MAC_NONCE, "Trust: accepted", "Join: peer added: 127.0.0.1:7"])
+        self.assertNotIn(MAC_SECRET.decode(), res.stdout + res.stderr)
+
+    def tmp_dir(self):
+        path = tempfile.mkdtemp(prefix="btfiler-")
+        self.addCleanup(shutil.rmtree, path, ignore_errors=True)
+        return path
 
 
 if __name__ == "__main__":

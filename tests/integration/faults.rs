@@ -209,43 +209,100 @@ async fn fetch_through_every_fault_succeeds_or_fails_clearly() {
     assert!(got.verified);
 }
 
-/// A search sent through every fault: acknowledged and answered, or a clear error.
+/// A search sent through every fault: where the reply gets through whole (clean, a slow
+/// drip, a rate cap), the query is acknowledged and its result arrives; where it is cut
+/// or held open past the time limit, a clear error of the right kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_through_every_fault_succeeds_or_fails_clearly() {
-    let (node, _d) = owner(b"x").await;
+    use p2pipe::filer::Error;
+    /// What a search through a fault must come to.
+    enum Outcome {
+        /// Acknowledged, and its result arrives.
+        Succeeds,
+        /// An error that passes the check.
+        Fails(fn(&Error) -> bool),
+    }
+    let cases = [
+        (Fault::Clean, Outcome::Succeeds),
+        // Reset inside the acknowledgement's header: a receive error, or the end of the
+        // stream if the reset comes after the bytes are read.
+        (
+            Fault::ResetAfter(3),
+            Outcome::Fails(|e| matches!(e, Error::Io { .. } | Error::Truncated { got: 3, .. })),
+        ),
+        // The acknowledgement (`Query ACK: fault-2.bin`: 8 + 22 bytes) cut after 10.
+        (
+            Fault::TruncateAfter(10),
+            Outcome::Fails(|e| {
+                matches!(
+                    e,
+                    Error::Truncated {
+                        got: 10,
+                        expected: 30
+                    }
+                )
+            }),
+        ),
+        // 30 bytes, 5 ms apart: well within the time limit.
+        (Fault::Drip(Duration::from_millis(5)), Outcome::Succeeds),
+        (Fault::Cap(1_000), Outcome::Succeeds),
+        // The connection held open past the time limit.
+        (
+            Fault::CloseSlowly(Duration::from_secs(3)),
+            Outcome::Fails(|e| matches!(e, Error::Timeout(_))),
+        ),
+    ];
+    // One file per case, so that a result is never taken for another case's.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..cases.len() {
+        std::fs::write(dir.path().join(format!("fault-{i}.bin")), b"x").unwrap();
+    }
+    let mut cfg = NodeConfig::new(dir.path());
+    cfg.stabilize_every = None;
+    let node = within(FilerNode::start("127.0.0.1:0".parse().unwrap(), cfg))
+        .await
+        .unwrap();
     let ret_dir = tempfile::tempdir().unwrap();
     let mut cfg = NodeConfig::new(ret_dir.path());
     cfg.stabilize_every = None;
     let ret = within(FilerNode::start("127.0.0.1:0".parse().unwrap(), cfg))
         .await
         .unwrap();
-    for fault in [
-        Fault::Clean,
-        Fault::ResetAfter(3),
-        Fault::TruncateAfter(10),
-        Fault::Drip(Duration::from_millis(5)),
-        Fault::Cap(1_000),
-        Fault::CloseSlowly(Duration::from_secs(3)),
-    ] {
+    for (i, (fault, outcome)) in cases.into_iter().enumerate() {
+        let file = format!("fault-{i}.bin");
         let relay = FaultRelay::start(node.local_addr(), fault).await;
         let mut results = ret.results();
         let c = FilerClient::new(relay.addr()).timeout(Duration::from_millis(700));
         let r = within(c.query_history(
             ret.id(),
-            "payload",
+            &file,
             3,
             QueryId(rand_id()),
             std::slice::from_ref(ret.id()),
         ))
         .await;
-        match r {
-            Ok(()) => {
-                let (name, _) = within(results.recv()).await.unwrap();
-                assert_eq!(name, "payload.bin", "{fault:?}");
+        match (r, outcome) {
+            (Ok(()), Outcome::Succeeds) => {
+                let owner = within(async {
+                    loop {
+                        match results.recv().await.unwrap() {
+                            (name, owner) if name == file => return owner,
+                            _ => continue,
+                        }
+                    }
+                })
+                .await;
+                assert_eq!(owner, *node.id(), "{fault:?}");
             }
-            Err(e) => {
+            (Ok(()), Outcome::Fails(_)) => panic!("{fault:?} succeeded, but it spoils the reply"),
+            (Err(e), Outcome::Succeeds) => panic!("{fault:?} failed: {e}"),
+            (Err(e), Outcome::Fails(expected)) => {
                 let text = e.to_string();
-                assert!(!text.is_empty(), "{fault:?}");
+                assert!(expected(&e), "{fault:?} failed with another error: {e:?}");
+                assert!(
+                    !text.is_empty() && text == text.to_lowercase(),
+                    "{fault:?}: {text}"
+                );
                 println!("search {fault:?}: {text}");
             }
         }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::node::{FilerNode, NodeConfig};
+use p2pipe::filer::node::{FilerNode, NodeConfig, NodeStats};
 use p2pipe::filer::store::{Begun, Destination, Download, Expected};
 use p2pipe::filer::{Error, PeerId, TrustedOp};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -225,7 +225,7 @@ async fn three_nodes_search_and_fetch() {
         );
         // Every side's table shows the others.
         assert!(a.peers().iter().any(|p| p.pid == *b.id()), "{ip}");
-        let mut hits = c.search("track-07").await;
+        let mut hits = within(c.search("track-07")).await;
         let (name, owner) = within(hits.recv()).await.unwrap();
         assert_eq!(name, "music/track-07.flac");
         assert_eq!(owner, *a.id());
@@ -310,7 +310,9 @@ async fn trusted_operations_need_the_secret_which_never_crosses_the_wire() {
     .await;
     let (plain, _d2) = node("127.0.0.1", &[]).await;
     // A recording relay in front of the node.
-    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .await
+        .unwrap();
     let relay_at = relay.local_addr().unwrap();
     let target = n.local_addr();
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
@@ -476,7 +478,7 @@ async fn interop_with_an_independent_btfiler_node() {
     assert!(added >= 1);
     assert!(rust_b.peers().iter().any(|p| p.pid.to_string() == py.id));
     // p2pipe → Python: rust_b searches, the Python node has the file.
-    let mut hits = rust_b.search("from-python").await;
+    let mut hits = within(rust_b.search("from-python")).await;
     let (name, owner) = within(hits.recv()).await.unwrap();
     assert_eq!(name, "from-python.txt");
     assert_eq!(owner.to_string(), py.id);
@@ -534,6 +536,126 @@ async fn interop_with_an_independent_btfiler_node() {
     let _ = within(py.child.wait()).await;
 }
 
+/// The trusted session's MAC against values computed by Python's `hmac` module (the
+/// fixture of tests/btfiler/test_btfiler_node.py), not by the code under test:
+/// HMAC-SHA256 keyed with the node's secret over `<nonce> <op-text>`, in lower-case hex,
+/// as docs/protocol.md states. The node accepts a request carrying it.
+#[test]
+fn the_trusted_mac_matches_values_computed_by_python_hmac() {
+    use p2pipe::filer::auth::{mac, Challenges};
+    use p2pipe::filer::msg::{Mac, Nonce};
+    use p2pipe::filer::{Frame, Kind, Request};
+
+    const SECRET: &[u8] = b"p2pipe known-answer secret";
+    let nonce = Nonce(std::array::from_fn(|i| i as u8));
+    assert_eq!(nonce.to_string(), "000102030405060708090a0b0c0d0e0f");
+    let add = TrustedOp::AddPeer {
+        pid: PeerId::parse("127.0.0.1:7").unwrap(),
+        host: "127.0.0.1".into(),
+        port: 7,
+    };
+    let find = TrustedOp::Find { key: "song".into() };
+    assert_eq!(add.to_string(), "ADDP 127.0.0.1:7 127.0.0.1 7");
+    assert_eq!(find.to_string(), "FIND song");
+    let fixture = [
+        (
+            add.to_string(),
+            "8996b4c7921d054a0452e66b32b9953aa04556bef203dc2b2ebfee96c993ddec",
+        ),
+        (
+            find.to_string(),
+            "5c4d06cc16d886e36d7c7087e9ec1246aabb17d74e1601cf1e6555e1c94ead3d",
+        ),
+        (
+            "FIND ünïcode".to_string(),
+            "c6c24e98b7ce39d9a703f659ee5268cc70e9119f7d908f382bd4e763e97922f7",
+        ),
+    ];
+    for (op_text, want) in &fixture {
+        assert_eq!(mac(SECRET, &nonce, op_text).to_string(), *want, "{op_text}");
+        let mut node = Challenges::new(Some(SECRET.to_vec()));
+        let now = std::time::Instant::now();
+        assert_eq!(node.issue(nonce.0, now), nonce);
+        let proof = Mac::parse(want).unwrap();
+        assert_eq!(
+            node.verify(&nonce, &proof, op_text, now),
+            Ok(()),
+            "{op_text}"
+        );
+    }
+    // On the wire: `TRST <nonce> <mac> <op-text>`, read back to the same parts.
+    let (op_text, want) = &fixture[0];
+    let payload = format!("{nonce} {want} {op_text}");
+    let req = Request::parse(&Frame::new(Kind::TRST, payload.clone().into_bytes())).unwrap();
+    assert_eq!(
+        req,
+        Request::Trst {
+            nonce,
+            mac: Mac::parse(want).unwrap(),
+            op: add,
+        }
+    );
+    assert_eq!(req.to_frame().payload, payload.as_bytes());
+}
+
+/// The independent Python client's trusted request (CHAL, then TRST with a MAC it
+/// computes from docs/protocol.md) is accepted by a p2pipe node; with a wrong secret it
+/// is refused.
+#[tokio::test]
+async fn a_trusted_request_from_the_independent_python_client_is_accepted() {
+    let Some((py, script)) = python_node() else {
+        return;
+    };
+    let secret = b"python-made proof".to_vec();
+    let (n, _d) = node_with("127.0.0.1", &[], |c| c.secret = Some(secret.clone())).await;
+    let keys = tempfile::tempdir().unwrap();
+    let right = keys.path().join("right");
+    let wrong = keys.path().join("wrong");
+    std::fs::write(&right, &secret).unwrap();
+    std::fs::write(&wrong, b"python-made guess").unwrap();
+    let trusted = |key: &std::path::Path| {
+        Command::new(&py)
+            .arg(&script)
+            .args([
+                "trusted",
+                "--to",
+                &n.local_addr().to_string(),
+                "--secret-file",
+            ])
+            .arg(key)
+            .args(["ADDP", "127.0.0.1:7", "127.0.0.1", "7"])
+            .output()
+    };
+    let payloads = |out: &std::process::Output| -> Vec<String> {
+        succeeded(out);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!(
+                    "{} {}",
+                    v["type"].as_str().unwrap(),
+                    v["payload"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let out = within(trusted(&wrong)).await.unwrap();
+    let got = payloads(&out);
+    assert_eq!(got[1..], ["ERRO Trust: not authorized"], "{got:?}");
+    assert!(n.peers().is_empty());
+    assert_eq!(n.stats().trust_denied, 1);
+    let out = within(trusted(&right)).await.unwrap();
+    let got = payloads(&out);
+    assert_eq!(
+        got[1..],
+        ["REPL Trust: accepted", "REPL Join: peer added: 127.0.0.1:7"],
+        "{got:?}"
+    );
+    assert_eq!(n.peers().len(), 1);
+    assert_eq!(n.stats().trust_denied, 1);
+}
+
 /// A 30-node network on loopback: a ring with chords. A search finds a file four hops
 /// away, and the messages it costs, counted on every node, stay within twice the number
 /// of links.
@@ -583,28 +705,35 @@ async fn thirty_nodes_search_four_hops_within_twice_the_links() {
         let degree = links.iter().filter(|(a, b)| *a == i || *b == i).count();
         assert_eq!(n.peers().len(), degree, "node {i}");
     }
-    let mut hits = nodes[0].search("far-away").await;
+    let mut hits = within(nodes[0].search("far-away")).await;
     let (name, owner) = within(hits.recv()).await.unwrap();
     assert_eq!(name, "far-away-file.dat");
     assert_eq!(owner, *nodes[far].id());
-    // Wait until the flood is over: every query sent has been received.
-    let settled = || {
-        let sent: u64 = nodes.iter().map(|n| n.stats().queries_sent).sum();
-        let received: u64 = nodes.iter().map(|n| n.stats().queries_received).sum();
-        (sent, received)
+    // Wait until the flood is over. A node counts a query as received when it starts
+    // handling it, and as handled once its answer or every forward is done; a forward is
+    // counted as sent before it leaves. So nothing is left to come once, in a snapshot,
+    // no node is handling a query (received == handled) and every query sent has been
+    // received. A snapshot is one only if the counters did not move while it was read:
+    // two reads in a row must agree.
+    let snapshot = || -> Vec<NodeStats> { nodes.iter().map(|n| n.stats()).collect() };
+    let quiet = |s: &[NodeStats]| {
+        let sent: u64 = s.iter().map(|n| n.queries_sent).sum();
+        let received: u64 = s.iter().map(|n| n.queries_received).sum();
+        sent == received && s.iter().all(|n| n.queries_received == n.queries_handled)
     };
-    within(async {
+    let settled = within(async {
         loop {
-            let (s, r) = settled();
-            if s == r {
-                break;
+            let first = snapshot();
+            if quiet(&first) && snapshot() == first {
+                break first;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    let (sent, _) = settled();
-    let dups: u64 = nodes.iter().map(|n| n.stats().queries_duplicate).sum();
+    assert!(settled.iter().all(|n| n.queries_shed == 0), "{settled:?}");
+    let sent: u64 = settled.iter().map(|n| n.queries_sent).sum();
+    let dups: u64 = settled.iter().map(|n| n.queries_duplicate).sum();
     println!(
         "30 nodes, {} links: one search cost {sent} query messages ({dups} dropped as duplicates)",
         links.len()
@@ -752,14 +881,41 @@ async fn trusted_share_and_rebuild() {
 }
 
 /// Churn: a 50-node network where nodes join and die at random while searches and
-/// fetches run. Every fetch that reports success has the right bytes, and afterwards
-/// the surviving nodes' tables hold no dead peer. Runs 20 s; set P2PIPE_CHURN_SECS=120
-/// for the two-minute run recorded in docs/reliability.md.
+/// fetches run. Every join through a live node succeeds and links the newcomer; every
+/// fetch that reports success has the right bytes; at most a quarter of the rounds of
+/// search and fetch fail. Afterwards the surviving nodes' tables hold no dead peer, at
+/// least half of the survivors hang together, and searches between them find the files
+/// they hold. Runs 20 s; set P2PIPE_CHURN_SECS=120 for the two-minute run recorded in
+/// docs/reliability.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
+
+    type Nodes = Arc<Mutex<Vec<Option<(FilerNode, tempfile::TempDir)>>>>;
+
+    /// What the workers saw, round by round.
+    #[derive(Default)]
+    struct Tally {
+        rounds: AtomicU64,
+        verified: AtomicU64,
+        failed: AtomicU64,
+    }
+
+    impl Tally {
+        /// A failed round: a search or fetch through node `via` for node `owner`'s file.
+        fn failed(&self, nodes: &Nodes, via: usize, owner: usize, why: String) {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            let g = nodes.lock().unwrap();
+            let alive = |i: usize| if g[i].is_some() { "alive" } else { "dead" };
+            eprintln!(
+                "churn: node {via} ({}) for node {owner}'s file ({}): {why}",
+                alive(via),
+                alive(owner)
+            );
+        }
+    }
 
     let secs: u64 = std::env::var("P2PIPE_CHURN_SECS")
         .ok()
@@ -777,7 +933,6 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
             (*x % n as u64) as usize
         }
     };
-    type Nodes = Arc<Mutex<Vec<Option<(FilerNode, tempfile::TempDir)>>>>;
     let nodes: Nodes = Arc::new(Mutex::new(Vec::new()));
     let expected: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
     let start_node = |i: usize| {
@@ -811,25 +966,27 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
         // network whose tables do not fill up.
         let ports = live_ports(&nodes);
         if let Some(&(_, last)) = ports.last() {
-            let _ = within(n.join("127.0.0.1", last, 0)).await;
-            let (_, port) = ports[next(ports.len())];
-            let _ = within(n.join("127.0.0.1", port, 0)).await;
+            // The node before it has only its own two links: it takes the newcomer.
+            let added = within(n.join("127.0.0.1", last, 0))
+                .await
+                .unwrap_or_else(|e| panic!("node {i} joining node {}: {e}", i - 1));
+            assert_eq!(added, 1, "node {i} joining node {}", i - 1);
+            let (j, port) = ports[next(ports.len())];
+            // Nothing added when it is the node before again.
+            let added = within(n.join("127.0.0.1", port, 0))
+                .await
+                .unwrap_or_else(|e| panic!("node {i} joining node {j}: {e}"));
+            assert_eq!(added, usize::from(j != i - 1), "node {i} joining node {j}");
         }
         nodes.lock().unwrap().push(Some((n, d)));
     }
-    let ok_fetches = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + Duration::from_secs(secs);
     // Searchers and fetchers.
     let workers: Vec<_> = (0..4)
         .map(|w| {
-            let (nodes, expected, ok_fetches, failed, next) = (
-                nodes.clone(),
-                expected.clone(),
-                ok_fetches.clone(),
-                failed.clone(),
-                next.clone(),
-            );
+            let (nodes, expected, tally, next) =
+                (nodes.clone(), expected.clone(), tally.clone(), next.clone());
             tokio::spawn(async move {
                 let into = tempfile::tempdir().unwrap();
                 // The worker's own node: the return address of its searches.
@@ -837,7 +994,7 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
                 let mut round = 0u64;
                 while Instant::now() < deadline {
                     round += 1;
-                    let (via, key) = {
+                    let (via_i, via, owner_i) = {
                         let g = nodes.lock().unwrap();
                         let live: Vec<(usize, SocketAddr)> = g
                             .iter()
@@ -849,17 +1006,23 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
                         }
                         // Ask anyone for a file a live node has.
                         let (owner, _) = live[next(live.len())];
-                        (live[next(live.len())].1, format!("churn-{owner}.bin"))
+                        let (via_i, via) = live[next(live.len())];
+                        (via_i, via, owner)
                     };
+                    let key = format!("churn-{owner_i}.bin");
+                    tally.rounds.fetch_add(1, Ordering::Relaxed);
                     let mut hits = me.results();
                     let qid = p2pipe::filer::msg::QueryId(seed ^ (w as u64) << 32 ^ round);
-                    let asked = FilerClient::new(via)
-                        .timeout(Duration::from_millis(800))
-                        .query_history(me.id(), &key, 4, qid, std::slice::from_ref(me.id()))
-                        .await;
+                    // TTL 8, a node's default: the network spans more than 4 hops, and a
+                    // TTL of 4 left a quarter of the rounds failing on distance alone.
+                    let asked = within(
+                        FilerClient::new(via)
+                            .timeout(Duration::from_millis(800))
+                            .query_history(me.id(), &key, 8, qid, std::slice::from_ref(me.id())),
+                    )
+                    .await;
                     if let Err(e) = asked {
-                        eprintln!("churn: ask failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        tally.failed(&nodes, via_i, owner_i, format!("ask failed: {e}"));
                         continue;
                     }
                     let hit = tokio::time::timeout(Duration::from_secs(2), async {
@@ -875,8 +1038,7 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
                     .ok()
                     .flatten();
                     let Some(owner) = hit else {
-                        eprintln!("churn: no hit for {key}");
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        tally.failed(&nodes, via_i, owner_i, format!("no hit for {key}"));
                         continue;
                     };
                     let c = FilerClient::for_peer(&owner).timeout(Duration::from_millis(800));
@@ -896,27 +1058,27 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
                                 want,
                                 "a fetch reported success with wrong bytes"
                             );
-                            ok_fetches.fetch_add(1, Ordering::Relaxed);
+                            tally.verified.fetch_add(1, Ordering::Relaxed);
                         }
                         r => {
-                            eprintln!("churn: fetch failed: {r:?}");
-                            failed.fetch_add(1, Ordering::Relaxed);
                             assert!(
                                 !dir.join(&key).exists(),
                                 "a failed fetch left a complete-looking file"
                             );
+                            tally.failed(&nodes, via_i, owner_i, format!("fetch: {r:?}"));
                         }
                     }
                 }
             })
         })
         .collect();
-    // Churn: every 250 ms a node dies or a new one joins; at least 20 stay alive.
+    // Churn: every 250 ms a node dies or a new one joins two live nodes; at least 20
+    // stay alive.
     let mut born = 50;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut kills, mut joins) = (0, 0);
     while Instant::now() < deadline {
-        tick.tick().await;
+        within(tick.tick()).await;
         let live = live_ports(&nodes);
         if next(2) == 0 && live.len() > 20 {
             let (i, _) = live[next(live.len())];
@@ -925,13 +1087,19 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
             kills += 1;
         } else {
             let (n, d) = start_node(born).await;
-            born += 1;
             for _ in 0..2 {
-                let (_, port) = live[next(live.len())];
-                let _ = tokio::time::timeout(Duration::from_secs(3), n.join("127.0.0.1", port, 0))
-                    .await;
+                let (j, port) = live[next(live.len())];
+                // The contact is alive (only this loop kills): the join succeeds, though
+                // it adds nothing when the contact is full or was picked twice.
+                within(n.join("127.0.0.1", port, 0))
+                    .await
+                    .unwrap_or_else(|e| panic!("node {born} joining node {j}: {e}"));
             }
+            // A contact turns a newcomer away only with 12 peers, far more than nodes
+            // have here: every newcomer is linked.
+            assert!(!n.peers().is_empty(), "node {born} joined no one");
             nodes.lock().unwrap().push(Some((n, d)));
+            born += 1;
             joins += 1;
         }
     }
@@ -939,7 +1107,7 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
         within(w).await.unwrap();
     }
     // Convergence: no surviving table names a dead node.
-    let live_ids = || -> std::collections::HashSet<PeerId> {
+    let live_ids = || -> HashSet<PeerId> {
         nodes
             .lock()
             .unwrap()
@@ -965,13 +1133,119 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
         }
     })
     .await;
-    let ok = ok_fetches.load(Ordering::Relaxed);
+    let survivors: Vec<(usize, FilerNode, tempfile::TempDir)> =
+        std::mem::take(&mut *nodes.lock().unwrap())
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.map(|(n, d)| (i, n, d)))
+            .collect();
+    // The network the tables make (links both ways, as JOIN makes them): its largest
+    // connected part. Nodes whose every peer died are on their own; the rest hang together.
+    let index: HashMap<PeerId, usize> = survivors
+        .iter()
+        .enumerate()
+        .map(|(k, (_, n, _))| (n.id().clone(), k))
+        .collect();
+    let mut links: Vec<Vec<usize>> = vec![Vec::new(); survivors.len()];
+    for (k, (_, n, _)) in survivors.iter().enumerate() {
+        for p in n.peers() {
+            let j = index[&p.pid];
+            links[k].push(j);
+            links[j].push(k);
+        }
+    }
+    let mut part = vec![usize::MAX; survivors.len()];
+    let mut parts: Vec<Vec<usize>> = Vec::new();
+    for start in 0..survivors.len() {
+        if part[start] != usize::MAX {
+            continue;
+        }
+        let mut members = vec![start];
+        part[start] = parts.len();
+        let mut at = 0;
+        while at < members.len() {
+            for &j in &links[members[at]] {
+                if part[j] == usize::MAX {
+                    part[j] = parts.len();
+                    members.push(j);
+                }
+            }
+            at += 1;
+        }
+        parts.push(members);
+    }
+    let main = parts.iter().max_by_key(|m| m.len()).unwrap().clone();
+    let isolated = survivors
+        .iter()
+        .filter(|(_, n, _)| n.peers().is_empty())
+        .count();
+    // Searches find what live nodes hold: ten nodes of the main part each search for the
+    // file of another, now that the churn is over.
+    let pairs: Vec<(usize, usize)> = (0..10)
+        .map(|k| {
+            let from = main[k * main.len() / 10];
+            let mut of = main[next(main.len())];
+            if of == from {
+                of = main[(k * main.len() / 10 + 1) % main.len()];
+            }
+            (from, of)
+        })
+        .collect();
+    let searches = pairs.iter().map(|&(from, of)| {
+        let (from_i, searcher) = (survivors[from].0, &survivors[from].1);
+        let (of_i, owner) = (survivors[of].0, &survivors[of].1);
+        let key = format!("churn-{of_i}.bin");
+        async move {
+            let mut hits = searcher.search(&key).await;
+            let found = tokio::time::timeout(Duration::from_secs(2), async {
+                loop {
+                    match hits.recv().await {
+                        Ok((name, by)) if name == key => return by == *owner.id(),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return false,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(false);
+            if !found {
+                eprintln!("churn: after the churn, {from_i} did not find {key} ({} peers, owner {} peers)", searcher.peers().len(), owner.peers().len());
+            }
+            found
+        }
+    });
+    let found = within(futures::future::join_all(searches))
+        .await
+        .into_iter()
+        .filter(|f| *f)
+        .count();
+    let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let (rounds, verified, failed) = (t(&tally.rounds), t(&tally.verified), t(&tally.failed));
     println!(
-        "churn {secs} s (seed {seed:#x}): {kills} nodes died, {joins} joined, {} alive; {ok} fetches verified, {} failed cleanly",
-        live_ids().len(),
-        failed.load(Ordering::Relaxed)
+        "churn {secs} s (seed {seed:#x}): {kills} nodes died, {joins} joined, {} alive ({isolated} alone, {} in the main part of {} parts); {rounds} rounds: {verified} fetches verified, {failed} failed cleanly; afterwards {found} of 10 searches found their file",
+        survivors.len(),
+        main.len(),
+        parts.len()
     );
-    assert!(ok > 0, "some fetches succeeded");
+    // Bounds from measured runs, with margin. In eleven 20 s runs: 308 to 762 rounds, of
+    // which 1.7% to 10.2% failed (the node asked or the owner had died, or had lost every
+    // peer to deaths). In the nine of them that measured it, 74% to 100% of the survivors
+    // were in the main part, and every search within it found its file. The 120 s run:
+    // 15% of 1,349 rounds failed. With tables that empty or searches that stop short,
+    // over half of the rounds fail.
+    assert!(rounds >= 5 * secs, "only {rounds} rounds in {secs} s");
+    assert_eq!(verified + failed, rounds);
+    assert!(
+        failed * 4 <= rounds,
+        "{failed} of {rounds} rounds failed: more than 25%"
+    );
+    assert!(
+        main.len() * 2 >= survivors.len(),
+        "only {} of {} surviving nodes hang together",
+        main.len(),
+        survivors.len()
+    );
+    assert!(found >= 9, "only {found} of 10 searches found their file");
 }
 
 // ---- Rebuild keeps the peer table until the new one is built ----
