@@ -52,7 +52,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 /// "already being fetched"; the file on disk is the node's, whole.
 #[tokio::test]
 async fn concurrent_fetches_into_one_folder_leave_one_verified_file() {
-    let big = body(24_000_000);
+    let big = body(6_000_000);
     for ip in loopbacks("concurrent_fetches") {
         let (n, _d) = node(&ip.to_string(), &[("big.bin", &big)]).await;
         let from = n.local_addr().to_string();
@@ -128,13 +128,14 @@ async fn a_fetch_is_refused_while_another_download_holds_the_part_file() {
     );
 }
 
-/// Two trusted sessions ask one node to fetch the same file at once: the node's copy
-/// is whole, the node serves the right bytes, and each session hears either the
-/// download or a clear refusal.
+/// Two trusted sessions ask one node to fetch the same file: while another download
+/// holds the node's part file the node refuses; at once, the node's copy is whole, the
+/// node serves the right bytes, and each session hears either the download or a clear
+/// refusal.
 #[tokio::test]
 async fn two_sessions_fetching_into_one_node_leave_a_file_it_serves_verified() {
     let secret = b"two shells".to_vec();
-    let big = body(16_000_000);
+    let big = body(4_000_000);
     let (owner, _do) = node("127.0.0.1", &[("movie.bin", &big)]).await;
     let (n, dir) = node_with("127.0.0.1", &[], |c| c.secret = Some(secret.clone())).await;
     within(n.join("127.0.0.1", owner.local_addr().port(), 0))
@@ -149,13 +150,28 @@ async fn two_sessions_fetching_into_one_node_leave_a_file_it_serves_verified() {
             },
         )
     };
+    // While another download holds the node's part file, the node refuses at once and
+    // leaves it alone.
+    let part = part_of(dir.path(), "movie.bin");
+    std::fs::write(&part, b"another download's bytes").unwrap();
+    let held = std::fs::File::open(&part).unwrap();
+    held.lock().unwrap();
+    let r = within(find()).await.unwrap();
+    let said = String::from_utf8_lossy(&r[r.len() - 1].payload).into_owned();
+    assert_eq!(r[r.len() - 1].kind, Kind::ERRO, "{said}");
+    assert!(said.contains("already being fetched"), "{said}");
+    assert_eq!(std::fs::read(&part).unwrap(), b"another download's bytes");
+    assert!(!dir.path().join("movie.bin").exists());
+    drop(held);
+    std::fs::remove_file(&part).unwrap();
+    // Two sessions at once.
     let (r1, r2) = within(async { tokio::join!(find(), find()) }).await;
     let mut fetched = 0;
     for r in [r1.unwrap(), r2.unwrap()] {
         let last = &r[r.len() - 1];
         let said = String::from_utf8_lossy(&last.payload).into_owned();
         if last.kind == Kind::REPL {
-            assert!(said.contains("fetched movie.bin 16000000 bytes"), "{said}");
+            assert!(said.contains("fetched movie.bin 4000000 bytes"), "{said}");
             fetched += 1;
         } else {
             assert!(
