@@ -107,9 +107,18 @@ pub enum Error {
     /// A download could not be written or verified.
     #[error(transparent)]
     Download(#[from] store::StoreError),
-    /// A local file could not be served or read.
+    /// A file of the shared folder could not be read while being served.
     #[error("local file: {0}")]
     Local(String),
+    /// The shared folder could not be opened or walked.
+    #[error("shared folder: {0}")]
+    Folder(String),
+    /// A reply could not be written to the peer.
+    #[error("cannot reply: {0}")]
+    Reply(String),
+    /// The system gave no randomness (for a challenge).
+    #[error("no randomness: {0}")]
+    Random(String),
     /// The node cannot listen on its address.
     #[error("cannot listen on {addr}: {reason}")]
     Listen {

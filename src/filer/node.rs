@@ -190,7 +190,7 @@ impl FilerNode {
     ///
     /// # Errors
     ///
-    /// The folder cannot be opened ([`Error::Local`]), or the address cannot be bound
+    /// The folder cannot be opened ([`Error::Folder`]), or the address cannot be bound
     /// ([`Error::Listen`], naming the address).
     ///
     /// # Cancel safety
@@ -199,7 +199,7 @@ impl FilerNode {
     pub async fn start(bind: SocketAddr, cfg: NodeConfig) -> Result<FilerNode, Error> {
         let shared = SharedDir::open(&cfg.dir, cfg.fs_timeout)
             .await
-            .map_err(|e| Error::Local(e.to_string()))?;
+            .map_err(|e| Error::Folder(e.to_string()))?;
         let placeholder = PeerId::new("0.0.0.0", 1).expect("a valid placeholder");
         let (results, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
@@ -285,7 +285,7 @@ impl FilerNode {
             .shared
             .list()
             .await
-            .map_err(|e| Error::Local(e.to_string()))
+            .map_err(|e| Error::Folder(e.to_string()))
     }
 
     /// The files of the folder left out because the protocol cannot carry their names
@@ -303,7 +303,7 @@ impl FilerNode {
             .shared
             .skipped()
             .await
-            .map_err(|e| Error::Local(e.to_string()))
+            .map_err(|e| Error::Folder(e.to_string()))
     }
 
     /// Names learned from search results, with their owners.
@@ -545,7 +545,7 @@ impl Inner {
         tokio::time::timeout(self.cfg.peer_timeout, pipe.send(&data))
             .await
             .map_err(|_| Error::Timeout("reply"))?
-            .map_err(|e| Error::Local(e.to_string()))
+            .map_err(|e| Error::Reply(e.to_string()))
     }
 
     async fn handle(self: &Arc<Self>, msg: Message, pipe: &Pipe) -> Result<(), Error> {
@@ -642,7 +642,7 @@ impl Inner {
             Request::Ping => Ok(()),
             Request::Chal => {
                 let mut random = [0u8; 16];
-                getrandom::fill(&mut random).map_err(|e| Error::Local(e.to_string()))?;
+                getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
                 let nonce = lock(&self.challenges).issue(random, Instant::now());
                 self.send(pipe, &reply::challenge(&nonce)).await
             }
@@ -741,7 +741,7 @@ impl Inner {
         tokio::time::timeout(t, pipe.send_raw(header.to_bytes()))
             .await
             .map_err(|_| Error::Timeout("sending a file"))?
-            .map_err(|e| Error::Local(e.to_string()))?;
+            .map_err(|e| Error::Reply(e.to_string()))?;
         let mut buf = vec![0u8; CHUNK];
         let mut left = len;
         while left > 0 {
@@ -757,7 +757,7 @@ impl Inner {
             tokio::time::timeout(t, pipe.send_raw(&buf[..n]))
                 .await
                 .map_err(|_| Error::Timeout("sending a file"))?
-                .map_err(|e| Error::Local(e.to_string()))?;
+                .map_err(|e| Error::Reply(e.to_string()))?;
             left -= n as u64;
             self.counters
                 .bytes_served
