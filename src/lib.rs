@@ -7,7 +7,7 @@
 //! | filer | [`filer`] | the file-sharing protocol, sans-IO: btpeer frames, btfiler messages, peer ids and table |
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
-//! | pipe | [`pipe`] | one [`Pipe`](pipe::Pipe) type for TCP and UDP, IPv4 and IPv6, client and server |
+//! | pipe | [`pipe`] | one [`Pipe`] type for TCP and UDP, IPv4 and IPv6, client and server |
 //! | nat | [`nat`] | NAT behaviour: the sans-IO RFC 5780 and RFC 3489 classifier, probes, port allocation |
 //! | stun | [`stun`] | sans-IO STUN client transactions (RFC 5389, 5780, 3489) |
 //! | iface | [`iface`] | the machine's interfaces, their addresses, the default interface per family, routes to external addresses |

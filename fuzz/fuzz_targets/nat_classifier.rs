@@ -16,7 +16,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
-use p2pipe::nat::classify::{port_allocation, Binding};
+use p2pipe::nat::{port_allocation, Binding};
 use p2pipe::nat::{
     classify, Classification, Filtering, Mapping, NatType, Observations, PortSample, Probe, Unknown,
 };

@@ -429,7 +429,7 @@ impl FilerClient {
     /// # Errors
     ///
     /// The node refused, the transfer stalled longer than the time limit or ended
-    /// short, another download holds the part file ([`StoreError::Busy`]), a file of
+    /// short, another download holds the part file ([`StoreError::Busy`](super::store::StoreError::Busy)), a file of
     /// other content is in place, or the bytes on disk failed verification (the part
     /// file is then deleted).
     ///

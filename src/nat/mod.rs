@@ -15,7 +15,7 @@
 //! "mapping_reason": "203.0.113.10:3478 gave no usable other-address ..."`), see
 //! [`Reasons`]. A known field has no `_reason`.
 
-pub mod classify;
+mod classify;
 mod probe;
 
 use std::fmt;
@@ -25,7 +25,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use classify::{
-    classify, Classification, Observations, PortSample, Probe, Unknown, MIN_PORT_SAMPLES,
+    classify, port_allocation, Binding, Classification, Observations, PortSample, Probe, Unknown,
+    MIN_PORT_SAMPLES,
 };
 pub use probe::{probe, resolve_servers, routes, ProbeConfig};
 
