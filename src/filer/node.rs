@@ -271,7 +271,9 @@ impl FilerNode {
         lock(&self.inner.peers).iter().cloned().collect()
     }
 
-    /// The files the node shares.
+    /// The files the node shares, as searches see them: from the folder's index, at most
+    /// [`DEFAULT_INDEX_AGE`](super::shared::DEFAULT_INDEX_AGE) old. The same walk gives
+    /// [`skipped`](Self::skipped).
     ///
     /// # Errors
     ///
@@ -283,8 +285,9 @@ impl FilerNode {
     pub async fn files(&self) -> Result<Vec<SharedFile>, Error> {
         self.inner
             .shared
-            .list()
+            .index()
             .await
+            .map(|files| files.to_vec())
             .map_err(|e| Error::Folder(e.to_string()))
     }
 
