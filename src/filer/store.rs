@@ -572,11 +572,16 @@ fn lock_part(dest: &Destination) -> Result<File, StoreError> {
 /// Hashes a file from its start; returns the hash and the length read.
 fn hash_from_start(file: &mut File) -> io::Result<([u8; 32], u64)> {
     file.seek(SeekFrom::Start(0))?;
+    hash_all(file)
+}
+
+/// Hashes everything `r` gives; returns the hash and the length read.
+fn hash_all(mut r: impl Read) -> io::Result<([u8; 32], u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
-        let n = match file.read(&mut buf) {
+        let n = match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -695,22 +700,8 @@ fn place(dest: &Destination, want: Option<[u8; 32]>) -> Result<(), StoreError> {
 pub async fn sha256_prefix(path: &Path, len: u64) -> io::Result<Option<[u8; 32]>> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let file = File::open(&path)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut left = len;
-        let mut r = file.take(len);
-        while left > 0 {
-            let n = match r.read(&mut buf) {
-                Ok(0) => return Ok(None),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        Ok(Some(hasher.finalize().into()))
+        let (hash, got) = hash_all(File::open(&path)?.take(len))?;
+        Ok((got == len).then_some(hash))
     })
     .await
     .map_err(|e| io::Error::other(e.to_string()))?

@@ -92,14 +92,14 @@ async fn a_fetch_is_refused_while_another_download_holds_the_part_file() {
     let held = std::fs::File::open(&part).unwrap();
     held.lock().unwrap();
     let from = n.local_addr().to_string();
-    let out = fetch_cmd(&[
+    let args = [
         "f.bin",
         "--from",
         &from,
         "-o",
         into.path().to_str().unwrap(),
-    ])
-    .await;
+    ];
+    let out = fetch_cmd(&args).await;
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stdout.is_empty(), "{stdout}");
@@ -112,14 +112,7 @@ async fn a_fetch_is_refused_while_another_download_holds_the_part_file() {
     assert!(!into.path().join("f.bin").exists());
     // Once it is released, the same command resumes or restarts, and verifies.
     drop(held);
-    let out = fetch_cmd(&[
-        "f.bin",
-        "--from",
-        &from,
-        "-o",
-        into.path().to_str().unwrap(),
-    ])
-    .await;
+    let out = fetch_cmd(&args).await;
     let stdout = succeeded(&out);
     assert!(stdout.contains("did not match the node's copy"), "{stdout}");
     assert_eq!(
