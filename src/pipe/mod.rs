@@ -56,44 +56,46 @@
 //! exists. It ends when the peer ends it, when [`Pipe::close`] is called, or
 //! when the last handle and handler are gone.
 
+mod config;
+mod end;
 mod error;
+mod flow;
 mod framing;
 mod inline;
 mod queue;
 mod reader;
+mod shared;
 pub(crate) mod subscribe;
 mod sys;
 mod tcp;
 mod udp;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream};
-use futures::task::AtomicWaker;
 use futures::FutureExt;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::addr::{canonical, Af, ToTarget};
+use crate::addr::{canonical, ToTarget};
 
+pub use config::PipeConfig;
 pub use error::{Error, Result};
 pub use framing::{CustomFraming, Framing};
 pub use queue::Overflow;
 
+use config::never_block;
+use end::Close;
+use flow::{HANDLER, PULL};
 use queue::Queue;
-use reader::{consume, Reader};
-use subscribe::Subscriptions;
+use reader::consume;
+use shared::{guarded, Core, EndFn, Guard, Io, UpFn};
 
 /// A transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -214,150 +216,6 @@ pub struct EndEvent {
     pub reason: EndReason,
 }
 
-/// Options for connecting and listening. `PipeConfig::default()` suits most uses.
-///
-/// ```
-/// use p2pipe::{Framing, PipeConfig};
-/// let cfg = PipeConfig::default().framing(Framing::Lines).max_frame(4096);
-/// ```
-#[derive(Debug, Clone)]
-pub struct PipeConfig {
-    pub(crate) framing: Framing,
-    pub(crate) max_frame: usize,
-    pub(crate) queue_capacity: usize,
-    pub(crate) sub_capacity: usize,
-    pub(crate) sub_overflow: Overflow,
-    pub(crate) backlog: usize,
-    pub(crate) listen_backlog: i32,
-    pub(crate) max_peers: usize,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) resolve_timeout: Duration,
-    pub(crate) bind: Option<SocketAddr>,
-    pub(crate) family: Option<Af>,
-    pub(crate) device: Option<String>,
-    pub(crate) dual_stack: bool,
-    pub(crate) nodelay: bool,
-    pub(crate) read_buffer: usize,
-}
-
-impl Default for PipeConfig {
-    fn default() -> Self {
-        PipeConfig {
-            framing: Framing::Raw,
-            max_frame: 1 << 20,
-            queue_capacity: 1024,
-            sub_capacity: 256,
-            sub_overflow: Overflow::DropNewest,
-            backlog: 1024,
-            listen_backlog: 1024,
-            max_peers: 65_536,
-            connect_timeout: Duration::from_secs(10),
-            resolve_timeout: crate::dns::DEFAULT_TIMEOUT,
-            bind: None,
-            family: None,
-            device: None,
-            dual_stack: false,
-            nodelay: true,
-            read_buffer: 64 * 1024,
-        }
-    }
-}
-
-impl PipeConfig {
-    /// How a TCP stream is cut into messages (default [`Framing::Raw`]).
-    pub fn framing(mut self, framing: Framing) -> Self {
-        self.framing = framing;
-        self
-    }
-    /// The largest message, in bytes, either way (default 1 MiB). A peer that
-    /// sends or claims a larger frame is disconnected.
-    pub fn max_frame(mut self, bytes: usize) -> Self {
-        self.max_frame = bytes;
-        self
-    }
-    /// Messages the flow holds for `recv` or a handler (default 1024).
-    pub fn queue_capacity(mut self, n: usize) -> Self {
-        self.queue_capacity = n.max(1);
-        self
-    }
-    /// Default queue size and overflow policy of subscriptions (256, drop newest).
-    /// [`Overflow::Block`] is not allowed here: a subscription must never
-    /// hold up its pipe.
-    pub fn subscription_queue(mut self, capacity: usize, overflow: Overflow) -> Self {
-        self.sub_capacity = capacity.max(1);
-        self.sub_overflow = never_block(overflow);
-        self
-    }
-    /// Peers a listener holds for `accept` (default 1024).
-    pub fn backlog(mut self, n: usize) -> Self {
-        self.backlog = n.max(1);
-        self.listen_backlog = n.clamp(1, i32::MAX as usize) as i32;
-        self
-    }
-    /// Most peers a UDP listener tracks at once (default 65,536). Datagrams
-    /// from further new peers are dropped and counted.
-    pub fn max_peers(mut self, n: usize) -> Self {
-        self.max_peers = n.max(1);
-        self
-    }
-    /// Time limit for a TCP connect, per address tried (default 10 s).
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
-        self
-    }
-    /// Time limit for name resolution (default 5 s).
-    pub fn resolve_timeout(mut self, d: Duration) -> Self {
-        self.resolve_timeout = d;
-        self
-    }
-    /// Local address to bind before connecting (the route's address). Also
-    /// fixes the family that names resolve to.
-    pub fn bind(mut self, local: SocketAddr) -> Self {
-        self.bind = Some(local);
-        self
-    }
-    /// Send through `route`: bind its first NIC address (any port) and resolve names
-    /// to its family only. Binding by address picks the NIC wherever the route table
-    /// agrees; add [`device`](Self::device) with the route's interface to force it
-    /// (that needs `CAP_NET_RAW` on Linux).
-    pub fn route(mut self, route: &crate::iface::Route) -> Self {
-        self.bind = Some(route.bind_addr(0));
-        self.family = Some(route.af());
-        self
-    }
-    /// Only connect to addresses of this family.
-    pub fn family(mut self, af: Af) -> Self {
-        self.family = Some(af);
-        self
-    }
-    /// Bind to a network device by name (SO_BINDTODEVICE; Linux only).
-    pub fn device(mut self, name: impl Into<String>) -> Self {
-        self.device = Some(name.into());
-        self
-    }
-    /// Let an IPv6 listener on `[::]` accept IPv4 too. Off by default:
-    /// IPv6 sockets are IPv6-only unless asked. IPv4 peers then appear with
-    /// their IPv4 addresses, not as mapped IPv6.
-    pub fn dual_stack(mut self, yes: bool) -> Self {
-        self.dual_stack = yes;
-        self
-    }
-    /// TCP_NODELAY (default on).
-    pub fn nodelay(mut self, yes: bool) -> Self {
-        self.nodelay = yes;
-        self
-    }
-    /// Bytes read at a time on TCP (default 64 KiB).
-    pub fn read_buffer(mut self, bytes: usize) -> Self {
-        self.read_buffer = bytes.max(512);
-        self
-    }
-
-    fn family_for_connect(&self) -> Option<Af> {
-        self.bind.map(|b| Af::of_socket(&b)).or(self.family)
-    }
-}
-
 /// Counters of one pipe.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PipeStats {
@@ -370,330 +228,6 @@ pub struct PipeStats {
     pub dropped: u64,
     /// Messages waiting in the flow.
     pub queued: usize,
-}
-
-type EndFn = Arc<dyn Fn(EndEvent) -> BoxFuture<'static, ()> + Send + Sync>;
-type UpFn = Arc<dyn Fn(Pipe) -> BoxFuture<'static, ()> + Send + Sync>;
-
-#[derive(Default)]
-struct Handlers {
-    end: Vec<EndFn>,
-    up: Vec<UpFn>,
-}
-
-/// The flow is read with `recv` and `stream`.
-const PULL: u8 = 0;
-/// The flow goes to a handler or a link.
-const HANDLER: u8 = 1;
-/// A listener's peers' flows are merged into its own.
-const MERGED: u8 = 2;
-
-/// What the pipe does I/O with.
-pub(crate) enum Io {
-    Tcp(tcp::Writer),
-    Udp(udp::Sender),
-    TcpListener(Children),
-    UdpListener(Children, udp::Owned),
-}
-
-/// The peers of a listener.
-pub(crate) struct Children {
-    map: Mutex<HashMap<SocketAddr, Weak<Core>>>,
-    backlog: Queue<Pipe>,
-}
-
-impl Children {
-    fn new(backlog: usize, overflow: Overflow) -> Self {
-        Children {
-            map: Mutex::new(HashMap::new()),
-            backlog: Queue::new(backlog, overflow),
-        }
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Weak<Core>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn get(&self, peer: &SocketAddr) -> Option<Arc<Core>> {
-        self.lock().get(peer).and_then(Weak::upgrade)
-    }
-}
-
-/// State shared by every handle of a pipe and by its tasks.
-pub(crate) struct Core {
-    proto: Proto,
-    local: SocketAddr,
-    peer: Option<SocketAddr>,
-    cfg: Arc<PipeConfig>,
-    io: Io,
-    parent: Option<Arc<Core>>,
-    subs: Subscriptions,
-    flow: Queue<Message>,
-    /// Who takes the flow: `PULL`, `HANDLER` or `MERGED`.
-    consumer: AtomicU8,
-    end: watch::Sender<Option<EndReason>>,
-    /// Whether `end` holds a reason, readable without a lock.
-    ended: AtomicBool,
-    handlers: Mutex<Handlers>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The socket's reader while no task owns it (see `reader.rs`).
-    reader: tokio::sync::Mutex<Option<Reader>>,
-    /// Whether a background task has been asked to read.
-    background: AtomicBool,
-    /// Set when this side closes the pipe: stops a reader waiting for data
-    /// and a send waiting for room, each woken through its waker.
-    closing: AtomicBool,
-    read_waker: AtomicWaker,
-    write_waker: AtomicWaker,
-    /// The message handler of a UDP peer pipe (see `inline.rs`).
-    inline: Mutex<Option<inline::Inline>>,
-    received: AtomicU64,
-    sent: AtomicU64,
-    dropped: AtomicU64,
-}
-
-impl Core {
-    /// Counts a send call that succeeded; every send method goes through here.
-    fn count_sent(&self, r: Result<()>) -> Result<()> {
-        if r.is_ok() {
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn new(
-        proto: Proto,
-        local: SocketAddr,
-        peer: Option<SocketAddr>,
-        cfg: Arc<PipeConfig>,
-        io: Io,
-        parent: Option<Arc<Core>>,
-        reader: Option<Reader>,
-    ) -> Arc<Core> {
-        let overflow = match proto {
-            Proto::Tcp => Overflow::Block,
-            Proto::Udp => Overflow::DropNewest,
-        };
-        Arc::new(Core {
-            proto,
-            local,
-            peer,
-            flow: Queue::new(cfg.queue_capacity, overflow),
-            cfg,
-            io,
-            parent,
-            subs: Subscriptions::default(),
-            consumer: AtomicU8::new(PULL),
-            end: watch::channel(None).0,
-            ended: AtomicBool::new(false),
-            handlers: Mutex::new(Handlers::default()),
-            tasks: Mutex::new(Vec::new()),
-            reader: tokio::sync::Mutex::new(reader),
-            background: AtomicBool::new(false),
-            closing: AtomicBool::new(false),
-            read_waker: AtomicWaker::new(),
-            write_waker: AtomicWaker::new(),
-            inline: Mutex::new(None),
-            received: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-        })
-    }
-
-    fn handlers(&self) -> std::sync::MutexGuard<'_, Handlers> {
-        self.handlers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn add_task(&self, h: JoinHandle<()>) {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(h);
-    }
-
-    /// Makes sure this pipe is read even if nobody calls `recv`. On a
-    /// listener, the same for every peer, now and later.
-    fn read_in_background(self: &Arc<Self>) {
-        match self.children() {
-            Some(ch) => {
-                let peers: Vec<Arc<Core>> = ch.lock().values().filter_map(Weak::upgrade).collect();
-                for p in peers {
-                    p.ensure_background();
-                }
-            }
-            None => self.ensure_background(),
-        }
-    }
-
-    /// Whether a new peer of this listener must be read in the background
-    /// (the listener subscribes to its peers' messages or their ends).
-    fn reads_peers(&self) -> bool {
-        self.subs.len() > 0 || !self.handlers().end.is_empty()
-    }
-
-    fn is_listener(&self) -> bool {
-        self.children().is_some()
-    }
-
-    /// Whether the pipe has ended (cheaper than `end_reason`).
-    fn has_ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
-    }
-
-    fn end_reason(&self) -> Option<EndReason> {
-        self.end.borrow().clone()
-    }
-
-    /// Why the pipe ended, for an operation that finds it ended; a pipe
-    /// closed before any reason was recorded counts as closed.
-    fn end_or_closed(&self) -> EndReason {
-        self.end_reason().unwrap_or(EndReason::Closed)
-    }
-
-    /// The peers of a listener; `None` for any other pipe.
-    fn children(&self) -> Option<&Children> {
-        match &self.io {
-            Io::TcpListener(ch) | Io::UdpListener(ch, _) => Some(ch),
-            _ => None,
-        }
-    }
-
-    /// Offers a message to the subscriptions; true if one took it.
-    fn offer(&self, msg: &Message) -> bool {
-        self.received.fetch_add(1, Ordering::Relaxed);
-        let mine = self.subs.dispatch(msg);
-        let parents = match &self.parent {
-            Some(p) => p.subs.dispatch(msg),
-            None => false,
-        };
-        mine || parents
-    }
-
-    /// Delivers a datagram without waiting (UDP peers of a listener): to a
-    /// subscription, else to the peer's handler, else to its flow.
-    fn deliver_now(self: &Arc<Self>, msg: Message) {
-        // A datagram dropped by a full flow is counted by the flow itself
-        // (`PipeStats::dropped` adds the flow's count).
-        if !self.offer(&msg) {
-            if let Err(msg) = self.handle_inline(msg) {
-                self.flow.try_push(msg);
-            }
-        }
-    }
-
-    fn event(&self, reason: EndReason) -> EndEvent {
-        EndEvent {
-            proto: self.proto,
-            local: self.local,
-            peer: self.peer,
-            reason,
-        }
-    }
-
-    /// Marks the pipe ended (the first reason wins), closes its queues and
-    /// runs the end handlers, its own and its listener's.
-    fn finish(&self, reason: EndReason) {
-        let mut first = false;
-        self.end.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason.clone());
-                first = true;
-            }
-            first
-        });
-        if !first {
-            return;
-        }
-        self.ended.store(true, Ordering::Release);
-        tracing::debug!(proto = %self.proto, local = %self.local, peer = ?self.peer, %reason, "pipe ended");
-        self.flow.close();
-        self.subs.close_all();
-        let mut handlers: Vec<EndFn> = self.handlers().end.clone();
-        if let Some(p) = &self.parent {
-            handlers.extend(p.handlers().end.iter().cloned());
-        }
-        if !handlers.is_empty() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let ev = self.event(reason);
-                for h in handlers {
-                    rt.spawn(guarded(h(ev.clone())));
-                }
-            }
-        }
-        // A UDP peer's handler holds a handle to its pipe: let both go.
-        self.clear_inline();
-    }
-
-    /// Stops whoever waits to read or to send (this side is closing).
-    fn interrupt(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.read_waker.wake();
-        self.write_waker.wake();
-    }
-
-    /// Whether this side has closed the pipe.
-    fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// Ends the pipe now: stops its tasks and releases its socket.
-    fn shutdown(self: &Arc<Self>) {
-        self.finish(EndReason::Closed);
-        self.interrupt();
-        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            t.abort();
-        }
-        if let Ok(mut r) = self.reader.try_lock() {
-            r.take();
-        }
-        match &self.io {
-            Io::Tcp(w) => w.release(),
-            Io::Udp(s) => s.release(),
-            Io::UdpListener(children, sock) => {
-                sock.release();
-                close_children(children, true);
-            }
-            Io::TcpListener(children) => close_children(children, false),
-        }
-        if let (Some(parent), Some(peer)) = (&self.parent, self.peer) {
-            if let Some(c) = parent.children() {
-                let mut map = c.lock();
-                if map
-                    .get(&peer)
-                    .is_some_and(|w| w.as_ptr() == Arc::as_ptr(self))
-                {
-                    map.remove(&peer);
-                }
-            }
-        }
-    }
-
-    /// Waits until the pipe's I/O tasks are gone (after `shutdown`).
-    async fn join_tasks(&self) {
-        let tasks: Vec<_> =
-            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-}
-
-fn close_children(children: &Children, all: bool) {
-    children.backlog.close();
-    // Peers nobody accepted are closed with the listener.
-    drop(children.backlog.drain());
-    if all {
-        let peers: Vec<Arc<Core>> = children
-            .lock()
-            .drain()
-            .filter_map(|(_, w)| w.upgrade())
-            .collect();
-        for c in peers {
-            c.finish(EndReason::Closed);
-        }
-    }
-}
-
-/// Runs a handler future, turning a panic into a log line.
-async fn guarded(fut: impl Future<Output = ()>) {
-    if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
-        tracing::error!("a pipe handler panicked");
-    }
 }
 
 /// The output of a message handler: `()` or a `Result` whose error is
@@ -722,14 +256,6 @@ impl HandlerOutput for () {
 impl<E: fmt::Display> HandlerOutput for std::result::Result<(), E> {
     fn into_result(self) -> std::result::Result<(), String> {
         self.map_err(|e| e.to_string())
-    }
-}
-
-struct Guard(Arc<Core>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.shutdown();
     }
 }
 
@@ -1065,43 +591,6 @@ impl Pipe {
         self.attach(Arc::new(handler))
     }
 
-    fn attach<F, Fut>(&self, handler: Arc<F>) -> Result<()>
-    where
-        F: Fn(Message, Pipe) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerOutput,
-    {
-        self.take_flow(HANDLER)?;
-        let pipe = self.clone();
-        if self.is_listener() {
-            tokio::spawn(async move {
-                let Some(ch) = pipe.core().children() else {
-                    return;
-                };
-                while let Some(child) = ch.backlog.pop().await {
-                    let _ = child.attach(handler.clone());
-                }
-            });
-        } else if self.proto() == Proto::Udp && self.core().parent.is_some() {
-            // A UDP peer of a listener: its listener runs the handler.
-            let core = self.core();
-            core.install_inline(inline::new_server(handler, pipe));
-            if core.end_reason().is_some() {
-                core.clear_inline();
-            }
-        } else {
-            let core = pipe.core().clone();
-            tokio::spawn(consume(core, move |m| {
-                let fut = handler(m, pipe.clone());
-                async move {
-                    guarded(async move { fut.await.report() }).await;
-                    true
-                }
-            }));
-        }
-        Ok(())
-    }
-
     /// Relays: every message of this pipe's flow is sent down `to`. Two calls
     /// make a two-way relay. The link ends when either pipe ends; when this
     /// pipe ends, `to` is closed too.
@@ -1218,18 +707,7 @@ impl Pipe {
     /// Cancel safe: the pipe is closed when the first poll returns; waiting
     /// only makes sure the socket is gone.
     pub async fn close(&self) {
-        let c = self.core();
-        // Record the reason before the FIN goes out: the peer may answer it
-        // by closing too, and the reader must not see that first and end the
-        // pipe with `Fin` instead of `Closed`.
-        c.finish(EndReason::Closed);
-        // A send blocked on a peer that does not read gives up now.
-        c.interrupt();
-        if let Io::Tcp(w) = &c.io {
-            w.shutdown().await;
-        }
-        c.shutdown();
-        c.join_tasks().await;
+        self.core().close(Close::Fin).await;
     }
 
     /// Aborts the pipe: a TCP connection is reset (RST, SO_LINGER 0) instead of shut
@@ -1240,65 +718,7 @@ impl Pipe {
     ///
     /// As [`close`](Self::close).
     pub async fn abort(&self) {
-        let c = self.core();
-        c.finish(EndReason::Closed);
-        c.interrupt();
-        if let Io::Tcp(w) = &c.io {
-            w.abort().await;
-        }
-        c.shutdown();
-        c.join_tasks().await;
-    }
-
-    /// Claims the pipe's flow for one kind of consumer.
-    fn take_flow(&self, who: u8) -> Result<()> {
-        match self
-            .core()
-            .consumer
-            .compare_exchange(PULL, who, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => Ok(()),
-            Err(_) => Err(Error::HandlerAttached),
-        }
-    }
-
-    /// Starts merging the flows of a listener's peers into its own flow.
-    fn merge_flows(&self) -> Result<()> {
-        let c = self.core();
-        if self.take_flow(MERGED).is_err() {
-            // Fine if an earlier call started the merge.
-            return match c.consumer.load(Ordering::Acquire) {
-                MERGED => Ok(()),
-                _ => Err(Error::HandlerAttached),
-            };
-        }
-        let core = c.clone();
-        let task = tokio::spawn(async move {
-            let Some(ch) = core.children() else {
-                return;
-            };
-            while let Some(child) = ch.backlog.pop().await {
-                child.core().consumer.store(MERGED, Ordering::Release);
-                let target = Arc::downgrade(&core);
-                tokio::spawn(async move {
-                    let source = child.core().clone();
-                    consume(source, move |m| {
-                        let target = target.clone();
-                        async move {
-                            match target.upgrade() {
-                                Some(t) => t.flow.push(m).await != queue::Pushed::Closed,
-                                None => false,
-                            }
-                        }
-                    })
-                    .await;
-                    drop(child);
-                });
-            }
-            core.flow.close();
-        });
-        c.add_task(task);
-        Ok(())
+        self.core().close(Close::Reset).await;
     }
 }
 
@@ -1391,24 +811,5 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.core.subs.remove(self.id);
-    }
-}
-
-/// A subscription's policy: [`Overflow::Block`] becomes [`Overflow::DropNewest`],
-/// because a subscription must never hold up its pipe.
-fn never_block(overflow: Overflow) -> Overflow {
-    match overflow {
-        Overflow::Block => Overflow::DropNewest,
-        o => o,
-    }
-}
-
-/// Registers a new peer of a listener in its map and runs the up handlers.
-fn register_child(listener: &Arc<Core>, children: &Children, child: &Arc<Core>, pipe: &Pipe) {
-    let peer = child.peer.expect("a child has a peer");
-    children.lock().insert(peer, Arc::downgrade(child));
-    let ups: Vec<UpFn> = listener.handlers().up.clone();
-    for h in ups {
-        tokio::spawn(guarded(h(pipe.clone())));
     }
 }

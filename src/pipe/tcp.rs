@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::framing::BTPEER_HEADER;
 use super::reader::Reader;
-use super::{sys, Children, Core, EndReason, Error, Io, Overflow, Pipe, PipeConfig, Proto, Result};
+use super::shared::{register_child, Children, Core, Io};
+use super::{sys, EndReason, Error, Overflow, Pipe, PipeConfig, Proto, Result};
 use crate::addr::canonical;
 
 /// Messages up to this size are copied next to their header and written in
@@ -231,7 +232,7 @@ async fn accept_loop(core: Arc<Core>, l: TcpListener) {
             }
         };
         let pipe = Pipe::from_core(child.clone());
-        super::register_child(&core, children, &child, &pipe);
+        register_child(&core, children, &child, &pipe);
         if core.reads_peers() {
             child.ensure_background();
         }

@@ -5,7 +5,8 @@ use std::sync::{Arc, RwLock, Weak};
 
 use tokio::net::UdpSocket;
 
-use super::{sys, Children, Core, Error, Io, Message, Overflow, Pipe, PipeConfig, Proto, Result};
+use super::shared::{register_child, Children, Core, Io};
+use super::{sys, Error, Message, Overflow, Pipe, PipeConfig, Proto, Result};
 use crate::addr::canonical;
 
 use super::reader::{Reader, MAX_DATAGRAM};
@@ -179,7 +180,7 @@ fn demux(
         None,
     );
     let pipe = Pipe::from_core(child.clone());
-    super::register_child(listener, children, &child, &pipe);
+    register_child(listener, children, &child, &pipe);
     *last = Some((msg.peer, Arc::downgrade(&child)));
     // Deliver before queueing the pipe, so the first datagram is there when
     // the pipe is accepted.
