@@ -1,13 +1,38 @@
 //! Sockets bound to a chosen interface: by source address, and by device name where the
 //! OS allows it (`SO_BINDTODEVICE` on Linux).
 //!
-//! The layers above (the STUN client, the pipe) create their sockets here, so that
-//! "bind to this NIC" means the same everywhere.
+//! This is the one place that makes sockets: the layers above (the STUN client, the NAT
+//! probe, the pipe, the filer) create theirs here, so that "bind to this NIC" and "IPv6
+//! only" mean the same everywhere. What differs between operating systems
+//! (`SO_BINDTODEVICE`, `SO_REUSEADDR`) lives in `iface/sys.rs`.
 
 use std::io;
 use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+
+use super::sys;
+
+/// What a socket is bound to besides its address. The default is no device and an
+/// IPv6-only socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketOptions<'a> {
+    /// The network device to bind to by name (`SO_BINDTODEVICE`; Linux only).
+    pub device: Option<&'a str>,
+    /// Whether an IPv6 socket takes IPv4 too (`IPV6_V6ONLY` off). IPv4 sockets ignore it.
+    pub dual_stack: bool,
+}
+
+impl<'a> SocketOptions<'a> {
+    /// Options that bind to `device` when given, IPv6-only.
+    pub fn device(device: Option<&'a str>) -> Self {
+        SocketOptions {
+            device,
+            dual_stack: false,
+        }
+    }
+}
 
 /// A UDP socket bound to `local`, and to the device `device` when given. An IPv6 socket
 /// is IPv6-only. The socket is non-blocking, ready for tokio.
@@ -16,10 +41,19 @@ use socket2::{Domain, Protocol, Socket, Type};
 ///
 /// What the OS says: the address is in use or not local, or binding to a device is not
 /// allowed (it needs `CAP_NET_RAW` on Linux) or not supported.
-pub fn udp_socket(local: SocketAddr, device: Option<&str>) -> io::Result<tokio::net::UdpSocket> {
-    let s = new_socket(&local, Type::DGRAM, Protocol::UDP, device)?;
+pub fn udp_socket(local: SocketAddr, device: Option<&str>) -> io::Result<UdpSocket> {
+    udp_socket_with(local, SocketOptions::device(device))
+}
+
+/// A UDP socket bound to `local`, with `opts`.
+///
+/// # Errors
+///
+/// As [`udp_socket`].
+pub fn udp_socket_with(local: SocketAddr, opts: SocketOptions<'_>) -> io::Result<UdpSocket> {
+    let s = new_socket(&local, Type::DGRAM, Protocol::UDP, opts)?;
     s.bind(&local.into())?;
-    tokio::net::UdpSocket::from_std(s.into())
+    UdpSocket::from_std(s.into())
 }
 
 /// A TCP socket ready to connect to an address of `remote`'s family, bound first to
@@ -32,12 +66,46 @@ pub fn tcp_socket(
     remote: &SocketAddr,
     local: Option<SocketAddr>,
     device: Option<&str>,
-) -> io::Result<tokio::net::TcpSocket> {
-    let s = new_socket(remote, Type::STREAM, Protocol::TCP, device)?;
+) -> io::Result<TcpSocket> {
+    tcp_socket_with(remote, local, SocketOptions::device(device))
+}
+
+/// A TCP socket ready to connect to an address of `remote`'s family, bound first to
+/// `local` when given, with `opts`.
+///
+/// # Errors
+///
+/// As [`udp_socket`].
+pub fn tcp_socket_with(
+    remote: &SocketAddr,
+    local: Option<SocketAddr>,
+    opts: SocketOptions<'_>,
+) -> io::Result<TcpSocket> {
+    let s = new_socket(remote, Type::STREAM, Protocol::TCP, opts)?;
     if let Some(local) = local {
         s.bind(&local.into())?;
     }
-    Ok(tokio::net::TcpSocket::from_std_stream(s.into()))
+    Ok(TcpSocket::from_std_stream(s.into()))
+}
+
+/// A TCP listener on `local` with room for `backlog` pending connections, with `opts`.
+/// On Unix it sets `SO_REUSEADDR`, so that a closed listener's port can be bound again
+/// at once (on Windows that option would let another process take the port, so it is
+/// left off).
+///
+/// # Errors
+///
+/// As [`udp_socket`].
+pub fn tcp_listener(
+    local: SocketAddr,
+    backlog: i32,
+    opts: SocketOptions<'_>,
+) -> io::Result<TcpListener> {
+    let s = new_socket(&local, Type::STREAM, Protocol::TCP, opts)?;
+    sys::set_reuse_address(&s)?;
+    s.bind(&local.into())?;
+    s.listen(backlog)?;
+    TcpListener::from_std(s.into())
 }
 
 /// The source address the OS would use to reach `to` (through `device`, when given),
@@ -61,14 +129,15 @@ fn new_socket(
     addr: &SocketAddr,
     ty: Type,
     proto: Protocol,
-    device: Option<&str>,
+    opts: SocketOptions<'_>,
 ) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(*addr), ty, Some(proto))?;
     if addr.is_ipv6() {
-        s.set_only_v6(true)?;
+        // Set explicitly: the OS default differs between systems.
+        s.set_only_v6(!opts.dual_stack)?;
     }
     s.set_nonblocking(true)?;
-    if let Some(dev) = device {
+    if let Some(dev) = opts.device {
         bind_device(&s, dev)?;
     }
     Ok(s)
@@ -79,22 +148,8 @@ fn new_socket(
 ///
 /// # Errors
 ///
-/// Unsupported off Linux, Android and Fuchsia; on Linux, fails without `CAP_NET_RAW` or
-/// if there is no such device.
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+/// [`io::ErrorKind::Unsupported`] off Linux, Android and Fuchsia; on Linux, fails without
+/// `CAP_NET_RAW` or if there is no such device.
 pub fn bind_device(socket: &Socket, device: &str) -> io::Result<()> {
-    socket.bind_device(Some(device.as_bytes()))
-}
-
-/// Binds `socket` to the network device named `device`.
-///
-/// # Errors
-///
-/// Always [`io::ErrorKind::Unsupported`] on this system.
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
-pub fn bind_device(_socket: &Socket, _device: &str) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "binding to a device by name is not supported on this system",
-    ))
+    sys::bind_device(socket, device)
 }

@@ -1,4 +1,5 @@
-//! Reading the OS route table. Everything that differs between operating systems lives here.
+//! Everything that differs between operating systems lives here: reading the OS route
+//! table, and the socket options `bind.rs` sets.
 
 use crate::addr::Af;
 
@@ -30,4 +31,31 @@ pub(crate) fn route_table(af: Af) -> Result<RouteTable, Error> {
     Err(Error::Unsupported(
         "reading the route table is only implemented on linux",
     ))
+}
+
+/// Binds `socket` to the network device named `device` (`SO_BINDTODEVICE`).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+pub(crate) fn bind_device(socket: &socket2::Socket, device: &str) -> std::io::Result<()> {
+    socket.bind_device(Some(device.as_bytes()))
+}
+
+/// Binding to a device by name: not supported on this system.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+pub(crate) fn bind_device(_socket: &socket2::Socket, _device: &str) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "binding to a device by name is not supported on this system",
+    ))
+}
+
+/// Lets a closed listener's port be bound again at once (`SO_REUSEADDR`).
+#[cfg(unix)]
+pub(crate) fn set_reuse_address(socket: &socket2::Socket) -> std::io::Result<()> {
+    socket.set_reuse_address(true)
+}
+
+/// Leaves `SO_REUSEADDR` off: on Windows it would let another process take the port.
+#[cfg(not(unix))]
+pub(crate) fn set_reuse_address(_socket: &socket2::Socket) -> std::io::Result<()> {
+    Ok(())
 }

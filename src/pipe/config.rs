@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{Framing, Overflow};
 use crate::addr::Af;
+use crate::iface::bind::SocketOptions;
 
 /// Options for connecting and listening. `PipeConfig::default()` suits most uses.
 ///
@@ -143,6 +144,14 @@ impl PipeConfig {
     pub fn read_buffer(mut self, bytes: usize) -> Self {
         self.read_buffer = bytes.max(512);
         self
+    }
+
+    /// What the socket factory ([`crate::iface::bind`]) binds to besides the address.
+    pub(super) fn socket_options(&self) -> SocketOptions<'_> {
+        SocketOptions {
+            device: self.device.as_deref(),
+            dual_stack: self.dual_stack,
+        }
     }
 
     pub(super) fn family_for_connect(&self) -> Option<Af> {

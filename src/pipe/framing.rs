@@ -16,6 +16,10 @@ use super::Error;
 /// The header size of a btpeer frame: 4 type bytes and a big-endian u32 length.
 pub const BTPEER_HEADER: usize = 8;
 
+/// The longest header a built-in framing writes before a payload: btpeer's, longer
+/// than `LengthPrefixed`'s 4 bytes. Senders build headers in a stack buffer this long.
+pub(crate) const MAX_HEADER: usize = 8;
+
 /// How a TCP byte stream is cut into messages.
 ///
 /// | framing | one message is | `send(data)` writes |
@@ -124,7 +128,7 @@ impl Framing {
         &self,
         data: &[u8],
         max_frame: usize,
-        head: &mut [u8; BTPEER_HEADER],
+        head: &mut [u8; MAX_HEADER],
     ) -> Result<(usize, usize, &'static [u8]), Error> {
         // Returns (header length, payload offset into data, trailer).
         let payload_len = match self {
@@ -164,7 +168,7 @@ impl Framing {
 
     /// Encodes one message into `out` (a convenience for tests and tools).
     pub fn encode(&self, data: &[u8], max_frame: usize, out: &mut BytesMut) -> Result<(), Error> {
-        let mut head = [0u8; BTPEER_HEADER];
+        let mut head = [0u8; MAX_HEADER];
         let (h, skip, trailer) = self.encode_header(data, max_frame, &mut head)?;
         out.reserve(h + data.len() - skip + trailer.len());
         out.put_slice(&head[..h]);

@@ -66,7 +66,6 @@ mod queue;
 mod reader;
 mod shared;
 pub(crate) mod subscribe;
-mod sys;
 mod tcp;
 mod udp;
 

@@ -11,11 +11,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::framing::BTPEER_HEADER;
+use super::framing::MAX_HEADER;
 use super::reader::Reader;
 use super::shared::{register_child, Children, Core, Io};
-use super::{sys, EndReason, Error, Overflow, Pipe, PipeConfig, Proto, Result};
+use super::{EndReason, Error, Overflow, Pipe, PipeConfig, Proto, Result};
 use crate::addr::canonical;
+use crate::iface::bind;
 
 /// Messages up to this size are copied next to their header and written in
 /// one call; larger ones are written in place, header first.
@@ -40,7 +41,7 @@ impl Writer {
 
     pub(crate) async fn send(&self, core: &Core, data: &[u8], raw: bool) -> Result<()> {
         let cfg = &core.cfg;
-        let mut head = [0u8; BTPEER_HEADER];
+        let mut head = [0u8; MAX_HEADER];
         let (h, skip, trailer) = if raw {
             (0, 0, &b""[..])
         } else {
@@ -134,7 +135,7 @@ pub(crate) async fn connect(
     let mut last: Option<io::Error> = None;
     let mut all_timed_out = true;
     for addr in addrs {
-        let sock = match sys::tcp_connector(addr, &cfg) {
+        let sock = match bind::tcp_socket_with(addr, cfg.bind, cfg.socket_options()) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(local) = cfg.bind {
@@ -193,7 +194,8 @@ fn start(
 
 /// Binds a listener and starts accepting.
 pub(crate) fn listen(addr: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Arc<Core>> {
-    let l = sys::tcp_listener(addr, &cfg).map_err(|source| Error::Bind { addr, source })?;
+    let l = bind::tcp_listener(addr, cfg.listen_backlog, cfg.socket_options())
+        .map_err(|source| Error::Bind { addr, source })?;
     let local = canonical(l.local_addr()?);
     let children = Children::new(cfg.backlog, Overflow::Block);
     let core = Core::new(

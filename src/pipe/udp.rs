@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock, Weak};
 use tokio::net::UdpSocket;
 
 use super::shared::{register_child, Children, Core, Io};
-use super::{sys, Error, Message, Overflow, Pipe, PipeConfig, Proto, Result};
+use super::{Error, Message, Overflow, Pipe, PipeConfig, Proto, Result};
 use crate::addr::canonical;
 
 use super::reader::{Reader, MAX_DATAGRAM};
@@ -80,7 +80,7 @@ async fn send(
 }
 
 fn bind(addr: SocketAddr, cfg: &PipeConfig) -> Result<Arc<UdpSocket>> {
-    sys::udp_bind(addr, cfg)
+    crate::iface::bind::udp_socket_with(addr, cfg.socket_options())
         .map(Arc::new)
         .map_err(|source| Error::Bind { addr, source })
 }
