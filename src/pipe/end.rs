@@ -17,6 +17,15 @@ pub(super) enum Close {
     Reset,
 }
 
+/// Shuts a core down when dropped.
+struct ShutdownOnDrop<'a>(&'a Arc<Core>);
+
+impl Drop for ShutdownOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
 impl Core {
     /// Closes the pipe from this side (`Pipe::close` and `Pipe::abort`):
     /// records `Closed`, stops waiting readers and senders, ends a TCP
@@ -29,13 +38,16 @@ impl Core {
         self.finish(EndReason::Closed);
         // A send blocked on a peer that does not read gives up now.
         self.interrupt();
+        // Released even if this future is dropped while the FIN or RST waits
+        // for a send to give up.
+        let release = ShutdownOnDrop(self);
         if let Io::Tcp(w) = &self.io {
             match how {
                 Close::Fin => w.shutdown().await,
                 Close::Reset => w.abort().await,
             }
         }
-        self.shutdown();
+        drop(release);
         self.join_tasks().await;
     }
 

@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::Decoder;
+use tokio_util::codec::{Decoder, Encoder};
 
 use super::Error;
 
@@ -28,7 +28,7 @@ pub(crate) const MAX_HEADER: usize = 8;
 /// | `Lines` | a line, without its `\n` (and `\r`) | `data` and `\n` |
 /// | `LengthPrefixed` | a payload after its u32 big-endian length | length, then `data` |
 /// | `Btpeer` | type (4 bytes) followed by payload, without the length | type, length, payload |
-/// | `Custom` | whatever your decoder yields | `data` as given |
+/// | `Custom` | whatever your decoder yields | what your encoder writes for `data` (`data` as given without one) |
 #[derive(Clone, Default)]
 pub enum Framing {
     /// Chunks as they are read. The fastest; message boundaries are not kept.
@@ -41,7 +41,8 @@ pub enum Framing {
     /// btpeer frames: 4-byte type, u32 big-endian length, payload
     /// (see `docs/protocol.md`). A message is the type followed by the payload.
     Btpeer,
-    /// Any tokio-util [`Decoder`], made fresh for every connection.
+    /// Any tokio-util [`Decoder`], and optionally an [`Encoder`], made fresh for every
+    /// connection: see [`Framing::custom`] and [`Framing::codec`].
     Custom(CustomFraming),
 }
 
@@ -85,16 +86,40 @@ where
     }
 }
 
-type DecoderFactory = dyn Fn() -> Box<dyn DynDecoder> + Send + Sync;
+/// Object-safe form of a user encoder.
+pub(crate) trait DynEncoder: Send {
+    /// Appends the wire form of the message `data` to `out`.
+    fn encode(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), Error>;
+}
 
-/// A factory of user decoders, one per connection. Build it with [`Framing::custom`].
+impl<E> DynEncoder for Adapter<E>
+where
+    E: Encoder<Bytes> + Send,
+    E::Error: fmt::Display,
+{
+    fn encode(&mut self, data: &[u8], out: &mut BytesMut) -> Result<(), Error> {
+        self.0
+            .encode(Bytes::copy_from_slice(data), out)
+            .map_err(|e| Error::BadFrame(e.to_string()))
+    }
+}
+
+type DecoderFactory = dyn Fn() -> Box<dyn DynDecoder> + Send + Sync;
+type EncoderFactory = dyn Fn() -> Box<dyn DynEncoder> + Send + Sync;
+
+/// A factory of user decoders (and encoders), one per connection. Build it with
+/// [`Framing::custom`] or [`Framing::codec`].
 #[derive(Clone)]
-pub struct CustomFraming(Arc<DecoderFactory>);
+pub struct CustomFraming {
+    decoder: Arc<DecoderFactory>,
+    encoder: Option<Arc<EncoderFactory>>,
+}
 
 impl Framing {
     /// Frames the stream with any tokio-util decoder. `make` is called once per
     /// connection. The decoder is responsible for bounding its own lengths;
     /// the pipe still ends a connection whose unframed bytes exceed `max_frame`.
+    /// A send writes its bytes as given: use [`Framing::codec`] to frame them too.
     pub fn custom<D, F>(make: F) -> Framing
     where
         F: Fn() -> D + Send + Sync + 'static,
@@ -102,9 +127,51 @@ impl Framing {
         D::Item: Into<Bytes>,
         D::Error: fmt::Display,
     {
-        Framing::Custom(CustomFraming(Arc::new(move || {
-            Box::new(Adapter(make())) as Box<dyn DynDecoder>
-        })))
+        Framing::Custom(CustomFraming {
+            decoder: Arc::new(move || Box::new(Adapter(make())) as Box<dyn DynDecoder>),
+            encoder: None,
+        })
+    }
+
+    /// Frames the stream both ways with a tokio-util codec: its [`Decoder`] cuts what
+    /// arrives into messages, as with [`Framing::custom`], and its [`Encoder`] writes
+    /// what is sent: `send(data)` writes what `encode(data)` appends. `make` is called
+    /// twice per connection, once for the reading side and once for the sending side,
+    /// so that the two never wait for each other. The `max_frame` limit applies to
+    /// the message given to `send`.
+    ///
+    /// ```
+    /// use p2pipe::{Framing, PipeConfig};
+    /// use tokio_util::codec::LengthDelimitedCodec;
+    /// let cfg = PipeConfig::default().framing(Framing::codec(LengthDelimitedCodec::new));
+    /// ```
+    pub fn codec<C, F>(make: F) -> Framing
+    where
+        F: Fn() -> C + Send + Sync + 'static,
+        C: Decoder + Encoder<Bytes> + Send + 'static,
+        <C as Decoder>::Item: Into<Bytes>,
+        <C as Decoder>::Error: fmt::Display,
+        <C as Encoder<Bytes>>::Error: fmt::Display,
+    {
+        let make = Arc::new(make);
+        let for_encoder = make.clone();
+        Framing::Custom(CustomFraming {
+            decoder: Arc::new(move || Box::new(Adapter(make())) as Box<dyn DynDecoder>),
+            encoder: Some(Arc::new(move || {
+                Box::new(Adapter(for_encoder())) as Box<dyn DynEncoder>
+            })),
+        })
+    }
+
+    /// A fresh encoder for one connection, if the framing has one of its own.
+    pub(crate) fn encoder(&self) -> Option<Box<dyn DynEncoder>> {
+        match self {
+            Framing::Custom(CustomFraming {
+                encoder: Some(make),
+                ..
+            }) => Some(make()),
+            _ => None,
+        }
     }
 
     pub(crate) fn decoder(&self, max_frame: usize, chunk: usize) -> FrameDecoder {
@@ -113,7 +180,7 @@ impl Framing {
             Framing::Lines => Kind::Lines { scanned: 0 },
             Framing::LengthPrefixed => Kind::Length,
             Framing::Btpeer => Kind::Btpeer,
-            Framing::Custom(c) => Kind::Custom((c.0)()),
+            Framing::Custom(c) => Kind::Custom((c.decoder)()),
         };
         FrameDecoder {
             kind,
@@ -170,6 +237,9 @@ impl Framing {
     pub fn encode(&self, data: &[u8], max_frame: usize, out: &mut BytesMut) -> Result<(), Error> {
         let mut head = [0u8; MAX_HEADER];
         let (h, skip, trailer) = self.encode_header(data, max_frame, &mut head)?;
+        if let Some(mut encoder) = self.encoder() {
+            return encoder.encode(data, out);
+        }
         out.reserve(h + data.len() - skip + trailer.len());
         out.put_slice(&head[..h]);
         out.put_slice(&data[skip..]);

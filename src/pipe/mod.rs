@@ -62,6 +62,7 @@ mod error;
 mod flow;
 mod framing;
 mod inline;
+mod io;
 mod queue;
 mod reader;
 mod shared;
@@ -87,6 +88,7 @@ use crate::addr::{canonical, ToTarget};
 pub use config::PipeConfig;
 pub use error::{Error, Result};
 pub use framing::{CustomFraming, Framing};
+pub use io::PipeIo;
 pub use queue::Overflow;
 
 use config::never_block;
@@ -291,7 +293,8 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: nothing is left behind if the future is dropped.
+    /// Cancel safe, and fit for `tokio::time::timeout`: if the future is dropped,
+    /// nothing is left behind (the socket of a connect in progress is closed).
     pub async fn connect(proto: Proto, target: impl ToTarget) -> Result<Pipe> {
         Self::connect_with(proto, target, &PipeConfig::default()).await
     }
@@ -300,7 +303,8 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: nothing is left behind if the future is dropped.
+    /// Cancel safe, and fit for `tokio::time::timeout`: if the future is dropped,
+    /// nothing is left behind (the socket of a connect in progress is closed).
     pub async fn connect_with(
         proto: Proto,
         target: impl ToTarget,
@@ -322,7 +326,8 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe.
+    /// Cancel safe, and fit for `tokio::time::timeout`: if the future is dropped
+    /// before it returns, no socket is left bound.
     pub async fn listen(proto: Proto, addr: impl ToTarget) -> Result<Pipe> {
         Self::listen_with(proto, addr, &PipeConfig::default()).await
     }
@@ -331,7 +336,7 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe.
+    /// As [`Pipe::listen`].
     pub async fn listen_with(proto: Proto, addr: impl ToTarget, cfg: &PipeConfig) -> Result<Pipe> {
         let target = addr.to_target()?;
         let addr = crate::dns::default_resolver()
@@ -389,9 +394,15 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe on TCP: if the future is dropped part-way, part of the
-    /// message may have been written. Do not cancel a send you want to keep
-    /// using the connection after.
+    /// It may be wrapped in `tokio::time::timeout` or raced in `select!`. What a dropped send leaves
+    /// depends on where it stopped, and it is not counted in [`PipeStats::sent`]:
+    ///
+    /// - On UDP, nothing: a datagram goes out whole or not at all.
+    /// - On TCP, a send dropped while it waits for its turn behind other sends has
+    ///   written nothing. One dropped while its bytes are being written (the peer
+    ///   does not read and the socket's buffer is full) may have written the first
+    ///   part of the framed message, and the rest never follows, so the peer would
+    ///   see a broken frame: close the connection after cancelling such a send.
     pub async fn send(&self, data: impl AsRef<[u8]>) -> Result<()> {
         let c = self.core();
         let data = data.as_ref();
@@ -413,7 +424,8 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// As [`Pipe::send`]: if cancelled, part of `data` may have been written.
+    /// As [`Pipe::send`]: on TCP, a send dropped while writing may have written
+    /// the first part of `data`.
     pub async fn send_raw(&self, data: impl AsRef<[u8]>) -> Result<()> {
         let c = self.core();
         match &c.io {
@@ -430,7 +442,8 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// As [`Pipe::send`]: if cancelled, part of the parts may have been written.
+    /// As [`Pipe::send`]: on TCP, a send dropped while writing may have written
+    /// the first part of the parts.
     pub async fn send_raw_parts(&self, parts: &[&[u8]]) -> Result<()> {
         let c = self.core();
         match &c.io {
@@ -477,7 +490,9 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: a message is removed from the flow only when it is returned.
+    /// Cancel safe, and fit for `tokio::time::timeout` or `select!`: a message
+    /// is removed from the flow only in the poll that returns it, so if the
+    /// future is dropped nothing is lost, and the next `recv` gets that message.
     pub async fn recv(&self) -> Result<Message> {
         let c = self.core();
         if c.is_listener() {
@@ -507,7 +522,8 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe.
+    /// Cancel safe, as [`Pipe::recv`]: a message is lost neither to the time
+    /// limit nor to dropping the future.
     pub async fn recv_timeout(&self, limit: Duration) -> Result<Message> {
         match tokio::time::timeout(limit, self.recv()).await {
             Ok(r) => r,
@@ -663,7 +679,8 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe.
+    /// Cancel safe, and fit for `tokio::time::timeout`: dropping the future
+    /// loses nothing; the reason stays for the next call.
     pub async fn ended(&self) -> EndReason {
         self.core().read_in_background();
         let mut rx = self.core().end.subscribe();
@@ -681,7 +698,9 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: a peer is taken from the backlog only when it is returned.
+    /// Cancel safe, and fit for `tokio::time::timeout` or `select!`: a peer is
+    /// taken from the backlog only in the poll that returns it, so if the
+    /// future is dropped nothing is lost, and the next `accept` gets that peer.
     pub async fn accept(&self) -> Result<Pipe> {
         let c = self.core();
         let Some(ch) = c.children() else {
@@ -696,6 +715,21 @@ impl Pipe {
         }
     }
 
+    /// As [`Pipe::accept`], and also gives the peer's address, as tokio's
+    /// `TcpListener::accept` does.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Pipe::accept`]: nothing is lost if the future is dropped.
+    pub async fn accept_from(&self) -> Result<(Pipe, SocketAddr)> {
+        let pipe = self.accept().await?;
+        let peer = pipe
+            .core()
+            .peer
+            .expect("a peer of a listener has an address");
+        Ok((pipe, peer))
+    }
+
     /// Closes the pipe: a TCP connection is shut down (FIN) and released; a
     /// listener stops and its port is free for an immediate rebind when this
     /// returns. Peers of a UDP listener end with it; accepted TCP connections
@@ -703,8 +737,10 @@ impl Pipe {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: the pipe is closed when the first poll returns; waiting
-    /// only makes sure the socket is gone.
+    /// Cancel safe, and fit for `tokio::time::timeout`: the pipe has ended
+    /// (`Closed`) from the first poll on, and if the future is dropped before
+    /// it completes, the socket is released all the same; only the wait for
+    /// the pipe's tasks to be gone is skipped.
     pub async fn close(&self) {
         self.core().close(Close::Fin).await;
     }

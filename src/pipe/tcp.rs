@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::framing::MAX_HEADER;
+use super::framing::{DynEncoder, MAX_HEADER};
 use super::reader::Reader;
 use super::shared::{register_child, Children, Core, Io};
 use super::{EndReason, Error, Overflow, Pipe, PipeConfig, Proto, Result};
@@ -25,6 +25,8 @@ const COALESCE: usize = 16 * 1024;
 struct WriteState {
     half: OwnedWriteHalf,
     buf: BytesMut,
+    /// The encoder of a [`Framing::codec`](super::Framing::codec) framing.
+    encoder: Option<Box<dyn DynEncoder>>,
 }
 
 /// The sending half of a TCP pipe. Sends are serialised so that messages
@@ -32,13 +34,15 @@ struct WriteState {
 pub(crate) struct Writer(tokio::sync::Mutex<Option<WriteState>>);
 
 impl Writer {
-    fn new(half: OwnedWriteHalf) -> Self {
+    fn new(half: OwnedWriteHalf, encoder: Option<Box<dyn DynEncoder>>) -> Self {
         Writer(tokio::sync::Mutex::new(Some(WriteState {
             half,
             buf: BytesMut::new(),
+            encoder,
         })))
     }
 
+    /// Sends one message: framed by the pipe's framing, or as it is if `raw`.
     pub(crate) async fn send(&self, core: &Core, data: &[u8], raw: bool) -> Result<()> {
         let cfg = &core.cfg;
         let mut head = [0u8; MAX_HEADER];
@@ -47,53 +51,29 @@ impl Writer {
         } else {
             cfg.framing.encode_header(data, cfg.max_frame, &mut head)?
         };
-        self.write(core, &[&head[..h], &data[skip..], trailer])
-            .await
-    }
-
-    /// Writes `parts` back to back with no other send between them: small messages are
-    /// copied into one buffer and written in one call, larger ones part by part.
-    pub(crate) async fn write(&self, core: &Core, parts: &[&[u8]]) -> Result<()> {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
         // Outside the cooperative budget, as the reader's lock (see reader.rs).
         let mut guard = tokio::task::unconstrained(self.0.lock()).await;
         let Some(st) = guard.as_mut() else {
             return Err(Error::Ended(core.end_or_closed()));
         };
-        let write = async {
-            let nonempty = parts.iter().filter(|p| !p.is_empty()).count();
-            if nonempty <= 1 {
-                for p in parts {
-                    st.half.write_all(p).await?;
-                }
-                Ok(())
-            } else if total <= COALESCE {
+        match &mut st.encoder {
+            Some(encoder) if !raw => {
                 st.buf.clear();
-                for p in parts {
-                    st.buf.put_slice(p);
-                }
-                st.half.write_all(&st.buf).await
-            } else {
-                for p in parts {
-                    st.half.write_all(p).await?;
-                }
-                Ok(())
+                encoder.encode(data, &mut st.buf)?;
+                until_closed(core, st.half.write_all(&st.buf)).await
             }
+            _ => until_closed(core, st.write(&[&head[..h], &data[skip..], trailer])).await,
+        }
+    }
+
+    /// Writes `parts` back to back with no other send between them: small messages are
+    /// copied into one buffer and written in one call, larger ones part by part.
+    pub(crate) async fn write(&self, core: &Core, parts: &[&[u8]]) -> Result<()> {
+        let mut guard = tokio::task::unconstrained(self.0.lock()).await;
+        let Some(st) = guard.as_mut() else {
+            return Err(Error::Ended(core.end_or_closed()));
         };
-        tokio::pin!(write);
-        poll_fn(|cx| {
-            if let Poll::Ready(r) = write.as_mut().poll(cx) {
-                return Poll::Ready(r.map_err(Error::Io));
-            }
-            // Waiting for room: give up if this side closes meanwhile. The
-            // lock makes this send the only one waiting.
-            core.write_waker.register(cx.waker());
-            if core.is_closing() {
-                return Poll::Ready(Err(Error::Ended(EndReason::Closed)));
-            }
-            Poll::Pending
-        })
-        .await
+        until_closed(core, st.write(parts)).await
     }
 
     /// Drops the write half (the OS sends FIN) if no send holds it.
@@ -124,6 +104,41 @@ impl Writer {
         }
         g.take();
     }
+}
+
+impl WriteState {
+    async fn write(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let nonempty = parts.iter().filter(|p| !p.is_empty()).count();
+        if nonempty > 1 && total <= COALESCE {
+            self.buf.clear();
+            for p in parts {
+                self.buf.put_slice(p);
+            }
+            return self.half.write_all(&self.buf).await;
+        }
+        for p in parts {
+            self.half.write_all(p).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a write, giving up if this side closes while it waits for room. The
+/// writer's lock makes the write the only one waiting.
+async fn until_closed(core: &Core, write: impl Future<Output = io::Result<()>>) -> Result<()> {
+    tokio::pin!(write);
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = write.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(Error::Io));
+        }
+        core.write_waker.register(cx.waker());
+        if core.is_closing() {
+            return Poll::Ready(Err(Error::Ended(EndReason::Closed)));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Connects to the first of `addrs` that answers.
@@ -181,12 +196,13 @@ fn start(
     let peer = canonical(stream.peer_addr()?);
     let (r, w) = stream.into_split();
     let reader = Reader::tcp(&cfg, r);
+    let writer = Writer::new(w, cfg.framing.encoder());
     Ok(Core::new(
         Proto::Tcp,
         local,
         Some(peer),
         cfg,
-        Io::Tcp(Writer::new(w)),
+        Io::Tcp(writer),
         parent,
         Some(reader),
     ))

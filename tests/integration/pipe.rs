@@ -1581,3 +1581,226 @@ async fn every_send_method_counts_one_sent_message() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The Pipe with tokio's traits and time limits
+
+/// A TCP pipe with raw framing is a tokio byte stream: `copy_bidirectional` relays a raw
+/// client to a raw echo peer through it, and a few hundred KiB come back intact.
+#[tokio::test]
+async fn a_raw_tcp_pipe_relays_with_copy_bidirectional() {
+    for fam in single_families("pipe_io_copy") {
+        // The echo peer: plain tokio.
+        let echo = within(tokio::net::TcpListener::bind(fam.listen))
+            .await
+            .unwrap();
+        let echo_addr = fam.target(0, echo.local_addr().unwrap().port());
+        tokio::spawn(async move {
+            let (mut s, _) = echo.accept().await.unwrap();
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        // The relay: a raw client's connection copied both ways through a pipe.
+        let pipe = within(Pipe::connect(Proto::Tcp, echo_addr)).await.unwrap();
+        let mut io = pipe.io().unwrap();
+        let front = within(tokio::net::TcpListener::bind(fam.listen))
+            .await
+            .unwrap();
+        let front_addr = fam.target(0, front.local_addr().unwrap().port());
+        let relay = tokio::spawn(async move {
+            let (mut s, _) = front.accept().await.unwrap();
+            tokio::io::copy_bidirectional(&mut s, &mut io).await
+        });
+        // The client writes 300 KiB, ends its side, and reads everything back.
+        let body: Vec<u8> = (0..300 * 1024u32)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let client = within(TcpStream::connect(front_addr)).await.unwrap();
+        let (mut r, mut w) = client.into_split();
+        let to_send = body.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&to_send).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        within(r.read_to_end(&mut back)).await.unwrap();
+        within(writer).await.unwrap();
+        assert_eq!(back.len(), body.len(), "{}", fam.name);
+        assert!(back == body, "{}: the echoed bytes differ", fam.name);
+        let (up, down) = within(relay).await.unwrap().unwrap();
+        assert_eq!(
+            (up, down),
+            (body.len() as u64, body.len() as u64),
+            "{}",
+            fam.name
+        );
+        assert_eq!(within(pipe.ended()).await, EndReason::Fin, "{}", fam.name);
+    }
+}
+
+/// A byte stream is refused where messages are not the bytes on the wire, or where
+/// something else already takes the messages.
+#[tokio::test]
+async fn a_byte_stream_is_refused_for_udp_listeners_framing_and_handlers() {
+    let unsupported = |r: Result<p2pipe::pipe::PipeIo, Error>| {
+        assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+    };
+    let tcp = within(Pipe::listen(Proto::Tcp, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    unsupported(tcp.io());
+    let udp = within(Pipe::listen(Proto::Udp, "127.0.0.1:0"))
+        .await
+        .unwrap();
+    unsupported(udp.io());
+    let udp_client = within(Pipe::connect(Proto::Udp, udp.local_addr()))
+        .await
+        .unwrap();
+    unsupported(udp_client.io());
+    let lines = PipeConfig::default().framing(Framing::Lines);
+    let framed = within(Pipe::connect_with(Proto::Tcp, tcp.local_addr(), &lines))
+        .await
+        .unwrap();
+    unsupported(framed.io());
+    let raw = within(Pipe::connect(Proto::Tcp, tcp.local_addr()))
+        .await
+        .unwrap();
+    raw.on_message(|_, _| async {}).unwrap();
+    assert!(matches!(raw.io(), Err(Error::HandlerAttached)));
+}
+
+/// A varint length before every payload: a codec written the tokio-util way.
+struct Varint;
+
+impl Decoder for Varint {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        let mut len = 0usize;
+        for (i, &b) in buf.iter().enumerate().take(4) {
+            len |= ((b & 0x7f) as usize) << (7 * i);
+            if b & 0x80 == 0 {
+                if buf.len() < i + 1 + len {
+                    return Ok(None);
+                }
+                let mut frame = buf.split_to(i + 1 + len);
+                let _ = frame.split_to(i + 1);
+                return Ok(Some(frame));
+            }
+        }
+        if buf.len() >= 4 {
+            return Err(std::io::Error::other("varint longer than 4 bytes"));
+        }
+        Ok(None)
+    }
+}
+
+impl tokio_util::codec::Encoder<bytes::Bytes> for Varint {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, data: bytes::Bytes, out: &mut BytesMut) -> Result<(), std::io::Error> {
+        let mut len = data.len();
+        loop {
+            let b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                out.extend_from_slice(&[b]);
+                break;
+            }
+            out.extend_from_slice(&[b | 0x80]);
+        }
+        out.extend_from_slice(&data);
+        Ok(())
+    }
+}
+
+/// A pipe whose framing is a tokio-util codec talks to `Framed` with the same codec on a
+/// plain tokio socket: every message arrives whole and in order, both ways.
+#[tokio::test]
+async fn a_codec_framing_talks_to_tokio_framed_both_ways() {
+    let sizes = [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000, 5];
+    let message =
+        |i: usize, len: usize| -> Vec<u8> { (0..len).map(|j| (i * 31 + j) as u8).collect() };
+    for fam in families("codec_framing") {
+        let cfg = PipeConfig::default()
+            .dual_stack(fam.dual_stack)
+            .framing(Framing::codec(|| Varint));
+        let server = listen(Proto::Tcp, &fam, &cfg).await;
+        let raw = raw_tcp(&fam, 0, server.local_addr().port()).await;
+        let mut framed = tokio_util::codec::Framed::new(raw, Varint);
+        let peer = accept(&server).await;
+        for (i, &len) in sizes.iter().enumerate() {
+            within(futures::SinkExt::send(&mut framed, message(i, len).into()))
+                .await
+                .unwrap();
+        }
+        for (i, &len) in sizes.iter().enumerate() {
+            let m = recv(&peer).await;
+            assert_eq!(
+                &m.data[..],
+                &message(i, len)[..],
+                "{}: to the pipe, #{i}",
+                fam.name
+            );
+            send(&peer, message(100 + i, len)).await;
+        }
+        for (i, &len) in sizes.iter().enumerate() {
+            let got = within(framed.next()).await.expect("a frame").unwrap();
+            assert_eq!(
+                &got[..],
+                &message(100 + i, len)[..],
+                "{}: from the pipe, #{i}",
+                fam.name
+            );
+        }
+        assert_eq!(peer.stats().sent, sizes.len() as u64, "{}", fam.name);
+    }
+}
+
+/// `accept_from` gives the peer's address with its pipe, as tokio's `accept` does, on TCP
+/// and UDP, over IPv4 and IPv6.
+#[tokio::test]
+async fn accept_from_gives_the_peers_address() {
+    for fam in single_families("accept_from") {
+        for proto in PROTOS {
+            let c = cfg(proto, &fam);
+            let server = listen(proto, &fam, &c).await;
+            let cl = client(proto, &fam, 0, server.local_addr().port(), &c).await;
+            // A UDP peer exists once it has sent something.
+            send(&cl, b"hello").await;
+            let (peer, addr) = within(server.accept_from()).await.unwrap();
+            assert_eq!(addr, cl.local_addr(), "{proto}/{}", fam.name);
+            assert_eq!(peer.peer_addr(), Some(addr), "{proto}/{}", fam.name);
+            assert_eq!(text(&recv(&peer).await), "hello", "{proto}/{}", fam.name);
+        }
+    }
+}
+
+/// `recv` and `accept` under a `tokio::time::timeout` that fires first lose nothing: the
+/// next connection and the next message are still delivered.
+#[tokio::test]
+async fn recv_and_accept_cut_short_by_a_timeout_lose_nothing() {
+    for fam in families("timeouts") {
+        for proto in PROTOS {
+            let what = format!("{proto}/{}", fam.name);
+            let c = cfg(proto, &fam);
+            let server = listen(proto, &fam, &c).await;
+            let early = tokio::time::timeout(SHORT, server.accept()).await;
+            assert!(early.is_err(), "{what}: accept returned early");
+            let cl = client(proto, &fam, 0, server.local_addr().port(), &c).await;
+            send(&cl, b"one").await;
+            let (peer, _) = within(server.accept_from()).await.unwrap();
+            assert_eq!(text(&recv(&peer).await), "one", "{what}");
+            let early = tokio::time::timeout(SHORT, peer.recv()).await;
+            assert!(early.is_err(), "{what}: recv returned early");
+            send(&cl, b"two").await;
+            assert_eq!(text(&recv(&peer).await), "two", "{what}");
+            let early = tokio::time::timeout(SHORT, cl.recv()).await;
+            assert!(early.is_err(), "{what}: the client's recv returned early");
+            send(&peer, b"three").await;
+            assert_eq!(text(&recv(&cl).await), "three", "{what}");
+        }
+    }
+}
