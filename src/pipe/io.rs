@@ -58,6 +58,18 @@ impl Pipe {
     /// [`AsyncWrite`] (see [`PipeIo`]). The pipe stays open while the stream
     /// or any other handle exists.
     ///
+    /// ```no_run
+    /// use p2pipe::{Pipe, Proto};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Relay a plain TCP client through a pipe.
+    /// let pipe = Pipe::connect(Proto::Tcp, "127.0.0.1:7000").await?;
+    /// let mut io = pipe.io()?;
+    /// let front = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let (mut client, _) = front.accept().await?;
+    /// tokio::io::copy_bidirectional(&mut client, &mut io).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Unsupported`] for a UDP pipe (datagrams are not a byte stream), a
