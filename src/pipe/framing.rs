@@ -191,7 +191,7 @@ impl Framing {
 
     /// Bytes written before the payload, and after it, for a message of `len`
     /// payload bytes. Checks what the framing forbids.
-    pub(crate) fn encode_header(
+    pub(crate) fn frame_header(
         &self,
         data: &[u8],
         max_frame: usize,
@@ -233,10 +233,13 @@ impl Framing {
         }
     }
 
-    /// Encodes one message into `out` (a convenience for tests and tools).
-    pub fn encode(&self, data: &[u8], max_frame: usize, out: &mut BytesMut) -> Result<(), Error> {
+    /// Appends one message to `out` as this framing puts it on the wire (a
+    /// convenience for tests and tools). Fails where a send would: a message over
+    /// `max_frame`, a line with a newline, a btpeer message shorter than its type
+    /// (then nothing is appended), or an error of a codec's encoder.
+    pub fn frame(&self, data: &[u8], max_frame: usize, out: &mut BytesMut) -> Result<(), Error> {
         let mut head = [0u8; MAX_HEADER];
-        let (h, skip, trailer) = self.encode_header(data, max_frame, &mut head)?;
+        let (h, skip, trailer) = self.frame_header(data, max_frame, &mut head)?;
         if let Some(mut encoder) = self.encoder() {
             return encoder.encode(data, out);
         }
@@ -432,7 +435,7 @@ mod tests {
     fn length_prefixed_round_trip() {
         let mut wire = BytesMut::new();
         for m in [&b"alpha"[..], b"", b"\x00\xff"] {
-            Framing::LengthPrefixed.encode(m, 16, &mut wire).unwrap();
+            Framing::LengthPrefixed.frame(m, 16, &mut wire).unwrap();
         }
         assert_eq!(&wire[..9], b"\x00\x00\x00\x05alpha");
         let (msgs, err) = decode_all(&Framing::LengthPrefixed, 16, &wire);
@@ -458,10 +461,8 @@ mod tests {
     #[test]
     fn btpeer_frames_carry_type_then_payload() {
         let mut wire = BytesMut::new();
-        Framing::Btpeer
-            .encode(b"QUERme k 5", 64, &mut wire)
-            .unwrap();
-        Framing::Btpeer.encode(b"PING", 64, &mut wire).unwrap();
+        Framing::Btpeer.frame(b"QUERme k 5", 64, &mut wire).unwrap();
+        Framing::Btpeer.frame(b"PING", 64, &mut wire).unwrap();
         assert_eq!(&wire[..], b"QUER\x00\x00\x00\x06me k 5PING\x00\x00\x00\x00");
         let (msgs, err) = decode_all(&Framing::Btpeer, 64, &wire);
         assert!(err.is_none());
@@ -490,12 +491,12 @@ mod tests {
     }
 
     #[test]
-    fn encode_refuses_what_the_framing_forbids() {
+    fn frame_refuses_what_the_framing_forbids() {
         let mut out = BytesMut::new();
-        assert!(Framing::Lines.encode(b"a\nb", 64, &mut out).is_err());
-        assert!(Framing::Btpeer.encode(b"AB", 64, &mut out).is_err());
+        assert!(Framing::Lines.frame(b"a\nb", 64, &mut out).is_err());
+        assert!(Framing::Btpeer.frame(b"AB", 64, &mut out).is_err());
         assert!(matches!(
-            Framing::LengthPrefixed.encode(&[0; 65], 64, &mut out),
+            Framing::LengthPrefixed.frame(&[0; 65], 64, &mut out),
             Err(Error::TooLarge { len: 65, max: 64 })
         ));
         assert!(out.is_empty());
@@ -507,5 +508,21 @@ mod tests {
         let (msgs, err) = decode_all(&framing, 64, b"x\ny\n");
         assert!(err.is_none());
         assert_eq!(msgs, vec![&b"x"[..], b"y"]);
+    }
+
+    #[test]
+    fn codec_framing_encodes_what_it_decodes() {
+        let framing = Framing::codec(tokio_util::codec::LengthDelimitedCodec::new);
+        let mut wire = BytesMut::new();
+        framing.frame(b"alpha", 64, &mut wire).unwrap();
+        framing.frame(b"", 64, &mut wire).unwrap();
+        assert_eq!(&wire[..9], b"\x00\x00\x00\x05alpha");
+        let (msgs, err) = decode_all(&framing, 64, &wire);
+        assert!(err.is_none());
+        assert_eq!(msgs, vec![&b"alpha"[..], b""]);
+        assert!(matches!(
+            framing.frame(&[0; 65], 64, &mut wire),
+            Err(Error::TooLarge { len: 65, max: 64 })
+        ));
     }
 }

@@ -49,7 +49,7 @@ impl Writer {
         let (h, skip, trailer) = if raw {
             (0, 0, &b""[..])
         } else {
-            cfg.framing.encode_header(data, cfg.max_frame, &mut head)?
+            cfg.framing.frame_header(data, cfg.max_frame, &mut head)?
         };
         // Outside the cooperative budget, as the reader's lock (see reader.rs).
         let mut guard = tokio::task::unconstrained(self.0.lock()).await;
