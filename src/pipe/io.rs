@@ -14,6 +14,9 @@ use tokio_util::sync::ReusableBoxFuture;
 use super::shared::Io;
 use super::{EndReason, Error, Framing, Message, Pipe, Result};
 
+/// The largest write buffer a [`PipeIo`] keeps for the next write.
+const SPARE_MAX: usize = 64 * 1024;
+
 /// A TCP connection with raw framing, as an [`AsyncRead`] + [`AsyncWrite`] byte stream.
 /// Made by [`Pipe::io`].
 ///
@@ -37,9 +40,12 @@ pub struct PipeIo {
     /// What the last message held beyond the caller's buffer.
     leftover: Bytes,
     eof: bool,
-    /// The write (or the shutdown) in flight, while `writing`.
-    write: ReusableBoxFuture<'static, Result<()>>,
+    /// The write (or the shutdown) in flight, while `writing`; it gives its
+    /// buffer back.
+    write: ReusableBoxFuture<'static, (Result<()>, Vec<u8>)>,
     writing: bool,
+    /// The buffer the next write copies into, reused from write to write.
+    spare: Vec<u8>,
     shut: bool,
 }
 
@@ -105,8 +111,9 @@ impl Pipe {
             reading: false,
             leftover: Bytes::new(),
             eof: false,
-            write: ReusableBoxFuture::new(async { Ok(()) }),
+            write: ReusableBoxFuture::new(async { (Ok(()), Vec::new()) }),
             writing: false,
+            spare: Vec::new(),
             shut: false,
         })
     }
@@ -123,8 +130,12 @@ impl PipeIo {
         if !self.writing {
             return Poll::Ready(Ok(()));
         }
-        let r = ready!(self.write.poll(cx));
+        let (r, mut spare) = ready!(self.write.poll(cx));
         self.writing = false;
+        if spare.capacity() <= SPARE_MAX {
+            spare.clear();
+            self.spare = spare;
+        }
         Poll::Ready(r.map_err(io_error))
     }
 }
@@ -182,8 +193,12 @@ impl AsyncWrite for PipeIo {
             return Poll::Ready(Ok(0));
         }
         let pipe = this.pipe.clone();
-        let data = Bytes::copy_from_slice(buf);
-        this.write.set(async move { pipe.send_raw(data).await });
+        let mut data = std::mem::take(&mut this.spare);
+        data.extend_from_slice(buf);
+        this.write.set(async move {
+            let r = pipe.send_raw(&data).await;
+            (r, data)
+        });
         this.writing = true;
         // Start it now; it finishes in a later write, flush or shutdown.
         if let Poll::Ready(Err(e)) = this.poll_pending_write(cx) {
@@ -206,7 +221,7 @@ impl AsyncWrite for PipeIo {
                 if let Io::Tcp(w) = &pipe.core().io {
                     w.shutdown().await;
                 }
-                Ok(())
+                (Ok(()), Vec::new())
             });
             this.writing = true;
         }

@@ -18,14 +18,25 @@ impl Owned {
     fn new(sock: Arc<UdpSocket>) -> Self {
         Owned(RwLock::new(Some(sock)))
     }
-    fn get(&self) -> Option<Arc<UdpSocket>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
     pub(crate) fn release(&self) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).take();
     }
     pub(crate) async fn send_to(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<()> {
-        send(core, self.get(), data, to).await
+        let to = checked(core, data, to)?;
+        // Almost every datagram goes out at once, under the read lock and
+        // without holding the socket past it; only a full socket buffer waits.
+        let waiting = {
+            let sock = self.0.read().unwrap_or_else(|e| e.into_inner());
+            let Some(sock) = sock.as_ref() else {
+                return Err(Error::Ended(core.end_or_closed()));
+            };
+            match try_send(sock, data, to)? {
+                true => return Ok(()),
+                false => sock.clone(),
+            }
+        };
+        waiting.send_to(data, to).await?;
+        Ok(())
     }
 }
 
@@ -45,19 +56,23 @@ impl Sender {
         match self {
             Sender::Own(o) => o.send_to(core, data, to).await,
             Sender::Child(w) => {
+                let to = checked(core, data, to)?;
                 let sock = if core.has_ended() { None } else { w.upgrade() };
-                send(core, sock, data, to).await
+                let Some(sock) = sock else {
+                    return Err(Error::Ended(core.end_or_closed()));
+                };
+                if !try_send(&sock, data, to)? {
+                    sock.send_to(data, to).await?;
+                }
+                Ok(())
             }
         }
     }
 }
 
-async fn send(
-    core: &Core,
-    sock: Option<Arc<UdpSocket>>,
-    data: &[u8],
-    to: SocketAddr,
-) -> Result<()> {
+/// Checks a datagram's size, and gives the address to send it to: a dual-stack
+/// IPv6 socket reaches IPv4 peers through mapped addresses.
+fn checked(core: &Core, data: &[u8], to: SocketAddr) -> Result<SocketAddr> {
     let max = core.cfg.max_frame.min(MAX_DATAGRAM);
     if data.len() > max {
         return Err(Error::TooLarge {
@@ -65,18 +80,22 @@ async fn send(
             max,
         });
     }
-    let Some(sock) = sock else {
-        return Err(Error::Ended(core.end_or_closed()));
-    };
-    // A dual-stack IPv6 socket reaches IPv4 peers through mapped addresses.
-    let to = match to {
+    Ok(match to {
         SocketAddr::V4(v4) if core.local.is_ipv6() => {
             SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
         }
         other => other,
-    };
-    sock.send_to(data, to).await?;
-    Ok(())
+    })
+}
+
+/// Sends a datagram if the socket can take it now: true if sent, false if the
+/// caller must wait for room.
+fn try_send(sock: &UdpSocket, data: &[u8], to: SocketAddr) -> Result<bool> {
+    match sock.try_send_to(data, to) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(Error::Io(e)),
+    }
 }
 
 fn bind(addr: SocketAddr, cfg: &PipeConfig) -> Result<Arc<UdpSocket>> {
