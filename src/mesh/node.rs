@@ -550,28 +550,7 @@ impl Mesh {
             .await
             .map_err(|source| Error::Connect { addr, source })?;
         let (hs, hello) = Handshake::initiator(&i.local(), nonce());
-        let hs =
-            tokio::time::timeout(i.handshake_timeout, Inner::drive(&pipe, hs, Some(hello))).await;
-        let (hs, peer) = match hs {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                i.counters
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(code) = e.refuse_code() {
-                    let _ = i.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
-                }
-                pipe.close().await;
-                return Err(Error::Handshake { addr, source: e });
-            }
-            Err(_) => {
-                i.counters
-                    .handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                pipe.close().await;
-                return Err(Error::HandshakeTimeout { addr });
-            }
-        };
+        let (hs, peer) = i.handshake(&pipe, addr, hs, Some(hello)).await?;
         let (session, _) = hs.accept(i.max_decompressed);
         match i.register(
             &peer,
@@ -599,8 +578,7 @@ impl Mesh {
                 Ok(peer)
             }
             Err(code) => {
-                let _ = i.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
-                pipe.close().await;
+                i.turn_away(&pipe, code).await;
                 Err(Error::NotTaken {
                     peer: peer.id,
                     code,
@@ -829,6 +807,41 @@ impl Inner {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
         }
+    }
+
+    /// Runs one side of a handshake under the handshake timeout. A failure is counted,
+    /// the peer is refused when the fault is its own, and the connection is closed.
+    async fn handshake(
+        &self,
+        pipe: &Pipe,
+        addr: SocketAddr,
+        hs: Handshake,
+        first: Option<Bytes>,
+    ) -> Result<(Handshake, PeerHello), Error> {
+        let c = &self.counters;
+        let driven = tokio::time::timeout(self.handshake_timeout, Self::drive(pipe, hs, first));
+        let err = match driven.await {
+            Ok(Ok(x)) => return Ok(x),
+            Ok(Err(source)) => {
+                c.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(code) = source.refuse_code() {
+                    let _ = self.send_bounded(pipe, &Handshake::refuse(code, "")).await;
+                }
+                Error::Handshake { addr, source }
+            }
+            Err(_) => {
+                c.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                Error::HandshakeTimeout { addr }
+            }
+        };
+        pipe.close().await;
+        Err(err)
+    }
+
+    /// Refuses a proven peer the node does not take (bounded), and closes.
+    async fn turn_away(&self, pipe: &Pipe, code: RefuseCode) {
+        let _ = self.send_bounded(pipe, &Handshake::refuse(code, "")).await;
+        pipe.close().await;
     }
 
     /// Runs a handshake up to the decision: sends `first` (the initiator's HELLO), then
@@ -1231,26 +1244,10 @@ impl Inner {
     async fn serve_inbound(self: Arc<Self>, pipe: Pipe) {
         let addr = pipe.peer_addr().expect("a connection has a peer");
         let hs = Handshake::acceptor(&self.local(), nonce());
-        let hs = tokio::time::timeout(self.handshake_timeout, Self::drive(&pipe, hs, None)).await;
-        let (hs, hello) = match hs {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                self.counters
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%addr, error = %e, "mesh handshake failed");
-                if let Some(code) = e.refuse_code() {
-                    let _ = self.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
-                }
-                pipe.close().await;
-                return;
-            }
-            Err(_) => {
-                self.counters
-                    .handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%addr, "mesh handshake timed out");
-                pipe.close().await;
+        let (hs, hello) = match self.handshake(&pipe, addr, hs, None).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "mesh handshake failed");
                 return;
             }
         };
@@ -1276,10 +1273,7 @@ impl Inner {
                 }
                 self.run_session(conn, rx, events).await;
             }
-            Err(code) => {
-                let _ = self.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
-                pipe.close().await;
-            }
+            Err(code) => self.turn_away(&pipe, code).await,
         }
     }
 }
