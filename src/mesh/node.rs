@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admit::{admit, Admit};
 use super::session::{self, Handshake, Incoming, Local, PeerHello, Reject, Step};
 use super::wire::{self, FrameCodec, RefuseCode};
 use super::{Direction, DisconnectReason, Disconnected, Error, Event, MeshMessage, Outgoing, Peer};
@@ -560,7 +561,7 @@ impl Mesh {
             session,
             Some(permit),
         ) {
-            Ok((conn, rx, events)) => {
+            Ok(Registered { conn, rx, events }) => {
                 let peer = conn.peer.clone();
                 // The session task owns the connection from here, so dropping this
                 // future cannot orphan it. `connect` returns once the event is queued:
@@ -864,9 +865,7 @@ impl Inner {
         }
     }
 
-    /// Takes a proven peer into the table, or says why not. On success, the peer, the
-    /// receiving half, and the event sender the session uses.
-    #[allow(clippy::type_complexity)]
+    /// Takes a proven peer into the table, or says why not (and counts the refusal).
     fn register(
         self: &Arc<Self>,
         hello: &PeerHello,
@@ -875,60 +874,42 @@ impl Inner {
         pipe: Pipe,
         session: session::Session,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<(RunningConn, session::Receiver, mpsc::Sender<Event>), RefuseCode> {
-        let refuse = |code| {
+    ) -> Result<Registered, RefuseCode> {
+        let r = self.try_register(hello, direction, addr, pipe, session, permit);
+        if r.is_err() {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            Err(code)
-        };
-        if self.stopping.is_cancelled() {
-            return refuse(RefuseCode::Stopping);
         }
-        let Some(events) = self.emitter() else {
-            return refuse(RefuseCode::Stopping);
-        };
+        r
+    }
+
+    /// [`Inner::register`]'s steps: open for peers, the key bound to the id, the
+    /// duplicate rule ([`admit`]), a slot, then into the table.
+    fn try_register(
+        self: &Arc<Self>,
+        hello: &PeerHello,
+        direction: Direction,
+        addr: SocketAddr,
+        pipe: Pipe,
+        session: session::Session,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Registered, RefuseCode> {
+        let events = self.open_for_peers()?;
         let mut known = self.known.lock().unwrap();
-        if let Some(k) = &hello.key {
-            let bound = self.trusted.get(&hello.id).or_else(|| known.get(&hello.id));
-            if bound.is_some_and(|b| b != k) {
-                return refuse(RefuseCode::BadKey);
-            }
-        }
+        self.check_key(&known, hello)?;
         let mut conns = self.conns.lock().unwrap();
-        let mut replaced = None;
-        if let Some(old) = conns.get(hello.id.as_str()) {
-            let initiator = |d: Direction| match d {
-                Direction::Outbound => &*self.id,
-                Direction::Inbound => hello.id.as_str(),
-            };
-            let keep = (&*self.id).min(hello.id.as_str());
-            let (old_i, new_i) = (initiator(old.peer.direction), initiator(direction));
-            // Same opener twice: the second is a duplicate. Two openers (both nodes
-            // connected at once): both sides keep the one the smaller id opened.
-            if old_i == new_i || new_i != keep {
-                return refuse(RefuseCode::Duplicate);
-            }
-            replaced = conns.remove(hello.id.as_str());
+        let existing = conns.get(hello.id.as_str()).map(|c| c.peer.direction);
+        let decision = admit(&self.id, &hello.id, direction, existing);
+        if decision == Admit::Duplicate {
+            return Err(RefuseCode::Duplicate);
         }
-        let permit = match permit {
-            Some(p) => p,
-            None => match self.inbound.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    if let Some(old) = replaced {
-                        conns.insert(old.peer.id.clone(), old);
-                    }
-                    return refuse(RefuseCode::Limit);
-                }
-            },
-        };
+        let permit = self.slot(permit)?;
         if let Some(k) = hello.key {
             known.insert(hello.id.clone(), k);
         }
-        if let Some(old) = replaced {
-            *old.reason.lock().unwrap() = Some(DisconnectReason::Replaced);
-            old.ended.cancel();
-            let p = old.pipe.clone();
-            tokio::spawn(async move { p.close().await });
+        if decision == Admit::Replace {
+            if let Some(old) = conns.remove(hello.id.as_str()) {
+                close_replaced(old);
+            }
         }
         let peer = Peer {
             id: hello.id.as_str().into(),
@@ -937,33 +918,81 @@ impl Inner {
             listen_port: hello.listen_port,
             key: hello.key,
         };
+        let (conn, running) = self.new_conn(peer, pipe, session.tx, permit);
+        conns.insert(conn.peer.id.clone(), conn);
+        Ok(Registered {
+            conn: running,
+            rx: session.rx,
+            events,
+        })
+    }
+
+    /// The event sender, unless the node is stopping (then no peer is taken).
+    fn open_for_peers(&self) -> Result<mpsc::Sender<Event>, RefuseCode> {
+        if self.stopping.is_cancelled() {
+            return Err(RefuseCode::Stopping);
+        }
+        self.emitter().ok_or(RefuseCode::Stopping)
+    }
+
+    /// Refuses a key other than the one trusted for, or already bound to, the id.
+    fn check_key(
+        &self,
+        known: &HashMap<String, VerifyingKey>,
+        hello: &PeerHello,
+    ) -> Result<(), RefuseCode> {
+        let Some(k) = &hello.key else { return Ok(()) };
+        let bound = self.trusted.get(&hello.id).or_else(|| known.get(&hello.id));
+        if bound.is_some_and(|b| b != k) {
+            return Err(RefuseCode::BadKey);
+        }
+        Ok(())
+    }
+
+    /// The connection's slot: the outbound permit `connect` took, or an inbound one.
+    fn slot(
+        &self,
+        outbound: Option<OwnedSemaphorePermit>,
+    ) -> Result<OwnedSemaphorePermit, RefuseCode> {
+        match outbound {
+            Some(p) => Ok(p),
+            None => self
+                .inbound
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| RefuseCode::Limit),
+        }
+    }
+
+    /// A table entry for a new connection, and the session task's view of it.
+    fn new_conn(
+        self: &Arc<Self>,
+        peer: Peer,
+        pipe: Pipe,
+        tx: session::Sender,
+        permit: OwnedSemaphorePermit,
+    ) -> (Conn, RunningConn) {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let reason = Arc::new(Mutex::new(None));
         let ended = CancellationToken::new();
-        conns.insert(
-            peer.id.clone(),
-            Conn {
-                serial,
-                peer: peer.clone(),
-                pipe: pipe.clone(),
-                tx: Arc::new(tokio::sync::Mutex::new(session.tx)),
-                reason: reason.clone(),
-                ended: ended.clone(),
-                _permit: permit,
-            },
-        );
-        Ok((
-            RunningConn {
-                serial,
-                peer,
-                pipe,
-                reason,
-                ended,
-                table: Arc::downgrade(self),
-            },
-            session.rx,
-            events,
-        ))
+        let conn = Conn {
+            serial,
+            peer: peer.clone(),
+            pipe: pipe.clone(),
+            tx: Arc::new(tokio::sync::Mutex::new(tx)),
+            reason: reason.clone(),
+            ended: ended.clone(),
+            _permit: permit,
+        };
+        let running = RunningConn {
+            serial,
+            peer,
+            pipe,
+            reason,
+            ended,
+            table: Arc::downgrade(self),
+        };
+        (conn, running)
     }
 
     /// Reads the connection until it ends, then takes it out of the table and queues
@@ -1206,6 +1235,22 @@ impl Drop for RunningConn {
     }
 }
 
+/// A connection [`Inner::register`] took: its task's view of it, the receiving half,
+/// and the event sender the session uses.
+struct Registered {
+    conn: RunningConn,
+    rx: session::Receiver,
+    events: mpsc::Sender<Event>,
+}
+
+/// Ends a connection the duplicate rule replaced: it ends `Replaced`.
+fn close_replaced(old: Conn) {
+    *old.reason.lock().unwrap() = Some(DisconnectReason::Replaced);
+    old.ended.cancel();
+    let p = old.pipe.clone();
+    tokio::spawn(async move { p.close().await });
+}
+
 fn nonce() -> [u8; 32] {
     let mut n = [0u8; 32];
     getrandom::fill(&mut n).expect("the system random source");
@@ -1260,7 +1305,7 @@ impl Inner {
             session,
             None,
         ) {
-            Ok((conn, rx, events)) => {
+            Ok(Registered { conn, rx, events }) => {
                 // Queued before the AUTH goes out, so that once the initiator's
                 // `connect` returns, this side's event is in too.
                 let ev = Event::InboundConnected(conn.peer.clone());
