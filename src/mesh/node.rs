@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1003,73 +1004,121 @@ impl Inner {
         mut rx: session::Receiver,
         events: mpsc::Sender<Event>,
     ) {
+        let why = self.read_until_end(&conn, &mut rx, &events).await;
+        self.end_session(conn, why, &events).await;
+    }
+
+    /// Reads frames, answers keepalives and delivers messages until the connection ends
+    /// from either side; returns why.
+    async fn read_until_end(
+        &self,
+        conn: &RunningConn,
+        rx: &mut session::Receiver,
+        events: &mpsc::Sender<Event>,
+    ) -> DisconnectReason {
         let mut misses = 0u32;
-        let why = loop {
+        loop {
             let next = tokio::select! {
                 biased;
-                _ = self.hard.cancelled() => break DisconnectReason::Stopping,
-                _ = conn.ended.cancelled() => break DisconnectReason::Local,
+                _ = self.hard.cancelled() => return DisconnectReason::Stopping,
+                _ = conn.ended.cancelled() => return DisconnectReason::Local,
                 r = daemon::recv_within(&conn.pipe, self.keepalive) => r,
             };
-            let frame = match next {
-                Some(Ok(m)) => m.data,
-                Some(Err(e)) => break ended_reason(e),
+            let step = match next {
+                Some(Ok(m)) => {
+                    misses = 0;
+                    self.on_incoming(conn, rx.on_frame(m.data), events).await
+                }
+                Some(Err(e)) => ControlFlow::Break(ended_reason(e)),
                 None => {
                     misses += 1;
-                    if misses >= 3 {
-                        break DisconnectReason::Keepalive;
-                    }
-                    let ping = wire::Frame::Ping(u64::from(misses)).to_bytes();
-                    if self.send_bounded(&conn.pipe, &ping).await.is_err() {
-                        break DisconnectReason::Error("keepalive send failed".into());
-                    }
-                    continue;
+                    self.on_silence(&conn.pipe, misses).await
                 }
             };
-            misses = 0;
-            let c = &self.counters;
-            match rx.on_frame(frame) {
-                Ok(Incoming::Message {
-                    payload,
+            if let ControlFlow::Break(why) = step {
+                return why;
+            }
+        }
+    }
+
+    /// A keepalive interval passed in silence, the `misses`th in a row: PING, or give up
+    /// after three.
+    async fn on_silence(&self, pipe: &Pipe, misses: u32) -> ControlFlow<DisconnectReason> {
+        if misses >= 3 {
+            return ControlFlow::Break(DisconnectReason::Keepalive);
+        }
+        let ping = wire::Frame::Ping(u64::from(misses)).to_bytes();
+        if self.send_bounded(pipe, &ping).await.is_err() {
+            return ControlFlow::Break(DisconnectReason::Error("keepalive send failed".into()));
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Carries out what the session made of one frame.
+    async fn on_incoming(
+        &self,
+        conn: &RunningConn,
+        incoming: Result<Incoming, Reject>,
+        events: &mpsc::Sender<Event>,
+    ) -> ControlFlow<DisconnectReason> {
+        match incoming {
+            Ok(Incoming::Message {
+                payload,
+                compressed,
+            }) => {
+                self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                let m = MeshMessage {
+                    from: conn.peer.id.clone(),
+                    data: payload,
                     compressed,
-                }) => {
-                    c.messages_in.fetch_add(1, Ordering::Relaxed);
-                    let m = MeshMessage {
-                        from: conn.peer.id.clone(),
-                        data: payload,
-                        compressed,
-                        signed: self.key.is_some(),
-                    };
-                    self.emit(&events, Event::Message(m)).await;
-                }
-                Ok(Incoming::Ping(t)) => {
-                    let pong = wire::Frame::Pong(t).to_bytes();
-                    if self.send_bounded(&conn.pipe, &pong).await.is_err() {
-                        break DisconnectReason::Error("keepalive answer failed".into());
-                    }
-                }
-                Ok(Incoming::Pong(_)) => {}
-                Ok(Incoming::Bye(r)) => break DisconnectReason::Bye(r),
-                Err(r) => {
-                    let counter = match &r {
-                        Reject::Wire(_) | Reject::Unexpected => &c.protocol_errors,
-                        Reject::SigningMismatch | Reject::BadSignature => &c.bad_signatures,
-                        Reject::Replay { .. } => &c.replays,
-                        Reject::TooLarge { .. } => &c.too_large,
-                        Reject::BadCompression => &c.bad_compression,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(peer = %conn.peer.id, reject = %r, "mesh message dropped");
-                    if r.is_fatal() {
-                        break DisconnectReason::Error(r.to_string());
-                    }
+                    signed: self.key.is_some(),
+                };
+                self.emit(events, Event::Message(m)).await;
+            }
+            Ok(Incoming::Ping(t)) => {
+                let pong = wire::Frame::Pong(t).to_bytes();
+                if self.send_bounded(&conn.pipe, &pong).await.is_err() {
+                    let why = DisconnectReason::Error("keepalive answer failed".into());
+                    return ControlFlow::Break(why);
                 }
             }
+            Ok(Incoming::Pong(_)) => {}
+            Ok(Incoming::Bye(r)) => return ControlFlow::Break(DisconnectReason::Bye(r)),
+            Err(r) => return self.rejected(&conn.peer.id, r),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Counts a frame the session would not take; ends the connection if the stream
+    /// itself is broken.
+    fn rejected(&self, peer: &str, r: Reject) -> ControlFlow<DisconnectReason> {
+        let c = &self.counters;
+        let counter = match &r {
+            Reject::Wire(_) | Reject::Unexpected => &c.protocol_errors,
+            Reject::SigningMismatch | Reject::BadSignature => &c.bad_signatures,
+            Reject::Replay { .. } => &c.replays,
+            Reject::TooLarge { .. } => &c.too_large,
+            Reject::BadCompression => &c.bad_compression,
         };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer, reject = %r, "mesh message dropped");
+        if r.is_fatal() {
+            return ControlFlow::Break(DisconnectReason::Error(r.to_string()));
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Takes the connection out of the table, closes it, and queues its disconnected
+    /// event. A reason set by this side (replaced, disconnected, stopping) wins over
+    /// `why`, what the read loop saw of it.
+    async fn end_session(
+        &self,
+        conn: RunningConn,
+        why: DisconnectReason,
+        events: &mpsc::Sender<Event>,
+    ) {
         self.forget(&conn.peer.id, conn.serial);
         conn.ended.cancel();
-        // A reason set by this side (replaced, disconnected, stopping) wins over what
-        // the read loop saw of it.
         let reason = conn.reason.lock().unwrap().take().unwrap_or(why);
         conn.pipe.close().await;
         let d = Disconnected {
@@ -1080,7 +1129,7 @@ impl Inner {
             Direction::Inbound => Event::InboundDisconnected(d),
             Direction::Outbound => Event::OutboundDisconnected(d),
         };
-        self.emit(&events, ev).await;
+        self.emit(events, ev).await;
     }
 
     /// Sends `msg` on one connection, under the send timeout. `shared` is the header a
