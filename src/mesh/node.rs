@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -221,7 +221,7 @@ impl MeshBuilder {
     ///
     /// Cancel safe: nothing is left running if the future is dropped.
     pub async fn start(self) -> Result<(Mesh, Events), Error> {
-        wire::check_id(&self.id).map_err(|_| Error::BadId(self.id.clone()))?;
+        let id = wire::NodeId::new(self.id.clone()).map_err(|_| Error::BadId(self.id))?;
         let max_frame = self.max_message + wire::DATA_OVERHEAD;
         let cfg = self
             .cfg
@@ -230,7 +230,7 @@ impl MeshBuilder {
         let (ev_tx, ev_rx) = mpsc::channel(self.event_capacity);
         let (user_tx, user_rx) = mpsc::channel(self.event_capacity);
         let inner = Arc::new(Inner {
-            id: self.id.into(),
+            id,
             key: self.key,
             listen_port: AtomicU64::new(0),
             cfg,
@@ -360,7 +360,7 @@ struct Conn {
 }
 
 struct Inner {
-    id: Arc<str>,
+    id: wire::NodeId,
     key: Option<SigningKey>,
     listen_port: AtomicU64,
     cfg: PipeConfig,
@@ -416,7 +416,7 @@ pub struct Mesh {
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mesh")
-            .field("id", &self.inner().id)
+            .field("id", &self.inner().id.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -757,7 +757,7 @@ impl Target {
 impl Inner {
     fn local(&self) -> Local {
         Local {
-            id: self.id.to_string(),
+            id: self.id.clone(),
             listen_port: self.listen_port.load(Ordering::Relaxed) as u16,
             key: self.key.clone(),
         }
@@ -1047,7 +1047,7 @@ impl Inner {
         if misses >= 3 {
             return ControlFlow::Break(DisconnectReason::Keepalive);
         }
-        let ping = wire::Frame::Ping(u64::from(misses)).to_bytes();
+        let ping = control(wire::Frame::Ping(u64::from(misses)));
         if self.send_bounded(pipe, &ping).await.is_err() {
             return ControlFlow::Break(DisconnectReason::Error("keepalive send failed".into()));
         }
@@ -1076,7 +1076,7 @@ impl Inner {
                 self.emit(events, Event::Message(m)).await;
             }
             Ok(Incoming::Ping(t)) => {
-                let pong = wire::Frame::Pong(t).to_bytes();
+                let pong = control(wire::Frame::Pong(t));
                 if self.send_bounded(&conn.pipe, &pong).await.is_err() {
                     let why = DisconnectReason::Error("keepalive answer failed".into());
                     return ControlFlow::Break(why);
@@ -1185,7 +1185,7 @@ impl Inner {
             first
         };
         if first {
-            let frame = wire::Frame::Bye(wire::reason(bye)).to_bytes();
+            let frame = control(wire::Frame::Bye(wire::Reason::new(bye)));
             let _ = tokio::time::timeout(self.send_timeout.min(Duration::from_secs(1)), async {
                 let _tx = t.tx.lock().await;
                 t.pipe.send(&frame).await
@@ -1298,6 +1298,13 @@ fn close_replaced(old: Conn) {
     old.ended.cancel();
     let p = old.pipe.clone();
     tokio::spawn(async move { p.close().await });
+}
+
+/// A control frame's wire form (PING, PONG, BYE), to send as it is.
+fn control(f: wire::Frame) -> BytesMut {
+    let mut out = BytesMut::with_capacity(f.emit_len());
+    f.emit(&mut out);
+    out
 }
 
 fn nonce() -> [u8; 32] {
