@@ -155,6 +155,7 @@ pub struct Handshake {
     role: Role,
     key: Option<SigningKey>,
     local_id: NodeId,
+    /// This side's HELLO, with its length prefix.
     mine: Bytes,
     theirs: Option<(PeerHello, Bytes)>,
     state: State,
@@ -188,26 +189,22 @@ fn hello_frame(local: &Local, nonce: [u8; 32]) -> Bytes {
 impl Handshake {
     /// The connecting side, and the HELLO it sends first. `nonce` must be fresh and random.
     pub fn initiator(local: &Local, nonce: [u8; 32]) -> (Handshake, Bytes) {
-        let frame = hello_frame(local, nonce);
-        let hs = Handshake {
-            role: Role::Initiator,
-            key: local.key.clone(),
-            local_id: local.id.clone(),
-            mine: frame.slice(wire::LEN_PREFIX..),
-            theirs: None,
-            state: State::WaitHello,
-        };
-        (hs, frame)
+        let hs = Handshake::new(Role::Initiator, local, nonce);
+        let hello = hs.mine.clone();
+        (hs, hello)
     }
 
     /// The accepting side. `nonce` must be fresh and random.
     pub fn acceptor(local: &Local, nonce: [u8; 32]) -> Handshake {
-        let frame = hello_frame(local, nonce);
+        Handshake::new(Role::Acceptor, local, nonce)
+    }
+
+    fn new(role: Role, local: &Local, nonce: [u8; 32]) -> Handshake {
         Handshake {
-            role: Role::Acceptor,
+            role,
             key: local.key.clone(),
             local_id: local.id.clone(),
-            mine: frame.slice(wire::LEN_PREFIX..),
+            mine: hello_frame(local, nonce),
             theirs: None,
             state: State::WaitHello,
         }
@@ -228,12 +225,7 @@ impl Handshake {
                 Ok(Step::Send(match self.role {
                     // The acceptor answers with its HELLO; the initiator, now that the
                     // transcript is whole, proves its key.
-                    Role::Acceptor => {
-                        let mut f = bytes::BytesMut::new();
-                        f.extend_from_slice(&(self.mine.len() as u32).to_be_bytes());
-                        f.extend_from_slice(&self.mine);
-                        f.freeze()
-                    }
+                    Role::Acceptor => self.mine.clone(),
                     Role::Initiator => self.auth_frame(),
                 }))
             }
@@ -283,9 +275,10 @@ impl Handshake {
 
     fn transcript(&self) -> [u8; 32] {
         let (_, theirs) = self.theirs.as_ref().expect("transcript after both hellos");
+        let mine = &self.mine[wire::LEN_PREFIX..];
         let (hi, ha) = match self.role {
-            Role::Initiator => (&self.mine, theirs),
-            Role::Acceptor => (theirs, &self.mine),
+            Role::Initiator => (mine, &theirs[..]),
+            Role::Acceptor => (&theirs[..], mine),
         };
         let mut h = Sha256::new();
         h.update(LABEL);
