@@ -840,8 +840,9 @@ impl Inner {
         Err(err)
     }
 
-    /// Refuses a proven peer the node does not take (bounded), and closes.
+    /// Refuses a proven peer the node does not take (counted; bounded), and closes.
     async fn turn_away(&self, pipe: &Pipe, code: RefuseCode) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
         let _ = self.send_bounded(pipe, &Handshake::refuse(code, "")).await;
         pipe.close().await;
     }
@@ -866,26 +867,10 @@ impl Inner {
         }
     }
 
-    /// Takes a proven peer into the table, or says why not (and counts the refusal).
+    /// Takes a proven peer into the table, or says why not ([`Inner::turn_away`] then
+    /// refuses it). The steps: open for peers, the key bound to the id, the duplicate
+    /// rule ([`admit`]), a slot, then into the table.
     fn register(
-        self: &Arc<Self>,
-        hello: &PeerHello,
-        direction: Direction,
-        addr: SocketAddr,
-        pipe: Pipe,
-        session: session::Session,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<Registered, RefuseCode> {
-        let r = self.try_register(hello, direction, addr, pipe, session, permit);
-        if r.is_err() {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-
-    /// [`Inner::register`]'s steps: open for peers, the key bound to the id, the
-    /// duplicate rule ([`admit`]), a slot, then into the table.
-    fn try_register(
         self: &Arc<Self>,
         hello: &PeerHello,
         direction: Direction,

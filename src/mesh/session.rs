@@ -561,6 +561,7 @@ pub fn decompress(data: &[u8], max: usize) -> Result<Bytes, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::wire::tests::data;
 
     fn local(id: &str, signs: bool, seed: u8) -> Local {
         Local {
@@ -572,15 +573,6 @@ mod tests {
 
     fn strip(f: Bytes) -> Bytes {
         f.slice(wire::LEN_PREFIX..)
-    }
-
-    /// A DATA frame's wire form.
-    fn data(flags: u8, signed: Option<Signed>, payload: &[u8]) -> Bytes {
-        emitted(&Frame::Data {
-            flags,
-            signed,
-            payload: Bytes::copy_from_slice(payload),
-        })
     }
 
     /// Runs a whole handshake; returns both sessions.

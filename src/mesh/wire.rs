@@ -603,7 +603,7 @@ impl tokio_util::codec::Decoder for FrameCodec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio_util::codec::Decoder;
 
@@ -625,7 +625,7 @@ mod tests {
     }
 
     /// A DATA frame's wire form.
-    fn data(flags: u8, signed: Option<Signed>, payload: &[u8]) -> Bytes {
+    pub(crate) fn data(flags: u8, signed: Option<Signed>, payload: &[u8]) -> Bytes {
         emitted(&Frame::Data {
             flags,
             signed,
