@@ -7,9 +7,9 @@
 //!
 //! Invariants: the codec yields no frame over its bound (512 bytes for the first two,
 //! the message bound after), and never reserves room for a claimed length over it; a
-//! frame that parses re-encodes to exactly its bytes; the handshake reaches a decision
-//! only for a peer with another id and the same signing choice, and, when this side
-//! signs, never (the fuzzer holds no key the transcript could be signed with); a session
+//! frame that parses re-emits to exactly its bytes, and parses the same without a copy;
+//! the handshake reaches a decision only for a peer with another id and the same signing
+//! choice, and, when this side signs, never (the fuzzer holds no key the transcript could be signed with); a session
 //! yields messages no larger than the inflation bound, flagged compressed exactly when
 //! the frame said so; an unsigned session refuses signed frames as a mismatch and never
 //! sees a replay; only a bad frame or a handshake frame is fatal, and a fatal error ends
@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
 use p2pipe::mesh::session::{Handshake, Incoming, Local, Reject, Step};
-use p2pipe::mesh::wire::{Frame, FrameCodec, WireError, FLAG_ZLIB, MAX_HANDSHAKE_FRAME};
+use p2pipe::mesh::wire::{Frame, FrameCodec, NodeId, WireError, FLAG_ZLIB, MAX_HANDSHAKE_FRAME};
 use tokio_util::codec::Decoder;
 
 const BOUNDS: [usize; 8] = [0, 1, 16, 100, 1024, 4096, 65536, 1 << 20];
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let max_message = BOUNDS[usize::from((flags >> 2) & 7)];
     let max_inflate = BOUNDS[usize::from(flags >> 5)];
     let local = Local {
-        id: "me".into(),
+        id: NodeId::new("me").unwrap(),
         listen_port: 1,
         key: signs.then(|| SigningKey::from_bytes(&[1; 32])),
     };
@@ -83,8 +83,12 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(bound, MAX_HANDSHAKE_FRAME);
             }
             frames += 1;
-            if let Ok(parsed) = Frame::parse(frame.clone()) {
-                assert_eq!(&parsed.to_bytes()[4..], &frame[..], "re-encoding differs");
+            if let Ok(parsed) = Frame::parse(&frame) {
+                let mut again = BytesMut::new();
+                parsed.emit(&mut again);
+                assert_eq!(again.len(), parsed.emit_len());
+                assert_eq!(&again[4..], &frame[..], "re-emitting differs");
+                assert_eq!(Frame::parse_bytes(&frame).as_ref(), Ok(&parsed));
             }
             if !step(&mut hs, &mut session, frame, signs, max_inflate) {
                 return;
@@ -116,7 +120,7 @@ fn step(
         };
     }
     let s = session.as_mut().expect("a session after the handshake");
-    let parsed = Frame::parse(frame.clone());
+    let parsed = Frame::parse(&frame);
     match s.rx.on_frame(frame) {
         Ok(Incoming::Message {
             payload,

@@ -41,9 +41,11 @@
 //! Events come as a [`Stream`](futures::Stream) ([`Events`]) and, if set, to handlers
 //! ([`MeshBuilder::on_message`] and the others), in the same order, with the same data.
 //!
-//! The protocol logic is sans-IO, in [`wire`] (the frames) and [`session`] (the
-//! handshake, signatures, compression); `docs/mesh.md` describes the protocol.
+//! The protocol logic is sans-IO, in [`wire`] (the frames), [`session`] (the
+//! handshake, signatures, compression) and a private `admit` (which of two connections
+//! to one peer survives); `docs/mesh.md` describes the protocol.
 
+mod admit;
 mod node;
 pub mod session;
 pub mod wire;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admit::{admit, Admit};
 use super::session::{self, Handshake, Incoming, Local, PeerHello, Reject, Step};
 use super::wire::{self, FrameCodec, RefuseCode};
 use super::{Direction, DisconnectReason, Disconnected, Error, Event, MeshMessage, Outgoing, Peer};
@@ -219,7 +221,7 @@ impl MeshBuilder {
     ///
     /// Cancel safe: nothing is left running if the future is dropped.
     pub async fn start(self) -> Result<(Mesh, Events), Error> {
-        wire::check_id(&self.id).map_err(|_| Error::BadId(self.id.clone()))?;
+        let id = wire::NodeId::new(self.id.clone()).map_err(|_| Error::BadId(self.id))?;
         let max_frame = self.max_message + wire::DATA_OVERHEAD;
         let cfg = self
             .cfg
@@ -228,7 +230,7 @@ impl MeshBuilder {
         let (ev_tx, ev_rx) = mpsc::channel(self.event_capacity);
         let (user_tx, user_rx) = mpsc::channel(self.event_capacity);
         let inner = Arc::new(Inner {
-            id: self.id.into(),
+            id,
             key: self.key,
             listen_port: AtomicU64::new(0),
             cfg,
@@ -358,7 +360,7 @@ struct Conn {
 }
 
 struct Inner {
-    id: Arc<str>,
+    id: wire::NodeId,
     key: Option<SigningKey>,
     listen_port: AtomicU64,
     cfg: PipeConfig,
@@ -414,7 +416,7 @@ pub struct Mesh {
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mesh")
-            .field("id", &self.inner().id)
+            .field("id", &self.inner().id.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -550,28 +552,7 @@ impl Mesh {
             .await
             .map_err(|source| Error::Connect { addr, source })?;
         let (hs, hello) = Handshake::initiator(&i.local(), nonce());
-        let hs =
-            tokio::time::timeout(i.handshake_timeout, Inner::drive(&pipe, hs, Some(hello))).await;
-        let (hs, peer) = match hs {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                i.counters
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(code) = e.refuse_code() {
-                    let _ = i.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
-                }
-                pipe.close().await;
-                return Err(Error::Handshake { addr, source: e });
-            }
-            Err(_) => {
-                i.counters
-                    .handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                pipe.close().await;
-                return Err(Error::HandshakeTimeout { addr });
-            }
-        };
+        let (hs, peer) = i.handshake(&pipe, addr, hs, Some(hello)).await?;
         let (session, _) = hs.accept(i.max_decompressed);
         match i.register(
             &peer,
@@ -581,7 +562,7 @@ impl Mesh {
             session,
             Some(permit),
         ) {
-            Ok((conn, rx, events)) => {
+            Ok(Registered { conn, rx, events }) => {
                 let peer = conn.peer.clone();
                 // The session task owns the connection from here, so dropping this
                 // future cannot orphan it. `connect` returns once the event is queued:
@@ -599,8 +580,7 @@ impl Mesh {
                 Ok(peer)
             }
             Err(code) => {
-                let _ = i.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
-                pipe.close().await;
+                i.turn_away(&pipe, code).await;
                 Err(Error::NotTaken {
                     peer: peer.id,
                     code,
@@ -777,7 +757,7 @@ impl Target {
 impl Inner {
     fn local(&self) -> Local {
         Local {
-            id: self.id.to_string(),
+            id: self.id.clone(),
             listen_port: self.listen_port.load(Ordering::Relaxed) as u16,
             key: self.key.clone(),
         }
@@ -831,6 +811,42 @@ impl Inner {
         }
     }
 
+    /// Runs one side of a handshake under the handshake timeout. A failure is counted,
+    /// the peer is refused when the fault is its own, and the connection is closed.
+    async fn handshake(
+        &self,
+        pipe: &Pipe,
+        addr: SocketAddr,
+        hs: Handshake,
+        first: Option<Bytes>,
+    ) -> Result<(Handshake, PeerHello), Error> {
+        let c = &self.counters;
+        let driven = tokio::time::timeout(self.handshake_timeout, Self::drive(pipe, hs, first));
+        let err = match driven.await {
+            Ok(Ok(x)) => return Ok(x),
+            Ok(Err(source)) => {
+                c.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(code) = source.refuse_code() {
+                    let _ = self.send_bounded(pipe, &Handshake::refuse(code, "")).await;
+                }
+                Error::Handshake { addr, source }
+            }
+            Err(_) => {
+                c.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                Error::HandshakeTimeout { addr }
+            }
+        };
+        pipe.close().await;
+        Err(err)
+    }
+
+    /// Refuses a proven peer the node does not take (counted; bounded), and closes.
+    async fn turn_away(&self, pipe: &Pipe, code: RefuseCode) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = self.send_bounded(pipe, &Handshake::refuse(code, "")).await;
+        pipe.close().await;
+    }
+
     /// Runs a handshake up to the decision: sends `first` (the initiator's HELLO), then
     /// answers every frame until the peer is proven.
     async fn drive(
@@ -851,9 +867,9 @@ impl Inner {
         }
     }
 
-    /// Takes a proven peer into the table, or says why not. On success, the peer, the
-    /// receiving half, and the event sender the session uses.
-    #[allow(clippy::type_complexity)]
+    /// Takes a proven peer into the table, or says why not ([`Inner::turn_away`] then
+    /// refuses it). The steps: open for peers, the key bound to the id, the duplicate
+    /// rule ([`admit`]), a slot, then into the table.
     fn register(
         self: &Arc<Self>,
         hello: &PeerHello,
@@ -862,60 +878,24 @@ impl Inner {
         pipe: Pipe,
         session: session::Session,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<(RunningConn, session::Receiver, mpsc::Sender<Event>), RefuseCode> {
-        let refuse = |code| {
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            Err(code)
-        };
-        if self.stopping.is_cancelled() {
-            return refuse(RefuseCode::Stopping);
-        }
-        let Some(events) = self.emitter() else {
-            return refuse(RefuseCode::Stopping);
-        };
+    ) -> Result<Registered, RefuseCode> {
+        let events = self.open_for_peers()?;
         let mut known = self.known.lock().unwrap();
-        if let Some(k) = &hello.key {
-            let bound = self.trusted.get(&hello.id).or_else(|| known.get(&hello.id));
-            if bound.is_some_and(|b| b != k) {
-                return refuse(RefuseCode::BadKey);
-            }
-        }
+        self.check_key(&known, hello)?;
         let mut conns = self.conns.lock().unwrap();
-        let mut replaced = None;
-        if let Some(old) = conns.get(hello.id.as_str()) {
-            let initiator = |d: Direction| match d {
-                Direction::Outbound => &*self.id,
-                Direction::Inbound => hello.id.as_str(),
-            };
-            let keep = (&*self.id).min(hello.id.as_str());
-            let (old_i, new_i) = (initiator(old.peer.direction), initiator(direction));
-            // Same opener twice: the second is a duplicate. Two openers (both nodes
-            // connected at once): both sides keep the one the smaller id opened.
-            if old_i == new_i || new_i != keep {
-                return refuse(RefuseCode::Duplicate);
-            }
-            replaced = conns.remove(hello.id.as_str());
+        let existing = conns.get(hello.id.as_str()).map(|c| c.peer.direction);
+        let decision = admit(&self.id, &hello.id, direction, existing);
+        if decision == Admit::Duplicate {
+            return Err(RefuseCode::Duplicate);
         }
-        let permit = match permit {
-            Some(p) => p,
-            None => match self.inbound.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    if let Some(old) = replaced {
-                        conns.insert(old.peer.id.clone(), old);
-                    }
-                    return refuse(RefuseCode::Limit);
-                }
-            },
-        };
+        let permit = self.slot(permit)?;
         if let Some(k) = hello.key {
             known.insert(hello.id.clone(), k);
         }
-        if let Some(old) = replaced {
-            *old.reason.lock().unwrap() = Some(DisconnectReason::Replaced);
-            old.ended.cancel();
-            let p = old.pipe.clone();
-            tokio::spawn(async move { p.close().await });
+        if decision == Admit::Replace {
+            if let Some(old) = conns.remove(hello.id.as_str()) {
+                close_replaced(old);
+            }
         }
         let peer = Peer {
             id: hello.id.as_str().into(),
@@ -924,33 +904,81 @@ impl Inner {
             listen_port: hello.listen_port,
             key: hello.key,
         };
+        let (conn, running) = self.new_conn(peer, pipe, session.tx, permit);
+        conns.insert(conn.peer.id.clone(), conn);
+        Ok(Registered {
+            conn: running,
+            rx: session.rx,
+            events,
+        })
+    }
+
+    /// The event sender, unless the node is stopping (then no peer is taken).
+    fn open_for_peers(&self) -> Result<mpsc::Sender<Event>, RefuseCode> {
+        if self.stopping.is_cancelled() {
+            return Err(RefuseCode::Stopping);
+        }
+        self.emitter().ok_or(RefuseCode::Stopping)
+    }
+
+    /// Refuses a key other than the one trusted for, or already bound to, the id.
+    fn check_key(
+        &self,
+        known: &HashMap<String, VerifyingKey>,
+        hello: &PeerHello,
+    ) -> Result<(), RefuseCode> {
+        let Some(k) = &hello.key else { return Ok(()) };
+        let bound = self.trusted.get(&hello.id).or_else(|| known.get(&hello.id));
+        if bound.is_some_and(|b| b != k) {
+            return Err(RefuseCode::BadKey);
+        }
+        Ok(())
+    }
+
+    /// The connection's slot: the outbound permit `connect` took, or an inbound one.
+    fn slot(
+        &self,
+        outbound: Option<OwnedSemaphorePermit>,
+    ) -> Result<OwnedSemaphorePermit, RefuseCode> {
+        match outbound {
+            Some(p) => Ok(p),
+            None => self
+                .inbound
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| RefuseCode::Limit),
+        }
+    }
+
+    /// A table entry for a new connection, and the session task's view of it.
+    fn new_conn(
+        self: &Arc<Self>,
+        peer: Peer,
+        pipe: Pipe,
+        tx: session::Sender,
+        permit: OwnedSemaphorePermit,
+    ) -> (Conn, RunningConn) {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let reason = Arc::new(Mutex::new(None));
         let ended = CancellationToken::new();
-        conns.insert(
-            peer.id.clone(),
-            Conn {
-                serial,
-                peer: peer.clone(),
-                pipe: pipe.clone(),
-                tx: Arc::new(tokio::sync::Mutex::new(session.tx)),
-                reason: reason.clone(),
-                ended: ended.clone(),
-                _permit: permit,
-            },
-        );
-        Ok((
-            RunningConn {
-                serial,
-                peer,
-                pipe,
-                reason,
-                ended,
-                table: Arc::downgrade(self),
-            },
-            session.rx,
-            events,
-        ))
+        let conn = Conn {
+            serial,
+            peer: peer.clone(),
+            pipe: pipe.clone(),
+            tx: Arc::new(tokio::sync::Mutex::new(tx)),
+            reason: reason.clone(),
+            ended: ended.clone(),
+            _permit: permit,
+        };
+        let running = RunningConn {
+            serial,
+            peer,
+            pipe,
+            reason,
+            ended,
+            table: Arc::downgrade(self),
+        };
+        (conn, running)
     }
 
     /// Reads the connection until it ends, then takes it out of the table and queues
@@ -961,73 +989,121 @@ impl Inner {
         mut rx: session::Receiver,
         events: mpsc::Sender<Event>,
     ) {
+        let why = self.read_until_end(&conn, &mut rx, &events).await;
+        self.end_session(conn, why, &events).await;
+    }
+
+    /// Reads frames, answers keepalives and delivers messages until the connection ends
+    /// from either side; returns why.
+    async fn read_until_end(
+        &self,
+        conn: &RunningConn,
+        rx: &mut session::Receiver,
+        events: &mpsc::Sender<Event>,
+    ) -> DisconnectReason {
         let mut misses = 0u32;
-        let why = loop {
+        loop {
             let next = tokio::select! {
                 biased;
-                _ = self.hard.cancelled() => break DisconnectReason::Stopping,
-                _ = conn.ended.cancelled() => break DisconnectReason::Local,
+                _ = self.hard.cancelled() => return DisconnectReason::Stopping,
+                _ = conn.ended.cancelled() => return DisconnectReason::Local,
                 r = daemon::recv_within(&conn.pipe, self.keepalive) => r,
             };
-            let frame = match next {
-                Some(Ok(m)) => m.data,
-                Some(Err(e)) => break ended_reason(e),
+            let step = match next {
+                Some(Ok(m)) => {
+                    misses = 0;
+                    self.on_incoming(conn, rx.on_frame(m.data), events).await
+                }
+                Some(Err(e)) => ControlFlow::Break(ended_reason(e)),
                 None => {
                     misses += 1;
-                    if misses >= 3 {
-                        break DisconnectReason::Keepalive;
-                    }
-                    let ping = wire::Frame::Ping(u64::from(misses)).to_bytes();
-                    if self.send_bounded(&conn.pipe, &ping).await.is_err() {
-                        break DisconnectReason::Error("keepalive send failed".into());
-                    }
-                    continue;
+                    self.on_silence(&conn.pipe, misses).await
                 }
             };
-            misses = 0;
-            let c = &self.counters;
-            match rx.on_frame(frame) {
-                Ok(Incoming::Message {
-                    payload,
+            if let ControlFlow::Break(why) = step {
+                return why;
+            }
+        }
+    }
+
+    /// A keepalive interval passed in silence, the `misses`th in a row: PING, or give up
+    /// after three.
+    async fn on_silence(&self, pipe: &Pipe, misses: u32) -> ControlFlow<DisconnectReason> {
+        if misses >= 3 {
+            return ControlFlow::Break(DisconnectReason::Keepalive);
+        }
+        let ping = control(wire::Frame::Ping(u64::from(misses)));
+        if self.send_bounded(pipe, &ping).await.is_err() {
+            return ControlFlow::Break(DisconnectReason::Error("keepalive send failed".into()));
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Carries out what the session made of one frame.
+    async fn on_incoming(
+        &self,
+        conn: &RunningConn,
+        incoming: Result<Incoming, Reject>,
+        events: &mpsc::Sender<Event>,
+    ) -> ControlFlow<DisconnectReason> {
+        match incoming {
+            Ok(Incoming::Message {
+                payload,
+                compressed,
+            }) => {
+                self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                let m = MeshMessage {
+                    from: conn.peer.id.clone(),
+                    data: payload,
                     compressed,
-                }) => {
-                    c.messages_in.fetch_add(1, Ordering::Relaxed);
-                    let m = MeshMessage {
-                        from: conn.peer.id.clone(),
-                        data: payload,
-                        compressed,
-                        signed: self.key.is_some(),
-                    };
-                    self.emit(&events, Event::Message(m)).await;
-                }
-                Ok(Incoming::Ping(t)) => {
-                    let pong = wire::Frame::Pong(t).to_bytes();
-                    if self.send_bounded(&conn.pipe, &pong).await.is_err() {
-                        break DisconnectReason::Error("keepalive answer failed".into());
-                    }
-                }
-                Ok(Incoming::Pong(_)) => {}
-                Ok(Incoming::Bye(r)) => break DisconnectReason::Bye(r),
-                Err(r) => {
-                    let counter = match &r {
-                        Reject::Wire(_) | Reject::Unexpected => &c.protocol_errors,
-                        Reject::SigningMismatch | Reject::BadSignature => &c.bad_signatures,
-                        Reject::Replay { .. } => &c.replays,
-                        Reject::TooLarge { .. } => &c.too_large,
-                        Reject::BadCompression => &c.bad_compression,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(peer = %conn.peer.id, reject = %r, "mesh message dropped");
-                    if r.is_fatal() {
-                        break DisconnectReason::Error(r.to_string());
-                    }
+                    signed: self.key.is_some(),
+                };
+                self.emit(events, Event::Message(m)).await;
+            }
+            Ok(Incoming::Ping(t)) => {
+                let pong = control(wire::Frame::Pong(t));
+                if self.send_bounded(&conn.pipe, &pong).await.is_err() {
+                    let why = DisconnectReason::Error("keepalive answer failed".into());
+                    return ControlFlow::Break(why);
                 }
             }
+            Ok(Incoming::Pong(_)) => {}
+            Ok(Incoming::Bye(r)) => return ControlFlow::Break(DisconnectReason::Bye(r)),
+            Err(r) => return self.rejected(&conn.peer.id, r),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Counts a frame the session would not take; ends the connection if the stream
+    /// itself is broken.
+    fn rejected(&self, peer: &str, r: Reject) -> ControlFlow<DisconnectReason> {
+        let c = &self.counters;
+        let counter = match &r {
+            Reject::Wire(_) | Reject::Unexpected => &c.protocol_errors,
+            Reject::SigningMismatch | Reject::BadSignature => &c.bad_signatures,
+            Reject::Replay { .. } => &c.replays,
+            Reject::TooLarge { .. } => &c.too_large,
+            Reject::BadCompression => &c.bad_compression,
         };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer, reject = %r, "mesh message dropped");
+        if r.is_fatal() {
+            return ControlFlow::Break(DisconnectReason::Error(r.to_string()));
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Takes the connection out of the table, closes it, and queues its disconnected
+    /// event. A reason set by this side (replaced, disconnected, stopping) wins over
+    /// `why`, what the read loop saw of it.
+    async fn end_session(
+        &self,
+        conn: RunningConn,
+        why: DisconnectReason,
+        events: &mpsc::Sender<Event>,
+    ) {
         self.forget(&conn.peer.id, conn.serial);
         conn.ended.cancel();
-        // A reason set by this side (replaced, disconnected, stopping) wins over what
-        // the read loop saw of it.
         let reason = conn.reason.lock().unwrap().take().unwrap_or(why);
         conn.pipe.close().await;
         let d = Disconnected {
@@ -1038,7 +1114,7 @@ impl Inner {
             Direction::Inbound => Event::InboundDisconnected(d),
             Direction::Outbound => Event::OutboundDisconnected(d),
         };
-        self.emit(&events, ev).await;
+        self.emit(events, ev).await;
     }
 
     /// Sends `msg` on one connection, under the send timeout. `shared` is the header a
@@ -1094,7 +1170,7 @@ impl Inner {
             first
         };
         if first {
-            let frame = wire::Frame::Bye(wire::reason(bye)).to_bytes();
+            let frame = control(wire::Frame::Bye(wire::Reason::new(bye)));
             let _ = tokio::time::timeout(self.send_timeout.min(Duration::from_secs(1)), async {
                 let _tx = t.tx.lock().await;
                 t.pipe.send(&frame).await
@@ -1193,6 +1269,29 @@ impl Drop for RunningConn {
     }
 }
 
+/// A connection [`Inner::register`] took: its task's view of it, the receiving half,
+/// and the event sender the session uses.
+struct Registered {
+    conn: RunningConn,
+    rx: session::Receiver,
+    events: mpsc::Sender<Event>,
+}
+
+/// Ends a connection the duplicate rule replaced: it ends `Replaced`.
+fn close_replaced(old: Conn) {
+    *old.reason.lock().unwrap() = Some(DisconnectReason::Replaced);
+    old.ended.cancel();
+    let p = old.pipe.clone();
+    tokio::spawn(async move { p.close().await });
+}
+
+/// A control frame's wire form (PING, PONG, BYE), to send as it is.
+fn control(f: wire::Frame) -> BytesMut {
+    let mut out = BytesMut::with_capacity(f.emit_len());
+    f.emit(&mut out);
+    out
+}
+
 fn nonce() -> [u8; 32] {
     let mut n = [0u8; 32];
     getrandom::fill(&mut n).expect("the system random source");
@@ -1231,26 +1330,10 @@ impl Inner {
     async fn serve_inbound(self: Arc<Self>, pipe: Pipe) {
         let addr = pipe.peer_addr().expect("a connection has a peer");
         let hs = Handshake::acceptor(&self.local(), nonce());
-        let hs = tokio::time::timeout(self.handshake_timeout, Self::drive(&pipe, hs, None)).await;
-        let (hs, hello) = match hs {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                self.counters
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%addr, error = %e, "mesh handshake failed");
-                if let Some(code) = e.refuse_code() {
-                    let _ = self.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
-                }
-                pipe.close().await;
-                return;
-            }
-            Err(_) => {
-                self.counters
-                    .handshake_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%addr, "mesh handshake timed out");
-                pipe.close().await;
+        let (hs, hello) = match self.handshake(&pipe, addr, hs, None).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "mesh handshake failed");
                 return;
             }
         };
@@ -1263,7 +1346,7 @@ impl Inner {
             session,
             None,
         ) {
-            Ok((conn, rx, events)) => {
+            Ok(Registered { conn, rx, events }) => {
                 // Queued before the AUTH goes out, so that once the initiator's
                 // `connect` returns, this side's event is in too.
                 let ev = Event::InboundConnected(conn.peer.clone());
@@ -1276,10 +1359,7 @@ impl Inner {
                 }
                 self.run_session(conn, rx, events).await;
             }
-            Err(code) => {
-                let _ = self.send_bounded(&pipe, &Handshake::refuse(code, "")).await;
-                pipe.close().await;
-            }
+            Err(code) => self.turn_away(&pipe, code).await,
         }
     }
 }

@@ -33,7 +33,9 @@ use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use super::wire::{self, Frame, Hello, RefuseCode, Signed, WireError, FLAG_SIGNED, FLAG_ZLIB};
+use super::wire::{
+    self, Frame, Hello, NodeId, Reason, RefuseCode, Signed, WireError, FLAG_SIGNED, FLAG_ZLIB,
+};
 
 const LABEL: &[u8] = b"p2pipe-mesh/1";
 const AUTH_I: &[u8] = b"p2pipe-mesh/1 auth initiator";
@@ -67,8 +69,8 @@ impl Role {
 /// This node, as the handshake presents it.
 #[derive(Clone)]
 pub struct Local {
-    /// The node id (checked by [`wire::check_id`]).
-    pub id: String,
+    /// The node id.
+    pub id: NodeId,
     /// The port the node listens on, or 0.
     pub listen_port: u16,
     /// The signing key, if the node signs.
@@ -152,7 +154,8 @@ enum State {
 pub struct Handshake {
     role: Role,
     key: Option<SigningKey>,
-    local_id: String,
+    local_id: NodeId,
+    /// This side's HELLO, with its length prefix.
     mine: Bytes,
     theirs: Option<(PeerHello, Bytes)>,
     state: State,
@@ -167,39 +170,41 @@ impl std::fmt::Debug for Handshake {
     }
 }
 
+/// A frame's wire form, length prefix included, to hand out in a [`Step`].
+fn emitted(f: &Frame) -> Bytes {
+    let mut out = bytes::BytesMut::with_capacity(f.emit_len());
+    f.emit(&mut out);
+    out.freeze()
+}
+
 fn hello_frame(local: &Local, nonce: [u8; 32]) -> Bytes {
-    Frame::Hello(Hello {
+    emitted(&Frame::Hello(Hello {
         id: local.id.clone(),
         listen_port: local.listen_port,
         nonce,
         key: local.key.as_ref().map(|k| k.verifying_key().to_bytes()),
-    })
-    .to_bytes()
+    }))
 }
 
 impl Handshake {
     /// The connecting side, and the HELLO it sends first. `nonce` must be fresh and random.
     pub fn initiator(local: &Local, nonce: [u8; 32]) -> (Handshake, Bytes) {
-        let frame = hello_frame(local, nonce);
-        let hs = Handshake {
-            role: Role::Initiator,
-            key: local.key.clone(),
-            local_id: local.id.clone(),
-            mine: frame.slice(wire::LEN_PREFIX..),
-            theirs: None,
-            state: State::WaitHello,
-        };
-        (hs, frame)
+        let hs = Handshake::new(Role::Initiator, local, nonce);
+        let hello = hs.mine.clone();
+        (hs, hello)
     }
 
     /// The accepting side. `nonce` must be fresh and random.
     pub fn acceptor(local: &Local, nonce: [u8; 32]) -> Handshake {
-        let frame = hello_frame(local, nonce);
+        Handshake::new(Role::Acceptor, local, nonce)
+    }
+
+    fn new(role: Role, local: &Local, nonce: [u8; 32]) -> Handshake {
         Handshake {
-            role: Role::Acceptor,
+            role,
             key: local.key.clone(),
             local_id: local.id.clone(),
-            mine: frame.slice(wire::LEN_PREFIX..),
+            mine: hello_frame(local, nonce),
             theirs: None,
             state: State::WaitHello,
         }
@@ -207,9 +212,12 @@ impl Handshake {
 
     /// Takes the next frame (without its length prefix).
     pub fn on_frame(&mut self, frame: Bytes) -> Result<Step, HandshakeError> {
-        let parsed = Frame::parse(frame.clone())?;
+        let parsed = Frame::parse(&frame)?;
         match (self.state, parsed) {
-            (_, Frame::Refuse(code, reason)) => Err(HandshakeError::Refused { code, reason }),
+            (_, Frame::Refuse(code, reason)) => Err(HandshakeError::Refused {
+                code,
+                reason: reason.into_string(),
+            }),
             (State::WaitHello, Frame::Hello(h)) => {
                 let peer = self.check_hello(h)?;
                 self.theirs = Some((peer, frame));
@@ -217,12 +225,7 @@ impl Handshake {
                 Ok(Step::Send(match self.role {
                     // The acceptor answers with its HELLO; the initiator, now that the
                     // transcript is whole, proves its key.
-                    Role::Acceptor => {
-                        let mut f = bytes::BytesMut::new();
-                        f.extend_from_slice(&(self.mine.len() as u32).to_be_bytes());
-                        f.extend_from_slice(&self.mine);
-                        f.freeze()
-                    }
+                    Role::Acceptor => self.mine.clone(),
                     Role::Initiator => self.auth_frame(),
                 }))
             }
@@ -264,7 +267,7 @@ impl Handshake {
             None => None,
         };
         Ok(PeerHello {
-            id: h.id,
+            id: h.id.into_string(),
             listen_port: h.listen_port,
             key,
         })
@@ -272,9 +275,10 @@ impl Handshake {
 
     fn transcript(&self) -> [u8; 32] {
         let (_, theirs) = self.theirs.as_ref().expect("transcript after both hellos");
+        let mine = &self.mine[wire::LEN_PREFIX..];
         let (hi, ha) = match self.role {
-            Role::Initiator => (&self.mine, theirs),
-            Role::Acceptor => (theirs, &self.mine),
+            Role::Initiator => (mine, &theirs[..]),
+            Role::Acceptor => (&theirs[..], mine),
         };
         let mut h = Sha256::new();
         h.update(LABEL);
@@ -294,7 +298,7 @@ impl Handshake {
             .key
             .as_ref()
             .map(|k| k.sign(&[label, &self.transcript()].concat()).to_bytes());
-        Frame::Auth(sig).to_bytes()
+        emitted(&Frame::Auth(sig))
     }
 
     /// Takes the proven peer: the session, and for the acceptor the AUTH to send.
@@ -332,7 +336,7 @@ impl Handshake {
 
     /// A REFUSE frame to send before closing.
     pub fn refuse(code: RefuseCode, reason: &str) -> Bytes {
-        Frame::Refuse(code, wire::reason(reason)).to_bytes()
+        emitted(&Frame::Refuse(code, Reason::new(reason)))
     }
 }
 
@@ -482,7 +486,7 @@ pub struct Receiver {
 impl Receiver {
     /// Takes one frame (without its length prefix).
     pub fn on_frame(&mut self, frame: Bytes) -> Result<Incoming, Reject> {
-        match Frame::parse(frame)? {
+        match Frame::parse_bytes(&frame)? {
             Frame::Data {
                 flags,
                 signed,
@@ -517,7 +521,7 @@ impl Receiver {
             }
             Frame::Ping(t) => Ok(Incoming::Ping(t)),
             Frame::Pong(t) => Ok(Incoming::Pong(t)),
-            Frame::Bye(r) => Ok(Incoming::Bye(r)),
+            Frame::Bye(r) => Ok(Incoming::Bye(r.into_string())),
             // The initiator turned the connection away after the acceptor took it (a
             // duplicate, say): a goodbye with the reason.
             Frame::Refuse(code, r) if r.is_empty() => Ok(Incoming::Bye(code.to_string())),
@@ -557,10 +561,11 @@ pub fn decompress(data: &[u8], max: usize) -> Result<Bytes, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::wire::tests::data;
 
     fn local(id: &str, signs: bool, seed: u8) -> Local {
         Local {
-            id: id.into(),
+            id: NodeId::new(id).unwrap(),
             listen_port: 7000,
             key: signs.then(|| SigningKey::from_bytes(&[seed; 32])),
         }
@@ -583,12 +588,12 @@ mod tests {
         let Step::Decide(pi) = r.on_frame(strip(auth_i))? else {
             panic!("acceptor decides")
         };
-        assert_eq!(pi.id, a.id);
+        assert_eq!(pi.id, a.id.as_str());
         let (sr, auth_a) = r.accept(1 << 20);
         let Step::Decide(pa) = i.on_frame(strip(auth_a.unwrap()))? else {
             panic!("initiator decides")
         };
-        assert_eq!(pa.id, b.id);
+        assert_eq!(pa.id, b.id.as_str());
         let (si, none) = i.accept(1 << 20);
         assert!(none.is_none());
         Ok((si, sr))
@@ -645,7 +650,7 @@ mod tests {
         };
         let forged = Frame::Auth(Some(SigningKey::from_bytes(&[3; 32]).sign(b"x").to_bytes()));
         assert_eq!(
-            r.on_frame(strip(forged.to_bytes())).unwrap_err(),
+            r.on_frame(strip(emitted(&forged))).unwrap_err(),
             HandshakeError::BadSignature
         );
         // An AUTH replayed from another handshake (other nonces) fails too.
@@ -672,13 +677,12 @@ mod tests {
     fn frames_out_of_turn_are_refused() {
         let mut r = Handshake::acceptor(&local("b", false, 0), [2; 32]);
         assert_eq!(
-            r.on_frame(strip(Frame::Auth(None).to_bytes())).unwrap_err(),
+            r.on_frame(strip(emitted(&Frame::Auth(None)))).unwrap_err(),
             HandshakeError::Unexpected
         );
         let mut r = Handshake::acceptor(&local("b", false, 0), [2; 32]);
         assert_eq!(
-            r.on_frame(strip(wire::encode_data(0, None, b"early")))
-                .unwrap_err(),
+            r.on_frame(strip(data(0, None, b"early"))).unwrap_err(),
             HandshakeError::Unexpected
         );
     }
@@ -711,9 +715,9 @@ mod tests {
         // trust a key the message brought).
         let mallory = SigningKey::from_bytes(&[66; 32]);
         let d = msg_digest(&si.tx.th, Role::Initiator, 9, FLAG_SIGNED, b"forged");
-        let forged = wire::encode_data(
+        let forged = data(
             FLAG_SIGNED,
-            Some(&Signed {
+            Some(Signed {
                 seq: 9,
                 sig: mallory.sign(&d).to_bytes(),
             }),
@@ -725,9 +729,7 @@ mod tests {
         );
         // Unsigned on a signed session.
         assert_eq!(
-            sr.rx
-                .on_frame(strip(wire::encode_data(0, None, b"x")))
-                .unwrap_err(),
+            sr.rx.on_frame(strip(data(0, None, b"x"))).unwrap_err(),
             Reject::SigningMismatch
         );
         // The genuine next message still goes through after all that.
@@ -781,12 +783,12 @@ mod tests {
     fn control_frames_after_the_handshake() {
         let (_, mut sr) = pair(&local("a", false, 1), &local("b", false, 2)).unwrap();
         assert_eq!(
-            sr.rx.on_frame(strip(Frame::Ping(5).to_bytes())).unwrap(),
+            sr.rx.on_frame(strip(emitted(&Frame::Ping(5)))).unwrap(),
             Incoming::Ping(5)
         );
         assert_eq!(
             sr.rx
-                .on_frame(strip(Frame::Bye("bye".into()).to_bytes()))
+                .on_frame(strip(emitted(&Frame::Bye(Reason::new("bye")))))
                 .unwrap(),
             Incoming::Bye("bye".into())
         );
@@ -798,7 +800,7 @@ mod tests {
         );
         let e = sr
             .rx
-            .on_frame(strip(Frame::Auth(None).to_bytes()))
+            .on_frame(strip(emitted(&Frame::Auth(None))))
             .unwrap_err();
         assert!(e.is_fatal());
         assert!(!Reject::BadSignature.is_fatal());

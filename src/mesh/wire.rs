@@ -20,8 +20,20 @@
 //! | `0x21` | PONG | token (u64) |
 //! | `0x30` | BYE | reason (UTF-8, at most 200 bytes) |
 //!
-//! Types here are checked when they are parsed (as smoltcp's are): a [`Frame`] that exists
-//! has fields within their bounds.
+//! Types here are checked when they are parsed or built (as smoltcp's are): a [`Frame`]
+//! that exists has fields within their bounds ([`NodeId`] and [`Reason`] see to it), so
+//! [`Frame::emit`] cannot fail.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use p2pipe::mesh::wire::{Frame, Reason, RefuseCode, LEN_PREFIX};
+//!
+//! let frame = Frame::Refuse(RefuseCode::Limit, Reason::new("full"));
+//! let mut out = BytesMut::new();
+//! frame.emit(&mut out);
+//! assert_eq!(out.len(), frame.emit_len());
+//! assert_eq!(Frame::parse(&out[LEN_PREFIX..]), Ok(frame));
+//! ```
 
 use std::fmt;
 
@@ -118,11 +130,83 @@ pub fn check_id(id: &str) -> Result<(), WireError> {
     }
 }
 
+/// A node id, checked by [`check_id`] when it is built.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Checks `id` ([`check_id`]).
+    pub fn new(id: impl Into<String>) -> Result<NodeId, WireError> {
+        let id = id.into();
+        check_id(&id)?;
+        Ok(NodeId(id))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id, as a `String`.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::ops::Deref for NodeId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A REFUSE or BYE reason: UTF-8 of at most [`MAX_REASON`] bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Reason(String);
+
+impl Reason {
+    /// `s`, cut to [`MAX_REASON`] bytes on a character boundary.
+    pub fn new(s: &str) -> Reason {
+        let mut end = s.len().min(MAX_REASON);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Reason(s[..end].to_owned())
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the text is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The text, as a `String`.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A HELLO: who the sender is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// The sender's node id (checked by [`check_id`]).
-    pub id: String,
+    /// The sender's node id.
+    pub id: NodeId,
     /// The port the sender listens on, or 0.
     pub listen_port: u16,
     /// A fresh random value, binding the signatures to this handshake.
@@ -205,7 +289,7 @@ pub struct Signed {
     pub sig: [u8; 64],
 }
 
-/// A parsed frame. DATA's payload is a slice of the frame, not a copy.
+/// A frame. [`Frame::parse_bytes`] makes DATA's payload a slice of the frame, not a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// HELLO.
@@ -213,7 +297,7 @@ pub enum Frame {
     /// AUTH: a signature, or none when the handshake is unsigned.
     Auth(Option<[u8; 64]>),
     /// REFUSE.
-    Refuse(RefuseCode, String),
+    Refuse(RefuseCode, Reason),
     /// DATA.
     Data {
         /// Flags ([`FLAG_ZLIB`], [`FLAG_SIGNED`]).
@@ -228,28 +312,27 @@ pub enum Frame {
     /// PONG.
     Pong(u64),
     /// BYE.
-    Bye(String),
+    Bye(Reason),
 }
 
-fn take<const N: usize>(b: &mut Bytes, what: &'static str) -> Result<[u8; N], WireError> {
-    if b.len() < N {
+fn take<const N: usize>(b: &mut &[u8], what: &'static str) -> Result<[u8; N], WireError> {
+    let Some((head, rest)) = b.split_first_chunk::<N>() else {
         return Err(WireError::Malformed(what));
-    }
-    let mut out = [0u8; N];
-    b.copy_to_slice(&mut out);
-    Ok(out)
+    };
+    *b = rest;
+    Ok(*head)
 }
 
-fn text(b: &[u8]) -> Result<String, WireError> {
+fn text(b: &[u8]) -> Result<Reason, WireError> {
     if b.len() > MAX_REASON {
         return Err(WireError::BadReason);
     }
     std::str::from_utf8(b)
-        .map(str::to_owned)
+        .map(|s| Reason(s.to_owned()))
         .map_err(|_| WireError::BadReason)
 }
 
-fn done(b: &Bytes, what: &'static str) -> Result<(), WireError> {
+fn done(b: &[u8], what: &'static str) -> Result<(), WireError> {
     if b.is_empty() {
         Ok(())
     } else {
@@ -258,12 +341,19 @@ fn done(b: &Bytes, what: &'static str) -> Result<(), WireError> {
 }
 
 impl Frame {
-    /// Parses one frame (without its length prefix).
-    pub fn parse(mut b: Bytes) -> Result<Frame, WireError> {
-        if b.is_empty() {
-            return Err(WireError::Empty);
-        }
-        let kind = b.get_u8();
+    /// Parses one frame (without its length prefix). DATA's payload is copied; see
+    /// [`Frame::parse_bytes`] for the receive path.
+    pub fn parse(bytes: &[u8]) -> Result<Frame, WireError> {
+        Self::parse_with(bytes, Bytes::copy_from_slice)
+    }
+
+    /// As [`Frame::parse`], with DATA's payload a slice of `frame`, not a copy.
+    pub fn parse_bytes(frame: &Bytes) -> Result<Frame, WireError> {
+        Self::parse_with(frame, |p| frame.slice_ref(p))
+    }
+
+    fn parse_with(mut b: &[u8], payload: impl FnOnce(&[u8]) -> Bytes) -> Result<Frame, WireError> {
+        let [kind] = take::<1>(&mut b, "").map_err(|_| WireError::Empty)?;
         match kind {
             HELLO => {
                 let [m0, m1, m2, m3, version, flags, id_len] = take::<7>(&mut b, "hello")?;
@@ -280,10 +370,9 @@ impl Frame {
                 if id_len == 0 || id_len > MAX_ID || b.len() < id_len {
                     return Err(WireError::BadId);
                 }
-                let id = std::str::from_utf8(&b.split_to(id_len))
-                    .map_err(|_| WireError::BadId)?
-                    .to_owned();
-                check_id(&id)?;
+                let (id, rest) = b.split_at(id_len);
+                b = rest;
+                let id = NodeId::new(std::str::from_utf8(id).map_err(|_| WireError::BadId)?)?;
                 let listen_port = u16::from_be_bytes(take::<2>(&mut b, "hello")?);
                 let nonce = take::<32>(&mut b, "hello")?;
                 let key = if flags & HELLO_SIGNING != 0 {
@@ -291,7 +380,7 @@ impl Frame {
                 } else {
                     None
                 };
-                done(&b, "hello")?;
+                done(b, "hello")?;
                 Ok(Frame::Hello(Hello {
                     id,
                     listen_port,
@@ -306,7 +395,7 @@ impl Frame {
             },
             REFUSE => {
                 let [code] = take::<1>(&mut b, "refuse")?;
-                Ok(Frame::Refuse(RefuseCode::from_u8(code), text(&b)?))
+                Ok(Frame::Refuse(RefuseCode::from_u8(code), text(b)?))
             }
             DATA => {
                 let [flags] = take::<1>(&mut b, "data")?;
@@ -323,39 +412,64 @@ impl Frame {
                 Ok(Frame::Data {
                     flags,
                     signed,
-                    payload: b,
+                    payload: payload(b),
                 })
             }
             PING | PONG => {
                 let token = u64::from_be_bytes(take::<8>(&mut b, "ping")?);
-                done(&b, "ping")?;
+                done(b, "ping")?;
                 Ok(if kind == PING {
                     Frame::Ping(token)
                 } else {
                     Frame::Pong(token)
                 })
             }
-            BYE => Ok(Frame::Bye(text(&b)?)),
+            BYE => Ok(Frame::Bye(text(b)?)),
             k => Err(WireError::UnknownKind(k)),
         }
     }
 
-    /// Encodes the frame with its length prefix into `out`.
+    /// The bytes [`Frame::emit`] appends, length prefix included.
+    pub fn emit_len(&self) -> usize {
+        LEN_PREFIX
+            + 1
+            + match self {
+                Frame::Hello(h) => {
+                    4 + 3 + h.id.len() + 2 + 32 + if h.key.is_some() { 32 } else { 0 }
+                }
+                Frame::Auth(sig) => {
+                    if sig.is_some() {
+                        64
+                    } else {
+                        0
+                    }
+                }
+                Frame::Refuse(_, why) => 1 + why.0.len(),
+                Frame::Data {
+                    signed, payload, ..
+                } => 1 + if signed.is_some() { 72 } else { 0 } + payload.len(),
+                Frame::Ping(_) | Frame::Pong(_) => 8,
+                Frame::Bye(why) => why.0.len(),
+            }
+    }
+
+    /// Appends the frame, with its length prefix, to `out`.
     ///
     /// # Panics
     ///
-    /// If a field is over its bound (an id, a reason, a payload over `u32::MAX`):
-    /// callers check ids with [`check_id`], and reasons are cut by [`reason`].
-    pub fn encode(&self, out: &mut BytesMut) {
-        let start = out.len();
-        out.put_u32(0);
+    /// Only for a DATA payload over 4 GiB, which no length prefix can carry (the mesh
+    /// bounds its messages far below that; every other field is checked when it is built).
+    pub fn emit(&self, out: &mut BytesMut) {
+        let len = self.emit_len();
+        out.reserve(len);
+        out.put_u32(u32::try_from(len - LEN_PREFIX).expect("a DATA payload over 4 GiB"));
         match self {
             Frame::Hello(h) => {
-                check_id(&h.id).expect("hello id is checked by the caller");
                 out.put_u8(HELLO);
                 out.put_slice(MAGIC);
                 out.put_u8(VERSION);
                 out.put_u8(if h.key.is_some() { HELLO_SIGNING } else { 0 });
+                // At most MAX_ID: checked when the id was built.
                 out.put_u8(h.id.len() as u8);
                 out.put_slice(h.id.as_bytes());
                 out.put_u16(h.listen_port);
@@ -371,20 +485,9 @@ impl Frame {
                 }
             }
             Frame::Refuse(code, why) => {
-                assert!(why.len() <= MAX_REASON, "reason over its bound");
                 out.put_u8(REFUSE);
                 out.put_u8(code.to_u8());
-                out.put_slice(why.as_bytes());
-            }
-            Frame::Data {
-                flags,
-                signed,
-                payload,
-            } => {
-                let head = DataHeader::new(*flags, signed.as_ref(), payload.len());
-                // The length prefix is written below, for every kind alike.
-                out.put_slice(&head.as_bytes()[LEN_PREFIX..]);
-                out.put_slice(payload);
+                out.put_slice(why.0.as_bytes());
             }
             Frame::Ping(t) => {
                 out.put_u8(PING);
@@ -395,20 +498,20 @@ impl Frame {
                 out.put_u64(*t);
             }
             Frame::Bye(why) => {
-                assert!(why.len() <= MAX_REASON, "reason over its bound");
                 out.put_u8(BYE);
-                out.put_slice(why.as_bytes());
+                out.put_slice(why.0.as_bytes());
+            }
+            Frame::Data {
+                flags,
+                signed,
+                payload,
+            } => {
+                let head = DataHeader::new(*flags, signed.as_ref(), payload.len());
+                // Its length prefix is written above, as for every kind.
+                out.put_slice(&head.as_bytes()[LEN_PREFIX..]);
+                out.put_slice(payload);
             }
         }
-        let len = u32::try_from(out.len() - start - LEN_PREFIX).expect("frame over u32::MAX");
-        out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
-    }
-
-    /// The frame with its length prefix, as one buffer.
-    pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        self.encode(&mut out);
-        out.freeze()
     }
 }
 
@@ -448,25 +551,6 @@ impl DataHeader {
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
-}
-
-/// A whole DATA frame in one buffer (for tests and tools; the mesh sends the header and
-/// the payload as they are).
-pub fn encode_data(flags: u8, signed: Option<&Signed>, payload: &[u8]) -> Bytes {
-    let h = DataHeader::new(flags, signed, payload.len());
-    let mut out = BytesMut::with_capacity(h.as_bytes().len() + payload.len());
-    out.put_slice(h.as_bytes());
-    out.put_slice(payload);
-    out.freeze()
-}
-
-/// Cuts a reason to [`MAX_REASON`] bytes on a character boundary.
-pub fn reason(s: &str) -> String {
-    let mut end = s.len().min(MAX_REASON);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 /// Cuts a stream into frames (without their length prefix), bounding every length before
@@ -519,24 +603,42 @@ impl tokio_util::codec::Decoder for FrameCodec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio_util::codec::Decoder;
 
     fn hello(key: bool) -> Hello {
         Hello {
-            id: "alice".into(),
+            id: NodeId::new("alice").unwrap(),
             listen_port: 4000,
             nonce: [7; 32],
             key: key.then_some([9; 32]),
         }
     }
 
+    /// The frame's wire form, length prefix included.
+    fn emitted(f: &Frame) -> Bytes {
+        let mut out = BytesMut::new();
+        f.emit(&mut out);
+        assert_eq!(out.len(), f.emit_len());
+        out.freeze()
+    }
+
+    /// A DATA frame's wire form.
+    pub(crate) fn data(flags: u8, signed: Option<Signed>, payload: &[u8]) -> Bytes {
+        emitted(&Frame::Data {
+            flags,
+            signed,
+            payload: Bytes::copy_from_slice(payload),
+        })
+    }
+
     fn round_trip(f: Frame) {
-        let bytes = f.to_bytes();
+        let bytes = emitted(&f);
         let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
         assert_eq!(len, bytes.len() - 4);
-        assert_eq!(Frame::parse(bytes.slice(4..)).unwrap(), f);
+        assert_eq!(Frame::parse(&bytes[4..]).unwrap(), f);
+        assert_eq!(Frame::parse_bytes(&bytes.slice(4..)).unwrap(), f);
     }
 
     #[test]
@@ -547,9 +649,9 @@ mod tests {
         round_trip(Frame::Auth(Some([3; 64])));
         round_trip(Frame::Refuse(
             RefuseCode::Duplicate,
-            "already connected".into(),
+            Reason::new("already connected"),
         ));
-        round_trip(Frame::Refuse(RefuseCode::Other(99), String::new()));
+        round_trip(Frame::Refuse(RefuseCode::Other(99), Reason::default()));
         round_trip(Frame::Data {
             flags: 0,
             signed: None,
@@ -565,24 +667,24 @@ mod tests {
         });
         round_trip(Frame::Ping(u64::MAX));
         round_trip(Frame::Pong(0));
-        round_trip(Frame::Bye("stopping".into()));
+        round_trip(Frame::Bye(Reason::new("stopping")));
     }
 
     #[test]
     fn hello_bytes_are_the_documented_layout() {
-        let b = Frame::Hello(hello(false)).to_bytes();
+        let b = emitted(&Frame::Hello(hello(false)));
         let mut want = vec![0, 0, 0, 47, 0x01, b'P', b'2', b'P', b'M', 1, 0, 5];
         want.extend_from_slice(b"alice");
         want.extend_from_slice(&4000u16.to_be_bytes());
         want.extend_from_slice(&[7; 32]);
         assert_eq!(&b[..], &want[..]);
-        let d = encode_data(0, None, b"hi");
+        let d = data(0, None, b"hi");
         assert_eq!(&d[..], &[0, 0, 0, 4, 0x10, 0, b'h', b'i']);
     }
 
     #[test]
     fn bad_frames_are_refused() {
-        let p = |b: &[u8]| Frame::parse(Bytes::copy_from_slice(b));
+        let p = Frame::parse;
         assert_eq!(p(b""), Err(WireError::Empty));
         assert_eq!(p(b"\x7f"), Err(WireError::UnknownKind(0x7f)));
         assert_eq!(p(b"\x01XXXX"), Err(WireError::Malformed("hello")));
@@ -592,7 +694,7 @@ mod tests {
         assert_eq!(p(b"\x01P2PM\x01\x00\x05ab"), Err(WireError::BadId));
         assert_eq!(p(b"\x01P2PM\x01\x00\x02a b"), Err(WireError::BadId));
         assert_eq!(p(b"\x01P2PM\x01\x00\x02\xff\xfe"), Err(WireError::BadId));
-        let mut long = Frame::Hello(hello(false)).to_bytes().to_vec();
+        let mut long = emitted(&Frame::Hello(hello(false))).to_vec();
         long.push(0);
         assert_eq!(p(&long[4..]), Err(WireError::Malformed("hello")));
         assert_eq!(p(&[0x02; 10]), Err(WireError::Malformed("auth")));
@@ -619,7 +721,7 @@ mod tests {
         let mut c = FrameCodec::new(1000);
         let mut buf = BytesMut::new();
         for _ in 0..2 {
-            buf.extend_from_slice(&Frame::Auth(None).to_bytes());
+            buf.extend_from_slice(&emitted(&Frame::Auth(None)));
             assert_eq!(c.decode(&mut buf).unwrap().unwrap(), &[0x02][..]);
         }
         // Then the message bound applies, and a claim over it allocates nothing.
@@ -638,12 +740,12 @@ mod tests {
     fn data_payload_may_hold_any_bytes_and_be_empty() {
         let all: Vec<u8> = (0..=255).collect();
         for payload in [&all[..], b""] {
-            let b = encode_data(0, None, payload);
-            match Frame::parse(b.slice(4..)).unwrap() {
+            let b = data(0, None, payload);
+            match Frame::parse_bytes(&b.slice(4..)).unwrap() {
                 Frame::Data { payload: p, .. } => assert_eq!(&p[..], payload),
                 f => panic!("not data: {f:?}"),
             }
         }
-        assert_eq!(reason(&"é".repeat(150)).len(), 200);
+        assert_eq!(Reason::new(&"é".repeat(150)).as_str().len(), 200);
     }
 }

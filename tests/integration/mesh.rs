@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ed25519_dalek::SigningKey;
 use p2pipe::mesh::session::{Handshake, Local, Step};
-use p2pipe::mesh::wire::{self, Frame, Signed};
+use p2pipe::mesh::wire::{self, Frame, NodeId, Signed};
 use p2pipe::mesh::{
     Backoff, Direction, DisconnectReason, Error, Event, Events, HandshakeError, Mesh, MeshBuilder,
     Outgoing, RefuseCode,
@@ -382,13 +382,12 @@ async fn a_silent_peer_is_dropped_after_the_timeout_and_blocks_no_one() {
     let mut silent = within(TcpStream::connect(addr)).await.unwrap();
     // Half a HELLO, then nothing.
     let mut half = within(TcpStream::connect(addr)).await.unwrap();
-    let hello = Frame::Hello(wire::Hello {
-        id: "half".into(),
+    let hello = emitted(&Frame::Hello(wire::Hello {
+        id: NodeId::new("half").unwrap(),
         listen_port: 0,
         nonce: [0; 32],
         key: None,
-    })
-    .to_bytes();
+    }));
     within(half.write_all(&hello[..10])).await.unwrap();
     // Others connect meanwhile, at once.
     let mut others = Vec::new();
@@ -553,8 +552,24 @@ impl RawPeer {
         h.update(payload);
         let digest: [u8; 32] = h.finalize().into();
         let sig = by.sign(&digest).to_bytes();
-        wire::encode_data(flags, Some(&Signed { seq, sig }), payload)
+        data(flags, Some(Signed { seq, sig }), payload)
     }
+}
+
+/// A frame's wire form, length prefix included.
+fn emitted(f: &Frame) -> Bytes {
+    let mut out = BytesMut::new();
+    f.emit(&mut out);
+    out.freeze()
+}
+
+/// A DATA frame's wire form.
+fn data(flags: u8, signed: Option<Signed>, payload: &[u8]) -> Bytes {
+    emitted(&Frame::Data {
+        flags,
+        signed,
+        payload: Bytes::copy_from_slice(payload),
+    })
 }
 
 async fn read_frame(sock: &mut TcpStream) -> Bytes {
@@ -577,7 +592,7 @@ async fn raw_handshake(
 ) -> Result<RawPeer, HandshakeError> {
     let mut sock = within(TcpStream::connect(addr)).await.unwrap();
     let local = Local {
-        id: id.into(),
+        id: NodeId::new(id).unwrap(),
         listen_port: 0,
         key,
     };
@@ -640,7 +655,7 @@ async fn forged_signatures_are_refused() {
     let forged = m.signed_by(&key(3), 4, b"forged");
     within(m.sock.write_all(&forged)).await.unwrap();
     // 5. No signature at all.
-    within(m.sock.write_all(&wire::encode_data(0, None, b"unsigned")))
+    within(m.sock.write_all(&data(0, None, b"unsigned")))
         .await
         .unwrap();
     // 6. A genuine one after all that (sequence 3).
@@ -649,7 +664,7 @@ async fn forged_signatures_are_refused() {
     // 7. The forged frame's twin, signed by mallory's own key: taken, so the frame in 4
     //    was a real message in all but its key.
     let twin = m.signed_by(&key(2), 4, b"forged");
-    let parts = |f: &Bytes| match Frame::parse(f.slice(4..)).unwrap() {
+    let parts = |f: &Bytes| match Frame::parse(&f[4..]).unwrap() {
         Frame::Data {
             flags,
             signed: Some(s),
@@ -919,9 +934,7 @@ async fn hostile_bytes_end_only_their_own_connection() {
 
     // After the handshake: an unknown frame kind, then a frame over the message bound.
     let (mut m, _) = (raw_unsigned(addr, "mallory").await, next(&mut ea).await);
-    within(m.write_all(&wire::encode_data(0, None, b"fine")))
-        .await
-        .unwrap();
+    within(m.write_all(&data(0, None, b"fine"))).await.unwrap();
     within(m.write_all(b"\x00\x00\x00\x01\x7f")).await.unwrap();
     assert_eq!(
         next_msg(&mut ea).await,
