@@ -19,9 +19,11 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::Error;
+use crate::Framing;
 
-/// The length of a frame header: 4 type bytes and a u32 length.
-pub const HEADER_LEN: usize = 8;
+/// The length of a frame header: 4 type bytes and a u32 length (the pipe's btpeer
+/// framing, [`Framing::Btpeer`], defines it).
+pub const HEADER_LEN: usize = Framing::BTPEER_HEADER;
 
 /// The default bound on a control frame's payload (64 KiB).
 pub const MAX_CONTROL: usize = 64 * 1024;
@@ -126,16 +128,13 @@ impl Header {
     ///
     /// [`Error::Truncated`] when fewer than [`HEADER_LEN`] bytes are given.
     pub fn parse(bytes: &[u8]) -> Result<Header, Error> {
-        let head: &[u8; HEADER_LEN] = bytes
-            .get(..HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
-            .ok_or(Error::Truncated {
-                got: bytes.len() as u64,
-                expected: HEADER_LEN as u64,
-            })?;
+        let (kind, len) = Framing::parse_btpeer_header(bytes).ok_or(Error::Truncated {
+            got: bytes.len() as u64,
+            expected: HEADER_LEN as u64,
+        })?;
         Ok(Header {
-            kind: Kind::new([head[0], head[1], head[2], head[3]]),
-            len: u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
+            kind: Kind::new(kind),
+            len,
         })
     }
 
@@ -155,8 +154,7 @@ impl Header {
     /// The header's eight bytes.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
-        out[..4].copy_from_slice(&self.kind.0);
-        out[4..].copy_from_slice(&self.len.to_be_bytes());
+        Framing::emit_btpeer_header(self.kind.0, self.len, &mut out);
         out
     }
 }
@@ -177,6 +175,16 @@ impl Frame {
             kind,
             payload: payload.into(),
         }
+    }
+
+    /// The frame a message of the pipe's btpeer framing ([`Framing::Btpeer`]) holds: the
+    /// type followed by the payload. `None` for fewer than 4 bytes.
+    pub(crate) fn from_pipe_message(data: Bytes) -> Option<Frame> {
+        let kind = Kind::new(data.get(..4)?.try_into().ok()?);
+        Some(Frame {
+            kind,
+            payload: data.slice(4..),
+        })
     }
 
     /// The frame's bytes on the wire.

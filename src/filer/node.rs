@@ -542,21 +542,17 @@ impl Inner {
     }
 
     async fn send(&self, pipe: &Pipe, frame: &Frame) -> Result<(), Error> {
-        let mut data = Vec::with_capacity(4 + frame.payload.len());
-        data.extend_from_slice(frame.kind.as_bytes());
-        data.extend_from_slice(&frame.payload);
-        tokio::time::timeout(self.cfg.peer_timeout, pipe.send(&data))
+        let data = frame.to_bytes()?;
+        tokio::time::timeout(self.cfg.peer_timeout, pipe.send_raw(&data))
             .await
             .map_err(|_| Error::Timeout("reply"))?
             .map_err(|e| Error::Reply(e.to_string()))
     }
 
     async fn handle(self: &Arc<Self>, msg: Message, pipe: &Pipe) -> Result<(), Error> {
-        if msg.data.len() < 4 {
+        let Some(frame) = Frame::from_pipe_message(msg.data) else {
             return Ok(());
-        }
-        let kind = Kind::new([msg.data[0], msg.data[1], msg.data[2], msg.data[3]]);
-        let frame = Frame::new(kind, msg.data.slice(4..));
+        };
         let req = match Request::parse(&frame) {
             Ok(r) => r,
             Err(e) => {
