@@ -152,7 +152,9 @@ async fn raw_serve(mut s: TcpStream, dir: &Path) -> std::io::Result<()> {
     let mut file = tokio::fs::File::open(dir.join(name)).await?;
     let size = file.metadata().await?.len();
     let header = Header::for_payload(Kind::REPL, size).expect("a file under 4 GiB");
-    s.write_all(&header.to_bytes()).await?;
+    let mut head = BytesMut::with_capacity(8);
+    header.emit(&mut head);
+    s.write_all(&head).await?;
     let mut buf = vec![0u8; SERVER_CHUNK];
     loop {
         let n = file.read(&mut buf).await?;
@@ -168,9 +170,9 @@ async fn request(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let frame = Request::Fget { name: NAME.into() }.to_frame();
-    s.write_all(&frame.to_bytes().expect("a small frame"))
-        .await
-        .expect("send the request");
+    let mut wire = BytesMut::with_capacity(frame.emit_len());
+    frame.emit(&mut wire);
+    s.write_all(&wire).await.expect("send the request");
     s
 }
 

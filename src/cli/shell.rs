@@ -151,7 +151,7 @@ fn history_path() -> Option<PathBuf> {
 }
 
 fn text(f: &Frame) -> String {
-    String::from_utf8_lossy(&f.payload).into_owned()
+    String::from_utf8_lossy(f.payload()).into_owned()
 }
 
 /// A node's reply text without its protocol tag (`Join: `, `Find: `, `Quit: `,

@@ -125,7 +125,7 @@ impl FilerClient {
     pub async fn exchange(&self, request: &Frame) -> Result<Vec<Frame>, Error> {
         let run = async {
             let mut s = self.connect().await?;
-            s.write_all(&request.to_bytes()?)
+            s.write_all(&wire(request))
                 .await
                 .map_err(|e| Error::io("send", e))?;
             let mut dec = Decoder::default();
@@ -575,7 +575,7 @@ impl FilerClient {
         let mut s = tokio::time::timeout(limit, self.connect())
             .await
             .map_err(|_| Error::Timeout("connect"))??;
-        s.write_all(&request.to_bytes()?)
+        s.write_all(&wire(request))
             .await
             .map_err(|e| Error::io("send", e))?;
         let mut dec = Decoder::default();
@@ -624,6 +624,13 @@ impl FilerClient {
             }
         }
     }
+}
+
+/// A request's bytes on the wire.
+fn wire(request: &Frame) -> BytesMut {
+    let mut out = BytesMut::with_capacity(request.emit_len());
+    request.emit(&mut out);
+    out
 }
 
 /// Reads a counted answer (LIST, FLST): `REPL <count>`, then that many entries.

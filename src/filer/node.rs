@@ -35,7 +35,7 @@ use tokio::sync::broadcast;
 
 use super::auth::Challenges;
 use super::client::FilerClient;
-use super::frame::{Frame, Header, Kind};
+use super::frame::{Frame, Header, Kind, HEADER_LEN};
 use super::msg::{reply, Nonce, QueryId, Request, TrustedOp, MAX_HISTORY};
 use super::peer::{Insert, PeerEntry, PeerId, PeerTable};
 use super::seen::Seen;
@@ -46,6 +46,7 @@ use crate::daemon::{Daemon, Handler};
 use crate::iface::Interface;
 use crate::pipe::{Message, Pipe, PipeConfig, Proto};
 use crate::Framing;
+use bytes::BytesMut;
 
 /// The most names learned from RESP that a node remembers.
 pub const MAX_REMOTE_NAMES: usize = 10_000;
@@ -542,7 +543,8 @@ impl Inner {
     }
 
     async fn send(&self, pipe: &Pipe, frame: &Frame) -> Result<(), Error> {
-        let data = frame.to_bytes()?;
+        let mut data = BytesMut::with_capacity(frame.emit_len());
+        frame.emit(&mut data);
         tokio::time::timeout(self.cfg.peer_timeout, pipe.send_raw(&data))
             .await
             .map_err(|_| Error::Timeout("reply"))?
@@ -737,7 +739,9 @@ impl Inner {
             return self.send(pipe, &reply::file_read_error()).await;
         }
         let t = self.cfg.peer_timeout;
-        tokio::time::timeout(t, pipe.send_raw(header.to_bytes()))
+        let mut head = BytesMut::with_capacity(HEADER_LEN);
+        header.emit(&mut head);
+        tokio::time::timeout(t, pipe.send_raw(head))
             .await
             .map_err(|_| Error::Timeout("sending a file"))?
             .map_err(|e| Error::Reply(e.to_string()))?;
@@ -1084,8 +1088,8 @@ impl Inner {
             }
         };
         let f = match result {
-            Ok(text) => Frame::new(Kind::REPL, text.into_bytes()),
-            Err(text) => Frame::new(Kind::ERRO, text.into_bytes()),
+            Ok(text) => Frame::control(Kind::REPL, text.into_bytes()),
+            Err(text) => Frame::control(Kind::ERRO, text.into_bytes()),
         };
         self.send(pipe, &f).await
     }

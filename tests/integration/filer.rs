@@ -354,7 +354,7 @@ async fn trusted_operations_need_the_secret_which_never_crosses_the_wire() {
     assert!(n.peers().is_empty());
     let replies = within(via.trusted(&secret, op())).await.unwrap();
     assert_eq!(replies.len(), 2);
-    assert_eq!(&replies[1].payload[..], b"Join: peer added: 127.0.0.1:7");
+    assert_eq!(&replies[1].payload()[..], b"Join: peer added: 127.0.0.1:7");
     assert_eq!(n.peers().len(), 1);
     relay_task.abort();
     let wire = log.lock().unwrap().clone();
@@ -586,7 +586,8 @@ fn the_trusted_mac_matches_values_computed_by_python_hmac() {
     // On the wire: `TRST <nonce> <mac> <op-text>`, read back to the same parts.
     let (op_text, want) = &fixture[0];
     let payload = format!("{nonce} {want} {op_text}");
-    let req = Request::parse(&Frame::new(Kind::TRST, payload.clone().into_bytes())).unwrap();
+    let req =
+        Request::parse(&Frame::new(Kind::TRST, payload.clone().into_bytes()).unwrap()).unwrap();
     assert_eq!(
         req,
         Request::Trst {
@@ -595,7 +596,7 @@ fn the_trusted_mac_matches_values_computed_by_python_hmac() {
             op: add,
         }
     );
-    assert_eq!(req.to_frame().payload, payload.as_bytes());
+    assert_eq!(req.to_frame().payload(), payload.as_bytes());
 }
 
 /// The independent Python client's trusted request (CHAL, then TRST with a MAC it
@@ -850,7 +851,7 @@ async fn trusted_share_and_rebuild() {
     .await
     .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&r[1].payload),
+        String::from_utf8_lossy(r[1].payload()),
         "Share: new.txt 5 2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
     );
     let r = within(c.trusted(
@@ -872,7 +873,7 @@ async fn trusted_share_and_rebuild() {
     ))
     .await
     .unwrap();
-    assert_eq!(String::from_utf8_lossy(&r[1].payload), "Rebuild: 2 peers");
+    assert_eq!(String::from_utf8_lossy(r[1].payload()), "Rebuild: 2 peers");
     let ids: Vec<PeerId> = n.peers().into_iter().map(|p| p.pid).collect();
     assert!(
         ids.contains(hub.id()) && ids.contains(other.id()),
@@ -1291,7 +1292,7 @@ async fn a_failed_rebuild_keeps_the_peer_table_and_a_successful_one_replaces_it(
     let r = within(rebuild(dead_port)).await.unwrap();
     assert_eq!(r.len(), 2, "{r:?}");
     assert_eq!(r[1].kind, p2pipe::filer::Kind::ERRO);
-    let text = String::from_utf8_lossy(&r[1].payload);
+    let text = String::from_utf8_lossy(r[1].payload());
     assert!(
         text.starts_with(&format!("Rebuild: 127.0.0.1:{dead_port}: "))
             && text.ends_with("; the peer table was kept"),
@@ -1302,7 +1303,7 @@ async fn a_failed_rebuild_keeps_the_peer_table_and_a_successful_one_replaces_it(
     let r = within(rebuild(n.local_addr().port())).await.unwrap();
     assert_eq!(r[1].kind, p2pipe::filer::Kind::ERRO);
     assert_eq!(
-        String::from_utf8_lossy(&r[1].payload),
+        String::from_utf8_lossy(r[1].payload()),
         format!(
             "Rebuild: no peer joined from 127.0.0.1:{}; the peer table was kept",
             n.local_addr().port()
@@ -1312,7 +1313,7 @@ async fn a_failed_rebuild_keeps_the_peer_table_and_a_successful_one_replaces_it(
     // From a live contact: the new table, and only it.
     let r = within(rebuild(hub.local_addr().port())).await.unwrap();
     assert_eq!(r[1].kind, p2pipe::filer::Kind::REPL);
-    assert_eq!(String::from_utf8_lossy(&r[1].payload), "Rebuild: 1 peer");
+    assert_eq!(String::from_utf8_lossy(r[1].payload()), "Rebuild: 1 peer");
     assert_eq!(listed().await, vec![hub.id().clone()]);
 }
 
@@ -1347,7 +1348,7 @@ async fn a_loopback_client_of_a_node_bound_to_the_wildcard_is_trusted() {
             .await
             .unwrap_or_else(|e| panic!("from {client}: {e}"));
         assert_eq!(
-            String::from_utf8_lossy(&r[1].payload),
+            String::from_utf8_lossy(r[1].payload()),
             format!("Join: peer added: 127.0.0.1:{peer}"),
             "from {client}"
         );

@@ -30,7 +30,7 @@ fn add_peer(lab: &Lab, ns: &str, to: SocketAddr, port: u16) -> Result<String, Er
             };
             let replies = within(FilerClient::new(to).trusted(SECRET, op)).await?;
             let answer = replies.get(1).expect("an answer after `Trust: accepted`");
-            Ok(String::from_utf8_lossy(&answer.payload).into_owned())
+            Ok(String::from_utf8_lossy(answer.payload()).into_owned())
         })
     })
 }
