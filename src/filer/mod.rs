@@ -60,6 +60,25 @@ pub use frame::{Decoder, Event, Frame, Kind, MAX_CONTROL};
 pub use msg::{reply, ParseError, Request, TrustedOp};
 pub use peer::{Insert, PeerEntry, PeerId, PeerTable};
 
+#[cfg(test)]
+pub(crate) mod testing {
+    //! What the filer's unit tests share.
+
+    /// Runs `f` under a time limit, so that no await in a test can hang it.
+    #[track_caller]
+    pub(crate) fn within<F: std::future::Future>(
+        f: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        let at = std::panic::Location::caller();
+        async move {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), f).await {
+                Ok(v) => v,
+                Err(_) => panic!("timed out after 10 s waiting at {at}"),
+            }
+        }
+    }
+}
+
 /// Errors of the file-sharing layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

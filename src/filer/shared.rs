@@ -453,17 +453,7 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// Runs `f` under a time limit, so that no await here can hang a test.
-    #[track_caller]
-    fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
-        let at = std::panic::Location::caller();
-        async move {
-            match tokio::time::timeout(Duration::from_secs(10), f).await {
-                Ok(v) => v,
-                Err(_) => panic!("timed out after 10 s waiting at {at}"),
-            }
-        }
-    }
+    use crate::filer::testing::within;
 
     #[test]
     fn names_that_are_never_served() {

@@ -783,17 +783,7 @@ mod sys {
 mod tests {
     use super::*;
 
-    /// Runs `f` under a time limit, so that no await here can hang a test.
-    #[track_caller]
-    fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
-        let at = std::panic::Location::caller();
-        async move {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), f).await {
-                Ok(v) => v,
-                Err(_) => panic!("timed out after 10 s waiting at {at}"),
-            }
-        }
-    }
+    use crate::filer::testing::within;
 
     fn expected(b: &[u8]) -> Option<Expected> {
         Some(Expected {
