@@ -14,7 +14,7 @@ use bytes::BytesMut;
 
 use super::frame::{Decoder, Event, Frame, Kind};
 use super::msg::{reply, Nonce, QueryId, Request, TrustedOp};
-use super::peer::{PeerEntry, PeerId};
+use super::peer::{Insert, PeerEntry, PeerId};
 use super::store::{Begun, Destination, Download, Expected};
 use super::Error;
 use crate::addr::Target;
@@ -159,6 +159,11 @@ impl FilerClient {
         }
     }
 
+    /// Sends a request whose one reply is `REPL` (a query, forwarded).
+    pub(crate) async fn ask(&self, request: &Request) -> Result<(), Error> {
+        reply::expect_repl(&self.one(request).await?).map(|_| ())
+    }
+
     /// Sends a request that gets no reply (RESP, PING).
     async fn fire(&self, request: &Request) -> Result<(), Error> {
         let replies = self.exchange(&request.to_frame()).await?;
@@ -195,8 +200,8 @@ impl FilerClient {
         counted(&replies, reply::parse_list_entry)
     }
 
-    /// `JOIN`: asks the node to add `me` (reachable at `host:port`) to its table. `Ok`
-    /// with the reply text when added; [`Error::Refused`] with the `ERRO` text otherwise.
+    /// `JOIN`: asks the node to add `me` (reachable at `host:port`) to its table, and
+    /// tells what its table did ([`reply::parse_join`]).
     ///
     /// # Errors
     ///
@@ -205,7 +210,7 @@ impl FilerClient {
     /// # Cancel safety
     ///
     /// Cancel safe.
-    pub async fn join(&self, me: &PeerId, host: &str, port: u16) -> Result<String, Error> {
+    pub async fn join(&self, me: &PeerId, host: &str, port: u16) -> Result<Insert, Error> {
         let r = self
             .one(&Request::Join {
                 pid: me.clone(),
@@ -213,7 +218,7 @@ impl FilerClient {
                 port,
             })
             .await?;
-        Ok(String::from_utf8_lossy(reply::expect_repl(&r)?).into_owned())
+        reply::parse_join(&r)
     }
 
     /// `QUER`: a search whose results go to `ret`. Waits for the acknowledgement.

@@ -1,11 +1,25 @@
-//! The file-sharing node: its sans-IO protocol core (btpeer frames, btfiler messages, peer
-//! ids and the peer table, the trusted session, query memory), the shared folder and
-//! verified downloads.
+//! The file-sharing node: a sans-IO protocol core and a thin I/O shell around it.
 //!
-//! Nothing here owns a socket, reads a clock or touches a file. [`frame`] cuts a byte
-//! stream into frames (and streams file bodies without holding them), [`msg`] turns frames
-//! into typed requests and builds every reply byte for byte, and [`peer`] checks peer ids
-//! and keeps the bounded peer table. The node and client above only move bytes.
+//! The core owns no socket, reads no clock and touches no file: bytes, `now` and what the
+//! shell found out go in, frames and `#[must_use]` steps come out.
+//!
+//! - `frame`: btpeer frames (parse, emit, and a streaming decoder that never holds a file
+//!   body); the header is the pipe's [`Framing::Btpeer`](crate::Framing::Btpeer) one.
+//! - `msg`: btfiler requests and every reply, byte for byte, and the readers of replies.
+//! - `peer`: peer ids and the bounded peer table.
+//! - `seen` and `auth`: the query memory and the trusted session's challenges.
+//! - `core`: what a node answers and decides: a request in, a step out (reply, serve a
+//!   file, handle a query, carry out a trusted operation); where a query goes; building
+//!   the peer table from the typed answers of other nodes.
+//!
+//! The I/O shell carries the steps out and only moves bytes:
+//!
+//! - [`node`]: the node on the Daemon: sends the replies, reads and streams files, asks
+//!   other nodes, runs the stabilizer.
+//! - [`client`]: one request per connection over a [`Pipe`](crate::Pipe), replies until
+//!   the node closes, downloads streamed to disk.
+//! - `shared` and [`store`]: the shared folder (names resolved inside it, its index) and
+//!   verified downloads (part files, locks, hashes on disk).
 //!
 //! # The wire protocol (`docs/protocol.md`)
 //!
@@ -48,6 +62,7 @@
 
 pub mod auth;
 pub mod client;
+mod core;
 pub mod frame;
 pub mod msg;
 pub mod node;

@@ -123,6 +123,16 @@ impl Mac {
     }
 }
 
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
@@ -847,7 +857,7 @@ pub mod reply {
 
     /// `REPL <sha256 as 64 lowercase hex digits>`, the answer to FPFX.
     pub fn prefix_hash(sha256: &[u8; 32]) -> Frame {
-        repl(super::super::shared::hex(sha256))
+        repl(super::hex(sha256))
     }
 
     /// `ERRO Info: incorrect arguments`.
@@ -921,6 +931,24 @@ pub mod reply {
         what: &'static str,
     ) -> Result<[&'a str; N], Error> {
         exact(expect_repl(frame)?).ok_or(Error::BadReply(what))
+    }
+
+    /// Reads the answer to JOIN as what the node's table did: any `REPL` is
+    /// [`Insert::Added`]; `ERRO Join: too many peers` is [`Insert::Full`], and `ERRO Join:
+    /// peer already inserted <pid>` [`Insert::Duplicate`].
+    ///
+    /// # Errors
+    ///
+    /// Any other `ERRO` ([`Error::Refused`]) or type, as [`expect_repl`].
+    pub fn parse_join(frame: &Frame) -> Result<Insert, Error> {
+        match expect_repl(frame) {
+            Ok(_) => Ok(Insert::Added),
+            Err(Error::Refused(text)) if text == "Join: too many peers" => Ok(Insert::Full),
+            Err(Error::Refused(text)) if text.starts_with("Join: peer already inserted") => {
+                Ok(Insert::Duplicate)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads the answer to NAME.

@@ -439,20 +439,11 @@ pub async fn sha256_file(path: &Path) -> io::Result<([u8; 32], u64)> {
     Ok((hasher.finalize().into(), total))
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::filer::msg::hex;
     use crate::filer::testing::within;
 
     #[test]

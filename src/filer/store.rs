@@ -26,7 +26,8 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::shared::{check_name, hex, SharedError, PART_SUFFIX};
+use super::msg::hex;
+use super::shared::{check_name, SharedError, PART_SUFFIX};
 
 /// How many times [`Download::begin`] reopens a part file that was renamed or replaced
 /// between its open and its lock, before it gives up as busy.

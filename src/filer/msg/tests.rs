@@ -559,3 +559,21 @@ fn parse_errors_are_lowercase_and_convert() {
     assert_eq!(layer.to_string(), s);
     assert_eq!(layer, Error::Parse(err));
 }
+
+#[test]
+fn join_answers_read_as_what_the_table_did() {
+    let me = PeerId::parse("10.0.0.1:5000").unwrap();
+    assert_eq!(
+        reply::parse_join(&reply::join_added(&me)),
+        Ok(Insert::Added)
+    );
+    assert_eq!(reply::parse_join(&reply::join_full()), Ok(Insert::Full));
+    assert_eq!(
+        reply::parse_join(&reply::join_dup(&me)),
+        Ok(Insert::Duplicate)
+    );
+    assert_eq!(
+        reply::parse_join(&reply::join_bad_args()),
+        Err(Error::Refused("Join: incorrect arguments".into()))
+    );
+}
