@@ -29,10 +29,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::frame::Header;
-use p2pipe::filer::node::{FilerNode, NodeConfig};
-use p2pipe::filer::{Decoder, Event, Kind, Request};
+use p2pipe::filer::wire::{Decoder, Event, Header, Kind, Request};
+use p2pipe::filer::{FilerClient, FilerNode, NodeConfig};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

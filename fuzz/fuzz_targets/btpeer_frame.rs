@@ -15,7 +15,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use p2pipe::filer::frame::{Decoder, Event, Frame, Kind, HEADER_LEN, MAX_CONTROL};
+use p2pipe::filer::wire::{Decoder, Event, Frame, Kind, HEADER_LEN, MAX_CONTROL};
 use p2pipe::filer::Error;
 
 const MAX_CONTROLS: [usize; 8] = [0, 1, 4, 16, 64, 1024, 4096, MAX_CONTROL];

@@ -14,8 +14,7 @@ use std::str::FromStr;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use p2pipe::filer::frame::{Decoder, Event, Frame, Kind};
-use p2pipe::filer::{Request, TrustedOp};
+use p2pipe::filer::wire::{Decoder, Event, Frame, Kind, Request, TrustedOp};
 
 const KINDS: [Kind; 18] = [
     Kind::NAME,

@@ -21,8 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::{Error as FilerError, Frame, Kind, PeerId, TrustedOp};
+use p2pipe::filer::{Error as FilerError, FilerClient, Frame, Kind, PeerId, TrustedOp};
 use rustyline::completion::{Completer, Pair};
 use rustyline::config::{CompletionType, Config};
 use rustyline::error::ReadlineError;

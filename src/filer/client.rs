@@ -1,7 +1,7 @@
 //! The btfiler client: one request per connection, replies until the peer closes.
 //!
 //! [`FilerClient`] speaks every original message and every extension to one node. Control
-//! replies are bounded ([`MAX_CONTROL`](super::MAX_CONTROL) bytes each, at most
+//! replies are bounded ([`MAX_CONTROL`](super::frame::MAX_CONTROL) bytes each, at most
 //! [`MAX_REPLIES`] of them); file bodies are streamed to disk and never held whole. Every
 //! operation runs under a time limit; a download's limit is on silence (no byte for that
 //! long), not on its whole length.
@@ -201,7 +201,7 @@ impl FilerClient {
     }
 
     /// `JOIN`: asks the node to add `me` (reachable at `host:port`) to its table, and
-    /// tells what its table did ([`reply::parse_join`]).
+    /// tells what its table did ([`Insert`]).
     ///
     /// # Errors
     ///
@@ -413,7 +413,7 @@ impl FilerClient {
     }
 
     /// Downloads `name` to `dest`, one writer per part file and verified on disk (see
-    /// [`store`](super::store)). With a p2pipe node: asks its size and SHA-256 (`FINF`);
+    /// [`Destination`]). With a p2pipe node: asks its size and SHA-256 (`FINF`);
     /// a part file left by an earlier attempt is checked against the node's copy
     /// (`FPFX`) and resumed with a ranged get (`FRNG`), or started over if it differs.
     /// With an original node (no `FINF`): a whole `FGET`, put in place once its

@@ -14,11 +14,11 @@
 //!
 //! The I/O shell carries the steps out and only moves bytes:
 //!
-//! - [`node`]: the node on the Daemon: sends the replies, reads and streams files, asks
+//! - `node`: the node on the Daemon: sends the replies, reads and streams files, asks
 //!   other nodes, runs the stabilizer.
-//! - [`client`]: one request per connection over a [`Pipe`](crate::Pipe), replies until
+//! - `client`: one request per connection over a [`Pipe`](crate::Pipe), replies until
 //!   the node closes, downloads streamed to disk.
-//! - `shared` and [`store`]: the shared folder (names resolved inside it, its index) and
+//! - `shared` and `store`: the shared folder (names resolved inside it, its index) and
 //!   verified downloads (part files, locks, hashes on disk).
 //!
 //! # The wire protocol (`docs/protocol.md`)
@@ -28,7 +28,7 @@
 //! TCP and sends one request frame; the server answers with zero or more frames and closes,
 //! and the close is the only end of the replies. Text fields are separated by spaces and
 //! read by whitespace splitting, so ids, keys and file names hold no whitespace. A peer id
-//! is `host:port` with one colon; IPv6 peers are written `[v6]:port` (see [`peer`]).
+//! is `host:port` with one colon; IPv6 peers are written `[v6]:port` (see [`PeerId`]).
 //!
 //! | request | replies |
 //! |---|---|
@@ -50,30 +50,47 @@
 //! |---|---|
 //! | `FINF <name>` | `REPL <size> <sha256: 64 lowercase hex>`, `ERRO File not found`, `ERRO Error reading file`, `ERRO Info: incorrect arguments` |
 //! | `FRNG <name> <offset> <length>` | `REPL <the bytes>`, `ERRO File not found`, `ERRO Error reading file`, `ERRO Range: out of bounds`, `ERRO Range: incorrect arguments` |
-//! | `QHST <return-pid> <key> <ttl> <qid> <visited>` | as `QUER`; `qid` is 16 lowercase hex digits, `visited` up to [`msg::MAX_HISTORY`] comma-separated peer ids |
+//! | `QHST <return-pid> <key> <ttl> <qid> <visited>` | as `QUER`; `qid` is 16 lowercase hex digits, `visited` up to [`wire::MAX_HISTORY`] comma-separated peer ids |
 //! | `FLST` | `REPL <count>`, then `count` × `REPL <name> <owner-pid> <size or ->`: the node's files and the names it learned from results |
 //! | `CHAL` | `REPL <nonce: 32 lowercase hex>`, `ERRO Challenge: incorrect arguments` |
 //! | `TRST <nonce> <mac: 64 lowercase hex> <OP> <args>` | `REPL Trust: accepted`, `ERRO Trust: not authorized`, `ERRO Trust: incorrect arguments` |
 //!
-//! A trusted request's MAC covers [`msg::mac_input`]: the nonce's hex, one space, and the
-//! operation's canonical text ([`msg::TrustedOp`]'s `Display`), so the secret never
+//! A trusted request's MAC covers [`wire::mac_input`]: the nonce's hex, one space, and the
+//! operation's canonical text ([`TrustedOp`]'s `Display`), so the secret never
 //! crosses the wire. The operations are `FIND <key>`, `SHAR <name>`,
 //! `ADDP <pid> <host> <port>`, `DELP <pid>` and `RBLD <host> <port> <hops>`.
 
-pub mod auth;
-pub mod client;
+mod auth;
+mod client;
 mod core;
-pub mod frame;
-pub mod msg;
-pub mod node;
-pub mod peer;
-pub mod seen;
-pub mod shared;
-pub mod store;
+mod frame;
+mod msg;
+mod node;
+mod peer;
+mod seen;
+mod shared;
+mod store;
 
-pub use frame::{Decoder, Event, Frame, Kind, MAX_CONTROL};
-pub use msg::{reply, ParseError, Request, TrustedOp};
-pub use peer::{Insert, PeerEntry, PeerId, PeerTable};
+pub use client::{Fetched, FilerClient};
+pub use frame::{Frame, Kind};
+pub use msg::reply::FileInfo;
+pub use msg::{ParseError, QueryId, TrustedOp};
+pub use node::{FilerNode, Hit, NodeConfig, NodeStats};
+pub use peer::{Insert, PeerEntry, PeerId};
+pub use shared::{SharedFile, Skipped};
+pub use store::{Destination, StoreError};
+
+/// The btpeer/btfiler codec on its own, for tools and fuzzing: frames (parse, emit, a
+/// streaming decoder) and requests (parse, and the frame a client sends).
+pub mod wire {
+    pub use super::frame::{
+        Decoder, Event, Frame, Header, Kind, HEADER_LEN, MAX_CONTROL, MAX_PAYLOAD,
+    };
+    pub use super::msg::{
+        mac_input, Mac, Nonce, ParseError, QueryId, Request, TrustedOp, MAX_HISTORY, MAX_HOPS,
+        MAX_NAME_LEN, MAX_TTL,
+    };
+}
 
 #[cfg(test)]
 pub(crate) mod testing {

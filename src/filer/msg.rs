@@ -85,7 +85,7 @@ impl ParseError {
     /// JOIN: `ERRO Join: incorrect arguments`. QUER and QHST: `ERRO Query: incorrect
     /// arguments`. FGET: `ERRO File not found` (an original node finds no such name).
     /// QUIT: `ERRO Quit: peer not found: <payload, trimmed>` as an original node answers,
-    /// when that text is UTF-8 of at most [`MAX_ID_LEN`] bytes, else nothing. RESP: nothing.
+    /// when that text is UTF-8 of at most 300 bytes (the longest peer id), else nothing. RESP: nothing.
     /// Extensions: `ERRO Info: ...`, `ERRO Range: ...`, `ERRO Challenge: ...`,
     /// `ERRO Trust: incorrect arguments`.
     pub fn reply(&self) -> Option<&Frame> {
@@ -713,7 +713,7 @@ pub mod reply {
     use super::super::frame::{Frame, Header, Kind};
     use super::super::peer::{Insert, PeerEntry, PeerId};
     use super::super::Error;
-    use super::{erro, exact, repl, Nonce, Request};
+    use super::{erro, exact, repl, Nonce};
 
     /// One entry of the answer to FLST: `REPL <name> <owner-pid> <size>`, with `-` for an
     /// unknown size.
@@ -798,15 +798,17 @@ pub mod reply {
         erro("Query: incorrect arguments")
     }
 
+    #[cfg(test)]
     /// `RESP <name> <owner-pid>`, a search result sent to the query's return address.
     pub fn resp(name: &str, owner: &PeerId) -> Frame {
-        Request::Resp {
+        super::Request::Resp {
             name: name.to_owned(),
             owner: owner.clone(),
         }
         .to_frame()
     }
 
+    #[cfg(test)]
     /// `REPL <bytes>`: a whole file (FGET) or a range (FRNG) held in memory.
     ///
     /// # Errors

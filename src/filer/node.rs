@@ -5,7 +5,7 @@
 //!
 //! - FGET, FINF and FRNG serve only regular files inside the shared folder
 //!   ([`SharedDir`]); names learned from RESP are never served.
-//! - A request frame is bounded ([`MAX_CONTROL`](super::MAX_CONTROL)) before anything is
+//! - A request frame is bounded ([`MAX_CONTROL`](super::frame::MAX_CONTROL)) before anything is
 //!   allocated, and must arrive whole within the request timeout; files are streamed in
 //!   64 KiB pieces; every peer operation has a time limit.
 //! - Queries are de-duplicated ([`Seen`]); `QHST` carries its id and the nodes it
@@ -47,7 +47,7 @@ use crate::iface::Interface;
 use crate::pipe::{Message, Pipe, PipeConfig, Proto};
 use crate::Framing;
 
-pub use super::core::{Hit, MAX_HITS, MAX_REMOTE_NAMES};
+pub use super::core::Hit;
 
 /// The most queries handled at once; more are dropped and counted (a flood cannot make
 /// a task per query without bound, as the original made a thread per query).
@@ -142,7 +142,7 @@ pub struct NodeStats {
     pub bytes_served: u64,
     /// Trusted requests refused.
     pub trust_denied: u64,
-    /// Queries dropped because [`MAX_QUERIES_IN_FLIGHT`] were being handled.
+    /// Queries dropped because 256 (the most at once) were being handled.
     pub queries_shed: u64,
 }
 
@@ -209,7 +209,7 @@ impl FilerNode {
         let wildcard_v6 = matches!(bind.ip(), IpAddr::V6(ip) if ip.is_unspecified());
         let pipe_cfg = PipeConfig::default()
             .framing(Framing::Btpeer)
-            .max_frame(super::MAX_CONTROL)
+            .max_frame(super::frame::MAX_CONTROL)
             .dual_stack(wildcard_v6);
         let daemon = Daemon::builder(NodeHandler(inner.clone()))
             .config(pipe_cfg)
@@ -263,7 +263,7 @@ impl FilerNode {
     }
 
     /// The files the node shares, as searches see them: from the folder's index, at most
-    /// [`DEFAULT_INDEX_AGE`](super::shared::DEFAULT_INDEX_AGE) old. The same walk gives
+    /// 2 s old. The same walk gives
     /// [`skipped`](Self::skipped).
     ///
     /// # Errors

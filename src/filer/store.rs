@@ -323,16 +323,6 @@ impl Download {
         self.written
     }
 
-    /// The size of the whole file, once known.
-    pub fn size(&self) -> Option<u64> {
-        self.size
-    }
-
-    /// The part file being written.
-    pub fn part_path(&self) -> &Path {
-        self.dest.part_path()
-    }
-
     /// The SHA-256 of the [`offset`](Self::offset) bytes found in the part file when the
     /// download began, to compare with the owner's copy before resuming.
     pub fn prefix_sha256(&self) -> [u8; 32] {

@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::store::StoreError;
-use p2pipe::filer::{Error, Kind, TrustedOp};
+use p2pipe::filer::{Error, FilerClient, Kind, StoreError, TrustedOp};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

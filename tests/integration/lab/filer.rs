@@ -5,9 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::node::{FilerNode, NodeConfig, NodeStats};
-use p2pipe::filer::{Error, PeerId, TrustedOp};
+use p2pipe::filer::{Error, FilerClient, FilerNode, NodeConfig, NodeStats, PeerId, TrustedOp};
 
 use super::{lab_or_skip, Lab, NatKind, LAB_T};
 use crate::support::{within, within_for};
