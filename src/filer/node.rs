@@ -1,5 +1,7 @@
-//! The file-sharing node on the Daemon: every btfiler message with its exact replies,
-//! joining, searching, serving files, and the trusted operations.
+//! The file-sharing node on the Daemon: the I/O shell around the protocol core
+//! ([`core`](super::core)). The core decides every reply and step; the node carries
+//! them out: it sends the replies, reads and streams files, asks other nodes (joining,
+//! searching, the stabilizer) and runs the trusted operations.
 //!
 //! What it fixes in the original (see `docs/protocol.md`):
 //!
