@@ -29,10 +29,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::frame::Header;
-use p2pipe::filer::node::{FilerNode, NodeConfig};
-use p2pipe::filer::{Decoder, Event, Kind, Request};
+use p2pipe::filer::wire::{Decoder, Event, Header, Kind, Request};
+use p2pipe::filer::{FilerClient, FilerNode, NodeConfig};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -152,7 +150,9 @@ async fn raw_serve(mut s: TcpStream, dir: &Path) -> std::io::Result<()> {
     let mut file = tokio::fs::File::open(dir.join(name)).await?;
     let size = file.metadata().await?.len();
     let header = Header::for_payload(Kind::REPL, size).expect("a file under 4 GiB");
-    s.write_all(&header.to_bytes()).await?;
+    let mut head = BytesMut::with_capacity(8);
+    header.emit(&mut head);
+    s.write_all(&head).await?;
     let mut buf = vec![0u8; SERVER_CHUNK];
     loop {
         let n = file.read(&mut buf).await?;
@@ -168,9 +168,9 @@ async fn request(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let frame = Request::Fget { name: NAME.into() }.to_frame();
-    s.write_all(&frame.to_bytes().expect("a small frame"))
-        .await
-        .expect("send the request");
+    let mut wire = BytesMut::with_capacity(frame.emit_len());
+    frame.emit(&mut wire);
+    s.write_all(&wire).await.expect("send the request");
     s
 }
 

@@ -21,8 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::node::{FilerNode, NodeConfig};
+use p2pipe::filer::{FilerClient, FilerNode, NodeConfig};
 
 /// The shared file's name.
 const NAME: &str = "data.bin";

@@ -15,7 +15,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use p2pipe::filer::frame::{Decoder, Event, Frame, Kind, HEADER_LEN, MAX_CONTROL};
+use p2pipe::filer::wire::{Decoder, Event, Frame, Kind, HEADER_LEN, MAX_CONTROL};
 use p2pipe::filer::Error;
 
 const MAX_CONTROLS: [usize; 8] = [0, 1, 4, 16, 64, 1024, 4096, MAX_CONTROL];
@@ -38,7 +38,7 @@ impl Check<'_> {
         match (ev, self.body) {
             (Event::Frame(f), None) => {
                 assert!(
-                    f.payload.len() <= self.max_control,
+                    f.payload().len() <= self.max_control,
                     "control frame over the bound"
                 );
                 assert!(
@@ -47,7 +47,10 @@ impl Check<'_> {
                 );
                 let kind = Kind::new(taken[..4].try_into().unwrap());
                 assert_eq!(f.kind, kind, "type upper-cased");
-                let again = Frame::new(f.kind, f.payload.clone()).to_bytes().unwrap();
+                let mut again = BytesMut::new();
+                f.emit(&mut again);
+                assert_eq!(f.emit_len(), again.len());
+                assert_eq!(Frame::parse(taken).as_ref(), Ok(f), "parse gives the same frame");
                 assert_eq!(again.len(), taken.len());
                 assert_eq!(&again[4..], &taken[4..], "re-encoding gives the same bytes");
                 assert!(!f.kind.as_bytes().iter().any(u8::is_ascii_lowercase));

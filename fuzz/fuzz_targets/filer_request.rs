@@ -14,8 +14,7 @@ use std::str::FromStr;
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use p2pipe::filer::frame::{Decoder, Event, Frame, Kind};
-use p2pipe::filer::{Request, TrustedOp};
+use p2pipe::filer::wire::{Decoder, Event, Frame, Kind, Request, TrustedOp};
 
 const KINDS: [Kind; 18] = [
     Kind::NAME,
@@ -62,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         None if rest.len() >= 4 => (Kind::new(rest[..4].try_into().unwrap()), &rest[4..]),
         None => return,
     };
-    let frame = Frame::new(kind, payload.to_vec());
+    let frame = Frame::new(kind, payload.to_vec()).expect("fuzz input is under 4 GiB");
     match Request::parse(&frame) {
         Ok(req) => {
             assert_eq!(req.kind(), kind);
@@ -89,13 +88,13 @@ fuzz_target!(|data: &[u8]| {
                     );
                     assert_eq!(reply.kind, Kind::ERRO);
                     assert!(
-                        reply.payload.len() <= 400,
+                        reply.payload().len() <= 400,
                         "reply of {} bytes",
-                        reply.payload.len()
+                        reply.payload().len()
                     );
-                    assert!(std::str::from_utf8(&reply.payload).is_ok());
-                    let wire = reply.to_bytes().expect("a reply encodes");
-                    let mut buf = BytesMut::from(&wire[..]);
+                    assert!(std::str::from_utf8(reply.payload()).is_ok());
+                    let mut buf = BytesMut::new();
+                    reply.emit(&mut buf);
                     let mut d = Decoder::default();
                     assert_eq!(
                         d.decode_eof(&mut buf),

@@ -1,15 +1,13 @@
 //! `p2pipe fetch`: download a file from a node, with a progress bar; rerun to resume.
 //!
 //! The download goes to a locked part file beside its destination and is put in place
-//! only once the bytes on disk match the node's SHA-256 (see `p2pipe::filer::store`).
+//! only once the bytes on disk match the node's SHA-256 (see `p2pipe::filer::Destination`).
 //! "Verified" is printed only for bytes that were read back and checked.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use p2pipe::filer::client::{Fetched, FilerClient};
-use p2pipe::filer::store::{Destination, StoreError};
-use p2pipe::filer::Error;
+use p2pipe::filer::{Destination, Error, Fetched, FilerClient, StoreError};
 
 /// Arguments of `p2pipe fetch`.
 #[derive(Debug, clap::Args)]

@@ -8,10 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::msg::QueryId;
-use p2pipe::filer::node::{FilerNode, Hit, NodeConfig};
-use p2pipe::filer::Error;
+use p2pipe::filer::{Error, FilerClient, FilerNode, Hit, NodeConfig, QueryId};
 
 /// Arguments of `p2pipe search`.
 #[derive(Debug, clap::Args)]

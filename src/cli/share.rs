@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use p2pipe::addr::{AddrClass, Af};
-use p2pipe::filer::node::{FilerNode, NodeConfig};
-use p2pipe::filer::shared::Skipped;
-use p2pipe::filer::{Error as FilerError, PeerId};
+use p2pipe::filer::{Error as FilerError, FilerNode, NodeConfig, PeerId, Skipped};
 use p2pipe::iface::Interface;
 
 use super::servers;

@@ -21,8 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::{Error as FilerError, Frame, Kind, PeerId, TrustedOp};
+use p2pipe::filer::{Error as FilerError, FilerClient, Frame, Kind, PeerId, TrustedOp};
 use rustyline::completion::{Completer, Pair};
 use rustyline::config::{CompletionType, Config};
 use rustyline::error::ReadlineError;
@@ -151,7 +150,7 @@ fn history_path() -> Option<PathBuf> {
 }
 
 fn text(f: &Frame) -> String {
-    String::from_utf8_lossy(&f.payload).into_owned()
+    String::from_utf8_lossy(f.payload()).into_owned()
 }
 
 /// A node's reply text without its protocol tag (`Join: `, `Find: `, `Quit: `,

@@ -64,6 +64,7 @@ impl Challenges {
         }
     }
 
+    #[cfg(test)]
     /// Whether trusted operations are possible at all.
     pub fn enabled(&self) -> bool {
         self.secret.is_some()
@@ -190,5 +191,68 @@ mod tests {
             c.issue(r, t0);
         }
         assert!(c.issued.len() <= MAX_CHALLENGES);
+    }
+
+    /// The trusted session's MAC against values computed by Python's `hmac` module (the
+    /// fixture of tests/btfiler/test_btfiler_node.py), not by the code under test:
+    /// HMAC-SHA256 keyed with the node's secret over `<nonce> <op-text>`, in lower-case hex,
+    /// as docs/protocol.md states. The node accepts a request carrying it.
+    #[test]
+    fn the_trusted_mac_matches_values_computed_by_python_hmac() {
+        use crate::filer::frame::{Frame, Kind};
+        use crate::filer::msg::{Mac, Request, TrustedOp};
+        use crate::filer::PeerId;
+
+        const SECRET: &[u8] = b"p2pipe known-answer secret";
+        let nonce = Nonce(std::array::from_fn(|i| i as u8));
+        assert_eq!(nonce.to_string(), "000102030405060708090a0b0c0d0e0f");
+        let add = TrustedOp::AddPeer {
+            pid: PeerId::parse("127.0.0.1:7").unwrap(),
+            host: "127.0.0.1".into(),
+            port: 7,
+        };
+        let find = TrustedOp::Find { key: "song".into() };
+        assert_eq!(add.to_string(), "ADDP 127.0.0.1:7 127.0.0.1 7");
+        assert_eq!(find.to_string(), "FIND song");
+        let fixture = [
+            (
+                add.to_string(),
+                "8996b4c7921d054a0452e66b32b9953aa04556bef203dc2b2ebfee96c993ddec",
+            ),
+            (
+                find.to_string(),
+                "5c4d06cc16d886e36d7c7087e9ec1246aabb17d74e1601cf1e6555e1c94ead3d",
+            ),
+            (
+                "FIND ünïcode".to_string(),
+                "c6c24e98b7ce39d9a703f659ee5268cc70e9119f7d908f382bd4e763e97922f7",
+            ),
+        ];
+        for (op_text, want) in &fixture {
+            assert_eq!(mac(SECRET, &nonce, op_text).to_string(), *want, "{op_text}");
+            let mut node = Challenges::new(Some(SECRET.to_vec()));
+            let now = std::time::Instant::now();
+            assert_eq!(node.issue(nonce.0, now), nonce);
+            let proof = Mac::parse(want).unwrap();
+            assert_eq!(
+                node.verify(&nonce, &proof, op_text, now),
+                Ok(()),
+                "{op_text}"
+            );
+        }
+        // On the wire: `TRST <nonce> <mac> <op-text>`, read back to the same parts.
+        let (op_text, want) = &fixture[0];
+        let payload = format!("{nonce} {want} {op_text}");
+        let req =
+            Request::parse(&Frame::new(Kind::TRST, payload.clone().into_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            req,
+            Request::Trst {
+                nonce,
+                mac: Mac::parse(want).unwrap(),
+                op: add,
+            }
+        );
+        assert_eq!(req.to_frame().payload(), payload.as_bytes());
     }
 }

@@ -1,7 +1,7 @@
 //! The btfiler client: one request per connection, replies until the peer closes.
 //!
 //! [`FilerClient`] speaks every original message and every extension to one node. Control
-//! replies are bounded ([`MAX_CONTROL`](super::MAX_CONTROL) bytes each, at most
+//! replies are bounded ([`MAX_CONTROL`](super::frame::MAX_CONTROL) bytes each, at most
 //! [`MAX_REPLIES`] of them); file bodies are streamed to disk and never held whole. Every
 //! operation runs under a time limit; a download's limit is on silence (no byte for that
 //! long), not on its whole length.
@@ -11,18 +11,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::frame::{Decoder, Event, Frame, Kind};
 use super::msg::{reply, Nonce, QueryId, Request, TrustedOp};
-use super::peer::{PeerEntry, PeerId};
+use super::peer::{Insert, PeerEntry, PeerId};
 use super::store::{Begun, Destination, Download, Expected};
 use super::Error;
 use crate::addr::Target;
+use crate::pipe::{EndReason, Error as PipeError, Pipe, PipeConfig, Proto};
+use crate::Framing;
 
 /// The most reply frames read for one request.
 pub const MAX_REPLIES: usize = 100_000;
+
+/// Bytes read from the node at a time.
+const READ_BUFFER: usize = 256 * 1024;
 
 /// The default time limit of one control exchange, and of silence during a download.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,31 +87,23 @@ impl FilerClient {
         self
     }
 
-    async fn connect(&self) -> Result<TcpStream, Error> {
-        let addrs = crate::dns::resolve(&self.target, None)
-            .await
-            .map_err(|e| Error::Io {
-                op: "resolve",
-                kind: std::io::ErrorKind::NotFound,
-                message: e.to_string(),
-            })?;
-        let mut last = None;
-        for addr in addrs {
-            let socket = crate::iface::bind::tcp_socket(&addr, self.bind, None)
-                .map_err(|e| Error::io("connect", e))?;
-            match socket.connect(addr).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    return Ok(s);
-                }
-                Err(e) => last = Some(Error::io("connect", e)),
-            }
+    /// Connects to the node and sends `request`: a pipe without framing (the client cuts
+    /// the replies into frames itself, streaming file bodies), bound first when asked.
+    async fn open(&self, request: &Frame) -> Result<Pipe, Error> {
+        let mut cfg = PipeConfig::default()
+            .framing(Framing::Raw)
+            .read_buffer(READ_BUFFER)
+            .connect_timeout(self.timeout);
+        if let Some(local) = self.bind {
+            cfg = cfg.bind(local);
         }
-        Err(last.unwrap_or(Error::Io {
-            op: "connect",
-            kind: std::io::ErrorKind::NotFound,
-            message: "no address".into(),
-        }))
+        let pipe = Pipe::connect_with(Proto::Tcp, self.target.clone(), &cfg)
+            .await
+            .map_err(connect_error)?;
+        let mut wire = BytesMut::with_capacity(request.emit_len());
+        request.emit(&mut wire);
+        pipe.send(wire).await.map_err(|e| pipe_error("send", e))?;
+        Ok(pipe)
     }
 
     /// Sends `request` and reads every reply frame until the peer closes. Control
@@ -124,20 +119,14 @@ impl FilerClient {
     /// Cancel safe: the connection is dropped.
     pub async fn exchange(&self, request: &Frame) -> Result<Vec<Frame>, Error> {
         let run = async {
-            let mut s = self.connect().await?;
-            s.write_all(&request.to_bytes()?)
-                .await
-                .map_err(|e| Error::io("send", e))?;
+            let pipe = self.open(request).await?;
             let mut dec = Decoder::default();
-            let mut buf = BytesMut::with_capacity(4096);
+            let mut buf = BytesMut::new();
             let mut out = Vec::new();
             loop {
-                let n = s
-                    .read_buf(&mut buf)
-                    .await
-                    .map_err(|e| Error::io("receive", e))?;
+                let eof = !read_more(&pipe, &mut buf).await?;
                 loop {
-                    match dec.decode_next(&mut buf, n == 0)? {
+                    match dec.decode_next(&mut buf, eof)? {
                         Some(Event::Frame(f)) => {
                             out.push(f);
                             if out.len() > MAX_REPLIES {
@@ -151,7 +140,7 @@ impl FilerClient {
                         None => break,
                     }
                 }
-                if n == 0 {
+                if eof {
                     return Ok(out);
                 }
             }
@@ -168,6 +157,11 @@ impl FilerClient {
             0 => Err(Error::NoReply),
             _ => Ok(replies.swap_remove(0)),
         }
+    }
+
+    /// Sends a request whose one reply is `REPL` (a query, forwarded).
+    pub(crate) async fn ask(&self, request: &Request) -> Result<(), Error> {
+        reply::expect_repl(&self.one(request).await?).map(|_| ())
     }
 
     /// Sends a request that gets no reply (RESP, PING).
@@ -206,8 +200,8 @@ impl FilerClient {
         counted(&replies, reply::parse_list_entry)
     }
 
-    /// `JOIN`: asks the node to add `me` (reachable at `host:port`) to its table. `Ok`
-    /// with the reply text when added; [`Error::Refused`] with the `ERRO` text otherwise.
+    /// `JOIN`: asks the node to add `me` (reachable at `host:port`) to its table, and
+    /// tells what its table did ([`Insert`]).
     ///
     /// # Errors
     ///
@@ -216,7 +210,7 @@ impl FilerClient {
     /// # Cancel safety
     ///
     /// Cancel safe.
-    pub async fn join(&self, me: &PeerId, host: &str, port: u16) -> Result<String, Error> {
+    pub async fn join(&self, me: &PeerId, host: &str, port: u16) -> Result<Insert, Error> {
         let r = self
             .one(&Request::Join {
                 pid: me.clone(),
@@ -224,7 +218,7 @@ impl FilerClient {
                 port,
             })
             .await?;
-        Ok(String::from_utf8_lossy(reply::expect_repl(&r)?).into_owned())
+        reply::parse_join(&r)
     }
 
     /// `QUER`: a search whose results go to `ret`. Waits for the acknowledgement.
@@ -419,7 +413,7 @@ impl FilerClient {
     }
 
     /// Downloads `name` to `dest`, one writer per part file and verified on disk (see
-    /// [`store`](super::store)). With a p2pipe node: asks its size and SHA-256 (`FINF`);
+    /// [`Destination`]). With a p2pipe node: asks its size and SHA-256 (`FINF`);
     /// a part file left by an earlier attempt is checked against the node's copy
     /// (`FPFX`) and resumed with a ranged get (`FRNG`), or started over if it differs.
     /// With an original node (no `FINF`): a whole `FGET`, put in place once its
@@ -572,27 +566,20 @@ impl FilerClient {
         mut progress: impl FnMut(u64),
     ) -> Result<(), Error> {
         let limit = self.timeout;
-        let mut s = tokio::time::timeout(limit, self.connect())
+        let pipe = tokio::time::timeout(limit, self.open(request))
             .await
             .map_err(|_| Error::Timeout("connect"))??;
-        s.write_all(&request.to_bytes()?)
-            .await
-            .map_err(|e| Error::io("send", e))?;
         let mut dec = Decoder::default();
         dec.expect_body(true);
-        let mut buf = BytesMut::with_capacity(256 * 1024);
+        let mut buf = BytesMut::new();
         let mut body_len = None;
         let mut done = 0u64;
         loop {
-            if buf.capacity() - buf.len() < 64 * 1024 {
-                buf.reserve(256 * 1024);
-            }
-            let n = tokio::time::timeout(limit, s.read_buf(&mut buf))
+            let eof = !tokio::time::timeout(limit, read_more(&pipe, &mut buf))
                 .await
-                .map_err(|_| Error::Timeout("download"))?
-                .map_err(|e| Error::io("receive", e))?;
+                .map_err(|_| Error::Timeout("download"))??;
             loop {
-                match dec.decode_next(&mut buf, n == 0)? {
+                match dec.decode_next(&mut buf, eof)? {
                     Some(Event::BodyStart { kind, len }) => {
                         if kind != Kind::REPL {
                             return Err(Error::UnexpectedReply(kind));
@@ -613,7 +600,7 @@ impl FilerClient {
                     None => break,
                 }
             }
-            if n == 0 {
+            if eof {
                 return match body_len {
                     None => Err(Error::NoReply),
                     Some(len) => Err(Error::Truncated {
@@ -623,6 +610,54 @@ impl FilerClient {
                 };
             }
         }
+    }
+}
+
+/// Appends the next bytes from the node to `buf`; false once the node has closed.
+async fn read_more(pipe: &Pipe, buf: &mut BytesMut) -> Result<bool, Error> {
+    match pipe.recv().await {
+        Ok(m) if buf.is_empty() => {
+            // Taken over without a copy when the pipe no longer shares the chunk.
+            *buf = BytesMut::from(m.data);
+            Ok(true)
+        }
+        Ok(m) => {
+            buf.extend_from_slice(&m.data);
+            Ok(true)
+        }
+        Err(PipeError::Ended(EndReason::Fin)) => Ok(false),
+        Err(e) => Err(pipe_error("receive", e)),
+    }
+}
+
+/// A failure to reach the node, as this layer's error.
+fn connect_error(e: PipeError) -> Error {
+    match e {
+        PipeError::Address(e) => Error::Io {
+            op: "resolve",
+            kind: std::io::ErrorKind::NotFound,
+            message: e.to_string(),
+        },
+        PipeError::Connect { source, .. } | PipeError::Bind { source, .. } => {
+            Error::io("connect", source)
+        }
+        PipeError::ConnectTimeout { .. } => Error::Timeout("connect"),
+        e => pipe_error("connect", e),
+    }
+}
+
+/// A pipe's failure while `op` was being done, as this layer's error.
+fn pipe_error(op: &'static str, e: PipeError) -> Error {
+    let kind = match e {
+        PipeError::Io(io) => return Error::io(op, io),
+        PipeError::Ended(EndReason::Reset) => std::io::ErrorKind::ConnectionReset,
+        PipeError::Ended(EndReason::Io(kind)) => kind,
+        _ => std::io::ErrorKind::Other,
+    };
+    Error::Io {
+        op,
+        kind,
+        message: e.to_string().to_lowercase(),
     }
 }
 

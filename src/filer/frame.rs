@@ -19,9 +19,11 @@ use std::fmt;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::Error;
+use crate::Framing;
 
-/// The length of a frame header: 4 type bytes and a u32 length.
-pub const HEADER_LEN: usize = 8;
+/// The length of a frame header: 4 type bytes and a u32 length (the pipe's btpeer
+/// framing, [`Framing::Btpeer`], defines it).
+pub const HEADER_LEN: usize = Framing::BTPEER_HEADER;
 
 /// The default bound on a control frame's payload (64 KiB).
 pub const MAX_CONTROL: usize = 64 * 1024;
@@ -126,16 +128,13 @@ impl Header {
     ///
     /// [`Error::Truncated`] when fewer than [`HEADER_LEN`] bytes are given.
     pub fn parse(bytes: &[u8]) -> Result<Header, Error> {
-        let head: &[u8; HEADER_LEN] = bytes
-            .get(..HEADER_LEN)
-            .and_then(|h| h.try_into().ok())
-            .ok_or(Error::Truncated {
-                got: bytes.len() as u64,
-                expected: HEADER_LEN as u64,
-            })?;
+        let (kind, len) = Framing::parse_btpeer_header(bytes).ok_or(Error::Truncated {
+            got: bytes.len() as u64,
+            expected: HEADER_LEN as u64,
+        })?;
         Ok(Header {
-            kind: Kind::new([head[0], head[1], head[2], head[3]]),
-            len: u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
+            kind: Kind::new(kind),
+            len,
         })
     }
 
@@ -152,57 +151,99 @@ impl Header {
         Ok(Header { kind, len })
     }
 
-    /// The header's eight bytes.
-    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
-        let mut out = [0u8; HEADER_LEN];
-        out[..4].copy_from_slice(&self.kind.0);
-        out[4..].copy_from_slice(&self.len.to_be_bytes());
-        out
+    /// Appends the header's eight bytes to `out`.
+    pub fn emit(&self, out: &mut BytesMut) {
+        let mut head = [0u8; HEADER_LEN];
+        Framing::emit_btpeer_header(self.kind.0, self.len, &mut head);
+        out.put_slice(&head);
     }
 }
 
-/// One whole frame.
+/// One whole frame. Its payload fits the u32 length field: a longer one is refused when
+/// the frame is built, so [`emit`](Frame::emit) cannot fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// The type, upper-cased.
     pub kind: Kind,
-    /// The payload.
-    pub payload: Bytes,
+    payload: Bytes,
 }
 
 impl Frame {
     /// A frame of this type and payload.
-    pub fn new(kind: Kind, payload: impl Into<Bytes>) -> Frame {
-        Frame {
-            kind,
-            payload: payload.into(),
-        }
-    }
-
-    /// The frame's bytes on the wire.
     ///
     /// # Errors
     ///
     /// [`Error::TooLarge`] when the payload does not fit the u32 length field.
-    pub fn to_bytes(&self) -> Result<Bytes, Error> {
-        let mut out = BytesMut::new();
-        encode(self.kind, &self.payload, &mut out)?;
-        Ok(out.freeze())
+    pub fn new(kind: Kind, payload: impl Into<Bytes>) -> Result<Frame, Error> {
+        let payload = payload.into();
+        Header::for_payload(kind, payload.len() as u64)?;
+        Ok(Frame { kind, payload })
     }
-}
 
-/// Appends the frame `kind`, `payload` to `out`.
-///
-/// # Errors
-///
-/// [`Error::TooLarge`] when the payload does not fit the u32 length field; nothing is
-/// written then.
-pub fn encode(kind: Kind, payload: &[u8], out: &mut BytesMut) -> Result<(), Error> {
-    let header = Header::for_payload(kind, payload.len() as u64)?;
-    out.reserve(HEADER_LEN + payload.len());
-    out.put_slice(&header.to_bytes());
-    out.put_slice(payload);
-    Ok(())
+    /// A frame whose payload is built from bounded fields (ids, names, keys, counts,
+    /// short texts), far below the u32 limit: the replies and requests of `msg`.
+    pub(crate) fn control(kind: Kind, payload: impl Into<Bytes>) -> Frame {
+        let payload = payload.into();
+        debug_assert!(payload.len() as u64 <= MAX_PAYLOAD);
+        Frame { kind, payload }
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Reads the frame at the start of `bytes` (bytes after it are not looked at).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Truncated`] when `bytes` holds less than the header and the payload it
+    /// announces; nothing is allocated (the payload is copied once it is all there).
+    pub fn parse(bytes: &[u8]) -> Result<Frame, Error> {
+        let header = Header::parse(bytes)?;
+        let end = HEADER_LEN as u64 + u64::from(header.len);
+        let payload = bytes
+            .get(HEADER_LEN..)
+            .and_then(|rest| rest.get(..header.len as usize))
+            .ok_or(Error::Truncated {
+                got: bytes.len() as u64,
+                expected: end,
+            })?;
+        Ok(Frame {
+            kind: header.kind,
+            payload: Bytes::copy_from_slice(payload),
+        })
+    }
+
+    /// The frame's header.
+    pub fn header(&self) -> Header {
+        Header {
+            kind: self.kind,
+            len: self.payload.len() as u32,
+        }
+    }
+
+    /// The length of the frame on the wire.
+    pub fn emit_len(&self) -> usize {
+        HEADER_LEN + self.payload.len()
+    }
+
+    /// Appends the frame's bytes to `out`.
+    pub fn emit(&self, out: &mut BytesMut) {
+        out.reserve(self.emit_len());
+        self.header().emit(out);
+        out.put_slice(&self.payload);
+    }
+
+    /// The frame a message of the pipe's btpeer framing ([`Framing::Btpeer`]) holds: the
+    /// type followed by the payload. `None` for fewer than 4 bytes.
+    pub(crate) fn from_pipe_message(data: Bytes) -> Option<Frame> {
+        let kind = Kind::new(data.get(..4)?.try_into().ok()?);
+        Some(Frame {
+            kind,
+            payload: data.slice(4..),
+        })
+    }
 }
 
 /// What the decoder read.
@@ -437,15 +478,32 @@ mod tests {
     }
 
     fn frame(kind: Kind, payload: &'static [u8]) -> Event {
-        Event::Frame(Frame::new(kind, payload))
+        Event::Frame(Frame::new(kind, payload).unwrap())
+    }
+
+    fn put(kind: Kind, payload: &[u8], out: &mut BytesMut) {
+        Frame::new(kind, Bytes::copy_from_slice(payload))
+            .unwrap()
+            .emit(out);
     }
 
     #[test]
     fn name_with_empty_payload_is_eight_bytes() {
-        let bytes = Frame::new(Kind::NAME, Bytes::new()).to_bytes().unwrap();
+        let mut bytes = BytesMut::new();
+        let name = Frame::new(Kind::NAME, Bytes::new()).unwrap();
+        name.emit(&mut bytes);
         assert_eq!(&bytes[..], b"NAME\0\0\0\0");
+        assert_eq!(name.emit_len(), 8);
+        assert_eq!(Frame::parse(&bytes), Ok(name));
+        assert_eq!(
+            Frame::parse(b"QUER\0\0\0\x09abc"),
+            Err(Error::Truncated {
+                got: 11,
+                expected: 17
+            })
+        );
         let mut out = BytesMut::new();
-        encode(Kind::QUER, b"me k 5", &mut out).unwrap();
+        put(Kind::QUER, b"me k 5", &mut out);
         assert_eq!(&out[..], b"QUER\x00\x00\x00\x06me k 5");
     }
 
@@ -454,7 +512,9 @@ mod tests {
         let h = Header::parse(b"REPL\x01\x02\x03\x04rest").unwrap();
         assert_eq!(h.kind, Kind::REPL);
         assert_eq!(h.len, 0x0102_0304);
-        assert_eq!(&h.to_bytes(), b"REPL\x01\x02\x03\x04");
+        let mut out = BytesMut::new();
+        h.emit(&mut out);
+        assert_eq!(&out[..], b"REPL\x01\x02\x03\x04");
         assert_eq!(
             Header::parse(b"REP"),
             Err(Error::Truncated {
@@ -492,9 +552,9 @@ mod tests {
     #[test]
     fn frames_split_one_byte_at_a_time() {
         let mut wire = BytesMut::new();
-        encode(Kind::QUER, b"10.0.0.1:5000 song 4", &mut wire).unwrap();
-        encode(Kind::NAME, b"", &mut wire).unwrap();
-        encode(Kind::REPL, b"x", &mut wire).unwrap();
+        put(Kind::QUER, b"10.0.0.1:5000 song 4", &mut wire);
+        put(Kind::NAME, b"", &mut wire);
+        put(Kind::REPL, b"x", &mut wire);
         for step in [1, 2, 3, 7, 8, 9, wire.len()] {
             let (events, err) = run(&mut Decoder::default(), &wire, step);
             assert_eq!(err, None, "step {step}");
@@ -549,7 +609,7 @@ mod tests {
     fn bodies_stream_in_chunks() {
         let mut wire = BytesMut::new();
         let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-        encode(Kind::REPL, &body, &mut wire).unwrap();
+        put(Kind::REPL, &body, &mut wire);
         let mut d = Decoder::new(16);
         d.expect_body(true);
         let (events, err) = run(&mut d, &wire, 4096);
@@ -578,9 +638,9 @@ mod tests {
     #[test]
     fn errors_arrive_whole_while_expecting_a_body() {
         let mut wire = BytesMut::new();
-        encode(Kind::ERRO, b"File not found", &mut wire).unwrap();
-        encode(Kind::REPL, b"", &mut wire).unwrap();
-        encode(Kind::REPL, b"ab", &mut wire).unwrap();
+        put(Kind::ERRO, b"File not found", &mut wire);
+        put(Kind::REPL, b"", &mut wire);
+        put(Kind::REPL, b"ab", &mut wire);
         let mut d = Decoder::default();
         d.expect_body(true);
         let (events, err) = run(&mut d, &wire, 1);

@@ -1,11 +1,25 @@
-//! The file-sharing node: its sans-IO protocol core (btpeer frames, btfiler messages, peer
-//! ids and the peer table, the trusted session, query memory), the shared folder and
-//! verified downloads.
+//! The file-sharing node: a sans-IO protocol core and a thin I/O shell around it.
 //!
-//! Nothing here owns a socket, reads a clock or touches a file. [`frame`] cuts a byte
-//! stream into frames (and streams file bodies without holding them), [`msg`] turns frames
-//! into typed requests and builds every reply byte for byte, and [`peer`] checks peer ids
-//! and keeps the bounded peer table. The node and client above only move bytes.
+//! The core owns no socket, reads no clock and touches no file: bytes, `now` and what the
+//! shell found out go in, frames and `#[must_use]` steps come out.
+//!
+//! - `frame`: btpeer frames (parse, emit, and a streaming decoder that never holds a file
+//!   body); the header is the pipe's [`Framing::Btpeer`](crate::Framing::Btpeer) one.
+//! - `msg`: btfiler requests and every reply, byte for byte, and the readers of replies.
+//! - `peer`: peer ids and the bounded peer table.
+//! - `seen` and `auth`: the query memory and the trusted session's challenges.
+//! - `core`: what a node answers and decides: a request in, a step out (reply, serve a
+//!   file, handle a query, carry out a trusted operation); where a query goes; building
+//!   the peer table from the typed answers of other nodes.
+//!
+//! The I/O shell carries the steps out and only moves bytes:
+//!
+//! - `node`: the node on the Daemon: sends the replies, reads and streams files, asks
+//!   other nodes, runs the stabilizer.
+//! - `client`: one request per connection over a [`Pipe`](crate::Pipe), replies until
+//!   the node closes, downloads streamed to disk.
+//! - `shared` and `store`: the shared folder (names resolved inside it, its index) and
+//!   verified downloads (part files, locks, hashes on disk).
 //!
 //! # The wire protocol (`docs/protocol.md`)
 //!
@@ -14,7 +28,7 @@
 //! TCP and sends one request frame; the server answers with zero or more frames and closes,
 //! and the close is the only end of the replies. Text fields are separated by spaces and
 //! read by whitespace splitting, so ids, keys and file names hold no whitespace. A peer id
-//! is `host:port` with one colon; IPv6 peers are written `[v6]:port` (see [`peer`]).
+//! is `host:port` with one colon; IPv6 peers are written `[v6]:port` (see [`PeerId`]).
 //!
 //! | request | replies |
 //! |---|---|
@@ -36,29 +50,71 @@
 //! |---|---|
 //! | `FINF <name>` | `REPL <size> <sha256: 64 lowercase hex>`, `ERRO File not found`, `ERRO Error reading file`, `ERRO Info: incorrect arguments` |
 //! | `FRNG <name> <offset> <length>` | `REPL <the bytes>`, `ERRO File not found`, `ERRO Error reading file`, `ERRO Range: out of bounds`, `ERRO Range: incorrect arguments` |
-//! | `QHST <return-pid> <key> <ttl> <qid> <visited>` | as `QUER`; `qid` is 16 lowercase hex digits, `visited` up to [`msg::MAX_HISTORY`] comma-separated peer ids |
+//! | `QHST <return-pid> <key> <ttl> <qid> <visited>` | as `QUER`; `qid` is 16 lowercase hex digits, `visited` up to [`wire::MAX_HISTORY`] comma-separated peer ids |
 //! | `FLST` | `REPL <count>`, then `count` × `REPL <name> <owner-pid> <size or ->`: the node's files and the names it learned from results |
 //! | `CHAL` | `REPL <nonce: 32 lowercase hex>`, `ERRO Challenge: incorrect arguments` |
 //! | `TRST <nonce> <mac: 64 lowercase hex> <OP> <args>` | `REPL Trust: accepted`, `ERRO Trust: not authorized`, `ERRO Trust: incorrect arguments` |
 //!
-//! A trusted request's MAC covers [`msg::mac_input`]: the nonce's hex, one space, and the
-//! operation's canonical text ([`msg::TrustedOp`]'s `Display`), so the secret never
+//! A trusted request's MAC covers [`wire::mac_input`]: the nonce's hex, one space, and the
+//! operation's canonical text ([`TrustedOp`]'s `Display`), so the secret never
 //! crosses the wire. The operations are `FIND <key>`, `SHAR <name>`,
 //! `ADDP <pid> <host> <port>`, `DELP <pid>` and `RBLD <host> <port> <hops>`.
 
-pub mod auth;
-pub mod client;
-pub mod frame;
-pub mod msg;
-pub mod node;
-pub mod peer;
-pub mod seen;
-pub mod shared;
-pub mod store;
+mod auth;
+mod client;
+mod core;
+mod frame;
+mod msg;
+mod node;
+mod peer;
+mod seen;
+mod shared;
+mod store;
 
-pub use frame::{Decoder, Event, Frame, Kind, MAX_CONTROL};
-pub use msg::{reply, ParseError, Request, TrustedOp};
-pub use peer::{Insert, PeerEntry, PeerId, PeerTable};
+pub use client::{Fetched, FilerClient};
+pub use frame::{Frame, Kind};
+pub use msg::reply::FileInfo;
+pub use msg::{ParseError, QueryId, TrustedOp};
+pub use node::{FilerNode, Hit, NodeConfig, NodeStats};
+pub use peer::{Insert, PeerEntry, PeerId};
+pub use shared::{SharedFile, Skipped};
+pub use store::{Destination, StoreError};
+
+/// The btpeer/btfiler codec on its own, for tools and fuzzing: frames (parse, emit, a
+/// streaming decoder) and requests (parse, and the frame a client sends).
+pub mod wire {
+    pub use super::frame::{
+        Decoder, Event, Frame, Header, Kind, HEADER_LEN, MAX_CONTROL, MAX_PAYLOAD,
+    };
+    pub use super::msg::{
+        mac_input, Mac, Nonce, ParseError, QueryId, Request, TrustedOp, MAX_HISTORY, MAX_HOPS,
+        MAX_NAME_LEN, MAX_TTL,
+    };
+}
+
+/// The examples in docs/filer.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/filer.md")]
+pub struct FilerDocDoctests;
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! What the filer's unit tests share.
+
+    /// Runs `f` under a time limit, so that no await in a test can hang it.
+    #[track_caller]
+    pub(crate) fn within<F: std::future::Future>(
+        f: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        let at = std::panic::Location::caller();
+        async move {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), f).await {
+                Ok(v) => v,
+                Err(_) => panic!("timed out after 10 s waiting at {at}"),
+            }
+        }
+    }
+}
 
 /// Errors of the file-sharing layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

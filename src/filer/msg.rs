@@ -85,7 +85,7 @@ impl ParseError {
     /// JOIN: `ERRO Join: incorrect arguments`. QUER and QHST: `ERRO Query: incorrect
     /// arguments`. FGET: `ERRO File not found` (an original node finds no such name).
     /// QUIT: `ERRO Quit: peer not found: <payload, trimmed>` as an original node answers,
-    /// when that text is UTF-8 of at most [`MAX_ID_LEN`] bytes, else nothing. RESP: nothing.
+    /// when that text is UTF-8 of at most 300 bytes (the longest peer id), else nothing. RESP: nothing.
     /// Extensions: `ERRO Info: ...`, `ERRO Range: ...`, `ERRO Challenge: ...`,
     /// `ERRO Trust: incorrect arguments`.
     pub fn reply(&self) -> Option<&Frame> {
@@ -121,6 +121,16 @@ impl Mac {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     }
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
@@ -450,122 +460,184 @@ fn number(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// One request's payload being read: the checks every message shares.
+struct Reader<'a> {
+    kind: Kind,
+    p: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn bad(&self, reason: &'static str) -> ParseError {
+        ParseError::new(self.kind, reason, self.p)
+    }
+
+    /// Exactly `N` UTF-8 fields.
+    fn exact<const N: usize>(&self, reason: &'static str) -> Result<[&'a str; N], ParseError> {
+        exact(self.p).ok_or_else(|| self.bad(reason))
+    }
+
+    fn pid(&self, s: &str) -> Result<PeerId, ParseError> {
+        PeerId::parse(s).map_err(|_| self.bad("bad peer id"))
+    }
+
+    fn name(&self, s: &str) -> Result<String, ParseError> {
+        token(s).ok_or_else(|| self.bad("bad file name or key"))
+    }
+
+    fn ttl(&self, s: &str) -> Result<u32, ParseError> {
+        bounded(s, MAX_TTL).ok_or_else(|| self.bad("bad ttl"))
+    }
+
+    fn number(&self, s: &str, reason: &'static str) -> Result<u64, ParseError> {
+        number(s).ok_or_else(|| self.bad(reason))
+    }
+
+    fn join(&self) -> Result<Request, ParseError> {
+        let [id, host, port] = self.exact("expected 3 fields")?;
+        Ok(Request::Join {
+            pid: self.pid(id)?,
+            host: peer::parse_host(host).map_err(|_| self.bad("bad host"))?,
+            port: peer::parse_port(port).ok_or_else(|| self.bad("bad port"))?,
+        })
+    }
+
+    fn quer(&self) -> Result<Request, ParseError> {
+        let [ret, key, ttl] = self.exact("expected 3 fields")?;
+        Ok(Request::Quer {
+            ret: self.pid(ret)?,
+            key: self.name(key)?,
+            ttl: self.ttl(ttl)?,
+        })
+    }
+
+    fn resp(&self) -> Result<Request, ParseError> {
+        let [file, owner] = self.exact("expected 2 fields")?;
+        Ok(Request::Resp {
+            name: self.name(file)?,
+            owner: self.pid(owner)?,
+        })
+    }
+
+    fn fget(&self) -> Result<Request, ParseError> {
+        // The original takes the whole payload as the name, spaces and all.
+        let file = std::str::from_utf8(self.p).map_err(|_| self.bad("not utf-8"))?;
+        if file.bytes().any(is_py_space) {
+            return Err(self.bad("whitespace in file name"));
+        }
+        Ok(Request::Fget {
+            name: self.name(file)?,
+        })
+    }
+
+    fn quit(&self) -> Result<Request, ParseError> {
+        let [id] = self.exact("expected 1 field")?;
+        Ok(Request::Quit { pid: self.pid(id)? })
+    }
+
+    fn finf(&self) -> Result<Request, ParseError> {
+        let [file] = self.exact("expected 1 field")?;
+        Ok(Request::Finf {
+            name: self.name(file)?,
+        })
+    }
+
+    fn frng(&self) -> Result<Request, ParseError> {
+        let [file, offset, length] = self.exact("expected 3 fields")?;
+        let offset = self.number(offset, "bad offset")?;
+        let length = self.number(length, "bad length")?;
+        if offset.checked_add(length).is_none() {
+            return Err(self.bad("range overflows"));
+        }
+        Ok(Request::Frng {
+            name: self.name(file)?,
+            offset,
+            length,
+        })
+    }
+
+    fn fpfx(&self) -> Result<Request, ParseError> {
+        let [file, length] = self.exact("expected 2 fields")?;
+        let length = self.number(length, "bad length")?;
+        Ok(Request::Fpfx {
+            name: self.name(file)?,
+            length,
+        })
+    }
+
+    fn qhst(&self) -> Result<Request, ParseError> {
+        let [ret, key, ttl, qid, visited] = self.exact("expected 5 fields")?;
+        let qid = QueryId::parse(qid).ok_or_else(|| self.bad("bad query id"))?;
+        if visited.split(',').nth(MAX_HISTORY).is_some() {
+            return Err(self.bad("history too long"));
+        }
+        let visited = visited
+            .split(',')
+            .map(|v| self.pid(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Request::Qhst {
+            ret: self.pid(ret)?,
+            key: self.name(key)?,
+            ttl: self.ttl(ttl)?,
+            qid,
+            visited,
+        })
+    }
+
+    fn chal(&self) -> Result<Request, ParseError> {
+        if fields(self.p).next().is_some() {
+            return Err(self.bad("expected no fields"));
+        }
+        Ok(Request::Chal)
+    }
+
+    fn trst(&self) -> Result<Request, ParseError> {
+        let mut all = fields(self.p).map(std::str::from_utf8);
+        let mut next = || all.next().and_then(Result::ok);
+        let nonce = next()
+            .and_then(Nonce::parse)
+            .ok_or_else(|| self.bad("bad nonce"))?;
+        let mac = next()
+            .and_then(Mac::parse)
+            .ok_or_else(|| self.bad("bad mac"))?;
+        let mut rest = Vec::with_capacity(4);
+        for field in all.by_ref().take(5) {
+            rest.push(field.map_err(|_| self.bad("not utf-8"))?);
+        }
+        let op = TrustedOp::from_fields(&rest).ok_or_else(|| self.bad("bad operation"))?;
+        Ok(Request::Trst { nonce, mac, op })
+    }
+}
+
 impl Request {
-    /// Parses a request frame (its type already upper-cased by the decoder).
+    /// Parses a request frame (its type already upper-cased by the decoder): one step
+    /// per message type.
     ///
     /// # Errors
     ///
     /// [`ParseError`] naming the request, the reason and the reply to send.
     pub fn parse(frame: &Frame) -> Result<Request, ParseError> {
-        let p = &frame.payload[..];
-        let kind = frame.kind;
-        let bad = |reason| ParseError::new(kind, reason, p);
-        let pid = |s: &str| PeerId::parse(s).map_err(|_| bad("bad peer id"));
-        let name = |s: &str| token(s).ok_or_else(|| bad("bad file name or key"));
-        let ttl = |s: &str| bounded(s, MAX_TTL).ok_or_else(|| bad("bad ttl"));
-        Ok(match kind {
-            Kind::NAME => Request::Name,
-            Kind::LIST => Request::List,
-            Kind::PING => Request::Ping,
-            Kind::JOIN => {
-                let [id, host, port] = exact(p).ok_or_else(|| bad("expected 3 fields"))?;
-                Request::Join {
-                    pid: pid(id)?,
-                    host: peer::parse_host(host).map_err(|_| bad("bad host"))?,
-                    port: peer::parse_port(port).ok_or_else(|| bad("bad port"))?,
-                }
-            }
-            Kind::QUER => {
-                let [ret, key, t] = exact(p).ok_or_else(|| bad("expected 3 fields"))?;
-                Request::Quer {
-                    ret: pid(ret)?,
-                    key: name(key)?,
-                    ttl: ttl(t)?,
-                }
-            }
-            Kind::RESP => {
-                let [file, owner] = exact(p).ok_or_else(|| bad("expected 2 fields"))?;
-                Request::Resp {
-                    name: name(file)?,
-                    owner: pid(owner)?,
-                }
-            }
-            Kind::FGET => {
-                // The original takes the whole payload as the name, spaces and all.
-                let file = std::str::from_utf8(p).map_err(|_| bad("not utf-8"))?;
-                if file.bytes().any(is_py_space) {
-                    return Err(bad("whitespace in file name"));
-                }
-                Request::Fget { name: name(file)? }
-            }
-            Kind::QUIT => {
-                let [id] = exact(p).ok_or_else(|| bad("expected 1 field"))?;
-                Request::Quit { pid: pid(id)? }
-            }
-            Kind::FINF => {
-                let [file] = exact(p).ok_or_else(|| bad("expected 1 field"))?;
-                Request::Finf { name: name(file)? }
-            }
-            Kind::FRNG => {
-                let [file, offset, length] = exact(p).ok_or_else(|| bad("expected 3 fields"))?;
-                let offset = number(offset).ok_or_else(|| bad("bad offset"))?;
-                let length = number(length).ok_or_else(|| bad("bad length"))?;
-                if offset.checked_add(length).is_none() {
-                    return Err(bad("range overflows"));
-                }
-                Request::Frng {
-                    name: name(file)?,
-                    offset,
-                    length,
-                }
-            }
-            Kind::FPFX => {
-                let [file, length] = exact(p).ok_or_else(|| bad("expected 2 fields"))?;
-                let length = number(length).ok_or_else(|| bad("bad length"))?;
-                Request::Fpfx {
-                    name: name(file)?,
-                    length,
-                }
-            }
-            Kind::QHST => {
-                let [ret, key, t, qid, visited] =
-                    exact(p).ok_or_else(|| bad("expected 5 fields"))?;
-                let qid = QueryId::parse(qid).ok_or_else(|| bad("bad query id"))?;
-                if visited.split(',').nth(MAX_HISTORY).is_some() {
-                    return Err(bad("history too long"));
-                }
-                let visited = visited.split(',').map(pid).collect::<Result<Vec<_>, _>>()?;
-                Request::Qhst {
-                    ret: pid(ret)?,
-                    key: name(key)?,
-                    ttl: ttl(t)?,
-                    qid,
-                    visited,
-                }
-            }
-            Kind::FLST => Request::Flst,
-            Kind::CHAL => {
-                if fields(p).next().is_some() {
-                    return Err(bad("expected no fields"));
-                }
-                Request::Chal
-            }
-            Kind::TRST => {
-                let mut all = fields(p).map(std::str::from_utf8);
-                let mut next = || all.next().and_then(Result::ok);
-                let nonce = next()
-                    .and_then(Nonce::parse)
-                    .ok_or_else(|| bad("bad nonce"))?;
-                let mac = next().and_then(Mac::parse).ok_or_else(|| bad("bad mac"))?;
-                let mut rest = Vec::with_capacity(4);
-                for field in all.by_ref().take(5) {
-                    rest.push(field.map_err(|_| bad("not utf-8"))?);
-                }
-                let op = TrustedOp::from_fields(&rest).ok_or_else(|| bad("bad operation"))?;
-                Request::Trst { nonce, mac, op }
-            }
-            other => Request::Unknown(other),
-        })
+        let r = Reader {
+            kind: frame.kind,
+            p: frame.payload(),
+        };
+        match r.kind {
+            Kind::NAME => Ok(Request::Name),
+            Kind::LIST => Ok(Request::List),
+            Kind::PING => Ok(Request::Ping),
+            Kind::FLST => Ok(Request::Flst),
+            Kind::JOIN => r.join(),
+            Kind::QUER => r.quer(),
+            Kind::RESP => r.resp(),
+            Kind::FGET => r.fget(),
+            Kind::QUIT => r.quit(),
+            Kind::FINF => r.finf(),
+            Kind::FRNG => r.frng(),
+            Kind::FPFX => r.fpfx(),
+            Kind::QHST => r.qhst(),
+            Kind::CHAL => r.chal(),
+            Kind::TRST => r.trst(),
+            other => Ok(Request::Unknown(other)),
+        }
     }
 
     /// The request's type.
@@ -622,16 +694,16 @@ impl Request {
             }
             Request::Trst { nonce, mac, op } => format!("{nonce} {mac} {op}"),
         };
-        Frame::new(self.kind(), text)
+        Frame::control(self.kind(), text)
     }
 }
 
 fn repl(text: impl Into<Bytes>) -> Frame {
-    Frame::new(Kind::REPL, text)
+    Frame::control(Kind::REPL, text)
 }
 
 fn erro(text: impl Into<Bytes>) -> Frame {
-    Frame::new(Kind::ERRO, text)
+    Frame::control(Kind::ERRO, text)
 }
 
 /// Reply frames, built byte for byte, and the readers a client uses on them.
@@ -641,7 +713,7 @@ pub mod reply {
     use super::super::frame::{Frame, Header, Kind};
     use super::super::peer::{Insert, PeerEntry, PeerId};
     use super::super::Error;
-    use super::{erro, exact, repl, Nonce, Request};
+    use super::{erro, exact, repl, Nonce};
 
     /// One entry of the answer to FLST: `REPL <name> <owner-pid> <size>`, with `-` for an
     /// unknown size.
@@ -726,18 +798,24 @@ pub mod reply {
         erro("Query: incorrect arguments")
     }
 
+    #[cfg(test)]
     /// `RESP <name> <owner-pid>`, a search result sent to the query's return address.
     pub fn resp(name: &str, owner: &PeerId) -> Frame {
-        Request::Resp {
+        super::Request::Resp {
             name: name.to_owned(),
             owner: owner.clone(),
         }
         .to_frame()
     }
 
+    #[cfg(test)]
     /// `REPL <bytes>`: a whole file (FGET) or a range (FRNG) held in memory.
-    pub fn file_data(bytes: impl Into<Bytes>) -> Frame {
-        repl(bytes)
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] when the bytes do not fit the u32 length field.
+    pub fn file_data(bytes: impl Into<Bytes>) -> Result<Frame, Error> {
+        Frame::new(Kind::REPL, bytes)
     }
 
     /// The header of a `REPL` whose `len` file bytes are sent after it in pieces.
@@ -781,7 +859,7 @@ pub mod reply {
 
     /// `REPL <sha256 as 64 lowercase hex digits>`, the answer to FPFX.
     pub fn prefix_hash(sha256: &[u8; 32]) -> Frame {
-        repl(super::super::shared::hex(sha256))
+        repl(super::hex(sha256))
     }
 
     /// `ERRO Info: incorrect arguments`.
@@ -842,9 +920,9 @@ pub mod reply {
     /// other type.
     pub fn expect_repl(frame: &Frame) -> Result<&Bytes, Error> {
         match frame.kind {
-            Kind::REPL => Ok(&frame.payload),
+            Kind::REPL => Ok(frame.payload()),
             Kind::ERRO => Err(Error::Refused(
-                String::from_utf8_lossy(&frame.payload).into_owned(),
+                String::from_utf8_lossy(frame.payload()).into_owned(),
             )),
             other => Err(Error::UnexpectedReply(other)),
         }
@@ -855,6 +933,24 @@ pub mod reply {
         what: &'static str,
     ) -> Result<[&'a str; N], Error> {
         exact(expect_repl(frame)?).ok_or(Error::BadReply(what))
+    }
+
+    /// Reads the answer to JOIN as what the node's table did: any `REPL` is
+    /// [`Insert::Added`]; `ERRO Join: too many peers` is [`Insert::Full`], and `ERRO Join:
+    /// peer already inserted <pid>` [`Insert::Duplicate`].
+    ///
+    /// # Errors
+    ///
+    /// Any other `ERRO` ([`Error::Refused`]) or type, as [`expect_repl`].
+    pub fn parse_join(frame: &Frame) -> Result<Insert, Error> {
+        match expect_repl(frame) {
+            Ok(_) => Ok(Insert::Added),
+            Err(Error::Refused(text)) if text == "Join: too many peers" => Ok(Insert::Full),
+            Err(Error::Refused(text)) if text.starts_with("Join: peer already inserted") => {
+                Ok(Insert::Duplicate)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads the answer to NAME.

@@ -1,11 +1,13 @@
-//! The file-sharing node on the Daemon: every btfiler message with its exact replies,
-//! joining, searching, serving files, and the trusted operations.
+//! The file-sharing node on the Daemon: the I/O shell around the protocol core
+//! ([`core`](super::core)). The core decides every reply and step; the node carries
+//! them out: it sends the replies, reads and streams files, asks other nodes (joining,
+//! searching, the stabilizer) and runs the trusted operations.
 //!
 //! What it fixes in the original (see `docs/protocol.md`):
 //!
 //! - FGET, FINF and FRNG serve only regular files inside the shared folder
 //!   ([`SharedDir`]); names learned from RESP are never served.
-//! - A request frame is bounded ([`MAX_CONTROL`](super::MAX_CONTROL)) before anything is
+//! - A request frame is bounded ([`MAX_CONTROL`](super::frame::MAX_CONTROL)) before anything is
 //!   allocated, and must arrive whole within the request timeout; files are streamed in
 //!   64 KiB pieces; every peer operation has a time limit.
 //! - Queries are de-duplicated ([`Seen`]); `QHST` carries its id and the nodes it
@@ -30,15 +32,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast;
 
-use super::auth::Challenges;
 use super::client::FilerClient;
-use super::frame::{Frame, Header, Kind};
-use super::msg::{reply, Nonce, QueryId, Request, TrustedOp, MAX_HISTORY};
-use super::peer::{Insert, PeerEntry, PeerId, PeerTable};
-use super::seen::Seen;
+use super::core::{self, Answer, Build, Core, Forward, Query, Step, Work};
+use super::frame::{Frame, HEADER_LEN};
+use super::msg::{reply, QueryId};
+use super::peer::{PeerEntry, PeerId, PeerTable};
 use super::shared::{sha256_file, SharedDir, SharedError, SharedFile, Skipped};
 use super::Error;
 use crate::addr::{AddrClass, Af};
@@ -47,11 +49,7 @@ use crate::iface::Interface;
 use crate::pipe::{Message, Pipe, PipeConfig, Proto};
 use crate::Framing;
 
-/// The most names learned from RESP that a node remembers.
-pub const MAX_REMOTE_NAMES: usize = 10_000;
-
-/// The most RESP a node sends for one query.
-pub const MAX_HITS: usize = 16;
+pub use super::core::Hit;
 
 /// The most queries handled at once; more are dropped and counted (a flood cannot make
 /// a task per query without bound, as the original made a thread per query).
@@ -118,10 +116,8 @@ struct Counters {
     queries_duplicate: AtomicU64,
     queries_sent: AtomicU64,
     resp_sent: AtomicU64,
-    resp_received: AtomicU64,
     files_served: AtomicU64,
     bytes_served: AtomicU64,
-    trust_denied: AtomicU64,
     queries_shed: AtomicU64,
 }
 
@@ -148,19 +144,17 @@ pub struct NodeStats {
     pub bytes_served: u64,
     /// Trusted requests refused.
     pub trust_denied: u64,
-    /// Queries dropped because [`MAX_QUERIES_IN_FLIGHT`] were being handled.
+    /// Queries dropped because 256 (the most at once) were being handled.
     pub queries_shed: u64,
 }
 
+/// The I/O shell around the protocol core: the folder, the sockets, the clock.
 struct Inner {
     id: OnceLock<PeerId>,
     cfg: NodeConfig,
     shared: SharedDir,
-    peers: Mutex<PeerTable>,
-    remote: Mutex<HashMap<String, PeerId>>,
-    results: broadcast::Sender<(String, PeerId)>,
-    seen: Mutex<Seen>,
-    challenges: Mutex<Challenges>,
+    core: Mutex<Core>,
+    results: broadcast::Sender<Hit>,
     hashes: Mutex<HashMap<FileKey, [u8; 32]>>,
     counters: Counters,
     query_slots: Arc<tokio::sync::Semaphore>,
@@ -176,9 +170,6 @@ pub struct FilerNode {
 
 /// A file's identity for the hash cache: real path, size and modification time.
 type FileKey = (PathBuf, u64, Option<SystemTime>);
-
-/// A search result: a file name and who has it.
-pub type Hit = (String, PeerId);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -205,11 +196,13 @@ impl FilerNode {
         let inner = Arc::new(Inner {
             id: OnceLock::new(),
             shared,
-            peers: Mutex::new(PeerTable::new(placeholder, cfg.max_peers)),
-            remote: Mutex::new(HashMap::new()),
+            core: Mutex::new(Core::new(
+                placeholder,
+                cfg.max_peers,
+                cfg.secret.clone(),
+                cfg.trusted_from_anywhere,
+            )),
             results,
-            seen: Mutex::new(Seen::new()),
-            challenges: Mutex::new(Challenges::new(cfg.secret.clone())),
             hashes: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             query_slots: Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_IN_FLIGHT)),
@@ -218,7 +211,7 @@ impl FilerNode {
         let wildcard_v6 = matches!(bind.ip(), IpAddr::V6(ip) if ip.is_unspecified());
         let pipe_cfg = PipeConfig::default()
             .framing(Framing::Btpeer)
-            .max_frame(super::MAX_CONTROL)
+            .max_frame(super::frame::MAX_CONTROL)
             .dual_stack(wildcard_v6);
         let daemon = Daemon::builder(NodeHandler(inner.clone()))
             .config(pipe_cfg)
@@ -234,7 +227,7 @@ impl FilerNode {
             None => default_host(addr.ip()).await,
         };
         let id = PeerId::new(&host, addr.port())?;
-        *lock(&inner.peers) = PeerTable::new(id.clone(), inner.cfg.max_peers);
+        lock(&inner.core).set_id(id.clone());
         let _ = inner.id.set(id);
         let stabilizer = inner.cfg.stabilize_every.map(|every| {
             let weak = Arc::downgrade(&inner);
@@ -268,11 +261,11 @@ impl FilerNode {
 
     /// The peer table, in insertion order.
     pub fn peers(&self) -> Vec<PeerEntry> {
-        lock(&self.inner.peers).iter().cloned().collect()
+        lock(&self.inner.core).neighbours()
     }
 
     /// The files the node shares, as searches see them: from the folder's index, at most
-    /// [`DEFAULT_INDEX_AGE`](super::shared::DEFAULT_INDEX_AGE) old. The same walk gives
+    /// 2 s old. The same walk gives
     /// [`skipped`](Self::skipped).
     ///
     /// # Errors
@@ -311,12 +304,7 @@ impl FilerNode {
 
     /// Names learned from search results, with their owners.
     pub fn remote_files(&self) -> Vec<Hit> {
-        let mut v: Vec<Hit> = lock(&self.inner.remote)
-            .iter()
-            .map(|(n, o)| (n.clone(), o.clone()))
-            .collect();
-        v.sort();
-        v
+        lock(&self.inner.core).remote_files()
     }
 
     /// Counters so far.
@@ -406,15 +394,6 @@ impl Handler for NodeHandler {
             reply.close().await;
             r.map_err(|e| e.to_string())
         }
-    }
-}
-
-/// The reply that refuses a file request: an unknown or unservable name is "not
-/// found", anything else a read error.
-fn refusal(e: &SharedError) -> Frame {
-    match e {
-        SharedError::BadName { .. } | SharedError::NotFound(_) => reply::file_not_found(),
-        _ => reply::file_read_error(),
     }
 }
 
@@ -527,150 +506,83 @@ impl Inner {
     fn stats(&self) -> NodeStats {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let core = lock(&self.core);
         NodeStats {
             queries_received: l(&c.queries_received),
             queries_handled: l(&c.queries_handled),
             queries_duplicate: l(&c.queries_duplicate),
             queries_sent: l(&c.queries_sent),
             resp_sent: l(&c.resp_sent),
-            resp_received: l(&c.resp_received),
+            resp_received: core.resp_received,
             files_served: l(&c.files_served),
             bytes_served: l(&c.bytes_served),
-            trust_denied: l(&c.trust_denied),
+            trust_denied: core.trust_denied,
             queries_shed: l(&c.queries_shed),
         }
     }
 
     async fn send(&self, pipe: &Pipe, frame: &Frame) -> Result<(), Error> {
-        let mut data = Vec::with_capacity(4 + frame.payload.len());
-        data.extend_from_slice(frame.kind.as_bytes());
-        data.extend_from_slice(&frame.payload);
-        tokio::time::timeout(self.cfg.peer_timeout, pipe.send(&data))
+        let mut data = BytesMut::with_capacity(frame.emit_len());
+        frame.emit(&mut data);
+        tokio::time::timeout(self.cfg.peer_timeout, pipe.send_raw(&data))
             .await
             .map_err(|_| Error::Timeout("reply"))?
             .map_err(|e| Error::Reply(e.to_string()))
     }
 
-    async fn handle(self: &Arc<Self>, msg: Message, pipe: &Pipe) -> Result<(), Error> {
-        if msg.data.len() < 4 {
-            return Ok(());
+    async fn send_all(&self, pipe: &Pipe, frames: &[Frame]) -> Result<(), Error> {
+        for f in frames {
+            self.send(pipe, f).await?;
         }
-        let kind = Kind::new([msg.data[0], msg.data[1], msg.data[2], msg.data[3]]);
-        let frame = Frame::new(kind, msg.data.slice(4..));
-        let req = match Request::parse(&frame) {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(r) = e.reply() {
-                    self.send(pipe, r).await?;
-                }
-                return Ok(());
-            }
+        Ok(())
+    }
+
+    /// One request: the core decides, the node carries the step out.
+    async fn handle(self: &Arc<Self>, msg: Message, pipe: &Pipe) -> Result<(), Error> {
+        let Some(frame) = Frame::from_pipe_message(msg.data) else {
+            return Ok(());
         };
-        match req {
-            Request::Name => self.send(pipe, &reply::repl_name(self.id())).await,
-            Request::List => {
-                let peers: Vec<PeerEntry> = lock(&self.peers).iter().cloned().collect();
-                self.send(pipe, &reply::list_count(peers.len())).await?;
-                for p in &peers {
-                    self.send(pipe, &reply::list_entry(&p.pid, &p.host, p.port))
-                        .await?;
-                }
+        let step = lock(&self.core).on_request(&frame, msg.peer, Instant::now());
+        match step {
+            Step::Reply(frames) => self.send_all(pipe, &frames).await,
+            Step::Query { ack, query } => {
+                self.send(pipe, &ack).await?;
+                self.spawn_query(query);
                 Ok(())
             }
-            Request::Join { pid, host, port } => {
-                let r = lock(&self.peers).insert(pid.clone(), host, port);
-                match r {
-                    Insert::Added => tracing::info!(%pid, from = %msg.peer, "peer joined"),
-                    Insert::Full => tracing::info!(
-                        %pid,
-                        from = %msg.peer,
-                        max_peers = self.cfg.max_peers,
-                        "peer refused: the peer table is full"
-                    ),
-                    Insert::Duplicate => tracing::debug!(%pid, "peer joined again"),
-                }
-                self.send(pipe, &reply::join_result(r, &pid)).await
-            }
-            Request::Quer { ret, key, ttl } => {
-                self.send(pipe, &reply::query_ack(&key)).await?;
-                self.spawn_query(ret, key, ttl, None);
-                Ok(())
-            }
-            Request::Qhst {
-                ret,
-                key,
-                ttl,
-                qid,
-                visited,
-            } => {
-                self.send(pipe, &reply::query_ack(&key)).await?;
-                self.spawn_query(ret, key, ttl, Some((qid, visited)));
-                Ok(())
-            }
-            Request::Resp { name, owner } => {
-                self.counters.resp_received.fetch_add(1, Ordering::Relaxed);
-                {
-                    let mut remote = lock(&self.remote);
-                    if remote.len() < MAX_REMOTE_NAMES || remote.contains_key(&name) {
-                        remote.insert(name.clone(), owner.clone());
-                    }
-                }
-                let _ = self.results.send((name, owner));
-                Ok(())
-            }
-            Request::Fget { name } => self.serve_file(pipe, msg.peer, &name, 0, None).await,
-            Request::Frng {
+            Step::Serve {
                 name,
                 offset,
                 length,
-            } => {
-                self.serve_file(pipe, msg.peer, &name, offset, Some(length))
-                    .await
-            }
-            Request::Finf { name } => match self.file_hash(&name).await {
-                Ok((f, h)) => self.send(pipe, &reply::file_info(f.size, &h)).await,
-                Err(e) => self.send(pipe, &refusal(&e)).await,
-            },
-            Request::Fpfx { name, length } => self.serve_prefix_hash(pipe, &name, length).await,
-            Request::Quit { pid } => {
-                let removed = lock(&self.peers).remove(&pid).is_some();
-                let r = if removed {
-                    tracing::info!(%pid, from = %msg.peer, "peer left (quit)");
-                    reply::quit_removed(&pid)
-                } else {
-                    reply::quit_not_found(&pid)
+            } => self.serve_file(pipe, msg.peer, &name, offset, length).await,
+            Step::Info { name } => {
+                let r = match self.file_hash(&name).await {
+                    Ok((f, h)) => reply::file_info(f.size, &h),
+                    Err(e) => core::refusal(&e),
                 };
                 self.send(pipe, &r).await
             }
-            Request::Ping => Ok(()),
-            Request::Chal => {
-                let mut random = [0u8; 16];
-                getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
-                let nonce = lock(&self.challenges).issue(random, Instant::now());
-                self.send(pipe, &reply::challenge(&nonce)).await
-            }
-            Request::Trst { nonce, mac, op } => self.trusted(pipe, msg.peer, nonce, mac, op).await,
-            Request::Flst => {
-                let local = self.shared.index().await.unwrap_or_default();
-                let remote: Vec<Hit> = {
-                    let r = lock(&self.remote);
-                    let mut v: Vec<Hit> = r.iter().map(|(n, o)| (n.clone(), o.clone())).collect();
-                    v.sort();
-                    v
-                };
-                self.send(pipe, &reply::list_count(local.len() + remote.len()))
-                    .await?;
-                for f in local.iter() {
-                    self.send(pipe, &reply::file_entry(&f.name, self.id(), Some(f.size)))
-                        .await?;
-                }
-                for (name, owner) in &remote {
-                    self.send(pipe, &reply::file_entry(name, owner, None))
-                        .await?;
-                }
+            Step::Prefix { name, length } => self.serve_prefix_hash(pipe, &name, length).await,
+            Step::Result(hit) => {
+                let _ = self.results.send(hit);
                 Ok(())
             }
-            Request::Unknown(_) => Ok(()),
+            Step::Challenge => {
+                let mut random = [0u8; 16];
+                getrandom::fill(&mut random).map_err(|e| Error::Random(e.to_string()))?;
+                let r = lock(&self.core).challenge(random, Instant::now());
+                self.send(pipe, &r).await
+            }
+            Step::FileList => {
+                let local = self.shared.index().await.unwrap_or_default();
+                let frames = lock(&self.core).file_list(&local);
+                self.send_all(pipe, &frames).await
+            }
+            Step::Trusted { accepted, work } => {
+                self.send(pipe, &accepted).await?;
+                let result = self.work(work).await;
+                self.send(pipe, &core::outcome(result)).await
+            }
         }
     }
 
@@ -698,10 +610,10 @@ impl Inner {
     async fn serve_prefix_hash(&self, pipe: &Pipe, name: &str, length: u64) -> Result<(), Error> {
         let f = match self.shared.resolve(name).await {
             Ok(f) => f,
-            Err(e) => return self.send(pipe, &refusal(&e)).await,
+            Err(e) => return self.send(pipe, &core::refusal(&e)).await,
         };
-        if length > f.size {
-            return self.send(pipe, &reply::range_out_of_bounds()).await;
+        if let Err(r) = core::check_prefix(f.size, length) {
+            return self.send(pipe, &r).await;
         }
         let r = match super::store::sha256_prefix(&f.path, length).await {
             Ok(Some(h)) => reply::prefix_hash(&h),
@@ -724,14 +636,11 @@ impl Inner {
     ) -> Result<(), Error> {
         let f = match self.shared.resolve(name).await {
             Ok(f) => f,
-            Err(e) => return self.send(pipe, &refusal(&e)).await,
+            Err(e) => return self.send(pipe, &core::refusal(&e)).await,
         };
-        if offset > f.size {
-            return self.send(pipe, &reply::range_out_of_bounds()).await;
-        }
-        let len = length.unwrap_or(f.size - offset).min(f.size - offset);
-        let Ok(header) = Header::for_payload(Kind::REPL, len) else {
-            return self.send(pipe, &reply::file_read_error()).await;
+        let header = match core::range(f.size, offset, length) {
+            Ok(h) => h,
+            Err(r) => return self.send(pipe, &r).await,
         };
         let mut file = match tokio::fs::File::open(&f.path).await {
             Ok(file) => file,
@@ -740,11 +649,24 @@ impl Inner {
         if offset > 0 && file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
             return self.send(pipe, &reply::file_read_error()).await;
         }
-        let t = self.cfg.peer_timeout;
-        tokio::time::timeout(t, pipe.send_raw(header.to_bytes()))
-            .await
-            .map_err(|_| Error::Timeout("sending a file"))?
-            .map_err(|e| Error::Reply(e.to_string()))?;
+        let len = u64::from(header.len);
+        let mut head = BytesMut::with_capacity(HEADER_LEN);
+        header.emit(&mut head);
+        self.send_piece(pipe, &head).await?;
+        self.send_body(pipe, &mut file, name, len).await?;
+        self.counters.files_served.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(name = ?f.name, bytes = len, offset, %peer, "file served");
+        Ok(())
+    }
+
+    /// Sends `len` bytes of `file` in pieces of [`CHUNK`].
+    async fn send_body(
+        &self,
+        pipe: &Pipe,
+        file: &mut tokio::fs::File,
+        name: &str,
+        len: u64,
+    ) -> Result<(), Error> {
         let mut buf = vec![0u8; CHUNK];
         let mut left = len;
         while left > 0 {
@@ -757,161 +679,91 @@ impl Inner {
                 // The file shrank: stop short; the client sees a truncated reply.
                 return Err(Error::Local(format!("{name} shrank while being sent")));
             }
-            tokio::time::timeout(t, pipe.send_raw(&buf[..n]))
-                .await
-                .map_err(|_| Error::Timeout("sending a file"))?
-                .map_err(|e| Error::Reply(e.to_string()))?;
+            self.send_piece(pipe, &buf[..n]).await?;
             left -= n as u64;
             self.counters
                 .bytes_served
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
-        self.counters.files_served.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(name = ?f.name, bytes = len, offset, %peer, "file served");
         Ok(())
     }
 
-    fn neighbours(&self) -> Vec<PeerEntry> {
-        lock(&self.peers).iter().cloned().collect()
+    /// Sends a piece of a file reply as it is, under the peer time limit.
+    async fn send_piece(&self, pipe: &Pipe, bytes: &[u8]) -> Result<(), Error> {
+        tokio::time::timeout(self.cfg.peer_timeout, pipe.send_raw(bytes))
+            .await
+            .map_err(|_| Error::Timeout("sending a file"))?
+            .map_err(|e| Error::Reply(e.to_string()))
     }
 
     /// Handles a query in the background, if a slot is free; otherwise drops it.
-    fn spawn_query(
-        self: &Arc<Self>,
-        ret: PeerId,
-        key: String,
-        ttl: u32,
-        history: Option<(QueryId, Vec<PeerId>)>,
-    ) {
+    fn spawn_query(self: &Arc<Self>, query: Query) {
         let Ok(permit) = self.query_slots.clone().try_acquire_owned() else {
             self.counters.queries_shed.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let me = self.clone();
         tokio::spawn(async move {
-            me.clone().handle_query(ret, key, ttl, history).await;
+            me.clone().handle_query(query).await;
             me.counters.queries_handled.fetch_add(1, Ordering::Relaxed);
             drop(permit);
         });
     }
 
-    /// A query, after its acknowledgement: answered from local files (or names learned
-    /// from results) if any match, else forwarded once to each neighbour.
-    async fn handle_query(
-        self: Arc<Self>,
-        ret: PeerId,
-        key: String,
-        ttl: u32,
-        history: Option<(QueryId, Vec<PeerId>)>,
-    ) {
+    /// A query, after its acknowledgement: the core decides whether it is answered or
+    /// forwarded; the node sends.
+    async fn handle_query(self: Arc<Self>, q: Query) {
         self.counters
             .queries_received
             .fetch_add(1, Ordering::Relaxed);
-        let seen_key = match &history {
-            Some((qid, _)) => format!("q {qid}"),
-            None => format!("r {ret} {key}"),
-        };
-        if !lock(&self.seen).first_time(&seen_key, Instant::now()) {
+        if !lock(&self.core).first_time(&q, Instant::now()) {
             self.counters
                 .queries_duplicate
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let t = self.cfg.peer_timeout;
-        let mut hits: Vec<Hit> = Vec::new();
-        let mut learned = false;
-        if let Ok(files) = self.shared.index().await {
-            hits.extend(
-                files
-                    .iter()
-                    .filter(|f| f.name.contains(&key))
-                    .take(MAX_HITS)
-                    .map(|f| (f.name.clone(), self.id().clone())),
-            );
+        let local = self.shared.index().await.unwrap_or_default();
+        let answer = lock(&self.core).answer(&q, &local);
+        match answer {
+            Answer::Hits { hits, learned } => self.send_hits(&q, hits, learned).await,
+            Answer::Forward(forwards) => self.forward(forwards).await,
+            Answer::Stop => {}
         }
-        if hits.is_empty() {
-            learned = true;
-            let remote = lock(&self.remote);
-            hits.extend(
-                remote
-                    .iter()
-                    .filter(|(n, _)| n.contains(&key))
-                    .take(MAX_HITS)
-                    .map(|(n, o)| (n.clone(), o.clone())),
-            );
-        }
-        if !hits.is_empty() {
-            let back = FilerClient::for_peer(&ret).timeout(t);
-            let found = hits.len();
-            let mut sent = 0;
-            for (name, owner) in hits {
-                if back.resp(&name, &owner).await.is_ok() {
-                    sent += 1;
-                    self.counters.resp_sent.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            tracing::info!(
-                ?key,
-                hits = found,
-                sent,
-                asker = %ret,
-                from_learned_names = learned,
-                "search answered"
-            );
-            return;
-        }
-        if ttl == 0 {
-            return;
-        }
-        self.forward(&ret, &key, ttl - 1, history).await;
     }
 
-    /// Sends a query to every neighbour not already visited: `QHST` when there is a
-    /// history, falling back to `QUER` for a neighbour that closes without a reply (an
-    /// original node).
-    async fn forward(
-        &self,
-        ret: &PeerId,
-        key: &str,
-        ttl: u32,
-        history: Option<(QueryId, Vec<PeerId>)>,
-    ) {
+    /// Sends the results of a query to its return address.
+    async fn send_hits(&self, q: &Query, hits: Vec<Hit>, learned: bool) {
+        let back = FilerClient::for_peer(&q.ret).timeout(self.cfg.peer_timeout);
+        let found = hits.len();
+        let mut sent = 0;
+        for (name, owner) in hits {
+            if back.resp(&name, &owner).await.is_ok() {
+                sent += 1;
+                self.counters.resp_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tracing::info!(
+            key = ?q.key,
+            hits = found,
+            sent,
+            asker = %q.ret,
+            from_learned_names = learned,
+            "search answered"
+        );
+    }
+
+    /// Sends each forward, and its fallback to a neighbour that closes without a reply
+    /// (an original node, on `QHST`).
+    async fn forward(&self, forwards: Vec<Forward>) {
         let t = self.cfg.peer_timeout;
-        let me = self.id().clone();
-        let sends = self.neighbours().into_iter().filter_map(|n| {
-            if let Some((_, visited)) = &history {
-                if visited.contains(&n.pid) {
-                    return None;
-                }
-            }
-            if n.pid == *ret {
-                return None;
-            }
-            let history = history.clone();
-            let me = me.clone();
-            Some(async move {
-                let c = client_for(&n, t);
+        let sends = forwards.into_iter().map(|f| async move {
+            let c = client_for(&f.to, t);
+            self.counters.queries_sent.fetch_add(1, Ordering::Relaxed);
+            let r = c.ask(&f.request).await;
+            if let (Err(Error::NoReply), Some(fallback)) = (r, f.fallback) {
                 self.counters.queries_sent.fetch_add(1, Ordering::Relaxed);
-                match history {
-                    Some((qid, mut visited)) => {
-                        if !visited.contains(&me) {
-                            if visited.len() >= MAX_HISTORY {
-                                visited.remove(0);
-                            }
-                            visited.push(me);
-                        }
-                        if let Err(Error::NoReply) =
-                            c.query_history(ret, key, ttl, qid, &visited).await
-                        {
-                            self.counters.queries_sent.fetch_add(1, Ordering::Relaxed);
-                            let _ = c.query(ret, key, ttl).await;
-                        }
-                    }
-                    None => {
-                        let _ = c.query(ret, key, ttl).await;
-                    }
-                }
-            })
+                let _ = c.ask(&fallback).await;
+            }
         });
         futures::future::join_all(sends).await;
     }
@@ -921,184 +773,93 @@ impl Inner {
         let mut id = [0u8; 8];
         let _ = getrandom::fill(&mut id);
         let qid = QueryId(u64::from_be_bytes(id));
-        lock(&self.seen).first_time(&format!("q {qid}"), Instant::now());
-        let me = self.id().clone();
-        self.forward(&me, key, self.cfg.search_ttl, Some((qid, vec![me.clone()])))
-            .await;
+        let forwards = lock(&self.core).search(key, qid, self.cfg.search_ttl, Instant::now());
+        self.forward(forwards).await;
         rx
     }
 
     async fn build_peers(&self, host: &str, port: u16, hops: u32) -> Result<usize, Error> {
-        self.build_peers_into(&self.peers, host, port, hops).await
+        self.build_peers_into(Table::Own(&self.core), host, port, hops)
+            .await
     }
 
-    /// As [`build_peers`](Self::build_peers), adding to `table`: the node's own, or a
-    /// fresh one that a rebuild swaps in once it is built.
+    /// Runs a [`Build`] from `host:port` into `table`: the node's own, or a fresh one
+    /// that a rebuild swaps in once it is built. The core decides; the node asks.
     async fn build_peers_into(
         &self,
-        table: &Mutex<PeerTable>,
+        table: Table<'_>,
         host: &str,
         port: u16,
         hops: u32,
     ) -> Result<usize, Error> {
         let t = self.cfg.peer_timeout;
         let me = self.id().clone();
-        let mut added = 0;
-        let mut todo = vec![(host.to_owned(), port, hops)];
-        let mut first = true;
-        while let Some((host, port, hops)) = todo.pop() {
-            if lock(table).is_full() {
-                break;
-            }
-            let c = FilerClient::new(crate::addr::Target::Host {
-                host: host.clone(),
-                port,
+        let mut build = Build::new(me.clone(), host, port, hops);
+        loop {
+            let next = table.with(|tb| build.next(tb));
+            let Some(c) = next else { break };
+            let client = FilerClient::new(crate::addr::Target::Host {
+                host: c.host.clone(),
+                port: c.port,
             })
             .timeout(t);
-            let pid = match c.name().await {
-                Ok(p) => p,
-                Err(e) if first => return Err(e),
-                Err(_) => continue,
+            let name = client.name().await;
+            let Some(pid) = table.with(|tb| build.on_name(name, tb))? else {
+                continue;
             };
-            first = false;
-            if pid == me || lock(table).contains(&pid) {
+            let joined = client.join(&me, me.host(), me.port()).await;
+            if !table.with(|tb| build.on_join(&c, pid, joined, tb)) {
                 continue;
             }
-            // A contact whose table is full cannot take us, but its peers may: it is
-            // not added, and its list is still followed.
-            let accepted = match c.join(&me, me.host(), me.port()).await {
-                Ok(_) => true,
-                Err(Error::Refused(text)) if text.contains("already inserted") => true,
-                Err(Error::Refused(text)) if text.contains("too many peers") => false,
-                Err(_) => continue,
-            };
-            if accepted && lock(table).insert(pid.clone(), host.clone(), port) == Insert::Added {
-                added += 1;
-            }
-            if hops == 0 {
-                continue;
-            }
-            if let Ok(list) = c.list().await {
-                for p in list {
-                    if p.pid != me && !lock(table).contains(&p.pid) {
-                        todo.push((p.host, p.port, hops - 1));
-                    }
-                }
+            if let Ok(list) = client.list().await {
+                table.with(|tb| build.on_list(&c, list, tb));
             }
         }
-        Ok(added)
+        Ok(build.added())
     }
 
     async fn stabilize(&self) {
         let t = self.cfg.peer_timeout;
-        let checks = self.neighbours().into_iter().map(|n| async move {
+        let neighbours = lock(&self.core).neighbours();
+        let checks = neighbours.into_iter().map(|n| async move {
             let ok = client_for(&n, t).ping().await.is_ok();
             (n.pid, ok)
         });
         for (pid, ok) in futures::future::join_all(checks).await {
             if !ok {
                 tracing::info!(%pid, "peer did not answer a ping; dropped");
-                lock(&self.peers).remove(&pid);
+                lock(&self.core).peers.remove(&pid);
             }
         }
     }
 
-    async fn trusted(
-        self: &Arc<Self>,
-        pipe: &Pipe,
-        from: SocketAddr,
-        nonce: Nonce,
-        mac: super::msg::Mac,
-        op: TrustedOp,
-    ) -> Result<(), Error> {
-        let local = crate::addr::canonical(from).ip().is_loopback();
-        let allowed = local || self.cfg.trusted_from_anywhere;
-        let checked = if allowed {
-            lock(&self.challenges).verify(&nonce, &mac, &op.to_string(), Instant::now())
-        } else {
-            Ok(())
-        };
-        if !allowed || checked.is_err() {
-            self.counters.trust_denied.fetch_add(1, Ordering::Relaxed);
-            // The operation's code only: its arguments come from whoever asked.
-            match checked {
-                Err(why) => tracing::info!(
-                    op = op.code(),
-                    %from,
-                    %why,
-                    "trusted operation refused"
-                ),
-                Ok(()) => tracing::info!(
-                    op = op.code(),
-                    %from,
-                    why = "not from loopback (see trusted_from_anywhere)",
-                    "trusted operation refused"
-                ),
-            }
-            return self.send(pipe, &reply::trust_denied()).await;
+    /// Carries out an accepted trusted operation; its text, or why it failed.
+    async fn work(self: &Arc<Self>, work: Work) -> Result<String, String> {
+        match work {
+            Work::Find { key } => self.find_and_fetch(&key).await,
+            Work::Share { name } => core::share_text(self.file_hash(&name).await),
+            Work::Rebuild { host, port, hops } => self.rebuild(&host, port, hops).await,
         }
-        tracing::info!(?op, %from, "trusted operation accepted");
-        self.send(pipe, &reply::trust_accepted()).await?;
-        let result = match op {
-            TrustedOp::Find { key } => self.find_and_fetch(&key).await,
-            TrustedOp::Share { name } => match self.file_hash(&name).await {
-                Ok((f, h)) => Ok(format!(
-                    "Share: {} {} {}",
-                    f.name,
-                    f.size,
-                    super::shared::hex(&h)
-                )),
-                Err(e) => Err(e.to_string()),
-            },
-            TrustedOp::AddPeer { pid, host, port } => {
-                let r = lock(&self.peers).insert(pid.clone(), host, port);
-                let f = reply::join_result(r, &pid);
-                return self.send(pipe, &f).await;
-            }
-            TrustedOp::DelPeer { pid } => {
-                let f = if lock(&self.peers).remove(&pid).is_some() {
-                    reply::quit_removed(&pid)
-                } else {
-                    reply::quit_not_found(&pid)
-                };
-                return self.send(pipe, &f).await;
-            }
-            TrustedOp::Rebuild { host, port, hops } => {
-                // Built aside and swapped in whole: a rebuild that fails, or that no
-                // peer joins, leaves the table as it was.
-                let fresh = Mutex::new(PeerTable::new(self.id().clone(), self.cfg.max_peers));
-                let contact = if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
-                };
-                match self.build_peers_into(&fresh, &host, port, hops).await {
-                    Ok(n) if n > 0 => {
-                        *lock(&self.peers) = fresh.into_inner().unwrap_or_else(|p| p.into_inner());
-                        Ok(format!(
-                            "Rebuild: {n} peer{}",
-                            if n == 1 { "" } else { "s" }
-                        ))
-                    }
-                    Ok(_) => Err(format!(
-                        "Rebuild: no peer joined from {contact}; the peer table was kept"
-                    )),
-                    Err(e) => Err(format!("Rebuild: {contact}: {e}; the peer table was kept")),
-                }
-            }
-        };
-        let f = match result {
-            Ok(text) => Frame::new(Kind::REPL, text.into_bytes()),
-            Err(text) => Frame::new(Kind::ERRO, text.into_bytes()),
-        };
-        self.send(pipe, &f).await
+    }
+
+    /// Builds a fresh peer table from `host:port` and swaps it in whole: a rebuild that
+    /// fails, or that no peer joins, leaves the table as it was.
+    async fn rebuild(&self, host: &str, port: u16, hops: u32) -> Result<String, String> {
+        let fresh = Mutex::new(lock(&self.core).fresh_table());
+        let r = self
+            .build_peers_into(Table::Aside(&fresh), host, port, hops)
+            .await;
+        if matches!(r, Ok(n) if n > 0) {
+            lock(&self.core).peers = fresh.into_inner().unwrap_or_else(|p| p.into_inner());
+        }
+        core::rebuild_text(host, port, &r)
     }
 
     /// Searches for `key`, and downloads the first hit into the shared folder, verified.
     async fn find_and_fetch(self: &Arc<Self>, key: &str) -> Result<String, String> {
         let mut rx = self.search(key).await;
         let wait = self.cfg.peer_timeout;
-        let (name, owner) = tokio::time::timeout(wait, async {
+        let hit = tokio::time::timeout(wait, async {
             loop {
                 match rx.recv().await {
                     Ok((name, owner)) if name.contains(key) && owner != *self.id() => {
@@ -1112,18 +873,31 @@ impl Inner {
         })
         .await
         .ok()
-        .flatten()
-        .ok_or_else(|| format!("Find: no peer has {key}"))?;
-        let c = FilerClient::for_peer(&owner).timeout(self.cfg.peer_timeout);
-        let fetched = c.fetch(&name, self.shared.root(), |_, _| {}).await;
+        .flatten();
+        let Some(hit) = hit else {
+            return core::find_text(key, None);
+        };
+        let c = FilerClient::for_peer(&hit.1).timeout(self.cfg.peer_timeout);
+        let fetched = c.fetch(&hit.0, self.shared.root(), |_, _| {}).await;
         // The folder changed (or may have): searches see it at once.
         self.shared.invalidate().await;
-        match fetched {
-            Ok(f) => Ok(format!(
-                "Find: fetched {} {} bytes from {owner}",
-                name, f.size
-            )),
-            Err(e) => Err(format!("Find: {e}")),
+        core::find_text(key, Some((&hit, fetched.map(|f| f.size))))
+    }
+}
+
+/// The peer table a build adds to.
+enum Table<'a> {
+    /// The node's own, in its core.
+    Own(&'a Mutex<Core>),
+    /// One built aside.
+    Aside(&'a Mutex<PeerTable>),
+}
+
+impl Table<'_> {
+    fn with<R>(&self, f: impl FnOnce(&mut PeerTable) -> R) -> R {
+        match self {
+            Table::Own(core) => f(&mut lock(core).peers),
+            Table::Aside(table) => f(&mut lock(table)),
         }
     }
 }

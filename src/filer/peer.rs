@@ -99,9 +99,9 @@ impl PeerId {
     ///
     /// # Errors
     ///
-    /// [`Error::BadPeerId`] for ids over [`MAX_ID_LEN`] bytes (checked first), empty ids,
+    /// [`Error::BadPeerId`] for ids over 300 bytes (checked first), empty ids,
     /// whitespace, a missing or empty host, a bad port (see the module docs), more than
-    /// one colon outside brackets, or a bad host (as [`parse_host`]; no commas, so ids can
+    /// one colon outside brackets, or a bad host (as `JOIN` reads hosts; no commas, so ids can
     /// be listed with commas).
     pub fn parse(s: &str) -> Result<PeerId, Error> {
         if s.len() > MAX_ID_LEN {
@@ -144,7 +144,7 @@ impl PeerId {
         Ok(PeerId { host, port })
     }
 
-    /// An id from a host (as [`parse_host`] takes it) and a port.
+    /// An id from a host (checked as `JOIN` reads hosts) and a port.
     ///
     /// # Errors
     ///
@@ -244,7 +244,7 @@ pub struct PeerEntry {
     pub port: u16,
 }
 
-/// What [`PeerTable::insert`] did.
+/// What adding a peer to a peer table did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Insert {
     /// The peer was added.
@@ -276,11 +276,13 @@ impl PeerTable {
         }
     }
 
+    #[cfg(test)]
     /// The node's own id.
     pub fn own_id(&self) -> &PeerId {
         &self.own
     }
 
+    #[cfg(test)]
     /// The most peers the table holds.
     pub fn max(&self) -> usize {
         self.max
@@ -291,6 +293,7 @@ impl PeerTable {
         self.entries.len()
     }
 
+    #[cfg(test)]
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -342,6 +345,7 @@ impl PeerTable {
         self.entries.iter()
     }
 
+    #[cfg(test)]
     /// The peers' ids in the order they were added.
     pub fn ids(&self) -> impl ExactSizeIterator<Item = &PeerId> {
         self.entries.iter().map(|e| &e.pid)

@@ -45,14 +45,10 @@ impl Seen {
         true
     }
 
+    #[cfg(test)]
     /// How many queries are remembered.
     pub fn len(&self) -> usize {
         self.at.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.at.is_empty()
     }
 }
 

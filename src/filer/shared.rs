@@ -77,11 +77,11 @@ pub const MAX_SKIPPED_NAMES: usize = 100;
 
 /// The files a walk left out because the protocol cannot carry their names.
 ///
-/// Hidden files and folders and downloads in progress ([`PART_SUFFIX`]) are not counted:
+/// Hidden files and folders and downloads in progress (`.p2pipe-part` files) are not counted:
 /// they are left out on purpose.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Skipped {
-    /// The first [`MAX_SKIPPED_NAMES`] names (lossily decoded; a folder's ends with `/`),
+    /// The first 100 names (lossily decoded; a folder's ends with `/`),
     /// each with why it cannot be carried, in the order the walk found them.
     pub names: Vec<(String, &'static str)>,
     /// How many in all.
@@ -210,6 +210,7 @@ impl SharedDir {
         })
     }
 
+    #[cfg(test)]
     /// How long one walk of the folder answers [`index`](Self::index) (default
     /// [`DEFAULT_INDEX_AGE`]). Zero walks every time.
     pub fn index_max_age(mut self, age: Duration) -> Self {
@@ -284,11 +285,6 @@ impl SharedDir {
         &self.root
     }
 
-    /// The time limit of each file-system check.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Checks that `name` is a regular file inside the folder, with every symlink
     /// resolved, and returns it.
     ///
@@ -326,6 +322,7 @@ impl SharedDir {
         .await
     }
 
+    #[cfg(test)]
     /// Every file the folder shares: regular files (also through links that stay
     /// inside), in sub-folders too, with names [`check_name`] accepts, sorted, at most
     /// [`MAX_FILES`].
@@ -439,31 +436,12 @@ pub async fn sha256_file(path: &Path) -> io::Result<([u8; 32], u64)> {
     Ok((hasher.finalize().into(), total))
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Runs `f` under a time limit, so that no await here can hang a test.
-    #[track_caller]
-    fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
-        let at = std::panic::Location::caller();
-        async move {
-            match tokio::time::timeout(Duration::from_secs(10), f).await {
-                Ok(v) => v,
-                Err(_) => panic!("timed out after 10 s waiting at {at}"),
-            }
-        }
-    }
+    use crate::filer::msg::hex;
+    use crate::filer::testing::within;
 
     #[test]
     fn names_that_are_never_served() {

@@ -26,7 +26,8 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::shared::{check_name, hex, SharedError, PART_SUFFIX};
+use super::msg::hex;
+use super::shared::{check_name, SharedError, PART_SUFFIX};
 
 /// How many times [`Download::begin`] reopens a part file that was renamed or replaced
 /// between its open and its lock, before it gives up as busy.
@@ -320,16 +321,6 @@ impl Download {
     /// The offset to ask the next bytes from.
     pub fn offset(&self) -> u64 {
         self.written
-    }
-
-    /// The size of the whole file, once known.
-    pub fn size(&self) -> Option<u64> {
-        self.size
-    }
-
-    /// The part file being written.
-    pub fn part_path(&self) -> &Path {
-        self.dest.part_path()
     }
 
     /// The SHA-256 of the [`offset`](Self::offset) bytes found in the part file when the
@@ -783,17 +774,7 @@ mod sys {
 mod tests {
     use super::*;
 
-    /// Runs `f` under a time limit, so that no await here can hang a test.
-    #[track_caller]
-    fn within<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
-        let at = std::panic::Location::caller();
-        async move {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), f).await {
-                Ok(v) => v,
-                Err(_) => panic!("timed out after 10 s waiting at {at}"),
-            }
-        }
-    }
+    use crate::filer::testing::within;
 
     fn expected(b: &[u8]) -> Option<Expected> {
         Some(Expected {

@@ -189,6 +189,25 @@ impl Framing {
         }
     }
 
+    /// The size of a btpeer header (the one definition the file-sharing layer uses too).
+    pub(crate) const BTPEER_HEADER: usize = BTPEER_HEADER;
+
+    /// Reads a btpeer header from the first [`BTPEER_HEADER`] bytes of `bytes`: the type
+    /// bytes as sent and the payload length. `None` when fewer bytes are given.
+    pub(crate) fn parse_btpeer_header(bytes: &[u8]) -> Option<([u8; 4], u32)> {
+        let head = bytes.get(..BTPEER_HEADER)?;
+        Some((
+            [head[0], head[1], head[2], head[3]],
+            u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
+        ))
+    }
+
+    /// Writes the btpeer header of a `len`-byte payload of type `kind` into `head`.
+    pub(crate) fn emit_btpeer_header(kind: [u8; 4], len: u32, head: &mut [u8; BTPEER_HEADER]) {
+        head[..4].copy_from_slice(&kind);
+        head[4..].copy_from_slice(&len.to_be_bytes());
+    }
+
     /// Bytes written before the payload, and after it, for a message of `len`
     /// payload bytes. Checks what the framing forbids.
     pub(crate) fn frame_header(
@@ -226,8 +245,8 @@ impl Framing {
                         "a btpeer message starts with its 4-byte type".into(),
                     ));
                 }
-                head[..4].copy_from_slice(&data[..4]);
-                head[4..8].copy_from_slice(&(payload_len as u32).to_be_bytes());
+                let kind = [data[0], data[1], data[2], data[3]];
+                Framing::emit_btpeer_header(kind, payload_len as u32, head);
                 Ok((8, 4, b""))
             }
         }
@@ -272,10 +291,10 @@ impl FrameDecoder {
     fn need(&self, buf: &BytesMut) -> Result<Option<usize>, Error> {
         let (hdr, len) = match self.kind {
             Kind::Length if buf.len() >= 4 => (4, u32::from_be_bytes(buf[..4].try_into().unwrap())),
-            Kind::Btpeer if buf.len() >= BTPEER_HEADER => (
-                BTPEER_HEADER,
-                u32::from_be_bytes(buf[4..8].try_into().unwrap()),
-            ),
+            Kind::Btpeer => match Framing::parse_btpeer_header(buf) {
+                Some((_, len)) => (BTPEER_HEADER, len),
+                None => return Ok(None),
+            },
             _ => return Ok(None),
         };
         if len as usize > self.max_frame {

@@ -402,7 +402,7 @@ async fn filer_node(
     ip: std::net::IpAddr,
     files: &[(&str, &[u8])],
     secret: Option<&[u8]>,
-) -> (p2pipe::filer::node::FilerNode, tempfile::TempDir) {
+) -> (p2pipe::filer::FilerNode, tempfile::TempDir) {
     crate::filer::node_with(&ip.to_string(), files, |c| {
         c.secret = secret.map(<[u8]>::to_vec)
     })
@@ -991,8 +991,7 @@ mod newcomer {
     /// it serves, a trusted operation refused (never the secret tried), a peer leaving.
     #[tokio::test]
     async fn share_logs_joins_searches_files_served_and_trusted_operations() {
-        use p2pipe::filer::client::FilerClient;
-        use p2pipe::filer::{PeerId, TrustedOp};
+        use p2pipe::filer::{FilerClient, PeerId, TrustedOp};
         let home = tempfile::tempdir().unwrap();
         let (da, db) = (folder_with(&["a.txt"]), folder_with(&[]));
         let local = ["--bind", "127.0.0.1", "--port", "0", "--no-stun"];

@@ -5,9 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::msg::QueryId;
-use p2pipe::filer::node::{FilerNode, NodeConfig};
+use p2pipe::filer::{FilerClient, FilerNode, NodeConfig, QueryId};
 use p2pipe::{Framing, Pipe, PipeConfig, Proto};
 
 use crate::support::{within, within_for};

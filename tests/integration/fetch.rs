@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::store::StoreError;
-use p2pipe::filer::{Error, Kind, TrustedOp};
+use p2pipe::filer::{Error, FilerClient, Kind, StoreError, TrustedOp};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -150,7 +148,7 @@ async fn two_sessions_fetching_into_one_node_leave_a_file_it_serves_verified() {
     let held = std::fs::File::open(&part).unwrap();
     held.lock().unwrap();
     let r = within(find()).await.unwrap();
-    let said = String::from_utf8_lossy(&r[r.len() - 1].payload).into_owned();
+    let said = String::from_utf8_lossy(r[r.len() - 1].payload()).into_owned();
     assert_eq!(r[r.len() - 1].kind, Kind::ERRO, "{said}");
     assert!(said.contains("already being fetched"), "{said}");
     assert_eq!(std::fs::read(&part).unwrap(), b"another download's bytes");
@@ -162,7 +160,7 @@ async fn two_sessions_fetching_into_one_node_leave_a_file_it_serves_verified() {
     let mut fetched = 0;
     for r in [r1.unwrap(), r2.unwrap()] {
         let last = &r[r.len() - 1];
-        let said = String::from_utf8_lossy(&last.payload).into_owned();
+        let said = String::from_utf8_lossy(last.payload()).into_owned();
         if last.kind == Kind::REPL {
             assert!(said.contains("fetched movie.bin 4000000 bytes"), "{said}");
             fetched += 1;

@@ -20,18 +20,17 @@ fn decode(wire: &[u8]) -> Frame {
 }
 
 fn wire(frame: &Frame) -> Vec<u8> {
-    frame.to_bytes().unwrap().to_vec()
+    let mut out = BytesMut::new();
+    frame.emit(&mut out);
+    out.to_vec()
 }
 
 fn parse(wire: &[u8]) -> Result<Request, ParseError> {
     Request::parse(&decode(wire))
 }
 
-fn bad_reply(wire: &[u8]) -> Option<Vec<u8>> {
-    parse(wire)
-        .unwrap_err()
-        .reply()
-        .map(|f| f.to_bytes().unwrap().to_vec())
+fn bad_reply(input: &[u8]) -> Option<Vec<u8>> {
+    parse(input).unwrap_err().reply().map(wire)
 }
 
 #[test]
@@ -144,7 +143,7 @@ fn extension_requests_both_ways() {
     for (text, request) in cases {
         let (kind, payload) = text.split_at(4);
         let payload = payload.strip_prefix(' ').unwrap_or(payload);
-        let frame = Frame::new(
+        let frame = Frame::control(
             Kind::new(kind.as_bytes().try_into().unwrap()),
             payload.to_owned(),
         );
@@ -186,7 +185,7 @@ fn unknown_and_stray_types_get_no_reply() {
     assert_eq!(parse(b"ERRO\0\0\0\0"), Ok(Request::Unknown(Kind::ERRO)));
     assert_eq!(
         Request::Unknown(Kind::ERRO).to_frame(),
-        Frame::new(Kind::ERRO, "")
+        Frame::control(Kind::ERRO, "")
     );
 }
 
@@ -204,7 +203,7 @@ fn malformed_join_and_quer_get_the_exact_errors() {
         b"10.0.0.2:5000 bad,host 5000",
         b"10.0.0.2:5000 10.0.0.2 5\xff",
     ] {
-        let frame = Frame::new(Kind::JOIN, Bytes::copy_from_slice(payload));
+        let frame = Frame::control(Kind::JOIN, Bytes::copy_from_slice(payload));
         let err = Request::parse(&frame).unwrap_err();
         assert_eq!(err.kind(), Kind::JOIN);
         assert_eq!(wire(err.reply().unwrap()), join_bad, "{payload:?}");
@@ -220,7 +219,7 @@ fn malformed_join_and_quer_get_the_exact_errors() {
         b"nocolon key 4",
         b"10.0.0.2:5000 k\x01y 4",
     ] {
-        let frame = Frame::new(Kind::QUER, Bytes::copy_from_slice(payload));
+        let frame = Frame::control(Kind::QUER, Bytes::copy_from_slice(payload));
         let err = Request::parse(&frame).unwrap_err();
         assert_eq!(wire(err.reply().unwrap()), query_bad, "{payload:?}");
     }
@@ -255,7 +254,7 @@ fn other_malformed_requests() {
         bad_reply(b"QUIT\0\0\0\0"),
         Some(b"ERRO\0\0\0\x16Quit: peer not found: ".to_vec())
     );
-    let long = Frame::new(Kind::QUIT, "x".repeat(MAX_ID_LEN + 1));
+    let long = Frame::control(Kind::QUIT, "x".repeat(MAX_ID_LEN + 1));
     assert_eq!(Request::parse(&long).unwrap_err().reply(), None);
     assert_eq!(bad_reply(b"QUIT\0\0\0\x01\xff"), None);
     // Extensions.
@@ -268,27 +267,27 @@ fn other_malformed_requests() {
     assert_eq!(bad_reply(b"FPFX\0\0\0\x03a x"), range_bad);
     assert_eq!(bad_reply(b"FPFX\0\0\0\x05a 1 2"), range_bad);
     let overflow = format!("a {} 2", u64::MAX);
-    let frame = Frame::new(Kind::FRNG, overflow);
+    let frame = Frame::control(Kind::FRNG, overflow);
     assert_eq!(
         Request::parse(&frame).unwrap_err().reason(),
         "range overflows"
     );
     let max = format!("a {} 0", u64::MAX);
-    assert!(Request::parse(&Frame::new(Kind::FRNG, max)).is_ok());
+    assert!(Request::parse(&Frame::control(Kind::FRNG, max)).is_ok());
     assert_eq!(
         bad_reply(b"CHAL\0\0\0\x01x"),
         Some(b"ERRO\0\0\0\x1eChallenge: incorrect arguments".to_vec())
     );
     assert_eq!(parse(b"CHAL\0\0\0\x01\n"), Ok(Request::Chal));
     // Names and keys are bounded.
-    let long = Frame::new(Kind::FINF, "n".repeat(MAX_NAME_LEN + 1));
+    let long = Frame::control(Kind::FINF, "n".repeat(MAX_NAME_LEN + 1));
     assert!(Request::parse(&long).is_err());
-    let ok = Frame::new(Kind::FINF, "n".repeat(MAX_NAME_LEN));
+    let ok = Frame::control(Kind::FINF, "n".repeat(MAX_NAME_LEN));
     assert!(Request::parse(&ok).is_ok());
 }
 
 fn qhst(visited: &str) -> Frame {
-    Frame::new(Kind::QHST, format!("a:1 key 2 0123456789abcdef {visited}"))
+    Frame::control(Kind::QHST, format!("a:1 key 2 0123456789abcdef {visited}"))
 }
 
 #[test]
@@ -318,7 +317,7 @@ fn history_bounds() {
         "0123456789abcdef0",
         "g123456789abcdef",
     ] {
-        let f = Frame::new(Kind::QHST, format!("a:1 key 2 {qid} a:1"));
+        let f = Frame::control(Kind::QHST, format!("a:1 key 2 {qid} a:1"));
         assert_eq!(
             Request::parse(&f).unwrap_err().reason(),
             "bad query id",
@@ -334,7 +333,7 @@ fn trusted_requests_and_mac_input() {
     let hex = "00112233445566778899aabbccddeeff";
     assert_eq!(nonce.to_string(), hex);
     let mac_hex = "ab".repeat(32);
-    let frame = Frame::new(
+    let frame = Frame::control(
         Kind::TRST,
         format!("{hex}  {mac_hex} rbld\t10.0.0.9 5000 3"),
     );
@@ -361,7 +360,7 @@ fn trusted_requests_and_mac_input() {
         format!("{hex} SHAR a.txt").into_bytes()
     );
     assert_eq!(
-        Request::Trst { nonce, mac, op }.to_frame().payload,
+        *Request::Trst { nonce, mac, op }.to_frame().payload(),
         Bytes::from(format!("{hex} {mac_hex} RBLD 10.0.0.9 5000 3"))
     );
     for text in [
@@ -386,7 +385,7 @@ fn trusted_requests_and_mac_input() {
         format!("{hex} {} FIND k", &mac_hex[2..]),
         format!("{mac_hex} {hex} FIND k"),
     ] {
-        let err = Request::parse(&Frame::new(Kind::TRST, payload.clone())).unwrap_err();
+        let err = Request::parse(&Frame::control(Kind::TRST, payload.clone())).unwrap_err();
         assert_eq!(err.reply(), trust_bad, "{payload}");
     }
     assert!(Mac([1; 32]).ct_eq(&Mac([1; 32])));
@@ -432,7 +431,10 @@ fn every_reply_string_is_exact() {
             reply::file_read_error(),
             b"ERRO\0\0\0\x12Error reading file",
         ),
-        (reply::file_data(&b"\0\x01"[..]), b"REPL\0\0\0\x02\0\x01"),
+        (
+            reply::file_data(&b"\0\x01"[..]).unwrap(),
+            b"REPL\0\0\0\x02\0\x01",
+        ),
         (
             reply::quit_removed(&me),
             b"REPL\0\0\0\x21Quit: peer removed: 10.0.0.1:5000",
@@ -476,7 +478,7 @@ fn every_reply_string_is_exact() {
     }
     let info = reply::file_info(1234, &[0xa5; 32]);
     assert_eq!(
-        info.payload,
+        *info.payload(),
         Bytes::from(format!("1234 {}", "a5".repeat(32)))
     );
     assert_eq!(
@@ -489,8 +491,12 @@ fn every_reply_string_is_exact() {
         reply::join_dup(&me)
     );
     assert_eq!(
-        reply::file_header(3).unwrap().to_bytes(),
-        *b"REPL\0\0\0\x03"
+        {
+            let mut out = BytesMut::new();
+            reply::file_header(3).unwrap().emit(&mut out);
+            out
+        },
+        &b"REPL\0\0\0\x03"[..]
     );
     assert!(reply::file_header(1 << 32).is_err());
 }
@@ -523,33 +529,51 @@ fn client_reads_replies() {
         Err(Error::Refused("File not found".into()))
     );
     assert_eq!(
-        reply::expect_repl(&Frame::new(Kind::PING, "")),
+        reply::expect_repl(&Frame::control(Kind::PING, "")),
         Err(Error::UnexpectedReply(Kind::PING))
     );
     assert!(matches!(
-        reply::parse_list_count(&Frame::new(Kind::REPL, "-1")),
+        reply::parse_list_count(&Frame::control(Kind::REPL, "-1")),
         Err(Error::BadReply(_))
     ));
     assert!(matches!(
-        reply::parse_list_entry(&Frame::new(Kind::REPL, "a:1 a")),
+        reply::parse_list_entry(&Frame::control(Kind::REPL, "a:1 a")),
         Err(Error::BadReply(_))
     ));
     assert!(matches!(
-        reply::parse_file_info(&Frame::new(Kind::REPL, format!("1 {}", "A".repeat(64)))),
+        reply::parse_file_info(&Frame::control(Kind::REPL, format!("1 {}", "A".repeat(64)))),
         Err(Error::BadReply(_))
     ));
     assert!(matches!(
-        reply::parse_challenge(&Frame::new(Kind::REPL, "00")),
+        reply::parse_challenge(&Frame::control(Kind::REPL, "00")),
         Err(Error::BadReply(_))
     ));
 }
 
 #[test]
 fn parse_errors_are_lowercase_and_convert() {
-    let err = Request::parse(&Frame::new(Kind::QHST, "x")).unwrap_err();
+    let err = Request::parse(&Frame::control(Kind::QHST, "x")).unwrap_err();
     let s = err.to_string();
     assert_eq!(s, "bad qhst request: expected 5 fields");
     let layer: Error = err.clone().into();
     assert_eq!(layer.to_string(), s);
     assert_eq!(layer, Error::Parse(err));
+}
+
+#[test]
+fn join_answers_read_as_what_the_table_did() {
+    let me = PeerId::parse("10.0.0.1:5000").unwrap();
+    assert_eq!(
+        reply::parse_join(&reply::join_added(&me)),
+        Ok(Insert::Added)
+    );
+    assert_eq!(reply::parse_join(&reply::join_full()), Ok(Insert::Full));
+    assert_eq!(
+        reply::parse_join(&reply::join_dup(&me)),
+        Ok(Insert::Duplicate)
+    );
+    assert_eq!(
+        reply::parse_join(&reply::join_bad_args()),
+        Err(Error::Refused("Join: incorrect arguments".into()))
+    );
 }

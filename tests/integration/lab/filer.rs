@@ -5,9 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use p2pipe::filer::client::FilerClient;
-use p2pipe::filer::node::{FilerNode, NodeConfig, NodeStats};
-use p2pipe::filer::{Error, PeerId, TrustedOp};
+use p2pipe::filer::{Error, FilerClient, FilerNode, NodeConfig, NodeStats, PeerId, TrustedOp};
 
 use super::{lab_or_skip, Lab, NatKind, LAB_T};
 use crate::support::{within, within_for};
@@ -30,7 +28,7 @@ fn add_peer(lab: &Lab, ns: &str, to: SocketAddr, port: u16) -> Result<String, Er
             };
             let replies = within(FilerClient::new(to).trusted(SECRET, op)).await?;
             let answer = replies.get(1).expect("an answer after `Trust: accepted`");
-            Ok(String::from_utf8_lossy(&answer.payload).into_owned())
+            Ok(String::from_utf8_lossy(answer.payload()).into_owned())
         })
     })
 }
