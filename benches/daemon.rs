@@ -20,7 +20,6 @@
 //! and `P2PIPE_ONLY=udp` runs only the comparisons whose name contains `udp`. See
 //! docs/performance.md.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -28,22 +27,13 @@ use p2pipe::{Daemon, Message, Pipe, Proto};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+mod interleave;
+use interleave::{compare, Side};
+
 const LOCALHOST: &str = "127.0.0.1:0";
 const ROUND_TRIPS: usize = 5_000;
 const CONNECTIONS: usize = 200;
 const SMALL: usize = 64;
-const LIMIT: Duration = Duration::from_secs(60);
-
-async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {LIMIT:?}"))
-}
-
-/// A client measured in rounds: one call runs one round and returns its time.
-trait Side {
-    async fn round(&mut self) -> Duration;
-}
 
 /// 64 B round trips on one TCP connection.
 struct TcpRtt(TcpStream, [u8; SMALL]);
@@ -159,70 +149,8 @@ async fn daemon() -> (Daemon, SocketAddr, SocketAddr) {
     (d, tcp, udp)
 }
 
-async fn compare(name: &str, rounds: usize, raw: &mut impl Side, daemon: &mut impl Side) {
-    if std::env::var("P2PIPE_ONLY").is_ok_and(|only| !name.contains(&only)) {
-        return;
-    }
-    // One warm-up round each.
-    bounded(name, raw.round()).await;
-    bounded(name, daemon.round()).await;
-    let mut ratios = Vec::with_capacity(rounds);
-    let (mut raws, mut daemons) = (Vec::new(), Vec::new());
-    for i in 0..rounds {
-        let (r, d) = if i % 2 == 0 {
-            let r = bounded(name, raw.round()).await;
-            (r, bounded(name, daemon.round()).await)
-        } else {
-            let d = bounded(name, daemon.round()).await;
-            (bounded(name, raw.round()).await, d)
-        };
-        // As in paired.rs: raw time over daemon time, a rate ratio (1.00x: as fast).
-        ratios.push(r.as_secs_f64() / d.as_secs_f64());
-        raws.push(r.as_secs_f64());
-        daemons.push(d.as_secs_f64());
-    }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (lo, hi) = (
-        ratios.iter().copied().fold(f64::MAX, f64::min),
-        ratios.iter().copied().fold(0.0, f64::max),
-    );
-    println!(
-        "{name:<20} daemon/raw median {:.2}x (rounds {lo:.2}-{hi:.2}); raw {:.2} ms, daemon {:.2} ms per round",
-        med(&mut ratios),
-        med(&mut raws) * 1e3,
-        med(&mut daemons) * 1e3,
-    );
-}
-
 fn main() {
-    // `cargo test --benches` runs this with `--bench` absent; stay quick then.
-    let benching = std::env::args().any(|a| a == "--bench");
-    let rounds: usize = std::env::var("P2PIPE_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if benching { 15 } else { 1 });
-    // Two workers, as a server runs; then one thread, where placement is fixed and the
-    // ratio is the cost of the code alone.
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    println!("== multi-thread runtime, 2 workers");
-    // Measured on a worker thread, as servers run (see paired.rs).
-    multi
-        .block_on(multi.spawn(all(rounds)))
-        .expect("the comparison panicked");
-    drop(multi);
-    let single = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    println!("== current-thread runtime");
-    single.block_on(all(rounds));
+    interleave::on_both_runtimes(all);
 }
 
 async fn all(rounds: usize) {
@@ -231,15 +159,15 @@ async fn all(rounds: usize) {
 
     let mut raw = TcpRtt(tcp_client(raw_tcp).await, [1; SMALL]);
     let mut dmn = TcpRtt(tcp_client(d_tcp).await, [1; SMALL]);
-    compare("tcp_round_trip_64B", rounds, &mut raw, &mut dmn).await;
+    compare("tcp_round_trip_64B", "daemon", rounds, &mut raw, &mut dmn).await;
 
     let mut raw = udp_client(raw_udp).await;
     let mut dmn = udp_client(d_udp).await;
-    compare("udp_round_trip_64B", rounds, &mut raw, &mut dmn).await;
+    compare("udp_round_trip_64B", "daemon", rounds, &mut raw, &mut dmn).await;
 
     let mut raw = Accept(raw_tcp, [1; SMALL]);
     let mut dmn = Accept(d_tcp, [1; SMALL]);
-    compare("tcp_accept_64B", rounds, &mut raw, &mut dmn).await;
+    compare("tcp_accept_64B", "daemon", rounds, &mut raw, &mut dmn).await;
 
     // What the Daemon saw, and that it stops cleanly with the round-trip clients still
     // connected.

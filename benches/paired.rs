@@ -10,7 +10,6 @@
 //! (default 15), and `P2PIPE_ONLY=udp` runs only the comparisons whose name
 //! contains `udp`.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -19,23 +18,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
+mod interleave;
+use interleave::{compare, Side};
+
 const LOCALHOST: &str = "127.0.0.1:0";
 const ROUND_TRIPS: usize = 5_000;
 const SMALL: usize = 64;
 const BULK_TOTAL: usize = 64 << 20;
 const BULK_CHUNK: usize = 64 << 10;
-const LIMIT: Duration = Duration::from_secs(60);
-
-async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {LIMIT:?}"))
-}
-
-/// Something measured in rounds: one call runs one round and returns its time.
-trait Side {
-    async fn round(&mut self) -> Duration;
-}
 
 struct RawTcpRtt(TcpStream, Vec<u8>);
 impl Side for RawTcpRtt {
@@ -135,71 +125,8 @@ async fn pipe_echo(proto: Proto) -> Pipe {
     Pipe::connect(proto, addr).await.expect("connect")
 }
 
-async fn compare(name: &str, rounds: usize, raw: &mut impl Side, pipe: &mut impl Side) {
-    if std::env::var("P2PIPE_ONLY").is_ok_and(|only| !name.contains(&only)) {
-        return;
-    }
-    // One warm-up round each.
-    bounded(name, raw.round()).await;
-    bounded(name, pipe.round()).await;
-    let mut ratios = Vec::with_capacity(rounds);
-    let (mut raws, mut pipes) = (Vec::new(), Vec::new());
-    for i in 0..rounds {
-        let (r, p) = if i % 2 == 0 {
-            let r = bounded(name, raw.round()).await;
-            (r, bounded(name, pipe.round()).await)
-        } else {
-            let p = bounded(name, pipe.round()).await;
-            (bounded(name, raw.round()).await, p)
-        };
-        ratios.push(r.as_secs_f64() / p.as_secs_f64());
-        raws.push(r.as_secs_f64());
-        pipes.push(p.as_secs_f64());
-    }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (lo, hi) = (
-        ratios.iter().copied().fold(f64::MAX, f64::min),
-        ratios.iter().copied().fold(0.0, f64::max),
-    );
-    println!(
-        "{name:<22} pipe/raw median {:.2}x (rounds {lo:.2}-{hi:.2}); raw {:.2} ms, pipe {:.2} ms per round",
-        med(&mut ratios),
-        med(&mut raws) * 1e3,
-        med(&mut pipes) * 1e3,
-    );
-}
-
 fn main() {
-    // `cargo test --benches` runs this with `--bench` absent; stay quick then.
-    let benching = std::env::args().any(|a| a == "--bench");
-    let rounds: usize = std::env::var("P2PIPE_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if benching { 15 } else { 1 });
-    // Two workers: as a server runs, but where the scheduler puts the two ends
-    // of a connection changes the figures (bulk is bimodal on 2 cores, for raw
-    // tokio as for the pipe). One thread: placement is fixed, so the ratio is
-    // the cost of the code alone.
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    println!("== multi-thread runtime, 2 workers");
-    // Measure on a worker thread, as servers run: the thread that calls
-    // `block_on` is not a worker, and every wake-up of it is a cross-thread one.
-    multi
-        .block_on(multi.spawn(all(rounds)))
-        .expect("the comparison panicked");
-    drop(multi);
-    let single = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    println!("== current-thread runtime");
-    single.block_on(all(rounds));
+    interleave::on_both_runtimes(all);
 }
 
 async fn all(rounds: usize) {
@@ -215,7 +142,7 @@ async fn all(rounds: usize) {
     });
     let mut raw = RawTcpRtt(a, vec![1; SMALL]);
     let mut pipe = PipeRtt(pipe_echo(Proto::Tcp).await, vec![1; SMALL]);
-    compare("tcp_round_trip_64B", rounds, &mut raw, &mut pipe).await;
+    compare("tcp_round_trip_64B", "pipe", rounds, &mut raw, &mut pipe).await;
 
     // UDP round trips of 64 bytes.
     let echo = UdpSocket::bind(LOCALHOST).await.expect("bind");
@@ -229,7 +156,7 @@ async fn all(rounds: usize) {
     let client = UdpSocket::bind(LOCALHOST).await.expect("bind");
     let mut raw = RawUdpRtt(client, to, vec![1; 2048]);
     let mut pipe = PipeRtt(pipe_echo(Proto::Udp).await, vec![1; SMALL]);
-    compare("udp_round_trip_64B", rounds, &mut raw, &mut pipe).await;
+    compare("udp_round_trip_64B", "pipe", rounds, &mut raw, &mut pipe).await;
 
     // TCP bulk: 64 MiB in 64 KiB writes.
     let (w, mut r) = raw_tcp_pair().await;
@@ -256,5 +183,5 @@ async fn all(rounds: usize) {
         }
     });
     let mut pipe = PipeBulk(writer, vec![0x63; BULK_CHUNK], done);
-    compare("tcp_bulk_64MiB", rounds, &mut raw, &mut pipe).await;
+    compare("tcp_bulk_64MiB", "pipe", rounds, &mut raw, &mut pipe).await;
 }
