@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use classify::{
-    classify, port_allocation, Binding, Classification, Observations, PortSample, Probe, Unknown,
-    MIN_PORT_SAMPLES,
+    classify, port_allocation, Binding, Classification, Observations, PortSample, TestOutcome,
+    Unknown, MIN_PORT_SAMPLES,
 };
 pub use probe::{probe, resolve_servers, routes, ProbeConfig};
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
-use super::classify::{classify, Binding, Observations, PortSample, Probe};
+use super::classify::{classify, Binding, Observations, PortSample, TestOutcome};
 use super::{Error, NatReport};
 use crate::addr::{Af, Target};
 use crate::stun::{self, udp, ExpectFrom, Request, Transaction};
@@ -126,7 +126,7 @@ async fn filtering_round(
     want2: SocketAddr,
     want3: SocketAddr,
     config: stun::Config,
-) -> Result<(Probe<SocketAddr>, Probe<SocketAddr>, Tally), Error> {
+) -> Result<(TestOutcome<SocketAddr>, TestOutcome<SocketAddr>, Tally), Error> {
     let mut tally = Tally::default();
     let mut ts = vec![
         Transaction::new(
@@ -273,11 +273,11 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
         .find(|t| usable(t))
         .or_else(|| test1.iter().find(|t| t.response().is_some()));
     match chosen {
-        None => obs.test1 = Probe::NoReply,
+        None => obs.test1 = TestOutcome::NoReply,
         Some(t) => {
             let r = t.response().expect("chosen for its response");
             obs.server = Some(t.server());
-            obs.test1 = Probe::Reply(Binding {
+            obs.test1 = TestOutcome::Reply(Binding {
                 mapped: r.mapped.expect("a success response has a mapped address"),
                 other: r.other_address,
             });
@@ -285,7 +285,7 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
     }
     let server = obs.server.expect("set above");
 
-    if matches!(obs.test1, Probe::Reply(_)) {
+    if matches!(obs.test1, TestOutcome::Reply(_)) {
         let samples = async {
             if obs.behind_nat() != Some(true) {
                 return Ok::<_, Error>((Vec::new(), Tally::default()));
@@ -315,7 +315,7 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
         };
         let mapping = async {
             let mut tally = Tally::default();
-            let (mut m2, mut m3) = (Probe::NotRun, Probe::NotRun);
+            let (mut m2, mut m3) = (TestOutcome::NotRun, TestOutcome::NotRun);
             if let (true, Some(to)) = (obs.wants_mapping_tests(), obs.mapping2_target()) {
                 m2 = mapped_from(&main, to, cfg.stun, &mut tally).await?;
                 let seen = Observations {
@@ -332,7 +332,11 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
         let filtering = async {
             let (Some(want2), Some(want3)) = (obs.filtering2_source(), obs.filtering3_source())
             else {
-                return Ok::<_, Error>((Probe::NotRun, Probe::NotRun, Tally::default()));
+                return Ok::<_, Error>((
+                    TestOutcome::NotRun,
+                    TestOutcome::NotRun,
+                    Tally::default(),
+                ));
             };
             filtering_round(bind(0)?, server, want2, want3, cfg.filtering).await
         };
@@ -346,16 +350,16 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
         // A filtering test that got no reply decides the type. Where packets are seen
         // to be lost, one silent schedule is not enough evidence: run the silent tests
         // once more, from a fresh socket, and keep any reply.
-        let silent = f2 == Probe::NoReply || f3 == Probe::NoReply;
+        let silent = f2 == TestOutcome::NoReply || f3 == TestOutcome::NoReply;
         if silent && tally.loss_seen(cfg.filtering.initial_rto) {
             if let (Some(want2), Some(want3)) = (obs.filtering2_source(), obs.filtering3_source()) {
                 let (g2, g3, t4) =
                     filtering_round(bind(0)?, server, want2, want3, cfg.filtering).await?;
                 tally.merge(t4);
-                if f2 == Probe::NoReply {
+                if f2 == TestOutcome::NoReply {
                     f2 = g2;
                 }
-                if f3 == Probe::NoReply {
+                if f3 == TestOutcome::NoReply {
                     f3 = g3;
                 }
             }
@@ -400,22 +404,22 @@ async fn mapped_from(
     to: SocketAddr,
     config: stun::Config,
     tally: &mut Tally,
-) -> Result<Probe<SocketAddr>, Error> {
+) -> Result<TestOutcome<SocketAddr>, Error> {
     let mut ts = transactions(&[to], config)?;
     let run = udp::run(socket, &mut ts).await;
     tally.add(&ts, &run);
     Ok(match ts[0].response().and_then(|r| r.mapped) {
-        Some(m) => Probe::Reply(m),
-        None => Probe::NoReply,
+        Some(m) => TestOutcome::Reply(m),
+        None => TestOutcome::NoReply,
     })
 }
 
 /// Where a change request's reply came from: the transaction accepted it only from
 /// the expected address or from the server itself.
-fn source_of(t: &Transaction) -> Probe<SocketAddr> {
+fn source_of(t: &Transaction) -> TestOutcome<SocketAddr> {
     match t.answered_from() {
-        None => Probe::NoReply,
-        Some(from) => Probe::Reply(from),
+        None => TestOutcome::NoReply,
+        Some(from) => TestOutcome::Reply(from),
     }
 }
 
