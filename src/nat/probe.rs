@@ -126,7 +126,7 @@ async fn filtering_round(
     want2: SocketAddr,
     want3: SocketAddr,
     config: stun::Config,
-) -> Result<(TestOutcome<SocketAddr>, TestOutcome<SocketAddr>, Tally), Error> {
+) -> (TestOutcome<SocketAddr>, TestOutcome<SocketAddr>, Tally) {
     let mut tally = Tally::default();
     let mut ts = vec![
         Transaction::new(
@@ -136,7 +136,7 @@ async fn filtering_round(
                 expect_from: ExpectFrom::Either(want2, server),
                 ..config
             },
-        )?,
+        ),
         Transaction::new(
             server,
             Request::binding(udp::random_txid()).with_change(false, true),
@@ -144,11 +144,11 @@ async fn filtering_round(
                 expect_from: ExpectFrom::Either(want3, server),
                 ..config
             },
-        )?,
+        ),
     ];
     let run = udp::run(&socket, &mut ts).await;
     tally.add(&ts, &run);
-    Ok((source_of(&ts[0]), source_of(&ts[1]), tally))
+    (source_of(&ts[0]), source_of(&ts[1]), tally)
 }
 
 /// Resolves `servers` (`host:port`, port 3478 by default) to addresses of family `af`,
@@ -213,7 +213,7 @@ pub async fn probe(af: Af, servers: &[SocketAddr], cfg: &ProbeConfig) -> Result<
     let main = sockets.bind()?;
     let local = local_addr(&main)?;
     let mut tally = Tally::default();
-    let (server, test1) = test1(&main, &servers, cfg, &mut tally).await?;
+    let (server, test1) = test1(&main, &servers, cfg, &mut tally).await;
     let mut obs = Observations {
         local: Some(local),
         server: Some(server.unwrap_or(first)),
@@ -290,8 +290,8 @@ async fn test1(
     servers: &[SocketAddr],
     cfg: &ProbeConfig,
     tally: &mut Tally,
-) -> Result<(Option<SocketAddr>, TestOutcome<Binding>), Error> {
-    let mut ts = transactions(servers, cfg.stun)?;
+) -> (Option<SocketAddr>, TestOutcome<Binding>) {
+    let mut ts = transactions(servers, cfg.stun);
     let mut run = udp::run_until(main, &mut ts, |ts| {
         ts.iter().any(|t| t.is_finished() && t.response().is_some())
     })
@@ -313,10 +313,10 @@ async fn test1(
         .iter()
         .find(|t| usable(t))
         .or_else(|| ts.iter().find(|t| t.response().is_some()));
-    Ok(match chosen {
+    match chosen {
         None => (None, TestOutcome::NoReply),
         Some(t) => (Some(t.server()), test1_outcome(t)),
-    })
+    }
 }
 
 /// What an answered test I transaction showed.
@@ -356,7 +356,7 @@ async fn second_phase(
         filtering_tests(sockets, obs, cfg),
     );
     let (samples, t1) = samples?;
-    let (m2, m3, t2) = mapping?;
+    let (m2, m3, t2) = mapping;
     let (f2, f3, t3) = filtering?;
     for t in [t1, t2, t3] {
         tally.merge(t);
@@ -385,7 +385,7 @@ async fn port_samples(
         .map(|_| sockets.bind())
         .collect::<Result<Vec<_>, _>>()?;
     let runs = fresh.iter().map(|s| async move {
-        let mut ts = transactions(&[server], cfg.stun)?;
+        let mut ts = transactions(&[server], cfg.stun);
         let run = udp::run(s, &mut ts).await;
         Ok::<_, Error>((ts, run, local_addr(s)?))
     });
@@ -409,21 +409,21 @@ async fn mapping_tests(
     main: &UdpSocket,
     obs: &Observations,
     cfg: &ProbeConfig,
-) -> Result<(TestOutcome<SocketAddr>, TestOutcome<SocketAddr>, Tally), Error> {
+) -> (TestOutcome<SocketAddr>, TestOutcome<SocketAddr>, Tally) {
     let mut tally = Tally::default();
     let (mut m2, mut m3) = (TestOutcome::NotRun, TestOutcome::NotRun);
     if let (true, Some(to)) = (obs.wants_mapping_tests(), obs.mapping2_target()) {
-        m2 = mapped_from(main, to, cfg.stun, &mut tally).await?;
+        m2 = mapped_from(main, to, cfg.stun, &mut tally).await;
         let seen = Observations {
             mapping2: m2,
             ..obs.clone()
         };
         if seen.wants_mapping3() {
             let to = seen.other().expect("mapping tests need the other address");
-            m3 = mapped_from(main, to, cfg.stun, &mut tally).await?;
+            m3 = mapped_from(main, to, cfg.stun, &mut tally).await;
         }
     }
-    Ok((m2, m3, tally))
+    (m2, m3, tally)
 }
 
 /// Both filtering tests from a fresh socket, where test I gave a usable other address.
@@ -437,7 +437,7 @@ async fn filtering_tests(
     else {
         return Ok((TestOutcome::NotRun, TestOutcome::NotRun, Tally::default()));
     };
-    filtering_round(sockets.bind()?, server, want2, want3, cfg.filtering).await
+    Ok(filtering_round(sockets.bind()?, server, want2, want3, cfg.filtering).await)
 }
 
 /// A filtering test that got no reply decides the type. Where packets are seen to be
@@ -485,12 +485,11 @@ fn report(obs: &Observations, tally: Tally, started: Instant) -> NatReport {
 }
 
 /// Plain Binding transactions, one per server.
-fn transactions(servers: &[SocketAddr], config: stun::Config) -> Result<Vec<Transaction>, Error> {
+fn transactions(servers: &[SocketAddr], config: stun::Config) -> Vec<Transaction> {
     servers
         .iter()
         .map(|s| Transaction::new(*s, Request::binding(udp::random_txid()), config))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Error::Stun)
+        .collect()
 }
 
 /// One Binding request from `socket` to `to`: the mapped address it saw.
@@ -499,14 +498,14 @@ async fn mapped_from(
     to: SocketAddr,
     config: stun::Config,
     tally: &mut Tally,
-) -> Result<TestOutcome<SocketAddr>, Error> {
-    let mut ts = transactions(&[to], config)?;
+) -> TestOutcome<SocketAddr> {
+    let mut ts = transactions(&[to], config);
     let run = udp::run(socket, &mut ts).await;
     tally.add(&ts, &run);
-    Ok(match ts[0].response().and_then(|r| r.mapped) {
+    match ts[0].response().and_then(|r| r.mapped) {
         Some(m) => TestOutcome::Reply(m),
         None => TestOutcome::NoReply,
-    })
+    }
 }
 
 /// Where a change request's reply came from: the transaction accepted it only from
@@ -567,7 +566,7 @@ mod tests {
         let server: SocketAddr = "203.0.113.10:3478".parse().unwrap();
         let txid = [5; 12];
         let request = Request::binding(TransactionId(txid));
-        let mut t = Transaction::new(server, request, ProbeConfig::default().stun).unwrap();
+        let mut t = Transaction::new(server, request, ProbeConfig::default().stun);
         let now = Instant::now();
         let _ = t.start(now);
         let mapped = (0x0001, plain_v4([198, 51, 100, 7], 40000));
