@@ -104,8 +104,8 @@ pub enum Error {
     /// A message a server received is not a Binding request.
     #[error("stun message is not a binding request")]
     NotRequest,
-    /// The test server's configuration is unusable.
-    #[error("bad test server configuration: {0}")]
+    /// The server core's configuration is unusable.
+    #[error("bad stun server configuration: {0}")]
     ServerConfig(String),
     /// A socket operation failed.
     #[error("stun {op} failed: {message}")]

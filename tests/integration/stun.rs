@@ -1,16 +1,19 @@
-//! The STUN client and the NAT probe on loopback, against the in-crate test server
-//! (127.0.0.1 and 127.0.0.2 as its two addresses) and against hostile fakes.
+//! The STUN client and the NAT probe on loopback, against a test server on the crate's
+//! server core (127.0.0.1 and 127.0.0.2 as its two addresses) and against hostile fakes.
+
+pub(crate) mod server;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use p2pipe::nat::{self, Filtering, Mapping, NatType, PortAllocation, ProbeConfig, Unknown};
-use p2pipe::stun::server::{ServerConfig, ServerCore, TestServer};
+use p2pipe::stun::server::{ServerConfig, ServerCore};
 use p2pipe::stun::{self, tcp, udp, Config, ExpectFrom, Request, Transaction};
 use p2pipe::Af;
 use tokio::net::UdpSocket;
 
 use crate::support::{ipv6_usable, within};
+use server::TestServer;
 
 const A1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const A2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
