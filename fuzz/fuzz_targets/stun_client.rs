@@ -100,6 +100,7 @@ fuzz_target!(|data: &[u8]| {
     let mut t = Transaction::new(server, request, config);
     let mut wire = BytesMut::new();
     t.request().emit(&mut wire);
+    assert_eq!(Request::parse(&wire).as_ref(), Ok(t.request()));
     let wire = wire.to_vec();
 
     let t0 = Instant::now();
