@@ -287,8 +287,9 @@ impl Request {
         }
         check_binding(&message)?;
         let mut request = Request::binding(TransactionId(*message.transaction_id().as_bytes()));
-        request.software = message.attributes().find_map(|a| match a {
-            attr::RequestAttribute::Software(s) => Some(s.description().to_owned()),
+        // SOFTWARE is the only attribute decoded through stun_codec; the first counts.
+        request.software = message.attributes().next().map(|a| match a {
+            attr::RequestAttribute::Software(s) => s.description().to_owned(),
         });
         for raw in message.unknown_attributes() {
             let t = raw.get_type();
