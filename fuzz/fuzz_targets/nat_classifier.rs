@@ -16,10 +16,11 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
-use p2pipe::nat::{port_allocation, Binding};
 use p2pipe::nat::{
-    classify, Classification, Filtering, Mapping, NatType, Observations, PortSample, Probe, Unknown,
+    classify, Classification, Filtering, Mapping, NatType, Observations, PortSample, TestOutcome,
+    Unknown,
 };
+use p2pipe::nat::{port_allocation, Binding};
 
 const POOL: [&str; 12] = [
     "198.18.1.2:40000",      // local
@@ -60,11 +61,11 @@ impl Cursor<'_> {
         (self.u8() & 3 != 0).then(|| self.addr())
     }
 
-    fn probe<T>(&mut self, mut f: impl FnMut(&mut Self) -> T) -> Probe<T> {
+    fn probe<T>(&mut self, mut f: impl FnMut(&mut Self) -> T) -> TestOutcome<T> {
         match self.u8() % 3 {
-            0 => Probe::NotRun,
-            1 => Probe::NoReply,
-            _ => Probe::Reply(f(self)),
+            0 => TestOutcome::NotRun,
+            1 => TestOutcome::NoReply,
+            _ => TestOutcome::Reply(f(self)),
         }
     }
 }
@@ -116,16 +117,16 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(c, classify(&obs), "deterministic");
 
     let test1 = match obs.test1 {
-        Probe::NotRun => {
+        TestOutcome::NotRun => {
             assert_eq!(c, Classification::default());
             return;
         }
-        Probe::NoReply => {
+        TestOutcome::NoReply => {
             assert_eq!(c.nat_type, Some(NatType::UdpBlocked));
             assert_eq!((c.mapping, c.filtering, c.external), (None, None, None));
             return;
         }
-        Probe::Reply(b) => b,
+        TestOutcome::Reply(b) => b,
     };
     assert_eq!(c.external, Some(test1.mapped));
     assert_ne!(c.nat_type, Some(NatType::UdpBlocked));
@@ -166,7 +167,7 @@ fuzz_target!(|data: &[u8]| {
         ));
     }
     let from_server =
-        |p: &Probe<SocketAddr>| matches!(p, Probe::Reply(a) if Some(*a) == obs.server);
+        |p: &TestOutcome<SocketAddr>| matches!(p, TestOutcome::Reply(a) if Some(*a) == obs.server);
     if from_server(&obs.filtering2) || from_server(&obs.filtering3) {
         assert_ne!(
             c.nat_type,
@@ -179,20 +180,20 @@ fuzz_target!(|data: &[u8]| {
         Some(Filtering::EndpointIndependent) => {
             assert_eq!(
                 obs.filtering2,
-                Probe::Reply(obs.filtering2_source().unwrap())
+                TestOutcome::Reply(obs.filtering2_source().unwrap())
             );
         }
         Some(Filtering::AddressDependent) => {
-            assert_eq!(obs.filtering2, Probe::NoReply);
+            assert_eq!(obs.filtering2, TestOutcome::NoReply);
             assert_eq!(
                 obs.filtering3,
-                Probe::Reply(obs.filtering3_source().unwrap())
+                TestOutcome::Reply(obs.filtering3_source().unwrap())
             );
         }
         Some(Filtering::AddressAndPortDependent) => {
             assert_eq!(
                 (obs.filtering2, obs.filtering3),
-                (Probe::NoReply, Probe::NoReply)
+                (TestOutcome::NoReply, TestOutcome::NoReply)
             );
         }
         None => {}
@@ -200,11 +201,11 @@ fuzz_target!(|data: &[u8]| {
     if behind {
         match c.mapping {
             Some(Mapping::EndpointIndependent) => {
-                assert_eq!(obs.mapping2, Probe::Reply(test1.mapped))
+                assert_eq!(obs.mapping2, TestOutcome::Reply(test1.mapped))
             }
             Some(_) => assert!(matches!(
                 (obs.mapping2, obs.mapping3),
-                (Probe::Reply(x2), Probe::Reply(_)) if x2 != test1.mapped
+                (TestOutcome::Reply(x2), TestOutcome::Reply(_)) if x2 != test1.mapped
             )),
             None => {}
         }

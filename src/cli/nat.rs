@@ -338,41 +338,28 @@ fn known_or<T: std::fmt::Display>(v: &Option<T>, why: &Option<String>) -> String
 
 fn print_report(out: &mut impl Write, r: &NatReport) -> std::io::Result<()> {
     let why = &r.reasons;
-    let none = &None;
-    writeln!(
-        out,
-        "  nat type         {}",
-        known_or(&r.nat_type, &why.nat_type)
-    )?;
-    writeln!(
-        out,
-        "  mapping          {}",
-        known_or(&r.mapping, &why.mapping)
-    )?;
-    writeln!(
-        out,
-        "  filtering        {}",
-        known_or(&r.filtering, &why.filtering)
-    )?;
-    writeln!(
-        out,
-        "  external         {}",
-        known_or(&r.external, &why.external)
-    )?;
-    writeln!(
-        out,
-        "  port allocation  {}",
-        known_or(&r.port_allocation, &why.port_allocation)
-    )?;
-    writeln!(out, "  local            {}", known_or(&r.local, none))?;
-    writeln!(
-        out,
-        "  server           {} ({} transactions, {} requests, {} ms)",
-        known_or(&r.server, none),
+    let server = format!(
+        "{} ({} transactions, {} requests, {} ms)",
+        known_or(&r.server, &None),
         r.transactions,
         r.requests,
         r.elapsed.as_millis()
-    )?;
+    );
+    let rows = [
+        ("nat type", known_or(&r.nat_type, &why.nat_type)),
+        ("mapping", known_or(&r.mapping, &why.mapping)),
+        ("filtering", known_or(&r.filtering, &why.filtering)),
+        ("external", known_or(&r.external, &why.external)),
+        (
+            "port allocation",
+            known_or(&r.port_allocation, &why.port_allocation),
+        ),
+        ("local", known_or(&r.local, &None)),
+        ("server", server),
+    ];
+    for (label, value) in rows {
+        writeln!(out, "  {label:<16} {value}")?;
+    }
     Ok(())
 }
 
@@ -452,6 +439,41 @@ mod tests {
     /// A resolver that sends no query anywhere: no upstream servers, no hosts entries.
     fn offline() -> Resolver {
         Resolver::builder().no_hosts().build().unwrap()
+    }
+
+    #[test]
+    fn a_report_prints_one_aligned_line_a_field_with_the_reason_of_each_unknown() {
+        let r = NatReport {
+            nat_type: None,
+            mapping: Some(nat::Mapping::EndpointIndependent),
+            filtering: None,
+            external: Some("198.51.100.1:40000".parse().unwrap()),
+            port_allocation: Some(nat::PortAllocation::Preserving),
+            local: Some("192.168.1.5:40000".parse().unwrap()),
+            server: Some("203.0.113.10:3478".parse().unwrap()),
+            unknown: vec![nat::Unknown::ChangeIgnored],
+            reasons: nat::Reasons {
+                nat_type: Some("the filtering is unknown".into()),
+                filtering: Some("change ignored".into()),
+                ..nat::Reasons::default()
+            },
+            transactions: 3,
+            requests: 4,
+            ignored: 0,
+            elapsed: std::time::Duration::from_millis(12),
+        };
+        let mut out = Vec::new();
+        print_report(&mut out, &r).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "  nat type         unknown: the filtering is unknown\n\
+             \x20 mapping          endpoint-independent\n\
+             \x20 filtering        unknown: change ignored\n\
+             \x20 external         198.51.100.1:40000\n\
+             \x20 port allocation  preserving\n\
+             \x20 local            192.168.1.5:40000\n\
+             \x20 server           203.0.113.10:3478 (3 transactions, 4 requests, 12 ms)\n"
+        );
     }
 
     #[test]

@@ -121,15 +121,16 @@ pub async fn search_via(
     Ok(hits)
 }
 
+/// The `--wait` option (of `search` and `shell`) as a duration.
+pub fn wait_secs(secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("invalid --wait {secs}: a number of seconds is needed"))
+}
+
 /// Prints every answer: `name owner`. No answer is an error ([`NoAnswer`]), which the
 /// caller prints on stderr.
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let wait = Duration::try_from_secs_f64(args.wait).map_err(|_| {
-        format!(
-            "invalid --wait {}: a number of seconds is needed",
-            args.wait
-        )
-    })?;
+    let wait = wait_secs(args.wait)?;
     let hits = search_via(
         &args.via,
         &args.key,

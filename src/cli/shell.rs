@@ -202,93 +202,28 @@ fn catch_ctrl_c() -> std::io::Result<()> {
     }
 }
 
+/// The line editor, with the shell's completion.
+type LineEditor = Editor<ShellHelper, rustyline::history::FileHistory>;
+
+/// A boxed error, as the commands return them.
+type BoxError = Box<dyn std::error::Error>;
+
 /// Runs the shell until `quit`, `exit` or end of input, and saves the history.
-pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let wait = Duration::try_from_secs_f64(args.wait).map_err(|_| {
-        format!(
-            "invalid --wait {}: a number of seconds is needed",
-            args.wait
-        )
-    })?;
-    let secret = match &args.secret_file {
-        Some(f) => Some(super::share::read_secret(f)?),
-        None => None,
-    };
-    let target = p2pipe::Target::parse(&args.node, None)?;
-    let client = FilerClient::new(target).timeout(Duration::from_secs(30));
-    let id = client.name().await?;
+pub async fn run(args: Args) -> Result<(), BoxError> {
+    let shell = Shell::connect(args).await?;
     // Until here Ctrl-C ends the process (a node that does not answer); from here on
     // it cancels the running command.
     catch_ctrl_c()?;
-    println!("connected to {id}; 'help' lists the commands");
+    println!("connected to {}; 'help' lists the commands", shell.id);
     let interactive = std::io::stdin().is_terminal();
-    let names = Arc::new(Mutex::new(Vec::new()));
-    let config = Config::builder()
-        .completion_type(CompletionType::List)
-        .build();
-    let mut ed: Editor<ShellHelper, rustyline::history::FileHistory> = Editor::with_config(config)?;
-    ed.set_helper(Some(ShellHelper {
-        names: names.clone(),
-    }));
+    let mut ed = editor(&shell.names)?;
     let history = history_path();
     if let Some(h) = &history {
         let _ = ed.load_history(h);
     }
-    let prompt = format!("p2pipe {id}> ");
-    let mut failed = 0;
-    let end: Result<(), Box<dyn std::error::Error>> = loop {
-        let p = prompt.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let r = ed.readline(&p);
-            (ed, r)
-        })
-        .await;
-        // Only a panic in the line editor loses it, and the history with it.
-        let line;
-        (ed, line) = read.map_err(|e| format!("the line editor failed: {e}"))?;
-        let line = match line {
-            Ok(l) => l,
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break Ok(()),
-            Err(e) => break Err(e.into()),
-        };
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some((&cmd, rest)) = words.split_first() else {
-            continue;
-        };
-        let _ = ed.add_history_entry(line.as_str());
-        if cmd == "quit" || cmd == "exit" {
-            break Ok(());
-        }
-        // A fresh listener per command: a Ctrl-C that came at the prompt is not kept
-        // for the next command.
-        let run = command(
-            &client,
-            &args.node,
-            secret.as_deref(),
-            &names,
-            wait,
-            cmd,
-            rest,
-        );
-        let done = tokio::select! {
-            r = run => Some(r),
-            Ok(()) = tokio::signal::ctrl_c() => None,
-        };
-        match done {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                eprintln!("error: {e}");
-                failed += 1;
-            }
-            None => println!("cancelled"),
-        }
-    };
+    let (mut ed, end, failed) = shell.read_eval(ed).await?;
     if let Some(h) = &history {
-        if let Some(dir) = h.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = ed.save_history(h);
+        save_history(&mut ed, h);
     }
     end?;
     if failed > 0 && !interactive {
@@ -297,24 +232,223 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Runs one command.
-///
-/// # Cancel safety
-///
-/// Cancel safe, but a trusted operation may already have started on the node.
-async fn command(
-    client: &FilerClient,
-    node: &str,
-    secret: Option<&[u8]>,
-    names: &Arc<Mutex<Vec<String>>>,
+/// A line editor that lists the candidates when several complete a word.
+fn editor(names: &Arc<Mutex<Vec<String>>>) -> Result<LineEditor, BoxError> {
+    let config = Config::builder()
+        .completion_type(CompletionType::List)
+        .build();
+    let mut ed: LineEditor = Editor::with_config(config)?;
+    ed.set_helper(Some(ShellHelper {
+        names: names.clone(),
+    }));
+    Ok(ed)
+}
+
+fn save_history(ed: &mut LineEditor, path: &std::path::Path) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = ed.save_history(path);
+}
+
+/// Reads one line without blocking the runtime. Only a panic in the line editor loses
+/// it (and the history with it): that is the error.
+async fn read_line(
+    mut ed: LineEditor,
+    prompt: &str,
+) -> Result<(LineEditor, rustyline::Result<String>), BoxError> {
+    let prompt = prompt.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        let r = ed.readline(&prompt);
+        (ed, r)
+    })
+    .await;
+    read.map_err(|e| format!("the line editor failed: {e}").into())
+}
+
+/// One shell's connection to its node, and what its commands share.
+struct Shell {
+    client: FilerClient,
+    /// The node as given on the command line.
+    node: String,
+    /// The node's id.
+    id: PeerId,
+    secret: Option<Vec<u8>>,
+    /// The file names seen so far, for completion after `fetch`.
+    names: Arc<Mutex<Vec<String>>>,
+    /// The longest `search` waits.
     wait: Duration,
-    cmd: &str,
-    rest: &[&str],
-) -> Result<(), Box<dyn std::error::Error>> {
-    // The node's answer is printed; an `ERRO` answer is the command's error.
-    let trusted = |op: TrustedOp| async move {
-        let secret = secret.ok_or("this command needs the node's secret (--secret-file)")?;
-        let replies = match client.trusted(secret, op).await {
+}
+
+impl Shell {
+    /// Reads the secret and asks the node its name.
+    async fn connect(args: Args) -> Result<Shell, BoxError> {
+        let wait = super::search::wait_secs(args.wait)?;
+        let secret = match &args.secret_file {
+            Some(f) => Some(super::share::read_secret(f)?),
+            None => None,
+        };
+        let target = p2pipe::Target::parse(&args.node, None)?;
+        let client = FilerClient::new(target).timeout(Duration::from_secs(30));
+        let id = client.name().await?;
+        Ok(Shell {
+            client,
+            node: args.node,
+            id,
+            secret,
+            names: Arc::new(Mutex::new(Vec::new())),
+            wait,
+        })
+    }
+
+    /// Reads and runs commands until `quit`, `exit`, end of input or a line-editor
+    /// error. Returns the editor (for its history), how the loop ended, and how many
+    /// commands failed.
+    async fn read_eval(
+        &self,
+        mut ed: LineEditor,
+    ) -> Result<(LineEditor, Result<(), BoxError>, usize), BoxError> {
+        let prompt = format!("p2pipe {}> ", self.id);
+        let mut failed = 0;
+        loop {
+            let line;
+            (ed, line) = read_line(ed, &prompt).await?;
+            let line = match line {
+                Ok(l) => l,
+                Err(ReadlineError::Interrupted) => continue,
+                Err(ReadlineError::Eof) => return Ok((ed, Ok(()), failed)),
+                Err(e) => return Ok((ed, Err(e.into()), failed)),
+            };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some((&cmd, rest)) = words.split_first() else {
+                continue;
+            };
+            let _ = ed.add_history_entry(line.as_str());
+            if cmd == "quit" || cmd == "exit" {
+                return Ok((ed, Ok(()), failed));
+            }
+            if !self.run_cancellable(cmd, rest).await {
+                failed += 1;
+            }
+        }
+    }
+
+    /// Runs one command until it ends or Ctrl-C cancels it, and prints how it ended:
+    /// false when it failed.
+    async fn run_cancellable(&self, cmd: &str, rest: &[&str]) -> bool {
+        // A fresh listener per command: a Ctrl-C that came at the prompt is not kept
+        // for the next command.
+        let done = tokio::select! {
+            r = self.command(cmd, rest) => Some(r),
+            Ok(()) = tokio::signal::ctrl_c() => None,
+        };
+        match done {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                eprintln!("error: {e}");
+                false
+            }
+            None => {
+                println!("cancelled");
+                true
+            }
+        }
+    }
+
+    /// Runs one command.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, but a trusted operation may already have started on the node.
+    async fn command(&self, cmd: &str, rest: &[&str]) -> Result<(), BoxError> {
+        match (cmd, rest) {
+            ("help", _) => help(),
+            ("peers", []) => self.peers().await,
+            ("files", []) => self.files().await,
+            ("search", [key]) => self.search(key).await,
+            ("fetch", [name]) => {
+                let key = (*name).to_owned();
+                self.trusted(TrustedOp::Find { key }).await
+            }
+            ("add-peer", [pid, host, port]) => {
+                let (pid, host, port) = (PeerId::parse(pid)?, (*host).to_owned(), port.parse()?);
+                self.trusted(TrustedOp::AddPeer { pid, host, port }).await
+            }
+            ("remove-peer", [pid]) => {
+                let pid = PeerId::parse(pid)?;
+                self.trusted(TrustedOp::DelPeer { pid }).await
+            }
+            ("rebuild", [host, port]) | ("rebuild", [host, port, _]) => {
+                let hops = rest.get(2).map_or(Ok(2), |h| h.parse())?;
+                let (host, port) = ((*host).to_owned(), port.parse()?);
+                self.trusted(TrustedOp::Rebuild { host, port, hops }).await
+            }
+            (c, _) if COMMANDS.iter().any(|(k, _)| *k == c) => {
+                Err(format!("wrong arguments for {c}; 'help' shows them").into())
+            }
+            (c, _) => Err(format!("unknown command {c}; 'help' lists them").into()),
+        }
+    }
+
+    /// `peers`: the node's peer list.
+    async fn peers(&self) -> Result<(), BoxError> {
+        let peers = self.client.list().await?;
+        println!("{}", crate::cli::count(peers.len() as u64, "peer"));
+        for p in peers {
+            println!("  {} ({}:{})", p.pid, p.host, p.port);
+        }
+        Ok(())
+    }
+
+    /// `files`: the files the node knows; their names replace those seen so far.
+    async fn files(&self) -> Result<(), BoxError> {
+        let files = self.client.files().await?;
+        println!("{}", crate::cli::count(files.len() as u64, "file"));
+        let mut known = Vec::new();
+        for (name, owner, size) in files {
+            match size {
+                Some(n) => println!("  {name}  {n} bytes  at {owner}"),
+                None => println!("  {name}  at {owner}"),
+            }
+            known.push(name);
+        }
+        if let Ok(mut n) = self.names.lock() {
+            *n = known;
+        }
+        Ok(())
+    }
+
+    /// `search KEY`: who has a file; the names found join those seen so far.
+    async fn search(&self, key: &str) -> Result<(), BoxError> {
+        let quiet = super::search::DEFAULT_QUIET;
+        let hits = super::search::search_via(&self.node, key, 8, self.wait, quiet, 0).await?;
+        if hits.is_empty() {
+            return Err(Box::new(super::search::NoAnswer {
+                key: key.to_owned(),
+                wait: self.wait,
+            }));
+        }
+        for (name, owner) in &hits {
+            println!("  {name}  at {owner}");
+        }
+        if let Ok(mut n) = self.names.lock() {
+            for (name, _) in hits {
+                if !n.contains(&name) {
+                    n.push(name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A trusted operation: the node's answer is printed; an `ERRO` answer is the
+    /// command's error.
+    async fn trusted(&self, op: TrustedOp) -> Result<(), BoxError> {
+        let secret = self
+            .secret
+            .as_deref()
+            .ok_or("this command needs the node's secret (--secret-file)")?;
+        let replies = match self.client.trusted(secret, op).await {
             Ok(r) => r,
             Err(FilerError::Refused(t)) => {
                 return Err(format!("the node refused: {}", untagged(&t)).into())
@@ -334,92 +468,17 @@ async fn command(
             }
         }
         if refused.is_empty() {
-            Ok::<(), Box<dyn std::error::Error>>(())
+            Ok(())
         } else {
             Err(refused.join("; ").into())
         }
-    };
-    match (cmd, rest) {
-        ("help", _) => {
-            for (c, what) in COMMANDS {
-                println!("  {c:<12} {what}");
-            }
-        }
-        ("peers", []) => {
-            let peers = client.list().await?;
-            println!("{}", crate::cli::count(peers.len() as u64, "peer"));
-            for p in peers {
-                println!("  {} ({}:{})", p.pid, p.host, p.port);
-            }
-        }
-        ("files", []) => {
-            let files = client.files().await?;
-            println!("{}", crate::cli::count(files.len() as u64, "file"));
-            let mut known = Vec::new();
-            for (name, owner, size) in files {
-                match size {
-                    Some(n) => println!("  {name}  {n} bytes  at {owner}"),
-                    None => println!("  {name}  at {owner}"),
-                }
-                known.push(name);
-            }
-            if let Ok(mut n) = names.lock() {
-                *n = known;
-            }
-        }
-        ("search", [key]) => {
-            let quiet = super::search::DEFAULT_QUIET;
-            let hits = super::search::search_via(node, key, 8, wait, quiet, 0).await?;
-            if hits.is_empty() {
-                return Err(Box::new(super::search::NoAnswer {
-                    key: (*key).to_owned(),
-                    wait,
-                }));
-            }
-            for (name, owner) in &hits {
-                println!("  {name}  at {owner}");
-            }
-            if let Ok(mut n) = names.lock() {
-                for (name, _) in hits {
-                    if !n.contains(&name) {
-                        n.push(name);
-                    }
-                }
-            }
-        }
-        ("fetch", [name]) => {
-            trusted(TrustedOp::Find {
-                key: (*name).to_owned(),
-            })
-            .await?
-        }
-        ("add-peer", [pid, host, port]) => {
-            trusted(TrustedOp::AddPeer {
-                pid: PeerId::parse(pid)?,
-                host: (*host).to_owned(),
-                port: port.parse()?,
-            })
-            .await?
-        }
-        ("remove-peer", [pid]) => {
-            trusted(TrustedOp::DelPeer {
-                pid: PeerId::parse(pid)?,
-            })
-            .await?
-        }
-        ("rebuild", [host, port]) | ("rebuild", [host, port, _]) => {
-            let hops = rest.get(2).map_or(Ok(2), |h| h.parse())?;
-            trusted(TrustedOp::Rebuild {
-                host: (*host).to_owned(),
-                port: port.parse()?,
-                hops,
-            })
-            .await?
-        }
-        (c, _) if COMMANDS.iter().any(|(k, _)| *k == c) => {
-            return Err(format!("wrong arguments for {c}; 'help' shows them").into())
-        }
-        (c, _) => return Err(format!("unknown command {c}; 'help' lists them").into()),
+    }
+}
+
+/// `help`: the commands.
+fn help() -> Result<(), BoxError> {
+    for (c, what) in COMMANDS {
+        println!("  {c:<12} {what}");
     }
     Ok(())
 }

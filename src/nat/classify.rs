@@ -33,7 +33,7 @@ pub struct Binding {
 
 /// The outcome of one test.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Probe<T> {
+pub enum TestOutcome<T> {
     /// Not run (yet).
     #[default]
     NotRun,
@@ -43,10 +43,10 @@ pub enum Probe<T> {
     Reply(T),
 }
 
-impl<T> Probe<T> {
+impl<T> TestOutcome<T> {
     fn reply(&self) -> Option<&T> {
         match self {
-            Probe::Reply(t) => Some(t),
+            TestOutcome::Reply(t) => Some(t),
             _ => None,
         }
     }
@@ -70,15 +70,15 @@ pub struct Observations {
     /// The server's primary address A1:P1, where test I went.
     pub server: Option<SocketAddr>,
     /// Test I.
-    pub test1: Probe<Binding>,
+    pub test1: TestOutcome<Binding>,
     /// Mapping test II: the mapped address seen by A2:P1.
-    pub mapping2: Probe<SocketAddr>,
+    pub mapping2: TestOutcome<SocketAddr>,
     /// Mapping test III: the mapped address seen by A2:P2.
-    pub mapping3: Probe<SocketAddr>,
+    pub mapping3: TestOutcome<SocketAddr>,
     /// Filtering test II (change IP and port): where the reply came from.
-    pub filtering2: Probe<SocketAddr>,
+    pub filtering2: TestOutcome<SocketAddr>,
     /// Filtering test III (change port): where the reply came from.
-    pub filtering3: Probe<SocketAddr>,
+    pub filtering3: TestOutcome<SocketAddr>,
     /// Port-allocation samples from fresh sockets, in the order their first packet was
     /// sent.
     pub port_samples: Vec<PortSample>,
@@ -127,7 +127,7 @@ impl Observations {
     /// Whether mapping test III should run: test II saw another mapping than test I.
     pub fn wants_mapping3(&self) -> bool {
         match (self.test1.reply(), self.mapping2.reply()) {
-            (Some(b), Some(x2)) => b.mapped != *x2 && self.mapping3 == Probe::NotRun,
+            (Some(b), Some(x2)) => b.mapped != *x2 && self.mapping3 == TestOutcome::NotRun,
             _ => false,
         }
     }
@@ -191,8 +191,8 @@ fn split<T>(k: Known<T>) -> (Option<T>, Option<String>) {
 pub fn classify(obs: &Observations) -> Classification {
     let mut out = Classification::default();
     let test1 = match obs.test1 {
-        Probe::NotRun => return out,
-        Probe::NoReply => {
+        TestOutcome::NotRun => return out,
+        TestOutcome::NoReply => {
             out.nat_type = Some(NatType::UdpBlocked);
             out.unknown.push(Unknown::NoReply);
             let why = || Some(NO_ANSWER.to_owned());
@@ -205,7 +205,7 @@ pub fn classify(obs: &Observations) -> Classification {
             };
             return out;
         }
-        Probe::Reply(b) => b,
+        TestOutcome::Reply(b) => b,
     };
     out.external = Some(test1.mapped);
     let behind_nat = obs.behind_nat() == Some(true);
@@ -276,14 +276,16 @@ fn mapping(
         return Err(no_other_address(obs));
     };
     match (obs.mapping2, obs.mapping3) {
-        (Probe::Reply(x2), _) if x2 == mapped => Ok(Mapping::EndpointIndependent),
-        (Probe::Reply(x2), Probe::Reply(x3)) if x3 == x2 => Ok(Mapping::AddressDependent),
-        (Probe::Reply(_), Probe::Reply(_)) => Ok(Mapping::AddressAndPortDependent),
-        (Probe::NoReply, _) => {
+        (TestOutcome::Reply(x2), _) if x2 == mapped => Ok(Mapping::EndpointIndependent),
+        (TestOutcome::Reply(x2), TestOutcome::Reply(x3)) if x3 == x2 => {
+            Ok(Mapping::AddressDependent)
+        }
+        (TestOutcome::Reply(_), TestOutcome::Reply(_)) => Ok(Mapping::AddressAndPortDependent),
+        (TestOutcome::NoReply, _) => {
             unknown.push(Unknown::NoReply);
             Err(format!("mapping test ii (to {to2}) got no reply"))
         }
-        (Probe::Reply(_), Probe::NoReply) => {
+        (TestOutcome::Reply(_), TestOutcome::NoReply) => {
             unknown.push(Unknown::NoReply);
             Err(format!("mapping test iii (to {to3}) got no reply"))
         }
@@ -300,7 +302,7 @@ fn filtering(obs: &Observations, unknown: &mut Vec<Unknown>) -> Known<Filtering>
     };
     // A reply from the very address the request went to means the server ignored the
     // change request; nothing can be concluded from either test then.
-    let ignored = |p: &Probe<SocketAddr>| p.reply() == Some(&server);
+    let ignored = |p: &TestOutcome<SocketAddr>| p.reply() == Some(&server);
     if ignored(&obs.filtering2) || ignored(&obs.filtering3) {
         unknown.push(Unknown::ChangeIgnored);
         return Err(format!(
@@ -308,10 +310,12 @@ fn filtering(obs: &Observations, unknown: &mut Vec<Unknown>) -> Known<Filtering>
         ));
     }
     match (obs.filtering2, obs.filtering3) {
-        (Probe::Reply(from), _) if from == want2 => Ok(Filtering::EndpointIndependent),
-        (Probe::NoReply, Probe::Reply(from)) if from == want3 => Ok(Filtering::AddressDependent),
-        (Probe::NoReply, Probe::NoReply) => Ok(Filtering::AddressAndPortDependent),
-        (Probe::NotRun, _) | (_, Probe::NotRun) => {
+        (TestOutcome::Reply(from), _) if from == want2 => Ok(Filtering::EndpointIndependent),
+        (TestOutcome::NoReply, TestOutcome::Reply(from)) if from == want3 => {
+            Ok(Filtering::AddressDependent)
+        }
+        (TestOutcome::NoReply, TestOutcome::NoReply) => Ok(Filtering::AddressAndPortDependent),
+        (TestOutcome::NotRun, _) | (_, TestOutcome::NotRun) => {
             Err("the filtering tests did not run".to_owned())
         }
         _ => Err("a filtering test was answered from an unexpected address".to_owned()),
@@ -362,8 +366,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn reply(s: &str) -> Probe<SocketAddr> {
-        Probe::Reply(a(s))
+    fn reply(s: &str) -> TestOutcome<SocketAddr> {
+        TestOutcome::Reply(a(s))
     }
 
     /// Test I answered from behind `mapped`, with the usual other address.
@@ -371,7 +375,7 @@ mod tests {
         Observations {
             local: Some(a(LOCAL)),
             server: Some(a(SERVER)),
-            test1: Probe::Reply(Binding {
+            test1: TestOutcome::Reply(Binding {
                 mapped: a(mapped),
                 other: Some(a(OTHER)),
             }),
@@ -419,8 +423,8 @@ mod tests {
         });
         // Symmetric UDP firewall: no translation, filtered.
         let mut o = base(LOCAL);
-        o.filtering2 = Probe::NoReply;
-        o.filtering3 = Probe::NoReply;
+        o.filtering2 = TestOutcome::NoReply;
+        o.filtering3 = TestOutcome::NoReply;
         rows.push(Row {
             name: "symmetric-udp-firewall",
             obs: o,
@@ -443,7 +447,7 @@ mod tests {
         // Restricted cone.
         let mut o = base(WAN);
         o.mapping2 = reply(WAN);
-        o.filtering2 = Probe::NoReply;
+        o.filtering2 = TestOutcome::NoReply;
         o.filtering3 = reply(A1P2);
         rows.push(Row {
             name: "restricted-cone",
@@ -455,8 +459,8 @@ mod tests {
         // Port-restricted cone.
         let mut o = base(WAN);
         o.mapping2 = reply(WAN);
-        o.filtering2 = Probe::NoReply;
-        o.filtering3 = Probe::NoReply;
+        o.filtering2 = TestOutcome::NoReply;
+        o.filtering3 = TestOutcome::NoReply;
         rows.push(Row {
             name: "port-restricted-cone",
             obs: o,
@@ -468,8 +472,8 @@ mod tests {
         let mut o = base(WAN);
         o.mapping2 = reply("198.51.100.1:40001");
         o.mapping3 = reply("198.51.100.1:40002");
-        o.filtering2 = Probe::NoReply;
-        o.filtering3 = Probe::NoReply;
+        o.filtering2 = TestOutcome::NoReply;
+        o.filtering3 = TestOutcome::NoReply;
         rows.push(Row {
             name: "symmetric (apdm)",
             obs: o,
@@ -495,7 +499,7 @@ mod tests {
             obs: Observations {
                 local: Some(a(LOCAL)),
                 server: Some(a(SERVER)),
-                test1: Probe::NoReply,
+                test1: TestOutcome::NoReply,
                 ..Observations::default()
             },
             nat_type: Some(NatType::UdpBlocked),
@@ -517,7 +521,7 @@ mod tests {
         // A server that ignores CHANGE-REQUEST, with no NAT: unknown, not open.
         let mut o = base(LOCAL);
         o.filtering2 = reply(SERVER);
-        o.filtering3 = Probe::NoReply;
+        o.filtering3 = TestOutcome::NoReply;
         rows.push(Row {
             name: "change ignored, no nat",
             obs: o,
@@ -527,7 +531,7 @@ mod tests {
         });
         // No OTHER-ADDRESS: nothing beyond the external address.
         let mut o = base(WAN);
-        o.test1 = Probe::Reply(Binding {
+        o.test1 = TestOutcome::Reply(Binding {
             mapped: a(WAN),
             other: None,
         });
@@ -540,7 +544,7 @@ mod tests {
         });
         // An OTHER-ADDRESS equal to the server itself is no other address.
         let mut o = base(WAN);
-        o.test1 = Probe::Reply(Binding {
+        o.test1 = TestOutcome::Reply(Binding {
             mapped: a(WAN),
             other: Some(a(SERVER)),
         });
@@ -554,7 +558,7 @@ mod tests {
         });
         // Mapping test II lost: mapping unknown, so the type is too.
         let mut o = base(WAN);
-        o.mapping2 = Probe::NoReply;
+        o.mapping2 = TestOutcome::NoReply;
         o.filtering2 = reply(OTHER);
         rows.push(Row {
             name: "mapping test lost",
@@ -566,7 +570,7 @@ mod tests {
         // Mapping test III lost after II differed: unknown mapping.
         let mut o = base(WAN);
         o.mapping2 = reply("198.51.100.1:40001");
-        o.mapping3 = Probe::NoReply;
+        o.mapping3 = TestOutcome::NoReply;
         rows.push(Row {
             name: "mapping test iii lost",
             obs: o,
@@ -579,7 +583,7 @@ mod tests {
         let mut o = base(WAN);
         o.mapping2 = reply(WAN);
         o.filtering2 = reply("203.0.113.99:1");
-        o.filtering3 = Probe::NoReply;
+        o.filtering3 = TestOutcome::NoReply;
         rows.push(Row {
             name: "reply from a stranger",
             obs: o,
@@ -724,7 +728,7 @@ mod tests {
         assert!(!o.wants_mapping3());
         o.mapping2 = reply("198.51.100.1:1");
         assert!(o.wants_mapping3());
-        o.test1 = Probe::Reply(Binding {
+        o.test1 = TestOutcome::Reply(Binding {
             mapped: a(WAN),
             other: None,
         });

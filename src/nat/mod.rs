@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use classify::{
-    classify, port_allocation, Binding, Classification, Observations, PortSample, Probe, Unknown,
-    MIN_PORT_SAMPLES,
+    classify, port_allocation, Binding, Classification, Observations, PortSample, TestOutcome,
+    Unknown, MIN_PORT_SAMPLES,
 };
 pub use probe::{probe, resolve_servers, routes, ProbeConfig};
 
@@ -102,25 +102,22 @@ impl fmt::Display for NatType {
     }
 }
 
-impl fmt::Display for Mapping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mapping::EndpointIndependent => "endpoint-independent",
-            Mapping::AddressDependent => "address-dependent",
-            Mapping::AddressAndPortDependent => "address-and-port-dependent",
-        })
-    }
+/// `Display` for [`Mapping`] and [`Filtering`], which share RFC 5780's three names.
+macro_rules! rfc5780_names {
+    ($($t:ident),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self {
+                    $t::EndpointIndependent => "endpoint-independent",
+                    $t::AddressDependent => "address-dependent",
+                    $t::AddressAndPortDependent => "address-and-port-dependent",
+                })
+            }
+        }
+    )*};
 }
 
-impl fmt::Display for Filtering {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Filtering::EndpointIndependent => "endpoint-independent",
-            Filtering::AddressDependent => "address-dependent",
-            Filtering::AddressAndPortDependent => "address-and-port-dependent",
-        })
-    }
-}
+rfc5780_names!(Mapping, Filtering);
 
 /// How a NAT picks external ports, for port prediction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -152,39 +149,23 @@ impl fmt::Display for PortAllocation {
 /// `<field>_reason` (`nat_type_reason`, `mapping_reason`, `filtering_reason`,
 /// `external_reason`, `port_allocation_reason`), and is left out when the field is known.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Reasons {
     /// Why the RFC 3489 type is unknown.
-    #[serde(
-        rename = "nat_type_reason",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "nat_type_reason", skip_serializing_if = "Option::is_none")]
     pub nat_type: Option<String>,
     /// Why the mapping behaviour is unknown.
-    #[serde(
-        rename = "mapping_reason",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "mapping_reason", skip_serializing_if = "Option::is_none")]
     pub mapping: Option<String>,
     /// Why the filtering behaviour is unknown.
-    #[serde(
-        rename = "filtering_reason",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "filtering_reason", skip_serializing_if = "Option::is_none")]
     pub filtering: Option<String>,
     /// Why the external address is unknown.
-    #[serde(
-        rename = "external_reason",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "external_reason", skip_serializing_if = "Option::is_none")]
     pub external: Option<String>,
     /// Why the port-allocation pattern is unknown.
     #[serde(
         rename = "port_allocation_reason",
-        default,
         skip_serializing_if = "Option::is_none"
     )]
     pub port_allocation: Option<String>,
@@ -307,6 +288,23 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(t).unwrap(), s);
             assert_eq!(t.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn mapping_and_filtering_print_as_their_json_names() {
+        let pairs = [
+            (Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+            (Mapping::AddressDependent, Filtering::AddressDependent),
+            (
+                Mapping::AddressAndPortDependent,
+                Filtering::AddressAndPortDependent,
+            ),
+        ];
+        for (m, f) in pairs {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.to_string());
+            assert_eq!(serde_json::to_value(f).unwrap(), f.to_string());
+            assert_eq!(m.to_string(), f.to_string());
         }
     }
 

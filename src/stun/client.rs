@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+
 use super::{check_frame, peek_txid, Error, Request, Response};
 
 /// Where a reply must come from to be accepted.
@@ -149,23 +151,23 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// Builds a transaction sending `request` to `server`. Fails only if the request
-    /// cannot be encoded.
-    pub fn new(server: SocketAddr, request: Request, config: Config) -> Result<Self, Error> {
-        let bytes = request.encode()?;
-        Ok(Transaction {
+    /// Builds a transaction sending `request` to `server`.
+    pub fn new(server: SocketAddr, request: Request, config: Config) -> Self {
+        let mut wire = BytesMut::with_capacity(request.emit_len());
+        request.emit(&mut wire);
+        Transaction {
             started: None,
             answered_in: None,
             answered_from: None,
             server,
             request,
-            bytes,
+            bytes: wire.to_vec(),
             config,
             state: State::Idle,
             deadline: None,
             rto: config.initial_rto,
             stats: Stats::default(),
-        })
+        }
     }
 
     /// The request this transaction sends.
@@ -321,7 +323,7 @@ mod tests {
 
     fn transaction(config: Config) -> Transaction {
         let request = Request::binding(TransactionId(RFC5769_TXID));
-        Transaction::new(server(), request, config).unwrap()
+        Transaction::new(server(), request, config)
     }
 
     #[test]
@@ -444,7 +446,8 @@ mod tests {
         let mut oversized = RFC5769_V4.to_vec();
         oversized.resize(2000, 0);
         let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-        let request = t.request().encode().unwrap();
+        let mut request = BytesMut::new();
+        t.request().emit(&mut request);
 
         let cases: Vec<(SocketAddr, &[u8])> = vec![
             (other, RFC5769_V4),

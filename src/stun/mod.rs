@@ -1,14 +1,16 @@
 //! The STUN client core, sans-IO (RFC 5389, with RFC 5780 and RFC 3489 attributes).
 //!
-//! Nothing here owns a socket or reads a clock: [`Request`] encodes a Binding request,
-//! [`Response::parse`] turns a datagram into a checked [`Response`], and a
-//! [`Transaction`] takes bytes, addresses and `now` in and returns what to send and when
-//! to wake up. The tokio drivers above it only move bytes.
+//! Nothing here owns a socket or reads a clock. The wire forms speak the crate's two
+//! verbs: [`Request::emit`] appends a Binding request (checked when it is built, so it
+//! cannot fail) and [`Request::parse`] reads one back; [`Response::parse`] turns a
+//! datagram into a checked [`Response`]. A [`Transaction`] takes bytes, addresses and
+//! `now` in and returns what to send and when to wake up. The tokio drivers above it
+//! only move bytes.
 //!
-//! Encoding and decoding go through `stun_codec`, with two known faults of its 0.4
-//! release worked around: its CHANGE-REQUEST decoder reads the wrong bits (the client
-//! never decodes CHANGE-REQUEST through it) and its RESPONSE-PORT encoder always writes 0
-//! (the client never sends RESPONSE-PORT).
+//! Requests are written by hand (a header, SOFTWARE, CHANGE-REQUEST). Messages are
+//! decoded through `stun_codec`, with a known fault of its 0.4 release worked around:
+//! its CHANGE-REQUEST decoder reads the wrong bits, so CHANGE-REQUEST is read raw
+//! ([`ChangeRequest::parse`]).
 //!
 //! MESSAGE-INTEGRITY is not checked: this client has no credentials, and RFC 5389 lets
 //! a client without them ignore it. FINGERPRINT, when present, is checked by
@@ -23,14 +25,15 @@ pub mod udp;
 use std::fmt;
 use std::net::SocketAddr;
 
-use bytecodec::{DecodeExt, EncodeExt};
+use bytecodec::DecodeExt;
+use bytes::{BufMut, BytesMut};
 use stun_codec::rfc5389::attributes::Software;
 use stun_codec::rfc5389::methods::BINDING;
-use stun_codec::{Attribute as _, Message, MessageClass, MessageDecoder, MessageEncoder};
+use stun_codec::{Attribute, Message, MessageClass, MessageDecoder, RawAttribute};
 
 pub use client::{Config, ExpectFrom, Ignored, Outcome, State, Stats, Transaction, Transmit};
 
-use attr::{RequestAttribute, ResponseAttribute};
+use attr::ResponseAttribute;
 
 /// The largest STUN message this client accepts, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 1500;
@@ -41,7 +44,7 @@ pub const HEADER_LEN: usize = 20;
 /// The magic cookie every RFC 5389 message carries.
 pub const MAGIC_COOKIE: u32 = 0x2112_a442;
 
-/// Errors of the STUN layer: encoding requests and parsing responses.
+/// Errors of the STUN layer: building requests, parsing messages, and the drivers' I/O.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The datagram is shorter than a STUN header.
@@ -95,14 +98,14 @@ pub enum Error {
         /// The attribute that is missing.
         missing: &'static str,
     },
-    /// A request could not be encoded.
-    #[error("cannot encode stun request: {0}")]
+    /// A request or a response could not be built.
+    #[error("cannot encode stun message: {0}")]
     Encode(String),
     /// A message a server received is not a Binding request.
     #[error("stun message is not a binding request")]
     NotRequest,
-    /// The test server's configuration is unusable.
-    #[error("bad test server configuration: {0}")]
+    /// The server core's configuration is unusable.
+    #[error("bad stun server configuration: {0}")]
     ServerConfig(String),
     /// A socket operation failed.
     #[error("stun {op} failed: {message}")]
@@ -191,9 +194,12 @@ pub const CHANGE_IP_FLAG: u8 = 0x04;
 pub const CHANGE_PORT_FLAG: u8 = 0x02;
 
 impl ChangeRequest {
+    /// The length of a CHANGE-REQUEST value, in bytes.
+    pub const VALUE_LEN: usize = 4;
+
     /// Reads a CHANGE-REQUEST value (4 bytes) correctly, unlike `stun_codec` 0.4.
-    pub fn decode_value(value: &[u8]) -> Result<Self, Error> {
-        let value: [u8; 4] = value.try_into().map_err(|_| Error::BadAttribute {
+    pub fn parse(value: &[u8]) -> Result<Self, Error> {
+        let value: [u8; Self::VALUE_LEN] = value.try_into().map_err(|_| Error::BadAttribute {
             attr_type: attr::CHANGE_REQUEST,
             reason: "change-request value is not 4 bytes",
         })?;
@@ -203,8 +209,8 @@ impl ChangeRequest {
         })
     }
 
-    /// The 4-byte value of this CHANGE-REQUEST.
-    pub fn encode_value(&self) -> [u8; 4] {
+    /// Appends the 4-byte value of this CHANGE-REQUEST.
+    pub fn emit(&self, out: &mut BytesMut) {
         let mut flags = 0;
         if self.change_ip {
             flags |= CHANGE_IP_FLAG;
@@ -212,19 +218,22 @@ impl ChangeRequest {
         if self.change_port {
             flags |= CHANGE_PORT_FLAG;
         }
-        [0, 0, 0, flags]
+        out.put_slice(&[0, 0, 0, flags]);
     }
 }
 
-/// A STUN Binding request, ready to encode.
+/// The longest SOFTWARE description a request may carry, in characters (RFC 5389
+/// section 15.10 allows fewer than 128).
+pub const MAX_SOFTWARE_CHARS: usize = 127;
+
+/// A STUN Binding request: built checked, so that [`emit`](Self::emit) cannot fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The transaction id.
     pub txid: TransactionId,
     /// The CHANGE-REQUEST attribute, if any.
     pub change: Option<ChangeRequest>,
-    /// The SOFTWARE attribute, if any.
-    pub software: Option<String>,
+    software: Option<String>,
 }
 
 impl Request {
@@ -246,34 +255,95 @@ impl Request {
         self
     }
 
-    /// Adds a SOFTWARE attribute (at most 763 characters).
-    pub fn with_software(mut self, software: impl Into<String>) -> Self {
-        self.software = Some(software.into());
-        self
+    /// Adds a SOFTWARE attribute.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when `software` has more than [`MAX_SOFTWARE_CHARS`] characters.
+    pub fn with_software(mut self, software: impl Into<String>) -> Result<Self, Error> {
+        let software = software.into();
+        let chars = software.chars().count();
+        if chars > MAX_SOFTWARE_CHARS {
+            return Err(Error::Encode(format!(
+                "software is {chars} characters, at most {MAX_SOFTWARE_CHARS} fit"
+            )));
+        }
+        self.software = Some(software);
+        Ok(self)
     }
 
-    /// Encodes the request into the bytes to send.
-    pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        let mut message = Message::<RequestAttribute>::new(
-            MessageClass::Request,
-            BINDING,
-            stun_codec::TransactionId::new(self.txid.0),
-        );
+    /// The SOFTWARE attribute, if any.
+    pub fn software(&self) -> Option<&str> {
+        self.software.as_deref()
+    }
+
+    /// Parses a datagram as a Binding request, with the same checks as
+    /// [`Response::parse`]. CHANGE-REQUEST is read raw (see [`ChangeRequest::parse`]);
+    /// an unknown comprehension-required attribute makes the request invalid.
+    pub fn parse(bytes: &[u8]) -> Result<Request, Error> {
+        let message = decode::<attr::RequestAttribute>(bytes)?;
+        if message.class() != MessageClass::Request {
+            return Err(Error::NotRequest);
+        }
+        check_binding(&message)?;
+        let mut request = Request::binding(TransactionId(*message.transaction_id().as_bytes()));
+        // SOFTWARE is the only attribute decoded through stun_codec; the first counts.
+        request.software = message.attributes().next().map(|a| match a {
+            attr::RequestAttribute::Software(s) => s.description().to_owned(),
+        });
+        for raw in message.unknown_attributes() {
+            let t = raw.get_type();
+            if t.as_u16() == attr::CHANGE_REQUEST {
+                request.change = Some(ChangeRequest::parse(raw.value())?);
+            } else if t.is_comprehension_required() {
+                return Err(Error::UnknownRequired(t.as_u16()));
+            }
+        }
+        Ok(request)
+    }
+
+    /// The length of the request's wire form, in bytes.
+    pub fn emit_len(&self) -> usize {
+        HEADER_LEN + self.attributes_len()
+    }
+
+    fn attributes_len(&self) -> usize {
+        let software = self.software.as_ref().map_or(0, |s| 4 + padded(s.len()));
+        let change = self.change.map_or(0, |_| 4 + ChangeRequest::VALUE_LEN);
+        software + change
+    }
+
+    /// Appends the request's wire form: the header, then SOFTWARE and CHANGE-REQUEST
+    /// when set.
+    pub fn emit(&self, out: &mut BytesMut) {
+        out.reserve(self.emit_len());
+        out.put_u16(BINDING_REQUEST);
+        out.put_u16(u16::try_from(self.attributes_len()).expect("a request fits its length field"));
+        out.put_u32(MAGIC_COOKIE);
+        out.put_slice(&self.txid.0);
         if let Some(software) = &self.software {
-            let software =
-                Software::new(software.clone()).map_err(|e| Error::Encode(e.to_string()))?;
-            message.add_attribute(software);
+            put_attribute_header(out, Software::CODEPOINT, software.len());
+            out.put_slice(software.as_bytes());
+            out.put_bytes(0, padded(software.len()) - software.len());
         }
         if let Some(change) = self.change {
-            message.add_attribute(stun_codec::rfc5780::attributes::ChangeRequest::new(
-                change.change_ip,
-                change.change_port,
-            ));
+            put_attribute_header(out, attr::CHANGE_REQUEST, ChangeRequest::VALUE_LEN);
+            change.emit(out);
         }
-        MessageEncoder::new()
-            .encode_into_bytes(message)
-            .map_err(|e| Error::Encode(e.to_string()))
     }
+}
+
+/// The message type of a Binding request.
+const BINDING_REQUEST: u16 = 0x0001;
+
+/// `len` rounded up to the 4-byte boundary attributes are padded to.
+fn padded(len: usize) -> usize {
+    len.next_multiple_of(4)
+}
+
+fn put_attribute_header(out: &mut BytesMut, attr_type: u16, len: usize) {
+    out.put_u16(attr_type);
+    out.put_u16(u16::try_from(len).expect("an attribute fits its length field"));
 }
 
 /// The class of a response.
@@ -337,75 +407,93 @@ impl Response {
     /// are ignored; unknown comprehension-required ones make the response invalid
     /// (RFC 5389 section 7.3.3).
     pub fn parse(bytes: &[u8]) -> Result<Response, Error> {
-        check_frame(bytes)?;
-        let decoded = MessageDecoder::<ResponseAttribute>::new()
-            .decode_from_bytes(bytes)
-            .map_err(|e| Error::Decode(first_line(&e.to_string())))?;
-        let message =
-            decoded.map_err(|broken| Error::Decode(first_line(&broken.error().to_string())))?;
-        let class = message.class();
-        match class {
+        let message = decode::<ResponseAttribute>(bytes)?;
+        match message.class() {
             MessageClass::Request => return Err(Error::NotResponse("request")),
             MessageClass::Indication => return Err(Error::NotResponse("indication")),
             MessageClass::SuccessResponse | MessageClass::ErrorResponse => {}
         }
-        if message.method() != BINDING {
-            return Err(Error::WrongMethod(message.method().as_u16()));
-        }
-
-        let mut xor_mapped = None;
-        let mut plain_mapped = None;
-        let mut other = None;
-        let mut changed = None;
-        let mut origin = None;
-        let mut source = None;
-        let mut software = None;
-        let mut error_code = None;
+        check_binding(&message)?;
+        let mut seen = Seen::default();
         for a in message.attributes() {
-            match a {
-                ResponseAttribute::XorMappedAddress(x) => {
-                    xor_mapped.get_or_insert(x.address());
-                }
-                ResponseAttribute::XorMappedAddress2(x) => {
-                    xor_mapped.get_or_insert(x.address());
-                }
-                ResponseAttribute::MappedAddress(m) => {
-                    plain_mapped.get_or_insert(m.address());
-                }
-                ResponseAttribute::OtherAddress(o) => {
-                    other.get_or_insert(o.address());
-                }
-                ResponseAttribute::ResponseOrigin(o) => {
-                    origin.get_or_insert(o.address());
-                }
-                ResponseAttribute::Software(s) => {
-                    software.get_or_insert_with(|| s.description().to_owned());
-                }
-                ResponseAttribute::ErrorCode(e) => {
-                    error_code.get_or_insert_with(|| (e.code(), e.reason_phrase().to_owned()));
-                }
-                ResponseAttribute::MessageIntegrity(_) | ResponseAttribute::Fingerprint(_) => {}
-            }
+            seen.known(a);
         }
         for raw in message.unknown_attributes() {
-            let t = raw.get_type();
-            match t.as_u16() {
-                attr::CHANGED_ADDRESS if changed.is_none() => {
-                    changed = Some(attr::decode_plain_address(t.as_u16(), raw.value())?);
-                }
-                attr::SOURCE_ADDRESS if source.is_none() => {
-                    source = Some(attr::decode_plain_address(t.as_u16(), raw.value())?);
-                }
-                code if t.is_comprehension_required() && !attr::is_known_required(code) => {
-                    return Err(Error::UnknownRequired(code));
-                }
-                _ => {}
-            }
+            seen.raw(raw)?;
         }
+        seen.into_response(&message)
+    }
+}
 
-        let class = match class {
+/// The attributes of a response as they are read: the first of each kind counts.
+#[derive(Default)]
+struct Seen {
+    xor_mapped: Option<SocketAddr>,
+    plain_mapped: Option<SocketAddr>,
+    other: Option<SocketAddr>,
+    changed: Option<SocketAddr>,
+    origin: Option<SocketAddr>,
+    source: Option<SocketAddr>,
+    software: Option<String>,
+    error_code: Option<(u16, String)>,
+}
+
+impl Seen {
+    /// An attribute `stun_codec` decoded.
+    fn known(&mut self, a: &ResponseAttribute) {
+        match a {
+            ResponseAttribute::XorMappedAddress(x) => {
+                self.xor_mapped.get_or_insert(x.address());
+            }
+            ResponseAttribute::XorMappedAddress2(x) => {
+                self.xor_mapped.get_or_insert(x.address());
+            }
+            ResponseAttribute::MappedAddress(m) => {
+                self.plain_mapped.get_or_insert(m.address());
+            }
+            ResponseAttribute::OtherAddress(o) => {
+                self.other.get_or_insert(o.address());
+            }
+            ResponseAttribute::ResponseOrigin(o) => {
+                self.origin.get_or_insert(o.address());
+            }
+            ResponseAttribute::Software(s) => {
+                self.software
+                    .get_or_insert_with(|| s.description().to_owned());
+            }
+            ResponseAttribute::ErrorCode(e) => {
+                self.error_code
+                    .get_or_insert_with(|| (e.code(), e.reason_phrase().to_owned()));
+            }
+            ResponseAttribute::MessageIntegrity(_) | ResponseAttribute::Fingerprint(_) => {}
+        }
+    }
+
+    /// An attribute `stun_codec` does not know: RFC 3489's are read, an unknown
+    /// comprehension-required one refuses the response (RFC 5389 section 7.3.3).
+    fn raw(&mut self, raw: &RawAttribute) -> Result<(), Error> {
+        let t = raw.get_type();
+        match t.as_u16() {
+            attr::CHANGED_ADDRESS if self.changed.is_none() => {
+                self.changed = Some(attr::decode_plain_address(t.as_u16(), raw.value())?);
+            }
+            attr::SOURCE_ADDRESS if self.source.is_none() => {
+                self.source = Some(attr::decode_plain_address(t.as_u16(), raw.value())?);
+            }
+            code if t.is_comprehension_required() && !attr::is_known_required(code) => {
+                return Err(Error::UnknownRequired(code));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The response: RFC 5780's attributes win over RFC 3489's, XOR-MAPPED-ADDRESS over
+    /// MAPPED-ADDRESS; a success needs a mapped address, an error its ERROR-CODE.
+    fn into_response(self, message: &Message<ResponseAttribute>) -> Result<Response, Error> {
+        let class = match message.class() {
             MessageClass::ErrorResponse => {
-                let (code, reason) = error_code.ok_or(Error::MissingAttribute {
+                let (code, reason) = self.error_code.ok_or(Error::MissingAttribute {
                     class: "error",
                     missing: "error-code",
                 })?;
@@ -413,7 +501,7 @@ impl Response {
             }
             _ => Class::Success,
         };
-        let (mapped, mapped_from) = match (xor_mapped, plain_mapped) {
+        let (mapped, mapped_from) = match (self.xor_mapped, self.plain_mapped) {
             (Some(a), _) => (Some(a), Some(MappedFrom::XorMappedAddress)),
             (None, Some(a)) => (Some(a), Some(MappedFrom::MappedAddress)),
             (None, None) => (None, None),
@@ -429,11 +517,29 @@ impl Response {
             class,
             mapped,
             mapped_from,
-            other_address: other.or(changed),
-            response_origin: origin.or(source),
-            software,
+            other_address: self.other.or(self.changed),
+            response_origin: self.origin.or(self.source),
+            software: self.software,
         })
     }
+}
+
+/// Checks the frame of `bytes`, then decodes it with `stun_codec` into a message whose
+/// known attributes are `A`.
+fn decode<A: Attribute>(bytes: &[u8]) -> Result<Message<A>, Error> {
+    check_frame(bytes)?;
+    let decoded = MessageDecoder::<A>::new()
+        .decode_from_bytes(bytes)
+        .map_err(|e| Error::Decode(first_line(&e.to_string())))?;
+    decoded.map_err(|broken| Error::Decode(first_line(&broken.error().to_string())))
+}
+
+/// Refuses a message of another method than Binding.
+fn check_binding<A: Attribute>(message: &Message<A>) -> Result<(), Error> {
+    if message.method() != BINDING {
+        return Err(Error::WrongMethod(message.method().as_u16()));
+    }
+    Ok(())
 }
 
 /// Checks the frame of a STUN message before anything is decoded or allocated.
@@ -566,43 +672,53 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn rfc3489_response_reads_changed_and_source_address() {
-        let bytes = response(
-            SUCCESS,
-            [7; 12],
-            &[
-                (0x0001, plain_v4([203, 0, 113, 5], 4000)),
-                (0x0004, plain_v4([198, 51, 100, 1], 3478)),
-                (0x0005, plain_v4([198, 51, 100, 2], 3479)),
-            ],
-        );
-        let r = Response::parse(&bytes).unwrap();
-        assert_eq!(
-            r.response_origin,
-            Some("198.51.100.1:3478".parse().unwrap())
-        );
-        assert_eq!(r.other_address, Some("198.51.100.2:3479".parse().unwrap()));
+    fn rfc3489_addresses_are_read_and_rfc5780_ones_win_over_them() {
+        let rfc3489 = [
+            (0x0001, plain_v4([203, 0, 113, 5], 4000)),
+            (0x0004, plain_v4([198, 51, 100, 1], 3478)),
+            (0x0005, plain_v4([198, 51, 100, 2], 3479)),
+        ];
+        let rfc5780 = [
+            (0x802b, plain_v4([198, 51, 100, 9], 1111)),
+            (0x802c, plain_v4([198, 51, 100, 10], 2222)),
+        ];
+        let cases = [
+            (&rfc3489[..0], "198.51.100.1:3478", "198.51.100.2:3479"),
+            (&rfc5780[..], "198.51.100.9:1111", "198.51.100.10:2222"),
+        ];
+        for (extra, origin, other) in cases {
+            let attrs: Vec<_> = rfc3489.iter().chain(extra).cloned().collect();
+            let r = Response::parse(&response(SUCCESS, [7; 12], &attrs)).unwrap();
+            assert_eq!(r.response_origin, Some(origin.parse().unwrap()));
+            assert_eq!(r.other_address, Some(other.parse().unwrap()));
+        }
     }
 
     #[test]
-    fn rfc5780_attributes_win_over_rfc3489_ones() {
-        let bytes = response(
-            SUCCESS,
-            [7; 12],
-            &[
-                (0x0001, plain_v4([203, 0, 113, 5], 4000)),
-                (0x0004, plain_v4([198, 51, 100, 1], 3478)),
-                (0x0005, plain_v4([198, 51, 100, 2], 3479)),
-                (0x802b, plain_v4([198, 51, 100, 9], 1111)),
-                (0x802c, plain_v4([198, 51, 100, 10], 2222)),
-            ],
-        );
-        let r = Response::parse(&bytes).unwrap();
+    fn a_request_parses_back_and_an_oversized_software_is_refused_when_built() {
+        let request = Request::binding(TransactionId([3; 12]))
+            .with_software("p2pipe 0.1")
+            .unwrap()
+            .with_change(false, true);
+        assert_eq!(Request::parse(&wire(&request)), Ok(request.clone()));
+        let plain = Request::binding(TransactionId([4; 12]));
+        assert_eq!(Request::parse(&wire(&plain)), Ok(plain));
         assert_eq!(
-            r.response_origin,
-            Some("198.51.100.9:1111".parse().unwrap())
+            Request::parse(RFC5769_V4),
+            Err(Error::NotRequest),
+            "a response is not a request"
         );
-        assert_eq!(r.other_address, Some("198.51.100.10:2222".parse().unwrap()));
+        let long = "x".repeat(MAX_SOFTWARE_CHARS + 1);
+        assert!(matches!(
+            request.clone().with_software(long),
+            Err(Error::Encode(_))
+        ));
+        let longest = "é".repeat(MAX_SOFTWARE_CHARS);
+        let request = request.with_software(longest.clone()).unwrap();
+        assert_eq!(
+            Request::parse(&wire(&request)).unwrap().software(),
+            Some(&*longest)
+        );
     }
 
     #[test]
@@ -673,16 +789,24 @@ pub(crate) mod tests {
         }
     }
 
+    /// The wire form of `request`, checked against its announced length.
+    pub(crate) fn wire(request: &Request) -> BytesMut {
+        let mut out = BytesMut::new();
+        request.emit(&mut out);
+        assert_eq!(out.len(), request.emit_len());
+        out
+    }
+
     #[test]
     fn a_request_is_not_a_response() {
-        let bytes = Request::binding(TransactionId([1; 12])).encode().unwrap();
+        let bytes = wire(&Request::binding(TransactionId([1; 12])));
         assert_eq!(Response::parse(&bytes), Err(Error::NotResponse("request")));
     }
 
     #[test]
     fn binding_request_bytes() {
         let txid = TransactionId::from_rng(|b| b.copy_from_slice(&[9; 12]));
-        let bytes = Request::binding(txid).encode().unwrap();
+        let bytes = wire(&Request::binding(txid));
         assert_eq!(bytes.len(), 20);
         assert_eq!(&bytes[0..4], &[0x00, 0x01, 0x00, 0x00]);
         assert_eq!(&bytes[4..8], &MAGIC_COOKIE.to_be_bytes());
@@ -698,30 +822,29 @@ pub(crate) mod tests {
             (false, false, 0x00),
         ];
         for (ip, port, flags) in cases {
-            let bytes = Request::binding(TransactionId([1; 12]))
-                .with_change(ip, port)
-                .encode()
-                .unwrap();
+            let bytes = wire(&Request::binding(TransactionId([1; 12])).with_change(ip, port));
             assert_eq!(&bytes[2..4], &[0x00, 0x08], "message length");
             assert_eq!(&bytes[20..], &[0x00, 0x03, 0x00, 0x04, 0, 0, 0, flags]);
-            let decoded = ChangeRequest::decode_value(&bytes[24..28]).unwrap();
+            let decoded = ChangeRequest::parse(&bytes[24..28]).unwrap();
             assert_eq!((decoded.change_ip, decoded.change_port), (ip, port));
             let change = ChangeRequest {
                 change_ip: ip,
                 change_port: port,
             };
-            assert_eq!(change.encode_value(), [0, 0, 0, flags]);
+            let mut value = BytesMut::new();
+            change.emit(&mut value);
+            assert_eq!(&value[..], [0, 0, 0, flags]);
         }
-        assert!(ChangeRequest::decode_value(&[0, 4]).is_err());
+        assert!(ChangeRequest::parse(&[0, 4]).is_err());
     }
 
     #[test]
     fn software_is_encoded() {
-        let bytes = Request::binding(TransactionId([1; 12]))
+        let request = Request::binding(TransactionId([1; 12]))
             .with_software("p2pipe")
-            .with_change(true, true)
-            .encode()
-            .unwrap();
+            .unwrap()
+            .with_change(true, true);
+        let bytes = wire(&request);
         assert_eq!(&bytes[20..24], &[0x80, 0x22, 0x00, 0x06]);
         assert_eq!(&bytes[24..30], b"p2pipe");
         assert_eq!(&bytes[32..40], &[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0x06]);

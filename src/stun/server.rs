@@ -1,38 +1,24 @@
-//! A STUN server for tests: a sans-IO core ([`ServerCore`]) that answers Binding requests
-//! from two addresses × two ports as RFC 5780 asks, and a small tokio runner
-//! ([`TestServer`]) that serves it over UDP (and TCP on the primary address).
+//! The sans-IO core of a STUN server ([`ServerCore`]): it answers Binding requests
+//! from two addresses × two ports as RFC 5780 asks. It owns no socket; the crate's
+//! integration tests run it on loopback (`127.0.0.1` and `127.0.0.2` as the two
+//! addresses) to test the client and the NAT probe.
 //!
 //! The core can misbehave on purpose, as some public servers do: ignore CHANGE-REQUEST,
 //! or leave OTHER-ADDRESS out, so that the NAT classifier's "unknown" answers can be
-//! tested. On loopback, `127.0.0.1` and `127.0.0.2` serve as the two addresses.
+//! tested.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use bytecodec::{DecodeExt, EncodeExt};
+use bytecodec::EncodeExt;
 use stun_codec::rfc5389::attributes::{MappedAddress, Software, XorMappedAddress};
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5780::attributes::{OtherAddress, ResponseOrigin};
-use stun_codec::{Attribute as _, Message, MessageClass, MessageDecoder, MessageEncoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::task::JoinSet;
+use stun_codec::{Message, MessageClass, MessageEncoder};
 
-use super::attr::{self, ResponseAttribute};
-use super::{check_frame, first_line, ChangeRequest, Error, TransactionId, HEADER_LEN};
+use super::attr::ResponseAttribute;
+use super::{Error, Request};
 
-// What the server decodes with stun_codec. CHANGE-REQUEST stays raw (stun_codec 0.4
-// decodes its flags from the wrong bits).
-stun_codec::define_attribute_enums!(
-    ServerRequestAttribute,
-    ServerRequestAttributeDecoder,
-    ServerRequestAttributeEncoder,
-    [Software]
-);
-
-/// How the test server behaves.
+/// How the server core behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// The primary address and port (A1:P1).
@@ -139,27 +125,8 @@ impl ServerCore {
         bytes: &[u8],
         over_tcp: bool,
     ) -> Result<Reply, Error> {
-        check_frame(bytes)?;
-        let decoded = MessageDecoder::<ServerRequestAttribute>::new()
-            .decode_from_bytes(bytes)
-            .map_err(|e| Error::Decode(first_line(&e.to_string())))?;
-        let request =
-            decoded.map_err(|broken| Error::Decode(first_line(&broken.error().to_string())))?;
-        if request.class() != MessageClass::Request {
-            return Err(Error::NotRequest);
-        }
-        if request.method() != BINDING {
-            return Err(Error::WrongMethod(request.method().as_u16()));
-        }
-        let mut change = ChangeRequest::default();
-        for raw in request.unknown_attributes() {
-            let t = raw.get_type().as_u16();
-            if t == attr::CHANGE_REQUEST {
-                change = ChangeRequest::decode_value(raw.value())?;
-            } else if raw.get_type().is_comprehension_required() {
-                return Err(Error::UnknownRequired(t));
-            }
-        }
+        let request = Request::parse(bytes)?;
+        let change = request.change.unwrap_or_default();
         let honour = !over_tcp && !self.config.ignore_change;
         let mut from = local;
         if honour && change.change_ip {
@@ -168,7 +135,7 @@ impl ServerCore {
         if honour && change.change_port {
             from.set_port(self.other_port(local.port()));
         }
-        let txid = TransactionId(*request.transaction_id().as_bytes());
+        let txid = request.txid;
         let mut response = Message::<ResponseAttribute>::new(
             MessageClass::SuccessResponse,
             BINDING,
@@ -196,199 +163,11 @@ impl ServerCore {
     }
 }
 
-/// Counters of a running [`TestServer`].
-#[derive(Debug, Default)]
-struct Counters {
-    requests: AtomicU64,
-    refused: AtomicU64,
-}
-
-/// The test server, running: four UDP sockets (two addresses × two ports) and a TCP
-/// listener on the primary address. Stops when dropped.
-#[derive(Debug)]
-pub struct TestServer {
-    core: Arc<ServerCore>,
-    counters: Arc<Counters>,
-    tasks: JoinSet<()>,
-}
-
-impl TestServer {
-    /// Starts a well-behaved server on `ip1` and `ip2` (any free ports).
-    ///
-    /// # Errors
-    ///
-    /// If the sockets cannot be bound: for instance `ip2` is not a local address.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: sockets bound so far are closed.
-    pub async fn start(ip1: IpAddr, ip2: IpAddr) -> io::Result<TestServer> {
-        Self::start_with(ip1, ip2, |_| {}).await
-    }
-
-    /// Starts a server on `ip1` and `ip2` (any free ports), with `adjust` applied to the
-    /// configuration first (to make it ignore change requests, say).
-    ///
-    /// # Errors
-    ///
-    /// As [`start`](Self::start).
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe, as [`start`](Self::start).
-    pub async fn start_with(
-        ip1: IpAddr,
-        ip2: IpAddr,
-        adjust: impl FnOnce(&mut ServerConfig),
-    ) -> io::Result<TestServer> {
-        // Find two ports free on both addresses: bind on ip1 with port 0, then try the
-        // same port on ip2, a bounded number of times.
-        let mut last_err = None;
-        for _ in 0..32 {
-            match Self::try_bind(ip1, ip2).await {
-                Ok((sockets, tcp)) => return Self::serve(sockets, tcp, adjust),
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| io::Error::other("no free port pair")))
-    }
-
-    async fn try_bind(ip1: IpAddr, ip2: IpAddr) -> io::Result<([UdpSocket; 4], TcpListener)> {
-        let a1p1 = UdpSocket::bind(SocketAddr::new(ip1, 0)).await?;
-        let p1 = a1p1.local_addr()?.port();
-        // TCP on the primary address too; a port taken for TCP means another try.
-        let tcp = TcpListener::bind(SocketAddr::new(ip1, p1)).await?;
-        let a2p1 = UdpSocket::bind(SocketAddr::new(ip2, p1)).await?;
-        let a1p2 = UdpSocket::bind(SocketAddr::new(ip1, 0)).await?;
-        let p2 = a1p2.local_addr()?.port();
-        let a2p2 = UdpSocket::bind(SocketAddr::new(ip2, p2)).await?;
-        Ok(([a1p1, a1p2, a2p1, a2p2], tcp))
-    }
-
-    fn serve(
-        sockets: [UdpSocket; 4],
-        listener: TcpListener,
-        adjust: impl FnOnce(&mut ServerConfig),
-    ) -> io::Result<TestServer> {
-        let primary = sockets[0].local_addr()?;
-        let alternate = sockets[3].local_addr()?;
-        let mut config = ServerConfig::new(primary, alternate);
-        adjust(&mut config);
-        let core = Arc::new(ServerCore::new(config).map_err(io::Error::other)?);
-        let counters = Arc::new(Counters::default());
-        let sockets: Arc<[UdpSocket]> = Arc::from(Vec::from(sockets));
-        let mut tasks = JoinSet::new();
-        for i in 0..sockets.len() {
-            let (core, counters, sockets) = (core.clone(), counters.clone(), sockets.clone());
-            tasks.spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let local = match sockets[i].local_addr() {
-                    Ok(a) => a,
-                    Err(_) => return,
-                };
-                loop {
-                    let Ok((n, client)) = sockets[i].recv_from(&mut buf).await else {
-                        continue;
-                    };
-                    counters.requests.fetch_add(1, Ordering::Relaxed);
-                    match core.handle(local, client, &buf[..n], false) {
-                        Ok(reply) => {
-                            let out = sockets
-                                .iter()
-                                .find(|s| s.local_addr().ok() == Some(reply.from));
-                            if let Some(out) = out {
-                                let _ = out.send_to(&reply.bytes, reply.to).await;
-                            }
-                        }
-                        Err(_) => {
-                            counters.refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-        // TCP on the primary address.
-        {
-            let (core, counters) = (core.clone(), counters.clone());
-            tasks.spawn(async move {
-                loop {
-                    let Ok((mut stream, client)) = listener.accept().await else {
-                        continue;
-                    };
-                    let (core, counters) = (core.clone(), counters.clone());
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; super::MAX_MESSAGE_LEN];
-                        loop {
-                            if stream.read_exact(&mut buf[..HEADER_LEN]).await.is_err() {
-                                return;
-                            }
-                            let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-                            if HEADER_LEN + len > buf.len() {
-                                return;
-                            }
-                            let end = HEADER_LEN + len;
-                            if stream.read_exact(&mut buf[HEADER_LEN..end]).await.is_err() {
-                                return;
-                            }
-                            counters.requests.fetch_add(1, Ordering::Relaxed);
-                            match core.handle(primary, client, &buf[..end], true) {
-                                Ok(reply) => {
-                                    if stream.write_all(&reply.bytes).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(_) => {
-                                    counters.refused.fetch_add(1, Ordering::Relaxed);
-                                    return;
-                                }
-                            }
-                        }
-                    });
-                }
-            });
-        }
-        Ok(TestServer {
-            core,
-            counters,
-            tasks,
-        })
-    }
-
-    /// The primary address (A1:P1): where clients send their first request.
-    pub fn primary(&self) -> SocketAddr {
-        self.core.config().primary
-    }
-
-    /// The alternate address (A2:P2).
-    pub fn alternate(&self) -> SocketAddr {
-        self.core.config().alternate
-    }
-
-    /// The four addresses the server answers from.
-    pub fn addresses(&self) -> [SocketAddr; 4] {
-        self.core.addresses()
-    }
-
-    /// Requests received so far, on every socket.
-    pub fn requests(&self) -> u64 {
-        self.counters.requests.load(Ordering::Relaxed)
-    }
-
-    /// Requests refused so far (not a well-formed Binding request).
-    pub fn refused(&self) -> u64 {
-        self.counters.refused.load(Ordering::Relaxed)
-    }
-
-    /// Stops the server.
-    pub fn stop(mut self) {
-        self.tasks.abort_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stun::{Request, Response};
+    use crate::stun::tests::wire;
+    use crate::stun::{Request, Response, TransactionId};
 
     fn core(adjust: impl FnOnce(&mut ServerConfig)) -> ServerCore {
         let mut c = ServerConfig::new(
@@ -410,7 +189,7 @@ mod tests {
             .handle(
                 local.parse().unwrap(),
                 CLIENT.parse().unwrap(),
-                &req.encode().unwrap(),
+                &wire(&req),
                 false,
             )
             .unwrap();
@@ -463,8 +242,8 @@ mod tests {
         let c = core(|_| {});
         let local = "203.0.113.10:3478".parse().unwrap();
         let client = CLIENT.parse().unwrap();
-        let good = Request::binding(TransactionId([1; 12])).encode().unwrap();
-        let mut response = good.clone();
+        let good = wire(&Request::binding(TransactionId([1; 12])));
+        let mut response = good.to_vec();
         response[0] = 0x01; // 0x0101: a success response, not a request
         let cases: Vec<Vec<u8>> = vec![
             vec![],

@@ -59,8 +59,10 @@ async fn exchange(
         .map_err(|e| Error::io("connect", e))?;
     let local = stream.local_addr().map_err(|e| Error::io("connect", e))?;
     let request = Request::binding(random_txid());
+    let mut wire = bytes::BytesMut::new();
+    request.emit(&mut wire);
     stream
-        .write_all(&request.encode()?)
+        .write_all(&wire)
         .await
         .map_err(|e| Error::io("send", e))?;
     let mut buf = [0u8; MAX_MESSAGE_LEN];

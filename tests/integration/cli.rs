@@ -79,7 +79,7 @@ async fn echo_command_refuses_a_bad_bind_address() {
 /// the host is not behind a NAT, so the answer is "open", with the design's JSON.
 #[tokio::test]
 async fn nat_command_reports_json_against_a_loopback_server() {
-    use p2pipe::stun::server::TestServer;
+    use crate::stun::server::TestServer;
     let server = within(TestServer::start(
         "127.0.0.1".parse().unwrap(),
         "127.0.0.2".parse().unwrap(),
@@ -955,7 +955,7 @@ mod newcomer {
     /// background.
     #[tokio::test]
     async fn share_prints_the_external_address_a_stun_server_sees() {
-        use p2pipe::stun::server::TestServer;
+        use crate::stun::server::TestServer;
         let server = within(TestServer::start(
             "127.0.0.1".parse().unwrap(),
             "127.0.0.2".parse().unwrap(),
@@ -1141,7 +1141,8 @@ async fn nat_command_fails_when_nothing_listens_on_the_stun_port() {
 /// family that was not tested.
 #[tokio::test]
 async fn nat_command_json_gives_a_reason_beside_every_null() {
-    use p2pipe::stun::server::{ServerConfig, TestServer};
+    use crate::stun::server::TestServer;
+    use p2pipe::stun::server::ServerConfig;
     let (a1, a2) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
     let ignores_change: fn(&mut ServerConfig) = |c| c.ignore_change = true;
     let no_other_address: fn(&mut ServerConfig) = |c| c.other_address = false;

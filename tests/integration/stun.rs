@@ -1,16 +1,19 @@
-//! The STUN client and the NAT probe on loopback, against the in-crate test server
-//! (127.0.0.1 and 127.0.0.2 as its two addresses) and against hostile fakes.
+//! The STUN client and the NAT probe on loopback, against a test server on the crate's
+//! server core (127.0.0.1 and 127.0.0.2 as its two addresses) and against hostile fakes.
+
+pub(crate) mod server;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use p2pipe::nat::{self, Filtering, Mapping, NatType, PortAllocation, ProbeConfig, Unknown};
-use p2pipe::stun::server::{ServerConfig, ServerCore, TestServer};
+use p2pipe::stun::server::{ServerConfig, ServerCore};
 use p2pipe::stun::{self, tcp, udp, Config, ExpectFrom, Request, Transaction};
 use p2pipe::Af;
 use tokio::net::UdpSocket;
 
 use crate::support::{ipv6_usable, within};
+use server::TestServer;
 
 const A1: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const A2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -66,7 +69,7 @@ async fn change_requests_come_back_from_the_other_addresses() {
                 ..quick()
             };
             let req = Request::binding(udp::random_txid()).with_change(ip, port);
-            Transaction::new(a1p1, req, config).unwrap()
+            Transaction::new(a1p1, req, config)
         })
         .collect();
     let run = within(udp::run(&sock, &mut ts)).await;
@@ -218,8 +221,7 @@ async fn bad_replies_are_ignored_and_counted() {
             initial_rto: Duration::from_secs(2),
             ..quick()
         },
-    )
-    .unwrap()];
+    )];
     let run = within(udp::run(&client, &mut ts)).await;
     within(task).await.unwrap();
     let r = ts[0].response().expect("the real reply is accepted");
@@ -347,8 +349,7 @@ async fn a_flood_of_garbage_does_not_stall_the_schedule() {
         silent.local_addr().unwrap(),
         Request::binding(udp::random_txid()),
         quick(),
-    )
-    .unwrap()];
+    )];
     let run = within(udp::run(&client, &mut ts)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     within(flood).await.unwrap();
