@@ -86,11 +86,21 @@ pub(crate) fn decode_plain_address(attr_type: u16, value: &[u8]) -> Result<Socke
 }
 
 // The decoding set of a Binding request. CHANGE-REQUEST stays raw, as in responses
-// (stun_codec 0.4 decodes its flags from the wrong bits). Requests are written by hand
-// (`Request::emit`), not through stun_codec.
+// (stun_codec 0.4 decodes its flags from the wrong bits).
 stun_codec::define_attribute_enums!(
     RequestAttribute,
     RequestAttributeDecoder,
     RequestAttributeEncoder,
     [Software]
 );
+
+// The encoding set of a Binding request (`Request::emit`). stun_codec's CHANGE-REQUEST
+// *encoder* is right (change IP = 0x04, change port = 0x02); only its decoder is wrong.
+stun_codec::define_attribute_enums!(
+    EmitAttribute,
+    EmitAttributeDecoder,
+    EmitAttributeEncoder,
+    [Software, ChangeRequest]
+);
+
+use stun_codec::rfc5780::attributes::ChangeRequest;

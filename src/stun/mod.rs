@@ -25,11 +25,11 @@ pub mod udp;
 use std::fmt;
 use std::net::SocketAddr;
 
-use bytecodec::DecodeExt;
+use bytecodec::{DecodeExt, EncodeExt};
 use bytes::{BufMut, BytesMut};
 use stun_codec::rfc5389::attributes::Software;
 use stun_codec::rfc5389::methods::BINDING;
-use stun_codec::{Attribute, Message, MessageClass, MessageDecoder, RawAttribute};
+use stun_codec::{Attribute, Message, MessageClass, MessageDecoder, MessageEncoder, RawAttribute};
 
 pub use client::{Config, ExpectFrom, Ignored, Outcome, State, Stats, Transaction, Transmit};
 
@@ -314,36 +314,35 @@ impl Request {
     }
 
     /// Appends the request's wire form: the header, then SOFTWARE and CHANGE-REQUEST
-    /// when set.
+    /// when set, encoded by `stun_codec`.
     pub fn emit(&self, out: &mut BytesMut) {
-        out.reserve(self.emit_len());
-        out.put_u16(BINDING_REQUEST);
-        out.put_u16(u16::try_from(self.attributes_len()).expect("a request fits its length field"));
-        out.put_u32(MAGIC_COOKIE);
-        out.put_slice(&self.txid.0);
+        let mut message = Message::<attr::EmitAttribute>::new(
+            MessageClass::Request,
+            BINDING,
+            stun_codec::TransactionId::new(self.txid.0),
+        );
         if let Some(software) = &self.software {
-            put_attribute_header(out, Software::CODEPOINT, software.len());
-            out.put_slice(software.as_bytes());
-            out.put_bytes(0, padded(software.len()) - software.len());
+            // `with_software` admitted only what SOFTWARE can carry.
+            let software = Software::new(software.clone()).expect("software checked when built");
+            message.add_attribute(software);
         }
         if let Some(change) = self.change {
-            put_attribute_header(out, attr::CHANGE_REQUEST, ChangeRequest::VALUE_LEN);
-            change.emit(out);
+            message.add_attribute(stun_codec::rfc5780::attributes::ChangeRequest::new(
+                change.change_ip,
+                change.change_port,
+            ));
         }
+        let wire = MessageEncoder::new()
+            .encode_into_bytes(message)
+            .expect("a checked binding request encodes");
+        debug_assert_eq!(wire.len(), self.emit_len());
+        out.extend_from_slice(&wire);
     }
 }
-
-/// The message type of a Binding request.
-const BINDING_REQUEST: u16 = 0x0001;
 
 /// `len` rounded up to the 4-byte boundary attributes are padded to.
 fn padded(len: usize) -> usize {
     len.next_multiple_of(4)
-}
-
-fn put_attribute_header(out: &mut BytesMut, attr_type: u16, len: usize) {
-    out.put_u16(attr_type);
-    out.put_u16(u16::try_from(len).expect("an attribute fits its length field"));
 }
 
 /// The class of a response.
