@@ -4,7 +4,7 @@
 //!
 //! | layer | module | what it does |
 //! |---|---|---|
-//! | filer | [`filer`] | the file-sharing protocol, sans-IO: btpeer frames, btfiler messages, peer ids and table |
+//! | filer | [`filer`] | btfiler-compatible file sharing: a sans-IO protocol core (btpeer frames, messages, peer table) and the node and client around it |
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`] type for TCP and UDP, IPv4 and IPv6, client and server |
@@ -55,3 +55,8 @@ pub struct ArchitectureDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/mesh.md")]
 pub struct MeshDocDoctests;
+
+/// The examples in docs/filer.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/filer.md")]
+pub struct FilerDocDoctests;

@@ -92,11 +92,6 @@ pub mod wire {
     };
 }
 
-/// The examples in docs/filer.md, compiled as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../docs/filer.md")]
-pub struct FilerDocDoctests;
-
 #[cfg(test)]
 pub(crate) mod testing {
     //! What the filer's unit tests share.
