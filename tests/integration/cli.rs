@@ -1347,6 +1347,32 @@ mod identity {
         assert_eq!(record.expires_ms() - record.issued_ms(), 60_000);
     }
 
+    /// No STUN server answers: the record still comes out, without NAT fields, after a
+    /// warning.
+    #[tokio::test]
+    async fn addr_without_a_stun_answer_still_prints_a_record_and_warns() {
+        let dir = tempfile::tempdir().unwrap();
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stun = silent.local_addr().unwrap().to_string();
+        let args = ["addr", "--stun", &stun, "--signal", "mqtt://[::1]:1883"];
+        let out = p2pipe_in(dir.path(), &args, &[]).await;
+        succeeded(&out);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "warning: ipv4: nat behaviour unknown: no stun server answered (asked: {stun})"
+            )),
+            "{err}"
+        );
+        let now = unix_ms(std::time::SystemTime::now());
+        let record = PeerRecord::parse(&stdout(&out), now).unwrap();
+        let families = record.interfaces().iter().flat_map(|i| &i.families);
+        for f in families {
+            assert_eq!((f.external, f.nat_type, f.mapping), (None, None, None));
+        }
+        assert_eq!(record.signalling().brokers, ["mqtt://[::1]:1883"]);
+    }
+
     #[tokio::test]
     async fn addr_refuses_a_broker_that_is_not_mqtt_host_port_before_anything_else() {
         let dir = tempfile::tempdir().unwrap();
