@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ed25519_dalek::SigningKey;
 use futures::{SinkExt, StreamExt};
+use p2pipe::identity::Identity;
 use p2pipe::mesh::{Event, Events, Mesh};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -129,8 +129,8 @@ async fn mesh_pair(echo: bool, signed: bool) -> (Mesh, Events, Mesh) {
         });
     let mut a = Mesh::builder("a");
     if signed {
-        b = b.signing_key(SigningKey::from_bytes(&[2; 32]));
-        a = a.signing_key(SigningKey::from_bytes(&[1; 32]));
+        b = b.identity(&Identity::from_seed([2; 32]));
+        a = a.identity(&Identity::from_seed([1; 32]));
     }
     let (b, b_events) = b.start().await.unwrap();
     drop(b_events);

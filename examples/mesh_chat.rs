@@ -94,11 +94,9 @@ fn chat_node(id: &str, listen: SocketAddr) -> MeshBuilder {
         })
 }
 
-/// A signing key of 32 random bytes.
-fn new_key() -> Result<ed25519_dalek::SigningKey, BoxError> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)?;
-    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+/// A new node identity from the system's random source.
+fn new_key() -> Result<p2pipe::identity::Identity, BoxError> {
+    Ok(p2pipe::identity::Identity::generate())
 }
 
 async fn demo() -> Result<(), BoxError> {
@@ -107,7 +105,7 @@ async fn demo() -> Result<(), BoxError> {
     let mut streams = Vec::new();
     for id in ["alice", "bob", "carol"] {
         let (m, events) = chat_node(id, loopback)
-            .signing_key(new_key()?)
+            .identity(&new_key()?)
             .start()
             .await?;
         println!("{id} listens on {}", m.local_addrs()[0]);

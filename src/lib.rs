@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | filer | [`filer`] | btfiler-compatible file sharing: a sans-IO protocol core (btpeer frames, messages, peer table) and the node and client around it |
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
+//! | identity | [`identity`] | the node's ed25519 key and key file, the node id, the signed peer address record |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`] type for TCP and UDP, IPv4 and IPv6, client and server |
 //! | nat | [`nat`] | NAT behaviour: the sans-IO RFC 5780 and RFC 3489 classifier, probes, port allocation |
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod dns;
 pub mod error;
 pub mod filer;
+pub mod identity;
 pub mod iface;
 pub mod mesh;
 pub mod nat;
@@ -60,3 +62,8 @@ pub struct MeshDocDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/filer.md")]
 pub struct FilerDocDoctests;
+
+/// The examples in docs/p2p.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/p2p.md")]
+pub struct P2pDocDoctests;

@@ -17,10 +17,10 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
+use p2pipe::identity::Identity;
 use p2pipe::mesh::session::{Handshake, Incoming, Local, Reject, Step};
-use p2pipe::mesh::wire::{Frame, FrameCodec, NodeId, WireError, FLAG_ZLIB, MAX_HANDSHAKE_FRAME};
+use p2pipe::mesh::wire::{Frame, FrameCodec, MeshId, WireError, FLAG_ZLIB, MAX_HANDSHAKE_FRAME};
 use tokio_util::codec::Decoder;
 
 const BOUNDS: [usize; 8] = [0, 1, 16, 100, 1024, 4096, 65536, 1 << 20];
@@ -34,9 +34,9 @@ fuzz_target!(|data: &[u8]| {
     let max_message = BOUNDS[usize::from((flags >> 2) & 7)];
     let max_inflate = BOUNDS[usize::from(flags >> 5)];
     let local = Local {
-        id: NodeId::new("me").unwrap(),
+        id: MeshId::new("me").unwrap(),
         listen_port: 1,
-        key: signs.then(|| SigningKey::from_bytes(&[1; 32])),
+        key: signs.then(|| Identity::from_seed([1; 32])),
     };
     let mut hs = if acceptor {
         Some(Handshake::acceptor(&local, [2; 32]))

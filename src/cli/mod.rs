@@ -1,7 +1,9 @@
 //! The `p2pipe` command: parsing, logging, and one module per subcommand.
 
+mod addr;
 mod echo;
 mod fetch;
+mod id;
 mod interfaces;
 mod nat;
 mod search;
@@ -43,6 +45,11 @@ enum Command {
     /// An interactive shell over a node: peers, files, search, fetch, add-peer,
     /// remove-peer, rebuild, quit (or exit).
     Shell(shell::Args),
+    /// Print this node's id (creating its key file when missing).
+    Id(id::Args),
+    /// Print this node's signed address record: interfaces, NAT behaviour per family,
+    /// signalling brokers.
+    Addr(addr::Args),
 }
 
 /// Logs to stderr: warnings by default, info for p2pipe itself in a long-running node
@@ -86,6 +93,8 @@ pub fn main() -> ExitCode {
             Command::Search(args) => search::run(args).await,
             Command::Fetch(args) => fetch::run(args).await,
             Command::Shell(args) => shell::run(args).await,
+            Command::Id(args) => id::run(args).await,
+            Command::Addr(args) => addr::run(args).await,
         }
     });
     match result {

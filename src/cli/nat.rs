@@ -46,7 +46,7 @@ pub struct Args {
 
 /// What was found for one family: a report, or why there is none.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     Report(Box<NatReport>),
     NotTested(String),
 }
@@ -54,8 +54,8 @@ enum Outcome {
 /// One family's test: its outcome, the servers it asked and the names that did not
 /// resolve.
 #[derive(Debug)]
-struct Family {
-    outcome: Outcome,
+pub(super) struct Family {
+    pub(super) outcome: Outcome,
     /// The server addresses the probe asked (empty when it did not run).
     asked: Vec<SocketAddr>,
     /// Resolver errors of names that did not resolve at all (each names its host).
@@ -363,7 +363,9 @@ fn print_report(out: &mut impl Write, r: &NatReport) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn family(
+/// Resolves `list` and runs the NAT tests of family `af`, from `chosen` or the default
+/// route.
+pub(super) async fn family(
     af: Af,
     list: &[String],
     chosen: Option<&Interface>,

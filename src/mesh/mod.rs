@@ -34,9 +34,11 @@
 //! Messages are length-framed, so any byte and the empty message go through as they are.
 //! [`Outgoing::json`] carries serde values and [`Outgoing::compressed`] zlib-compresses;
 //! a receiver inflates at most [`MeshBuilder::max_decompressed`] bytes and drops, and
-//! counts, anything larger. With [`MeshBuilder::signing_key`], every message is signed,
-//! and checked against the key bound to the sender's id at the handshake; one that does
-//! not verify is dropped and counted.
+//! counts, anything larger. With a node [`Identity`](crate::identity::Identity)
+//! ([`Mesh::with_identity`], whose mesh id is the node id, or [`MeshBuilder::identity`]),
+//! every message is signed, and checked against the key bound to the sender's id at the
+//! handshake; one that does not verify is dropped and counted. A peer whose id is a node
+//! id must prove the key that id is derived from.
 //!
 //! Events come as a [`Stream`](futures::Stream) ([`Events`]) and, if set, to handlers
 //! ([`MeshBuilder::on_message`] and the others), in the same order, with the same data.

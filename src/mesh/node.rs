@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -25,6 +25,7 @@ use super::session::{self, Handshake, Incoming, Local, PeerHello, Reject, Step};
 use super::wire::{self, FrameCodec, RefuseCode};
 use super::{Direction, DisconnectReason, Disconnected, Error, Event, MeshMessage, Outgoing, Peer};
 use crate::daemon::{self, Daemon};
+use crate::identity::{Identity, NodeId};
 use crate::pipe::{Framing, Message, Pipe, PipeConfig, Proto};
 
 type Handler<T> = Arc<dyn Fn(Mesh, T) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -94,7 +95,7 @@ pub struct MeshBuilder {
     max_message: usize,
     max_decompressed: usize,
     event_capacity: usize,
-    key: Option<SigningKey>,
+    key: Option<Identity>,
     trusted: HashMap<String, VerifyingKey>,
     handlers: Handlers,
 }
@@ -177,10 +178,12 @@ impl MeshBuilder {
         self
     }
 
-    /// Signs every message with `key` and requires peers to sign: their keys are bound
-    /// to their ids at the handshake, and messages that do not verify are dropped.
-    pub fn signing_key(mut self, key: SigningKey) -> Self {
-        self.key = Some(key);
+    /// Signs every message with `identity`'s key and requires peers to sign: their keys
+    /// are bound to their ids at the handshake, and messages that do not verify are
+    /// dropped. The mesh id stays the one given to [`Mesh::builder`];
+    /// [`Mesh::with_identity`] makes it the identity's node id as well.
+    pub fn identity(mut self, identity: &Identity) -> Self {
+        self.key = Some(identity.clone());
         self
     }
 
@@ -221,7 +224,7 @@ impl MeshBuilder {
     ///
     /// Cancel safe: nothing is left running if the future is dropped.
     pub async fn start(self) -> Result<(Mesh, Events), Error> {
-        let id = wire::NodeId::new(self.id.clone()).map_err(|_| Error::BadId(self.id))?;
+        let id = wire::MeshId::new(self.id.clone()).map_err(|_| Error::BadId(self.id))?;
         let max_frame = self.max_message + wire::DATA_OVERHEAD;
         let cfg = self
             .cfg
@@ -360,8 +363,8 @@ struct Conn {
 }
 
 struct Inner {
-    id: wire::NodeId,
-    key: Option<SigningKey>,
+    id: wire::MeshId,
+    key: Option<Identity>,
     listen_port: AtomicU64,
     cfg: PipeConfig,
     max_outbound: usize,
@@ -451,8 +454,15 @@ impl Mesh {
         &self.guard.0
     }
 
+    /// Starts setting up a signing node whose mesh id is `identity`'s node id (its text)
+    /// and whose key is `identity`'s: see [`MeshBuilder::identity`].
+    pub fn with_identity(identity: &Identity) -> MeshBuilder {
+        Mesh::builder(identity.node_id().to_string()).identity(identity)
+    }
+
     /// Starts setting up a node with id `id`: 1 to 64 bytes of UTF-8 without whitespace
-    /// or control characters.
+    /// or control characters. The node does not sign unless given an identity
+    /// ([`MeshBuilder::identity`]).
     pub fn builder(id: impl Into<String>) -> MeshBuilder {
         MeshBuilder {
             id: id.into(),
@@ -921,13 +931,19 @@ impl Inner {
         self.emitter().ok_or(RefuseCode::Stopping)
     }
 
-    /// Refuses a key other than the one trusted for, or already bound to, the id.
+    /// Refuses a key other than the one trusted for, or already bound to, the id, and an
+    /// id that is a node id ([`NodeId`]) but not the key's.
     fn check_key(
         &self,
         known: &HashMap<String, VerifyingKey>,
         hello: &PeerHello,
     ) -> Result<(), RefuseCode> {
         let Some(k) = &hello.key else { return Ok(()) };
+        if let Ok(id) = hello.id.parse::<NodeId>() {
+            if id != NodeId::from_key(k) {
+                return Err(RefuseCode::BadKey);
+            }
+        }
         let bound = self.trusted.get(&hello.id).or_else(|| known.get(&hello.id));
         if bound.is_some_and(|b| b != k) {
             return Err(RefuseCode::BadKey);

@@ -30,11 +30,13 @@
 //! cannot be replayed on this connection, and `T` keeps it from being replayed on another.
 
 use bytes::Bytes;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use crate::identity::Identity;
 use sha2::{Digest, Sha256};
 
 use super::wire::{
-    self, Frame, Hello, NodeId, Reason, RefuseCode, Signed, WireError, FLAG_SIGNED, FLAG_ZLIB,
+    self, Frame, Hello, MeshId, Reason, RefuseCode, Signed, WireError, FLAG_SIGNED, FLAG_ZLIB,
 };
 
 const LABEL: &[u8] = b"p2pipe-mesh/1";
@@ -70,11 +72,11 @@ impl Role {
 #[derive(Clone)]
 pub struct Local {
     /// The node id.
-    pub id: NodeId,
+    pub id: MeshId,
     /// The port the node listens on, or 0.
     pub listen_port: u16,
-    /// The signing key, if the node signs.
-    pub key: Option<SigningKey>,
+    /// The node identity whose key signs, if the node signs.
+    pub key: Option<Identity>,
 }
 
 /// The peer, as the handshake proved it.
@@ -153,8 +155,8 @@ enum State {
 /// One side of a handshake.
 pub struct Handshake {
     role: Role,
-    key: Option<SigningKey>,
-    local_id: NodeId,
+    key: Option<Identity>,
+    local_id: MeshId,
     /// This side's HELLO, with its length prefix.
     mine: Bytes,
     theirs: Option<(PeerHello, Bytes)>,
@@ -182,7 +184,7 @@ fn hello_frame(local: &Local, nonce: [u8; 32]) -> Bytes {
         id: local.id.clone(),
         listen_port: local.listen_port,
         nonce,
-        key: local.key.as_ref().map(|k| k.verifying_key().to_bytes()),
+        key: local.key.as_ref().map(|k| k.public().to_bytes()),
     }))
 }
 
@@ -354,7 +356,7 @@ pub struct Session {
 
 /// The sending half of a session.
 pub struct Sender {
-    key: Option<SigningKey>,
+    key: Option<Identity>,
     th: [u8; 32],
     role: Role,
     seq: u64,
@@ -565,9 +567,9 @@ mod tests {
 
     fn local(id: &str, signs: bool, seed: u8) -> Local {
         Local {
-            id: NodeId::new(id).unwrap(),
+            id: MeshId::new(id).unwrap(),
             listen_port: 7000,
-            key: signs.then(|| SigningKey::from_bytes(&[seed; 32])),
+            key: signs.then(|| Identity::from_seed([seed; 32])),
         }
     }
 
@@ -605,14 +607,8 @@ mod tests {
         assert_eq!((si.peer.id.as_str(), sr.peer.id.as_str()), ("b", "a"));
         assert_eq!(sr.peer.listen_port, 7000);
         let (si, sr) = pair(&local("a", true, 1), &local("b", true, 2)).unwrap();
-        assert_eq!(
-            si.peer.key.unwrap(),
-            SigningKey::from_bytes(&[2; 32]).verifying_key()
-        );
-        assert_eq!(
-            sr.peer.key.unwrap(),
-            SigningKey::from_bytes(&[1; 32]).verifying_key()
-        );
+        assert_eq!(si.peer.key.unwrap(), Identity::from_seed([2; 32]).public());
+        assert_eq!(sr.peer.key.unwrap(), Identity::from_seed([1; 32]).public());
     }
 
     #[test]
@@ -648,7 +644,7 @@ mod tests {
         let Ok(Step::Send(_)) = i.on_frame(strip(hello_a)) else {
             panic!()
         };
-        let forged = Frame::Auth(Some(SigningKey::from_bytes(&[3; 32]).sign(b"x").to_bytes()));
+        let forged = Frame::Auth(Some(Identity::from_seed([3; 32]).sign(b"x").to_bytes()));
         assert_eq!(
             r.on_frame(strip(emitted(&forged))).unwrap_err(),
             HandshakeError::BadSignature
@@ -713,7 +709,7 @@ mod tests {
         );
         // Signed by a key that is not the one bound to "a" (the SecureNode flaw was to
         // trust a key the message brought).
-        let mallory = SigningKey::from_bytes(&[66; 32]);
+        let mallory = Identity::from_seed([66; 32]);
         let d = msg_digest(&si.tx.th, Role::Initiator, 9, FLAG_SIGNED, b"forged");
         let forged = data(
             FLAG_SIGNED,

@@ -21,7 +21,7 @@
 //! | `0x30` | BYE | reason (UTF-8, at most 200 bytes) |
 //!
 //! Types here are checked when they are parsed or built (as smoltcp's are): a [`Frame`]
-//! that exists has fields within their bounds ([`NodeId`] and [`Reason`] see to it), so
+//! that exists has fields within their bounds ([`MeshId`] and [`Reason`] see to it), so
 //! [`Frame::emit`] cannot fail.
 //!
 //! ```
@@ -132,14 +132,14 @@ pub fn check_id(id: &str) -> Result<(), WireError> {
 
 /// A node id, checked by [`check_id`] when it is built.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(String);
+pub struct MeshId(String);
 
-impl NodeId {
+impl MeshId {
     /// Checks `id` ([`check_id`]).
-    pub fn new(id: impl Into<String>) -> Result<NodeId, WireError> {
+    pub fn new(id: impl Into<String>) -> Result<MeshId, WireError> {
         let id = id.into();
         check_id(&id)?;
-        Ok(NodeId(id))
+        Ok(MeshId(id))
     }
 
     /// The id.
@@ -153,14 +153,14 @@ impl NodeId {
     }
 }
 
-impl std::ops::Deref for NodeId {
+impl std::ops::Deref for MeshId {
     type Target = str;
     fn deref(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Display for NodeId {
+impl fmt::Display for MeshId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -206,7 +206,7 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// The sender's node id.
-    pub id: NodeId,
+    pub id: MeshId,
     /// The port the sender listens on, or 0.
     pub listen_port: u16,
     /// A fresh random value, binding the signatures to this handshake.
@@ -372,7 +372,7 @@ impl Frame {
                 }
                 let (id, rest) = b.split_at(id_len);
                 b = rest;
-                let id = NodeId::new(std::str::from_utf8(id).map_err(|_| WireError::BadId)?)?;
+                let id = MeshId::new(std::str::from_utf8(id).map_err(|_| WireError::BadId)?)?;
                 let listen_port = u16::from_be_bytes(take::<2>(&mut b, "hello")?);
                 let nonce = take::<32>(&mut b, "hello")?;
                 let key = if flags & HELLO_SIGNING != 0 {
@@ -609,7 +609,7 @@ pub(crate) mod tests {
 
     fn hello(key: bool) -> Hello {
         Hello {
-            id: NodeId::new("alice").unwrap(),
+            id: MeshId::new("alice").unwrap(),
             listen_port: 4000,
             nonce: [7; 32],
             key: key.then_some([9; 32]),

@@ -1192,3 +1192,233 @@ async fn nat_command_json_gives_a_reason_beside_every_null() {
         );
     }
 }
+
+/// The node identity commands, `p2pipe id` and `p2pipe addr`, each with its own config
+/// folder (XDG_CONFIG_HOME and HOME) and none of the list variables of the user's.
+mod identity {
+    use std::path::Path;
+
+    use p2pipe::identity::{unix_ms, NodeId, PeerRecord};
+    use tokio::process::Command;
+
+    use crate::stun::server::TestServer;
+    use crate::support::{succeeded, within};
+
+    async fn p2pipe_in(config: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pipe"));
+        cmd.args(args)
+            .env("XDG_CONFIG_HOME", config)
+            .env("HOME", config)
+            .kill_on_drop(true);
+        for var in [
+            "P2PIPE_SIGNAL",
+            "P2PIPE_SIGNAL_FILE",
+            "P2PIPE_STUN",
+            "P2PIPE_STUN_FILE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        within(cmd.output()).await.unwrap()
+    }
+
+    fn stdout(out: &std::process::Output) -> String {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn stderr(out: &std::process::Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    #[tokio::test]
+    async fn id_prints_the_same_node_id_twice_from_a_key_file_only_its_owner_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("p2pipe").join("node.key");
+        let first = p2pipe_in(dir.path(), &["id"], &[]).await;
+        succeeded(&first);
+        assert_eq!(
+            stderr(&first).trim(),
+            format!("created a new node key at {}", key.display())
+        );
+        let id: NodeId = stdout(&first).trim().parse().unwrap();
+        let second = p2pipe_in(dir.path(), &["id", "--json"], &[]).await;
+        succeeded(&second);
+        assert_eq!(stderr(&second), "");
+        let v: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+        assert_eq!(v["node_id"], id.to_string());
+        assert_eq!(v["created"], false);
+        assert_eq!(v["key_file"], key.display().to_string());
+        assert_eq!(v["public_key"].as_str().unwrap().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&key), 0o600);
+            assert_eq!(mode(key.parent().unwrap()), 0o700);
+        }
+        // --key-file names another key: another id, created there.
+        let other = dir.path().join("other.key");
+        let out = p2pipe_in(
+            dir.path(),
+            &["id", "--json", "--key-file", other.to_str().unwrap()],
+            &[],
+        )
+        .await;
+        succeeded(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["created"], true);
+        assert_ne!(v["node_id"], id.to_string());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn id_refuses_a_key_file_other_users_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        succeeded(&p2pipe_in(dir.path(), &["id"], &[]).await);
+        let key = dir.path().join("p2pipe").join("node.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = p2pipe_in(dir.path(), &["id"], &[]).await;
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(stdout(&out), "");
+        let k = key.display();
+        assert_eq!(
+            stderr(&out).trim(),
+            format!("p2pipe: {k} is readable by other users (mode 0644); run chmod 600 {k}")
+        );
+    }
+
+    async fn stun_server() -> TestServer {
+        within(TestServer::start(
+            "127.0.0.1".parse().unwrap(),
+            "127.0.0.2".parse().unwrap(),
+        ))
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn addr_prints_a_signed_record_that_names_the_broker_and_the_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = stun_server().await;
+        let stun = server.primary().to_string();
+        let args = [
+            "addr",
+            "--stun",
+            &stun,
+            "--signal",
+            "mqtt://127.0.0.1:1883",
+            "--port",
+            "4000",
+        ];
+        let out = p2pipe_in(dir.path(), &args, &[]).await;
+        succeeded(&out);
+        let text = stdout(&out);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let record = PeerRecord::parse(&text, unix_ms(std::time::SystemTime::now())).unwrap();
+        let id = record.node_id();
+        assert_eq!(record.signalling().brokers, ["mqtt://127.0.0.1:1883"]);
+        assert_eq!(record.signalling().topic, format!("p2pipe/1/{id}"));
+        assert_eq!(record.expires_ms() - record.issued_ms(), 3_600_000);
+        // The STUN server on loopback saw the node's own address: no NAT.
+        let v4 = record
+            .interfaces()
+            .iter()
+            .flat_map(|i| &i.families)
+            .find(|f| f.external.is_some())
+            .expect("an ipv4 entry with the external address");
+        assert_eq!(v4.external.unwrap().ip().to_string(), "127.0.0.1");
+        assert_eq!(v4.nat_type, Some(p2pipe::nat::NatType::Open));
+        assert!(v4.local.iter().all(|l| l.addr.port() == 4000));
+        let err = stderr(&out);
+        assert!(err.contains(&format!("node {id}")), "{err}");
+        assert!(
+            err.contains("signalling on mqtt://127.0.0.1:1883 (from --signal)"),
+            "{err}"
+        );
+        // The same node, in JSON, with a shorter life.
+        let mut json_args = args.to_vec();
+        json_args.extend(["--json", "--ttl", "60"]);
+        let out = p2pipe_in(dir.path(), &json_args, &[]).await;
+        succeeded(&out);
+        let now = unix_ms(std::time::SystemTime::now());
+        let record = PeerRecord::from_json(&stdout(&out), now).unwrap();
+        assert_eq!(record.node_id(), id);
+        assert_eq!(record.expires_ms() - record.issued_ms(), 60_000);
+    }
+
+    /// No STUN server answers: the record still comes out, without NAT fields, after a
+    /// warning.
+    #[tokio::test]
+    async fn addr_without_a_stun_answer_still_prints_a_record_and_warns() {
+        let dir = tempfile::tempdir().unwrap();
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stun = silent.local_addr().unwrap().to_string();
+        let args = ["addr", "--stun", &stun, "--signal", "mqtt://[::1]:1883"];
+        let out = p2pipe_in(dir.path(), &args, &[]).await;
+        succeeded(&out);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "warning: ipv4: nat behaviour unknown: no stun server answered (asked: {stun})"
+            )),
+            "{err}"
+        );
+        let now = unix_ms(std::time::SystemTime::now());
+        let record = PeerRecord::parse(&stdout(&out), now).unwrap();
+        let families = record.interfaces().iter().flat_map(|i| &i.families);
+        for f in families {
+            assert_eq!((f.external, f.nat_type, f.mapping), (None, None, None));
+        }
+        assert_eq!(record.signalling().brokers, ["mqtt://[::1]:1883"]);
+    }
+
+    #[tokio::test]
+    async fn addr_refuses_a_broker_that_is_not_mqtt_host_port_before_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = p2pipe_in(
+            dir.path(),
+            &["addr", "--signal", "tcp://127.0.0.1:1883"],
+            &[],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out).trim(),
+            "p2pipe: bad broker url \"tcp://127.0.0.1:1883\": expected mqtt://host:port (from --signal)"
+        );
+        assert!(
+            !dir.path().join("p2pipe").exists(),
+            "no key was made for a refused command"
+        );
+    }
+
+    #[tokio::test]
+    async fn addr_takes_brokers_from_the_environment_then_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = stun_server().await;
+        let stun = server.primary().to_string();
+        let brokers = |out: &std::process::Output| {
+            succeeded(out);
+            let now = unix_ms(std::time::SystemTime::now());
+            PeerRecord::parse(&stdout(out), now)
+                .unwrap()
+                .signalling()
+                .brokers
+                .clone()
+        };
+        let env = [("P2PIPE_SIGNAL", "mqtt://127.0.0.1:1, mqtt://[::1]:2")];
+        let out = p2pipe_in(dir.path(), &["addr", "--stun", &stun], &env).await;
+        assert_eq!(brokers(&out), ["mqtt://127.0.0.1:1", "mqtt://[::1]:2"]);
+        assert!(stderr(&out).contains("(from $P2PIPE_SIGNAL)"));
+        // The default config file, when no variable is set.
+        let file = dir.path().join("p2pipe").join("signal-brokers");
+        std::fs::write(&file, "# lab brokers\nmqtt://127.0.0.1:3\n").unwrap();
+        let out = p2pipe_in(dir.path(), &["addr", "--stun", &stun], &[]).await;
+        assert_eq!(brokers(&out), ["mqtt://127.0.0.1:3"]);
+        // A flag beats both.
+        let args = ["addr", "--stun", &stun, "--signal", "mqtt://127.0.0.1:4"];
+        let out = p2pipe_in(dir.path(), &args, &env).await;
+        assert_eq!(brokers(&out), ["mqtt://127.0.0.1:4"]);
+    }
+}

@@ -9,6 +9,7 @@ mod daemon;
 mod faults;
 mod fetch;
 mod filer;
+mod identity;
 mod iface;
 mod lab;
 mod load;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ed25519_dalek::SigningKey;
+use p2pipe::identity::Identity;
 use p2pipe::mesh::session::{Handshake, Local, Step};
-use p2pipe::mesh::wire::{self, Frame, NodeId, Signed};
+use p2pipe::mesh::wire::{self, Frame, MeshId, Signed};
 use p2pipe::mesh::{
     Backoff, Direction, DisconnectReason, Error, Event, Events, HandshakeError, Mesh, MeshBuilder,
     Outgoing, RefuseCode,
@@ -383,7 +383,7 @@ async fn a_silent_peer_is_dropped_after_the_timeout_and_blocks_no_one() {
     // Half a HELLO, then nothing.
     let mut half = within(TcpStream::connect(addr)).await.unwrap();
     let hello = emitted(&Frame::Hello(wire::Hello {
-        id: NodeId::new("half").unwrap(),
+        id: MeshId::new("half").unwrap(),
         listen_port: 0,
         nonce: [0; 32],
         key: None,
@@ -540,8 +540,7 @@ impl RawPeer {
     /// message's signature covers on this connection (docs/mesh.md):
     /// `SHA-256("p2pipe-mesh/1 msg" ‖ T ‖ role ‖ seq ‖ flags ‖ payload)`, the role being
     /// this side's, the initiator (`b'i'`).
-    fn signed_by(&self, by: &SigningKey, seq: u64, payload: &[u8]) -> Bytes {
-        use ed25519_dalek::Signer;
+    fn signed_by(&self, by: &Identity, seq: u64, payload: &[u8]) -> Bytes {
         let flags = wire::FLAG_SIGNED;
         let mut h = Sha256::new();
         h.update(b"p2pipe-mesh/1 msg");
@@ -580,7 +579,7 @@ async fn read_frame(sock: &mut TcpStream) -> Bytes {
     b.into()
 }
 
-async fn raw_peer(addr: SocketAddr, id: &str, key: SigningKey) -> Result<RawPeer, HandshakeError> {
+async fn raw_peer(addr: SocketAddr, id: &str, key: Identity) -> Result<RawPeer, HandshakeError> {
     raw_handshake(addr, id, Some(key)).await
 }
 
@@ -588,11 +587,11 @@ async fn raw_peer(addr: SocketAddr, id: &str, key: SigningKey) -> Result<RawPeer
 async fn raw_handshake(
     addr: SocketAddr,
     id: &str,
-    key: Option<SigningKey>,
+    key: Option<Identity>,
 ) -> Result<RawPeer, HandshakeError> {
     let mut sock = within(TcpStream::connect(addr)).await.unwrap();
     let local = Local {
-        id: NodeId::new(id).unwrap(),
+        id: MeshId::new(id).unwrap(),
         listen_port: 0,
         key,
     };
@@ -623,20 +622,20 @@ async fn raw_handshake(
     })
 }
 
-fn key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
+fn key(seed: u8) -> Identity {
+    Identity::from_seed([seed; 32])
 }
 
 #[tokio::test]
 async fn forged_signatures_are_refused() {
     let fam = &families("mesh signatures")[0];
-    let (a, mut ea) = within(node("a", fam).signing_key(key(1)).start())
+    let (a, mut ea) = within(node("a", fam).identity(&key(1)).start())
         .await
         .unwrap();
     let addr = addr_of(&a, fam, 0);
     let mut m = raw_peer(addr, "mallory", key(2)).await.unwrap();
     assert!(
-        matches!(next(&mut ea).await, Event::InboundConnected(p) if p.key == Some(key(2).verifying_key()))
+        matches!(next(&mut ea).await, Event::InboundConnected(p) if p.key == Some(key(2).public()))
     );
 
     // 1. A genuine message.
@@ -696,8 +695,8 @@ async fn a_key_is_bound_to_its_id() {
     let fam = &families("mesh key binding")[0];
     let (a, _) = within(
         node("a", fam)
-            .signing_key(key(1))
-            .trust("bob", key(5).verifying_key())
+            .identity(&key(1))
+            .trust("bob", key(5).public())
             .start(),
     )
     .await
@@ -742,7 +741,7 @@ async fn a_key_is_bound_to_its_id() {
         })
     ));
     // Two signing meshes talk, and their messages are marked signed.
-    let (b, mut eb) = within(node("b", fam).signing_key(key(9)).start())
+    let (b, mut eb) = within(node("b", fam).identity(&key(9)).start())
         .await
         .unwrap();
     within(a.connect(addr_of(&b, fam, 0))).await.unwrap();
@@ -761,12 +760,53 @@ async fn a_key_is_bound_to_its_id() {
     }
 }
 
+/// A mesh made from a node identity takes the node id as its mesh id, and a peer that
+/// gives a node id as its id must prove the key that id comes from.
+#[tokio::test]
+async fn a_node_identity_is_the_mesh_id_and_node_ids_must_match_their_keys() {
+    for fam in families("mesh identity") {
+        let (alice_key, bob_key) = (key(11), key(12));
+        let alice_id = alice_key.node_id().to_string();
+        let (a, mut ea) = within(
+            Mesh::with_identity(&alice_key)
+                .listen(fam.listen)
+                .config(p2pipe::PipeConfig::default().dual_stack(fam.dual_stack))
+                .start(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.id(), alice_id);
+        let addr = addr_of(&a, &fam, 0);
+        // Mallory claims bob's node id with her own key: refused before any binding.
+        let bob_id = bob_key.node_id().to_string();
+        assert!(matches!(
+            raw_peer(addr, &bob_id, key(13)).await.err(),
+            Some(HandshakeError::Refused {
+                code: RefuseCode::BadKey,
+                ..
+            })
+        ));
+        // Bob, with his own key, is taken, and his messages come from his node id.
+        let (b, _) = within(Mesh::with_identity(&bob_key).start()).await.unwrap();
+        within(b.connect(addr)).await.unwrap();
+        within(b.send_to(&alice_id, "hello")).await.unwrap();
+        let Event::InboundConnected(p) = next(&mut ea).await else {
+            panic!("connect")
+        };
+        assert_eq!((&*p.id, p.key), (bob_id.as_str(), Some(bob_key.public())));
+        let (from, data) = next_msg(&mut ea).await;
+        assert_eq!((from, &data[..]), (bob_id, &b"hello"[..]));
+        within(a.stop(T)).await;
+        within(b.stop(T)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_peer_that_stops_answering_keepalives_is_dropped() {
     let fam = &families("mesh keepalive")[0];
     let (a, mut ea) = within(
         node("a", fam)
-            .signing_key(key(1))
+            .identity(&key(1))
             .keepalive(Some(Duration::from_millis(50)))
             .start(),
     )
@@ -781,7 +821,7 @@ async fn a_peer_that_stops_answering_keepalives_is_dropped() {
     // A live peer answers them and stays.
     let (b, _) = within(
         Mesh::builder("b")
-            .signing_key(key(3))
+            .identity(&key(3))
             .keepalive(Some(Duration::from_millis(50)))
             .start(),
     )
