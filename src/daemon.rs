@@ -28,16 +28,18 @@
 //! logged; the panicking peer's connection is closed and every other peer is
 //! served on.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::pipe::{self, HandlerOutput, Message, Pipe, PipeConfig, Proto};
@@ -232,8 +234,8 @@ impl<H: Handler> Builder<H> {
             max_connections: self.max_connections,
             idle: self.idle_timeout,
             counters: Counters::default(),
-            graceful: CancellationToken::new(),
-            hard: CancellationToken::new(),
+            graceful: Stop::default(),
+            hard: Stop::default(),
             tracker: TaskTracker::new(),
         });
         let local: Vec<(Proto, SocketAddr)> = listeners
@@ -305,21 +307,83 @@ struct Shared<H> {
     idle: Option<Duration>,
     counters: Counters,
     /// Stop taking new peers and new messages.
-    graceful: CancellationToken,
+    graceful: Stop,
     /// Stop everything now.
-    hard: CancellationToken,
+    hard: Stop,
     tracker: TaskTracker,
 }
 
+/// A stop signal that tasks check on every wake-up: a flag read without a lock,
+/// and a token whose cancellation wakes the tasks waiting on it.
+#[derive(Default)]
+struct Stop {
+    set: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Stop {
+    fn fire(&self) {
+        self.set.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// A watch of this signal for one task; `wait` is `self.token.cancelled()`.
+    fn watch<'s, 'p>(&'s self, wait: Pin<&'p mut WaitForCancellationFuture<'s>>) -> Watch<'s, 'p> {
+        Watch {
+            stop: self,
+            wait,
+            armed: None,
+        }
+    }
+}
+
+/// One task's view of a [`Stop`]. A biased `select!` on `token.cancelled()` would
+/// lock the token twice on every wake-up (and twice more for a fresh future per
+/// message); a watch registers the task's waker with the token once, and then only
+/// reads the flag, which is set before the token wakes anyone.
+struct Watch<'s, 'p> {
+    stop: &'s Stop,
+    wait: Pin<&'p mut WaitForCancellationFuture<'s>>,
+    /// The waker the token wakes.
+    armed: Option<Waker>,
+}
+
+impl Watch<'_, '_> {
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.stop.set.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        if self.wait.as_mut().poll(cx).is_ready() {
+            return true;
+        }
+        self.armed = Some(cx.waker().clone());
+        false
+    }
+
+    /// Runs `fut` unless the signal fires first (checked before each poll of
+    /// `fut`, as a biased `select!` does); `None` if it fired.
+    async fn unless<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if self.poll_fired(cx) {
+                return Poll::Ready(None);
+            }
+            fut.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+}
+
 async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: Pipe) {
+    let wait = pin!(shared.graceful.token.cancelled());
+    let mut graceful = shared.graceful.watch(wait);
     loop {
-        let peer = tokio::select! {
-            biased;
-            _ = shared.graceful.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        let peer = match graceful.unless(listener.accept()).await {
+            Some(Ok(p)) => p,
+            Some(Err(_)) | None => return,
         };
         let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
             shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -330,11 +394,9 @@ async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: Pipe) {
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let s = shared.clone();
         shared.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                _ = s.hard.cancelled() => {}
-                _ = serve(&s, &peer) => {}
-            }
+            let wait = pin!(s.hard.token.cancelled());
+            let mut hard = s.hard.watch(wait);
+            hard.unless(serve(&s, &peer)).await;
             peer.close().await;
             drop(permit);
         });
@@ -344,11 +406,11 @@ async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: Pipe) {
 /// Serves one peer until it ends, idles out, or the daemon stops.
 async fn serve<H: Handler>(s: &Shared<H>, peer: &Pipe) {
     s.handler.on_connect(peer).await;
+    let wait = pin!(s.graceful.token.cancelled());
+    let mut graceful = s.graceful.watch(wait);
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = s.graceful.cancelled() => return,
-            r = recv_within(peer, s.idle) => r,
+        let Some(next) = graceful.unless(recv_within(peer, s.idle)).await else {
+            return;
         };
         let msg = match next {
             Some(Ok(m)) => m,
@@ -399,17 +461,17 @@ pub struct Daemon {
 
 /// The parts of the shared state that do not depend on the handler type.
 trait Control: Send + Sync {
-    fn graceful(&self) -> &CancellationToken;
-    fn hard(&self) -> &CancellationToken;
+    fn graceful(&self) -> &Stop;
+    fn hard(&self) -> &Stop;
     fn tracker(&self) -> &TaskTracker;
     fn stats(&self) -> DaemonStats;
 }
 
 impl<H: Handler> Control for Shared<H> {
-    fn graceful(&self) -> &CancellationToken {
+    fn graceful(&self) -> &Stop {
         &self.graceful
     }
-    fn hard(&self) -> &CancellationToken {
+    fn hard(&self) -> &Stop {
         &self.hard
     }
     fn tracker(&self) -> &TaskTracker {
@@ -466,7 +528,7 @@ impl Daemon {
     async fn stop(&mut self, deadline: Duration) -> ShutdownReport {
         let s = &self.shared;
         let busy = s.tracker().len();
-        s.graceful().cancel();
+        s.graceful().fire();
         for l in self.listeners.drain(..) {
             l.close().await;
         }
@@ -482,7 +544,7 @@ impl Daemon {
             };
         }
         let left = s.tracker().len();
-        s.hard().cancel();
+        s.hard().fire();
         s.tracker().wait().await;
         ShutdownReport {
             finished: busy - left,
@@ -507,7 +569,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.shared.graceful().cancel();
-        self.shared.hard().cancel();
+        self.shared.graceful().fire();
+        self.shared.hard().fire();
     }
 }
