@@ -24,20 +24,26 @@
 //!
 //! Every TCP connection, and every UDP peer address, is served by its own
 //! task: the handler sees one message at a time from that peer, in order,
-//! with a [`Pipe`] to reply on. A handler that fails or panics is counted and
-//! logged; the panicking peer's connection is closed and every other peer is
-//! served on.
+//! with a [`Pipe`] to reply on. (A UDP peer's handler is run by its listener's
+//! task as each datagram is read, as [`Pipe::on_message`] runs it, and moves to
+//! a task of its own only while it has to wait; the peer's task watches for its
+//! end, its idle limit and the daemon's stop.) A handler that fails or panics is
+//! counted and logged; the panicking peer's connection is closed and every other
+//! peer is served on.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::pipe::{self, HandlerOutput, Message, Pipe, PipeConfig, Proto};
@@ -104,8 +110,8 @@ where
         msg: Message,
         reply: Pipe,
     ) -> impl Future<Output = Result<(), String>> + Send {
-        let fut = self(msg, reply);
-        async move { fut.await.into_result() }
+        // `map`, not an async block awaiting `fut`: that would hold `fut` twice over.
+        self(msg, reply).map(HandlerOutput::into_result)
     }
 }
 
@@ -232,8 +238,8 @@ impl<H: Handler> Builder<H> {
             max_connections: self.max_connections,
             idle: self.idle_timeout,
             counters: Counters::default(),
-            graceful: CancellationToken::new(),
-            hard: CancellationToken::new(),
+            graceful: Stop::default(),
+            hard: Stop::default(),
             tracker: TaskTracker::new(),
         });
         let local: Vec<(Proto, SocketAddr)> = listeners
@@ -305,21 +311,93 @@ struct Shared<H> {
     idle: Option<Duration>,
     counters: Counters,
     /// Stop taking new peers and new messages.
-    graceful: CancellationToken,
+    graceful: Stop,
     /// Stop everything now.
-    hard: CancellationToken,
+    hard: Stop,
     tracker: TaskTracker,
 }
 
+/// A stop signal that tasks check on every wake-up: a flag read without a lock,
+/// and a token whose cancellation wakes the tasks waiting on it.
+#[derive(Default)]
+struct Stop {
+    set: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Stop {
+    fn fire(&self) {
+        self.set.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// A watch of this signal for one task; `wait` is `self.token.cancelled()`.
+    fn watch<'s, 'p>(&'s self, wait: Pin<&'p mut WaitForCancellationFuture<'s>>) -> Watch<'s, 'p> {
+        Watch {
+            stop: self,
+            wait,
+            armed: None,
+        }
+    }
+}
+
+/// One task's view of a [`Stop`]. A biased `select!` on `token.cancelled()` would
+/// lock the token twice on every wake-up (and twice more for a fresh future per
+/// message); a watch registers the task's waker with the token once, and then only
+/// reads the flag, which is set before the token wakes anyone.
+struct Watch<'s, 'p> {
+    stop: &'s Stop,
+    wait: Pin<&'p mut WaitForCancellationFuture<'s>>,
+    /// The waker the token wakes.
+    armed: Option<Waker>,
+}
+
+impl Watch<'_, '_> {
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.stop.set.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        if self.wait.as_mut().poll(cx).is_ready() {
+            return true;
+        }
+        self.armed = Some(cx.waker().clone());
+        false
+    }
+
+    /// Runs `fut` unless the signal fires first (checked before each poll of
+    /// `fut`, as a biased `select!` does); `None` if it fired. The waker is
+    /// registered only once `fut` has to wait: a future done at its first poll
+    /// costs one atomic load.
+    ///
+    /// `fut` is pinned by the caller, so that it is stored once, not copied into
+    /// this future (a handler's future can be large).
+    async fn unless<F: Future>(&mut self, mut fut: Pin<&mut F>) -> Option<F::Output> {
+        poll_fn(|cx| {
+            if self.stop.set.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            match self.poll_fired(cx) {
+                true => Poll::Ready(None),
+                false => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
 async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: Pipe) {
+    let wait = pin!(shared.graceful.token.cancelled());
+    let mut graceful = shared.graceful.watch(wait);
     loop {
-        let peer = tokio::select! {
-            biased;
-            _ = shared.graceful.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        let peer = match graceful.unless(pin!(listener.accept())).await {
+            Some(Ok(p)) => p,
+            Some(Err(_)) | None => return,
         };
         let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
             shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -330,11 +408,9 @@ async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: Pipe) {
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let s = shared.clone();
         shared.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                _ = s.hard.cancelled() => {}
-                _ = serve(&s, &peer) => {}
-            }
+            let wait = pin!(s.hard.token.cancelled());
+            let mut hard = s.hard.watch(wait);
+            hard.unless(pin!(serve(&s, &peer))).await;
             peer.close().await;
             drop(permit);
         });
@@ -342,13 +418,16 @@ async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: Pipe) {
 }
 
 /// Serves one peer until it ends, idles out, or the daemon stops.
-async fn serve<H: Handler>(s: &Shared<H>, peer: &Pipe) {
+async fn serve<H: Handler>(s: &Arc<Shared<H>>, peer: &Pipe) {
     s.handler.on_connect(peer).await;
+    if serve_datagrams(s, peer).await {
+        return;
+    }
+    let wait = pin!(s.graceful.token.cancelled());
+    let mut graceful = s.graceful.watch(wait);
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = s.graceful.cancelled() => return,
-            r = recv_within(peer, s.idle) => r,
+        let Some(next) = graceful.unless(pin!(recv_within(peer, s.idle))).await else {
+            return;
         };
         let msg = match next {
             Some(Ok(m)) => m,
@@ -358,22 +437,163 @@ async fn serve<H: Handler>(s: &Shared<H>, peer: &Pipe) {
                 return;
             }
         };
-        s.counters.messages.fetch_add(1, Ordering::Relaxed);
-        match AssertUnwindSafe(s.handler.on_message(msg, peer.clone()))
-            .catch_unwind()
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                s.counters.handler_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = ?peer.peer_addr(), error = %e, "handler failed");
-            }
-            Err(_) => {
-                s.counters.handler_panics.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(peer = ?peer.peer_addr(), "handler panicked; closing this peer");
-                return;
+        if !handled(s, peer, s.handler.on_message(msg, peer.clone())).await {
+            return;
+        }
+    }
+}
+
+/// Runs one message's handler and counts how it went; false if it panicked.
+/// (Combinators, not an async fn, so that `fut` is held once.)
+fn handled<'a, H: Handler>(
+    s: &'a Shared<H>,
+    peer: &'a Pipe,
+    fut: impl Future<Output = Result<(), String>> + 'a,
+) -> impl Future<Output = bool> + 'a {
+    s.counters.messages.fetch_add(1, Ordering::Relaxed);
+    AssertUnwindSafe(fut).catch_unwind().map(move |r| match r {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            s.counters.handler_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = ?peer.peer_addr(), error = %e, "handler failed");
+            true
+        }
+        Err(_) => {
+            s.counters.handler_panics.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(peer = ?peer.peer_addr(), "handler panicked; closing this peer");
+            false
+        }
+    })
+}
+
+/// A UDP peer's handler, which its listener runs as each datagram is read (see
+/// `serve_datagrams`), shares this with the peer's task.
+struct Datagrams {
+    /// `FREE`, `BUSY` while a message is handled, `STOPPED` once no message may start.
+    state: AtomicU8,
+    /// Notified when a message is done.
+    done: Notify,
+    /// Notified when a handler panicked.
+    panicked: Notify,
+    /// When the last message was done, in nanoseconds after `epoch` (kept with an
+    /// idle limit only).
+    last: AtomicU64,
+    epoch: Instant,
+}
+
+const FREE: u8 = 0;
+const BUSY: u8 = 1;
+const STOPPED: u8 = 2;
+
+impl Datagrams {
+    fn touch(&self) {
+        let since = self.epoch.elapsed().as_nanos();
+        self.last
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// When the peer goes idle, unless a message comes first.
+    fn idle_at(&self, idle: Duration) -> Instant {
+        match self.state.load(Ordering::Acquire) {
+            BUSY => Instant::now() + idle,
+            _ => self.epoch + Duration::from_nanos(self.last.load(Ordering::Acquire)) + idle,
+        }
+    }
+
+    /// Lets no further message start, once the one being handled is done.
+    async fn stop(&self) {
+        loop {
+            let mut done = pin!(self.done.notified());
+            done.as_mut().enable();
+            match self
+                .state
+                .compare_exchange(FREE, STOPPED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) | Err(STOPPED) => return,
+                Err(_) => done.await,
             }
         }
+    }
+}
+
+/// Serves a UDP listener's peer: the listener's task runs the handler as soon as it
+/// reads a datagram (see `pipe/inline.rs`), instead of queueing it for this task,
+/// which only waits for the peer's end, the idle limit, a panic or the daemon's stop,
+/// and then for the message in hand. False, having done nothing, for other pipes.
+async fn serve_datagrams<H: Handler>(s: &Arc<Shared<H>>, peer: &Pipe) -> bool {
+    let st = Arc::new(Datagrams {
+        state: AtomicU8::new(FREE),
+        done: Notify::new(),
+        panicked: Notify::new(),
+        last: AtomicU64::new(0),
+        epoch: Instant::now(),
+    });
+    let handler = {
+        let (s, st) = (s.clone(), st.clone());
+        move |msg: Message, reply: Pipe| {
+            let (s, st) = (s.clone(), st.clone());
+            async move { handle_datagram(&s, &st, msg, reply).await }
+        }
+    };
+    if !peer.serve_inline(Arc::new(handler)) {
+        return false;
+    }
+    let wait = pin!(s.graceful.token.cancelled());
+    let mut graceful = s.graceful.watch(wait);
+    let until = async {
+        tokio::select! {
+            _ = peer.ended() => {}
+            _ = st.panicked.notified() => {}
+            _ = idle_out(s.idle, &st) => {
+                s.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    graceful.unless(pin!(until)).await;
+    st.stop().await;
+    true
+}
+
+/// Handles one datagram, unless the peer's task stopped handling or the daemon is
+/// stopping.
+async fn handle_datagram<H: Handler>(s: &Shared<H>, st: &Datagrams, msg: Message, reply: Pipe) {
+    if st
+        .state
+        .compare_exchange(FREE, BUSY, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    let mut next = FREE;
+    if !s.graceful.set.load(Ordering::Acquire) {
+        let wait = pin!(s.hard.token.cancelled());
+        let mut hard = s.hard.watch(wait);
+        // The handler is called inside the guard, so that a panic in the call
+        // itself is caught too: it must not reach the listener's task.
+        let fut = async { s.handler.on_message(msg, reply.clone()).await };
+        if hard.unless(pin!(handled(s, &reply, fut))).await == Some(false) {
+            next = STOPPED;
+            st.panicked.notify_one();
+        }
+        if s.idle.is_some() {
+            st.touch();
+        }
+    }
+    st.state.store(next, Ordering::Release);
+    st.done.notify_one();
+}
+
+/// Returns once the peer has been idle for `idle`; never without a limit.
+async fn idle_out(idle: Option<Duration>, st: &Datagrams) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let at = st.idle_at(idle);
+        if at <= Instant::now() {
+            return;
+        }
+        tokio::time::sleep_until(at).await;
     }
 }
 
@@ -399,17 +619,17 @@ pub struct Daemon {
 
 /// The parts of the shared state that do not depend on the handler type.
 trait Control: Send + Sync {
-    fn graceful(&self) -> &CancellationToken;
-    fn hard(&self) -> &CancellationToken;
+    fn graceful(&self) -> &Stop;
+    fn hard(&self) -> &Stop;
     fn tracker(&self) -> &TaskTracker;
     fn stats(&self) -> DaemonStats;
 }
 
 impl<H: Handler> Control for Shared<H> {
-    fn graceful(&self) -> &CancellationToken {
+    fn graceful(&self) -> &Stop {
         &self.graceful
     }
-    fn hard(&self) -> &CancellationToken {
+    fn hard(&self) -> &Stop {
         &self.hard
     }
     fn tracker(&self) -> &TaskTracker {
@@ -466,7 +686,7 @@ impl Daemon {
     async fn stop(&mut self, deadline: Duration) -> ShutdownReport {
         let s = &self.shared;
         let busy = s.tracker().len();
-        s.graceful().cancel();
+        s.graceful().fire();
         for l in self.listeners.drain(..) {
             l.close().await;
         }
@@ -482,7 +702,7 @@ impl Daemon {
             };
         }
         let left = s.tracker().len();
-        s.hard().cancel();
+        s.hard().fire();
         s.tracker().wait().await;
         ShutdownReport {
             finished: busy - left,
@@ -507,7 +727,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.shared.graceful().cancel();
-        self.shared.hard().cancel();
+        self.shared.graceful().fire();
+        self.shared.hard().fire();
     }
 }

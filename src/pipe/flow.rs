@@ -91,6 +91,26 @@ impl Pipe {
         Ok(())
     }
 
+    /// Has the listener of a UDP peer pipe run `handler` for each of the peer's
+    /// datagrams (see `inline.rs`), without claiming the flow. False, and nothing
+    /// installed, for any other pipe.
+    pub(crate) fn serve_inline<F, Fut>(&self, handler: Arc<F>) -> bool
+    where
+        F: Fn(Message, Pipe) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HandlerOutput,
+    {
+        let core = self.core();
+        if self.proto() != Proto::Udp || core.parent.is_none() {
+            return false;
+        }
+        core.install_inline(inline::new_server(handler, self.clone()));
+        if core.end_reason().is_some() {
+            core.clear_inline();
+        }
+        true
+    }
+
     pub(super) fn attach<F, Fut>(&self, handler: Arc<F>) -> Result<()>
     where
         F: Fn(Message, Pipe) -> Fut + Send + Sync + 'static,
@@ -110,11 +130,7 @@ impl Pipe {
             });
         } else if self.proto() == Proto::Udp && self.core().parent.is_some() {
             // A UDP peer of a listener: its listener runs the handler.
-            let core = self.core();
-            core.install_inline(inline::new_server(handler, pipe));
-            if core.end_reason().is_some() {
-                core.clear_inline();
-            }
+            self.serve_inline(handler);
         } else {
             let core = pipe.core().clone();
             tokio::spawn(consume(core, move |m| {

@@ -20,6 +20,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use futures::FutureExt;
 use tokio_util::sync::ReusableBoxFuture;
 
 use super::{Core, HandlerOutput, Message, Pipe};
@@ -45,8 +46,10 @@ where
     Fut::Output: HandlerOutput,
 {
     fn load(&mut self, msg: Message) {
+        // `map`, not an async block awaiting the future: that would hold it twice
+        // over, and it is moved into the slot for every message.
         let fut = (self.handler)(msg, self.pipe.clone());
-        self.slot.set(async move { fut.await.report() });
+        self.slot.set(fut.map(HandlerOutput::report));
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
