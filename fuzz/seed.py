@@ -320,6 +320,32 @@ ms.append(("huge-claim", bytes([0xFC, 0]) + HS + struct.pack(">I", 0xFFFFFFF0)))
 ms.append(("early-data", bytes([2, 0]) + mdata(b"too early")))
 write("mesh_session", ms)
 
+# signal_open (fuzz/fuzz_targets/signal_open.rs): byte 0 even = raw bytes, odd = a valid
+# envelope (kind, payload length, payload) and 4-byte mutations (op, pos:u16, val).
+def sealed(kind, payload, *ops):
+    return bytes([1, kind]) + struct.pack(">H", len(payload)) + payload + b"".join(
+        bytes([op]) + struct.pack(">H", pos) + bytes([val]) for op, pos, val in ops
+    )
+
+
+HEADER = bytes([0xB1, 1]) + bytes(32) + bytes(16) + struct.pack(">Q", 1_700_000_000_000)
+so = [
+    ("one-way", sealed(0, b"hello")),
+    ("request", sealed(1, b"send me your address")),
+    ("response", sealed(2, b"192.0.2.7:4000")),
+    ("empty", sealed(0, b"")),
+    ("flip-nonce", sealed(0, b"hello", (0, 120, 1))),
+    ("flip-tag", sealed(1, b"hello", (0, 0xFFFF, 0x80))),
+    ("truncate", sealed(0, b"hello", (1, 150, 0))),
+    ("append", sealed(2, b"hello", (2, 3, 0))),
+    ("too-old", sealed(0, b"hello", (3, 0, 61))),
+    ("from-future", sealed(0, b"hello", (3, 0, 0xE1))),
+    ("edge-of-window", sealed(1, b"hello", (3, 0, 60), (3, 0, 0))),
+    ("raw-header", bytes([0]) + HEADER + bytes(100)),
+    ("raw-oversized", bytes([0]) + HEADER + bytes(16 * 1024)),
+]
+write("signal_open", so)
+
 for t in sorted(os.listdir(ROOT)):
     n = len(os.listdir(os.path.join(ROOT, t)))
     print(f"{t}: {n} seeds")

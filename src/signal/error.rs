@@ -1,0 +1,48 @@
+//! The error type of the signal layer.
+//!
+//! No variant carries key material or a payload: keys are named by their public
+//! fingerprint, payloads by their length.
+
+/// Errors from sealing and parsing signalling messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A payload too large to be sealed into [`MAX_MESSAGE`](super::MAX_MESSAGE) bytes.
+    #[error("payload of {len} bytes exceeds the limit of {max} for a sealed message")]
+    PayloadTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// [`MAX_PAYLOAD`](super::MAX_PAYLOAD).
+        max: usize,
+    },
+    /// A message over [`MAX_MESSAGE`](super::MAX_MESSAGE).
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A message shorter than a header and a tag.
+    #[error("message of {len} bytes is shorter than the {min} of a sealed message")]
+    Truncated {
+        /// The message's length.
+        len: usize,
+        /// The shortest sealed message.
+        min: usize,
+    },
+    /// Bytes that are not a sealed message.
+    #[error("not a sealed message: {0}")]
+    Malformed(&'static str),
+    /// A recipient key of low order, with which no secret can be shared.
+    #[error("the key with fingerprint {fingerprint} is of low order: nothing can be sealed to it")]
+    LowOrderKey {
+        /// The key's fingerprint, in hex.
+        fingerprint: String,
+    },
+    /// As many requests as allowed are waiting for their responses.
+    #[error("{max} requests are already waiting for a response")]
+    TooManyPending {
+        /// [`Config::max_pending`](super::Config::max_pending).
+        max: usize,
+    },
+}
