@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | filer | [`filer`] | btfiler-compatible file sharing: a sans-IO protocol core (btpeer frames, messages, peer table) and the node and client around it |
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
+//! | signal | [`signal`] | messages between nodes before any connection exists: transports (MQTT brokers, several at once), de-duplicated arrivals |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`] type for TCP and UDP, IPv4 and IPv6, client and server |
 //! | nat | [`nat`] | NAT behaviour: the sans-IO RFC 5780 and RFC 3489 classifier, probes, port allocation |
@@ -26,6 +27,7 @@ pub mod iface;
 pub mod mesh;
 pub mod nat;
 pub mod pipe;
+pub mod signal;
 pub mod stun;
 
 /// Internals exposed for the fuzz targets in `fuzz/`, behind the `fuzzing` feature.
