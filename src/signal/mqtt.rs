@@ -182,7 +182,8 @@ impl MqttTransport {
     /// Starts a transport to the broker at `url` that receives on `topic` (this node's
     /// `p2pipe/1/<node id>`) into `inbox`. Returns at once; the task connects in the
     /// background ([`Transport::subscribed`] resolves when it receives). The client id is
-    /// random, so the broker learns no more than the topic.
+    /// random, so the broker learns no more than the topic. Must be called within a
+    /// tokio runtime, which the transport's task runs on.
     pub fn start(
         url: &str,
         topic: &str,
@@ -291,13 +292,11 @@ impl Transport for MqttTransport {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), TransportError>> {
         Box::pin(async move {
+            // `published` is counted by the task, at the PUBACK.
             let r = self.publish_inner(topic, payload).await;
-            let c = &self.shared.counters;
-            Counters::bump(if r.is_ok() {
-                &c.published
-            } else {
-                &c.publish_failed
-            });
+            if r.is_err() {
+                Counters::bump(&self.shared.counters.publish_failed);
+            }
             r
         })
     }
@@ -464,6 +463,7 @@ impl Driver {
             Event::Incoming(Packet::Publish(p)) => self.on_publish(p),
             Event::Incoming(Packet::PubAck(ack)) => {
                 if let Some(tx) = self.shared.acks().sent.remove(&ack.pkid) {
+                    Counters::bump(&self.shared.counters.published);
                     let _ = tx.send(());
                 }
             }

@@ -18,7 +18,8 @@ use super::MAX_MESSAGE;
 
 /// One signalling channel: MQTT ([`MqttTransport`](super::MqttTransport)) is the first.
 ///
-/// Every method returns at once or under a timeout of the transport's own.
+/// `publish` and `stop` finish under timeouts of the transport's own; `subscribed` waits
+/// as long as it takes (never, for a transport that cannot connect), so callers bound it.
 pub trait Transport: Send + Sync {
     /// The channel's name in logs, errors and stats, e.g. `mqtt://127.0.0.1:1883`.
     fn name(&self) -> &str;
@@ -33,8 +34,8 @@ pub trait Transport: Send + Sync {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), TransportError>>;
 
-    /// Resolves once the transport receives on its topic (connected and subscribed).
-    /// Cancel safe.
+    /// Resolves once the transport receives on its topic (connected and subscribed), at
+    /// once if it does now. Cancel safe.
     fn subscribed(&self) -> BoxFuture<'_, ()>;
 
     /// This transport's counters now.
@@ -98,7 +99,8 @@ impl Inbox {
 /// A transport's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {
-    /// Publishes the channel accepted.
+    /// Publishes the channel accepted (for MQTT: the broker's PUBACK), also those whose
+    /// caller had stopped waiting.
     pub published: u64,
     /// Publishes that failed: not connected, timed out, refused.
     pub publish_failed: u64,
