@@ -115,7 +115,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} {}\nallow_anonymous true\npersistence false\nlog_dest stderr\n",
+                "listener {port} {}\nallow_anonymous true\npersistence false\nlog_dest stderr\nset_tcp_nodelay true\n",
                 self.addr.ip()
             ),
         )
