@@ -62,3 +62,8 @@ pub struct MeshDocDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/filer.md")]
 pub struct FilerDocDoctests;
+
+/// The examples in docs/p2p.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/p2p.md")]
+pub struct P2pDocDoctests;
