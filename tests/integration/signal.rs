@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::mosquitto::{Mosquitto, PlainClient};
-use crate::support::{loopbacks, within, V4};
+use crate::support::{loopbacks, within, within_for, V4};
 
 const ALICE: &str = "p2pipe/1/alice";
 const BOB: &str = "p2pipe/1/bob";
@@ -322,4 +322,34 @@ async fn stopping_a_transport_ends_its_task_whether_its_broker_is_up_or_down() {
         within(arrivals.recv()).await.is_none(),
         "every transport task has ended"
     );
+}
+
+#[tokio::test]
+async fn a_broker_that_never_acknowledges_does_not_hold_up_a_publish_through_the_others() {
+    const TEST: &str = "signal::a_broker_that_never_acknowledges_does_not_hold_up_a_publish";
+    let Some(broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let (_bob, mut to_bob) = node(&broker, BOB).await;
+    // A broker that answers CONNECT and SUBSCRIBE, then swallows every PUBLISH.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let urls = [
+        format!("mqtt://{}", silent.local_addr().unwrap()),
+        broker.url(),
+    ];
+    let (alice, _) = Brokers::mqtt(&urls, ALICE, quick()).expect("start");
+    let (_held_open, ()) =
+        within(async { tokio::join!(accept_and_subscribe(&silent), alice.subscribed(2)) }).await;
+
+    // Well under the silent broker's 5 s publish timeout.
+    let d = within_for(
+        Duration::from_secs(2),
+        alice.publish(BOB, Bytes::from_static(b"hi")),
+    )
+    .await
+    .expect("the live broker accepted");
+    assert!(matches!(d.outcomes[0].1, Outcome::Pending), "{d}");
+    assert!(matches!(d.outcomes[1].1, Outcome::Accepted), "{d}");
+    assert_eq!(within(to_bob.recv()).await.unwrap().payload, "hi");
+    within(alice.stop()).await;
 }
