@@ -531,6 +531,9 @@ impl Driver {
         };
         if self.online {
             tracing::warn!(broker = %self.name, error = %why, "mqtt connection lost");
+        } else if matches!(e, ConnectionError::ConnectionRefused(_)) {
+            // Not a broker that is down: one that will not have us (e.g. it wants a login).
+            tracing::warn!(broker = %self.name, error = %why, "mqtt broker refused the connection");
         } else {
             tracing::debug!(broker = %self.name, error = %why, "mqtt connect failed");
         }

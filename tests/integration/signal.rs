@@ -353,3 +353,33 @@ async fn a_broker_that_never_acknowledges_does_not_hold_up_a_publish_through_the
     assert_eq!(within(to_bob.recv()).await.unwrap().payload, "hi");
     within(alice.stop()).await;
 }
+
+#[tokio::test]
+async fn a_broker_that_refuses_the_connection_is_retried_and_publishes_fail_at_once_meanwhile() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("mqtt://{}", l.local_addr().unwrap());
+    let (inbox, _) = Inbox::new(8);
+    let bob = MqttTransport::start(&url, BOB, inbox, quick()).expect("start");
+
+    let (mut s, _) = within(l.accept()).await.expect("accept");
+    assert_eq!(within(read_packet(&mut s)).await.0, 0x10, "CONNECT");
+    // CONNACK, return code 5: not authorised.
+    within(s.write_all(&[0x20, 2, 0, 5]))
+        .await
+        .expect("CONNACK");
+    let early = within(bob.publish(ALICE, Bytes::from_static(b"early"))).await;
+    assert!(
+        matches!(early, Err(TransportError::NotConnected { .. })),
+        "{early:?}"
+    );
+
+    let _second = within(accept_and_subscribe(&l)).await;
+    within(bob.subscribed()).await;
+    let s = bob.stats();
+    assert_eq!(
+        (s.connected, s.reconnects, s.publish_failed),
+        (true, 0, 1),
+        "{s:?}"
+    );
+    within(bob.stop()).await;
+}
