@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | filer | [`filer`] | btfiler-compatible file sharing: a sans-IO protocol core (btpeer frames, messages, peer table) and the node and client around it |
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
-//! | signal | [`signal`] | sealed messages between nodes: the sans-IO envelope, replay and age checks, request/response |
+//! | signal | [`signal`] | messages between nodes before any connection exists: sealed envelopes (the sans-IO core: replay and age checks, request/response) carried by transports (MQTT brokers, several at once) |
 //! | identity | [`identity`] | the node's ed25519 key and key file, the node id, the signed peer address record |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
 //! | pipe | [`pipe`] | one [`Pipe`] type for TCP and UDP, IPv4 and IPv6, client and server |

@@ -40,14 +40,43 @@
 //! assert_eq!(bob.counters().replayed, 1);
 //! # Ok::<(), p2pipe::signal::Error>(())
 //! ```
+//!
+//! Sealed envelopes travel through transports. A [`Transport`] publishes bytes to a topic
+//! and delivers what arrives on its node's own topic to an [`Inbox`]; [`MqttTransport`]
+//! is the first. [`Brokers`] holds several at once: a publish goes through all of them,
+//! and [`Arrivals`] merges what they deliver, each payload once. See docs/p2p.md,
+//! "Brokers".
+//!
+//! ```no_run
+//! use p2pipe::signal::{Brokers, MqttSettings};
+//! # async fn demo() -> Result<(), p2pipe::signal::TransportError> {
+//! let urls = ["mqtt://127.0.0.1:1883", "mqtt://[::1]:1883"];
+//! let (brokers, mut arrivals) = Brokers::mqtt(&urls, "p2pipe/1/me", MqttSettings::default())?;
+//! brokers.subscribed(1).await;
+//! let delivery = brokers.publish("p2pipe/1/peer", "hello".into()).await?;
+//! println!("accepted by {} of {}", delivery.accepted(), urls.len());
+//! while let Some(a) = arrivals.recv().await {
+//!     println!("{} bytes through {}", a.payload.len(), brokers.transports()[a.source].name());
+//! }
+//! # Ok(()) }
+//! ```
 
+mod brokers;
 mod core;
 mod error;
+pub mod mqtt;
 pub mod seal;
+mod transport;
 
 pub use self::core::{Config, Counters, Delivered, DeliveredRequest, Dropped, Payload, Signalling};
+pub use brokers::{
+    Arrivals, BrokerStats, Brokers, BrokersStats, Dedup, Delivery, Outcome, DEDUP_CAPACITY,
+    DEDUP_WINDOW, STRAGGLER_GRACE,
+};
 pub use error::Error;
+pub use mqtt::{BrokerUrl, MqttSettings, MqttTransport};
 pub use seal::{
     fingerprint, peek, seal, Fingerprint, Header, Kind, RequestId, MAX_MESSAGE, MAX_PAYLOAD,
     RANDOM_LEN,
 };
+pub use transport::{Arrival, Inbox, Transport, TransportError, TransportStats, MAX_TOPIC};

@@ -1,0 +1,385 @@
+//! Signalling transports against a real mosquitto (see `mosquitto.rs`): one broker and
+//! two, brokers killed and restarted, a broker that sends garbage, what a plain MQTT
+//! subscriber sees, and stopping.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use p2pipe::signal::{
+    Brokers, Inbox, MqttSettings, MqttTransport, Outcome, Transport, TransportError, MAX_MESSAGE,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::mosquitto::{Mosquitto, PlainClient};
+use crate::support::{loopbacks, within, within_for, V4};
+
+const ALICE: &str = "p2pipe/1/alice";
+const BOB: &str = "p2pipe/1/bob";
+
+/// Quick reconnects, so that tests that break a broker do not wait for long.
+fn quick() -> MqttSettings {
+    MqttSettings {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(500),
+        ..MqttSettings::default()
+    }
+}
+
+/// A transport on `broker` receiving on `topic`, subscribed, and its arrivals.
+async fn node(
+    broker: &Mosquitto,
+    topic: &str,
+) -> (
+    MqttTransport,
+    tokio::sync::mpsc::Receiver<p2pipe::signal::Arrival>,
+) {
+    let (inbox, rx) = Inbox::new(64);
+    let t = MqttTransport::start(&broker.url(), topic, inbox, quick()).expect("start");
+    within(t.subscribed()).await;
+    (t, rx)
+}
+
+/// What a plain MQTT client subscribed to `topic` on `broker` sees while `send` runs:
+/// the bytes a broker operator, or anyone allowed to subscribe, gets to read.
+pub async fn plain_subscriber_sees(
+    broker: &Mosquitto,
+    topic: &str,
+    send: impl std::future::Future<Output = ()>,
+) -> Bytes {
+    let mut plain = PlainClient::connect(broker, Some(topic)).await;
+    send.await;
+    plain.next().await
+}
+
+#[tokio::test]
+async fn two_transports_exchange_messages_through_one_broker_over_ipv4_and_ipv6() {
+    const TEST: &str = "signal::two_transports_exchange_messages_through_one_broker";
+    for ip in loopbacks(TEST) {
+        let Some(broker) = Mosquitto::start(TEST, ip).await else {
+            return;
+        };
+        let (alice, mut to_alice) = node(&broker, ALICE).await;
+        let (bob, mut to_bob) = node(&broker, BOB).await;
+        for i in 0..5 {
+            let m = Bytes::from(format!("to bob {i}"));
+            within(alice.publish(BOB, m)).await.expect("publish");
+        }
+        for i in 0..5 {
+            let a = within(to_bob.recv()).await.expect("an arrival");
+            assert_eq!(a.payload, format!("to bob {i}").as_bytes(), "over {ip}");
+        }
+        within(bob.publish(ALICE, Bytes::from_static(b"to alice")))
+            .await
+            .expect("publish");
+        assert_eq!(within(to_alice.recv()).await.unwrap().payload, "to alice");
+
+        // The size bound: MAX_MESSAGE goes through, one byte more is refused at once.
+        let largest = Bytes::from(vec![7u8; MAX_MESSAGE]);
+        within(alice.publish(BOB, largest.clone()))
+            .await
+            .expect("publish");
+        assert_eq!(within(to_bob.recv()).await.unwrap().payload, largest);
+        let over = within(alice.publish(BOB, vec![7u8; MAX_MESSAGE + 1].into())).await;
+        assert!(
+            matches!(over, Err(TransportError::TooLarge { .. })),
+            "{over:?}"
+        );
+
+        let (a, b) = (alice.stats(), bob.stats());
+        assert_eq!((a.published, a.publish_failed, a.received), (6, 1, 1));
+        assert_eq!((b.published, b.received, b.dropped), (1, 6, 0));
+        assert!(a.connected && b.connected);
+        within(alice.stop()).await;
+        within(bob.stop()).await;
+    }
+}
+
+#[tokio::test]
+async fn with_two_brokers_every_message_arrives_once_even_when_one_is_killed_midway() {
+    const TEST: &str = "signal::with_two_brokers_every_message_arrives_once";
+    let Some(mut first) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let Some(second) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let urls = [first.url(), second.url()];
+    let (alice, _to_alice) = Brokers::mqtt(&urls, ALICE, quick()).expect("alice");
+    let (bob, mut to_bob) = Brokers::mqtt(&urls, BOB, quick()).expect("bob");
+    within(alice.subscribed(2)).await;
+    within(bob.subscribed(2)).await;
+
+    let mut delivered = HashSet::new();
+    for round in ["before", "after"] {
+        if round == "after" {
+            first.kill();
+        }
+        for i in 0..10 {
+            let m = Bytes::from(format!("{round} {i}"));
+            let d = within(alice.publish(BOB, m)).await.expect("published");
+            if round == "before" {
+                let failed = d
+                    .outcomes
+                    .iter()
+                    .any(|(_, o)| matches!(o, Outcome::Failed(_)));
+                assert!(!failed, "both brokers are up: {d}");
+            } else {
+                assert!(matches!(d.outcomes[1].1, Outcome::Accepted), "{d}");
+            }
+        }
+        for _ in 0..10 {
+            let a = within(to_bob.recv()).await.expect("an arrival");
+            assert!(delivered.insert(a.payload.clone()), "{:?} twice", a.payload);
+        }
+    }
+    // Once bob's transports have stopped, whatever is left is the second copy of a
+    // message already delivered: none of it may come out.
+    within(bob.stop()).await;
+    if let Some(a) = within(to_bob.recv()).await {
+        panic!("{:?} was delivered twice", a.payload);
+    }
+    assert_eq!(delivered.len(), 20);
+    let s = bob.stats();
+    assert_eq!(s.total.received, 20 + s.duplicates, "{s:?}");
+    let a = alice.stats();
+    // Every publish went through the second broker; a PUBACK that came after the call
+    // returned (another broker had accepted) is counted all the same.
+    assert_eq!(a.brokers[1].transport.published, 20, "{a:?}");
+    assert!(!a.brokers[0].transport.connected, "{a:?}");
+    within(alice.stop()).await;
+}
+
+#[tokio::test]
+async fn a_broker_restarted_on_the_same_port_is_reconnected_and_the_subscription_works_again() {
+    const TEST: &str = "signal::a_broker_restarted_on_the_same_port_is_reconnected";
+    let Some(mut broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let (alice, _) = node(&broker, ALICE).await;
+    let (bob, mut to_bob) = node(&broker, BOB).await;
+    within(alice.publish(BOB, Bytes::from_static(b"before")))
+        .await
+        .unwrap();
+    assert_eq!(within(to_bob.recv()).await.unwrap().payload, "before");
+
+    broker.kill();
+    broker.restart().await;
+    within(bob.subscribed_times(2)).await;
+    within(alice.subscribed_times(2)).await;
+    assert_eq!(bob.stats().reconnects, 1);
+    assert_eq!(alice.stats().reconnects, 1);
+
+    within(alice.publish(BOB, Bytes::from_static(b"after")))
+        .await
+        .unwrap();
+    assert_eq!(within(to_bob.recv()).await.unwrap().payload, "after");
+    within(alice.stop()).await;
+    within(bob.stop()).await;
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_publishes_to_a_node_s_topic_do_not_end_its_transport_and_are_counted(
+) {
+    const TEST: &str = "signal::garbage_and_oversized_publishes_to_a_node_s_topic";
+    let Some(broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let (bob, mut to_bob) = node(&broker, BOB).await;
+    let plain = PlainClient::connect(&broker, None).await;
+
+    // Garbage is opaque bytes to a transport: delivered, for the sealing layer to refuse.
+    plain.publish(BOB, vec![0xff; 100]).await;
+    assert_eq!(
+        within(to_bob.recv()).await.unwrap().payload,
+        vec![0xff; 100]
+    );
+
+    // Oversized: refused by rumqttc from the packet header; the connection goes, and
+    // comes back.
+    plain.publish(BOB, vec![0; MAX_MESSAGE + 1]).await;
+    within(bob.subscribed_times(2)).await;
+    plain.publish(BOB, b"still here".to_vec()).await;
+    assert_eq!(within(to_bob.recv()).await.unwrap().payload, "still here");
+    let s = bob.stats();
+    assert_eq!((s.received, s.dropped, s.reconnects), (2, 1, 1), "{s:?}");
+    within(bob.stop()).await;
+}
+
+/// Reads one MQTT packet: its first byte and its body.
+async fn read_packet(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let kind = s.read_u8().await.expect("packet type");
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = s.read_u8().await.expect("remaining length");
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.expect("packet body");
+    (kind, body)
+}
+
+/// A QoS 0 PUBLISH of `payload` on `topic` (small enough for a 1-byte length).
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let len = 2 + topic.len() + payload.len();
+    let mut p = vec![0x30, u8::try_from(len).expect("small")];
+    p.extend_from_slice(&u16::try_from(topic.len()).unwrap().to_be_bytes());
+    p.extend_from_slice(topic.as_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Accepts one MQTT connection and answers its CONNECT and SUBSCRIBE; returns it.
+async fn accept_and_subscribe(l: &TcpListener) -> TcpStream {
+    let (mut s, _) = l.accept().await.expect("accept");
+    assert_eq!(read_packet(&mut s).await.0, 0x10, "CONNECT");
+    s.write_all(&[0x20, 2, 0, 0]).await.expect("CONNACK");
+    let (kind, body) = read_packet(&mut s).await;
+    assert_eq!(kind, 0x82, "SUBSCRIBE");
+    s.write_all(&[0x90, 3, body[0], body[1], 1])
+        .await
+        .expect("SUBACK");
+    s
+}
+
+#[tokio::test]
+async fn a_broker_that_sends_malformed_packets_and_other_topics_is_survived_and_counted() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("mqtt://{}", l.local_addr().unwrap());
+    let (inbox, mut to_bob) = Inbox::new(8);
+    let bob = MqttTransport::start(&url, BOB, inbox, quick()).expect("start");
+
+    let mut first = within(accept_and_subscribe(&l)).await;
+    within(bob.subscribed()).await;
+    let mut bad = publish_packet("p2pipe/1/someone-else", b"not for bob");
+    // A PUBLISH whose topic claims 200 bytes in a 5-byte packet.
+    bad.extend_from_slice(&[0x30, 5, 0, 200, b'a', b'b', b'c']);
+    within(first.write_all(&bad)).await.expect("write");
+
+    let mut second = within(accept_and_subscribe(&l)).await;
+    within(second.write_all(&publish_packet(BOB, b"good")))
+        .await
+        .expect("write");
+    assert_eq!(within(to_bob.recv()).await.unwrap().payload, "good");
+    let s = bob.stats();
+    assert_eq!((s.received, s.dropped, s.reconnects), (1, 2, 1), "{s:?}");
+    // Stopping sends a DISCONNECT to the broker.
+    let stopping = tokio::spawn(async move {
+        bob.stop().await;
+        bob.is_finished()
+    });
+    assert_eq!(within(read_packet(&mut second)).await.0, 0xe0, "DISCONNECT");
+    assert!(within(stopping).await.unwrap(), "the task ended");
+}
+
+#[tokio::test]
+async fn a_plain_mqtt_subscriber_to_a_node_s_topic_sees_exactly_the_bytes_published() {
+    const TEST: &str = "signal::a_plain_mqtt_subscriber_sees_exactly_the_bytes_published";
+    let Some(broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let (alice, _) = node(&broker, ALICE).await;
+    let (bob, mut to_bob) = node(&broker, BOB).await;
+    let bytes = Bytes::from((0..=255u8).collect::<Vec<u8>>());
+    let seen = plain_subscriber_sees(&broker, BOB, async {
+        within(alice.publish(BOB, bytes.clone())).await.unwrap();
+    })
+    .await;
+    assert_eq!(seen, bytes);
+    assert_eq!(within(to_bob.recv()).await.unwrap().payload, bytes);
+    within(alice.stop()).await;
+    within(bob.stop()).await;
+}
+
+#[tokio::test]
+async fn stopping_a_transport_ends_its_task_whether_its_broker_is_up_or_down() {
+    const TEST: &str = "signal::stopping_a_transport_ends_its_task";
+    let Some(mut broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let (bob, _) = node(&broker, BOB).await;
+    within(bob.stop()).await;
+    assert!(bob.is_finished());
+    let after = within(bob.publish(ALICE, Bytes::from_static(b"late"))).await;
+    assert!(
+        matches!(after, Err(TransportError::Stopped { .. })),
+        "{after:?}"
+    );
+
+    // Down: the transport is between reconnect attempts, or in one.
+    let (brokers, mut arrivals) = Brokers::mqtt(&[broker.url()], BOB, quick()).expect("start");
+    within(brokers.subscribed(1)).await;
+    broker.kill();
+    let d = within(brokers.publish(ALICE, Bytes::from_static(b"nobody"))).await;
+    assert!(matches!(d, Err(TransportError::NotDelivered(_))), "{d:?}");
+    within(brokers.stop()).await;
+    assert!(
+        within(arrivals.recv()).await.is_none(),
+        "every transport task has ended"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_that_never_acknowledges_does_not_hold_up_a_publish_through_the_others() {
+    const TEST: &str = "signal::a_broker_that_never_acknowledges_does_not_hold_up_a_publish";
+    let Some(broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let (_bob, mut to_bob) = node(&broker, BOB).await;
+    // A broker that answers CONNECT and SUBSCRIBE, then swallows every PUBLISH.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let urls = [
+        format!("mqtt://{}", silent.local_addr().unwrap()),
+        broker.url(),
+    ];
+    let (alice, _) = Brokers::mqtt(&urls, ALICE, quick()).expect("start");
+    let (_held_open, ()) =
+        within(async { tokio::join!(accept_and_subscribe(&silent), alice.subscribed(2)) }).await;
+
+    // Well under the silent broker's 5 s publish timeout.
+    let d = within_for(
+        Duration::from_secs(2),
+        alice.publish(BOB, Bytes::from_static(b"hi")),
+    )
+    .await
+    .expect("the live broker accepted");
+    assert!(matches!(d.outcomes[0].1, Outcome::Pending), "{d}");
+    assert!(matches!(d.outcomes[1].1, Outcome::Accepted), "{d}");
+    assert_eq!(within(to_bob.recv()).await.unwrap().payload, "hi");
+    within(alice.stop()).await;
+}
+
+#[tokio::test]
+async fn a_broker_that_refuses_the_connection_is_retried_and_publishes_fail_at_once_meanwhile() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("mqtt://{}", l.local_addr().unwrap());
+    let (inbox, _) = Inbox::new(8);
+    let bob = MqttTransport::start(&url, BOB, inbox, quick()).expect("start");
+
+    let (mut s, _) = within(l.accept()).await.expect("accept");
+    assert_eq!(within(read_packet(&mut s)).await.0, 0x10, "CONNECT");
+    // CONNACK, return code 5: not authorised.
+    within(s.write_all(&[0x20, 2, 0, 5]))
+        .await
+        .expect("CONNACK");
+    let early = within(bob.publish(ALICE, Bytes::from_static(b"early"))).await;
+    assert!(
+        matches!(early, Err(TransportError::NotConnected { .. })),
+        "{early:?}"
+    );
+
+    let _second = within(accept_and_subscribe(&l)).await;
+    within(bob.subscribed()).await;
+    let s = bob.stats();
+    assert_eq!(
+        (s.connected, s.reconnects, s.publish_failed),
+        (true, 0, 1),
+        "{s:?}"
+    );
+    within(bob.stop()).await;
+}
