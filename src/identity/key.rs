@@ -79,6 +79,11 @@ impl Identity {
         self.id
     }
 
+    /// The signing key, for the layers above that seal with it (never to be shown).
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// Signs `msg` with the node key.
     pub fn sign(&self, msg: &[u8]) -> Signature {
         self.key.sign(msg)

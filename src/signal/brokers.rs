@@ -59,7 +59,7 @@ impl std::fmt::Debug for Arrivals {
 }
 
 /// What happened to a publish at one transport.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The transport accepted it (for MQTT: the broker's PUBACK).
     Accepted,
@@ -71,7 +71,7 @@ pub enum Outcome {
 }
 
 /// The per-transport outcomes of one [`Brokers::publish`], in the transports' order.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Each transport's name and outcome.
     pub outcomes: Vec<(String, Outcome)>,

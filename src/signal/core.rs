@@ -348,6 +348,15 @@ impl Signalling {
         }
     }
 
+    /// The state of the node `identity`, as [`Signalling::new`] with its key.
+    pub fn for_identity(
+        identity: &crate::identity::Identity,
+        config: Config,
+        first_request_id: u64,
+    ) -> Signalling {
+        Signalling::new(identity.signing_key().clone(), config, first_request_id)
+    }
+
     /// This node's public key.
     pub fn public_key(&self) -> VerifyingKey {
         self.public

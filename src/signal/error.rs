@@ -3,7 +3,7 @@
 //! No variant carries key material or a payload: keys are named by their public
 //! fingerprint, payloads by their length.
 
-/// Errors from sealing and parsing signalling messages.
+/// Errors from sealing and parsing signalling messages, and from the [`Signaller`](super::Signaller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// A payload too large to be sealed into [`MAX_MESSAGE`](super::MAX_MESSAGE) bytes.
@@ -44,5 +44,44 @@ pub enum Error {
     TooManyPending {
         /// [`Config::max_pending`](super::Config::max_pending).
         max: usize,
+    },
+    /// A transport refused or could not deliver a publish.
+    #[error(transparent)]
+    Transport(#[from] super::TransportError),
+    /// No broker subscribed this node's topic in time.
+    #[error("no broker subscribed {topic} within {after:?}")]
+    NotSubscribed {
+        /// The node's topic.
+        topic: String,
+        /// The limit.
+        after: std::time::Duration,
+    },
+    /// A request got no response in time.
+    #[error("request to {peer} timed out after {after:?}")]
+    TimedOut {
+        /// The peer's node id.
+        peer: crate::identity::NodeId,
+        /// The limit.
+        after: std::time::Duration,
+    },
+    /// The peer has no address record to give.
+    #[error("{peer} has no address record to give")]
+    NoRecord {
+        /// The peer's node id.
+        peer: crate::identity::NodeId,
+    },
+    /// The record the peer gave does not parse, or is another node's.
+    #[error("address record from {peer} refused: {reason}")]
+    BadRecord {
+        /// The peer's node id.
+        peer: crate::identity::NodeId,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The signaller has been stopped.
+    #[error("signaller of {node} stopped")]
+    Stopped {
+        /// This node's id.
+        node: crate::identity::NodeId,
     },
 }

@@ -66,6 +66,7 @@ mod core;
 mod error;
 pub mod mqtt;
 pub mod seal;
+mod signaller;
 mod transport;
 
 pub use self::core::{Config, Counters, Delivered, DeliveredRequest, Dropped, Payload, Signalling};
@@ -79,4 +80,5 @@ pub use seal::{
     fingerprint, peek, seal, Fingerprint, Header, Kind, RequestId, MAX_MESSAGE, MAX_PAYLOAD,
     RANDOM_LEN,
 };
+pub use signaller::{Incoming, Signaller, SignallerConfig, SignallerCounters};
 pub use transport::{Arrival, Inbox, Transport, TransportError, TransportStats, MAX_TOPIC};

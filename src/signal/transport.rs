@@ -175,7 +175,7 @@ pub(crate) fn check_size(len: usize) -> Result<(), TransportError> {
 }
 
 /// What went wrong in a signalling transport. Payloads never appear here.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransportError {
     /// A broker URL that cannot be used.
     #[error("invalid broker url {url:?}: {reason}")]
