@@ -8,6 +8,7 @@
 //! [`Signaller::set_record`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -102,6 +103,8 @@ struct Shared {
     core: Mutex<Signalling>,
     waiters: Mutex<HashMap<RequestId, oneshot::Sender<Payload>>>,
     record: Mutex<Option<PeerRecord>>,
+    /// Set by the receiving task when it ends: every transport's inbox has closed.
+    ended: AtomicBool,
 }
 
 impl Shared {
@@ -196,6 +199,7 @@ impl Signaller {
             core: Mutex::new(core),
             waiters: Mutex::default(),
             record: Mutex::default(),
+            ended: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(INCOMING);
         let task = tokio::spawn(receive(shared.clone(), arrivals, tx));
@@ -316,22 +320,25 @@ impl Signaller {
     pub async fn stop(&self) {
         self.shared.brokers.stop().await;
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = task {
+        if let Some(mut task) = task {
             // The task ends when the transports' inboxes close; abort is a safety net.
-            if tokio::time::timeout(Duration::from_secs(1), &mut Box::pin(task))
+            if tokio::time::timeout(Duration::from_secs(1), &mut task)
                 .await
                 .is_err()
             {
                 tracing::warn!("signal receiving task did not end after stop");
+                task.abort();
             }
         }
         self.shared.waiters().clear();
     }
 
-    /// Whether the receiving task has ended (after [`Signaller::stop`]).
+    /// Whether the receiving task has ended on its own, which it does once every
+    /// transport's task has ended (after [`Signaller::stop`]).
     pub fn is_finished(&self) -> bool {
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        task.as_ref().is_none_or(JoinHandle::is_finished)
+        self.shared.ended.load(Ordering::Acquire)
+            && task.as_ref().is_none_or(JoinHandle::is_finished)
     }
 }
 
@@ -374,6 +381,7 @@ async fn receive(shared: Arc<Shared>, mut arrivals: Arrivals, out: mpsc::Sender<
             }
         }
     }
+    shared.ended.store(true, Ordering::Release);
 }
 
 /// Carries one delivered message where it goes.
