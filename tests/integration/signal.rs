@@ -9,7 +9,8 @@ use bytes::Bytes;
 use p2pipe::identity::{self, Identity, NodeId, PeerRecord};
 use p2pipe::signal::{
     self, Brokers, Config, Inbox, Incoming, MqttSettings, MqttTransport, Outcome, Signaller,
-    SignallerConfig, Signalling, Transport, TransportError, MAX_MESSAGE,
+    SignallerConfig, SignallerCounters, Signalling, Transport, TransportError, MAX_MESSAGE,
+    MAX_PAYLOAD, RANDOM_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -568,6 +569,104 @@ async fn fetch_record_returns_the_peer_s_verified_record_and_times_out_naming_a_
     assert!(text.contains("timed out after"), "{text}");
     assert!(text.contains(&nobody.node_id().to_string()), "{text}");
     assert_eq!(alice.counters().core.timed_out, 1);
+    within(alice.stop()).await;
+    within(bob.stop()).await;
+}
+
+/// Publishes `bad` on `topic` through `plain`, then `marker` (a real message) through the
+/// same connection, which keeps their order: once `node` has delivered the marker, it has
+/// dealt with `bad`. Returns the counters then.
+async fn after_marker(
+    plain: &PlainClient,
+    node: &Signaller,
+    topic: &str,
+    bad: Vec<u8>,
+    marker: Bytes,
+) -> SignallerCounters {
+    plain.publish(topic, bad).await;
+    plain.publish(topic, marker.to_vec()).await;
+    let (_, got) = next_message(node).await;
+    assert_eq!(got.len(), 7, "the marker comes after the bad message");
+    node.counters()
+}
+
+#[tokio::test]
+async fn forged_replayed_truncated_misaddressed_and_garbage_messages_are_dropped_each_under_its_own_counter(
+) {
+    const TEST: &str = "signal::forged_replayed_truncated_misaddressed_and_garbage_messages";
+    let Some(broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let (a, b) = alice_and_bob();
+    let carol = Identity::from_seed([3; 32]);
+    let topic = b.node_id().topic();
+    let alice = signaller(a.clone(), &[broker.url()]).await;
+    let bob = signaller(b.clone(), &[broker.url()]).await;
+    let mut plain = PlainClient::connect(&broker, Some(&topic)).await;
+
+    // A core of Alice's own in the test, to make envelopes to tamper with.
+    let alice_core = Signalling::for_identity(&a, Config::default(), 0);
+    let mut random = 0u8;
+    let mut seal_to = |to: &Identity, payload: &[u8]| {
+        random += 1;
+        let now = identity::unix_ms(SystemTime::now());
+        (alice_core.send(&to.public(), payload, now, [random; RANDOM_LEN])).expect("sealed")
+    };
+    let marker = |seal: &mut dyn FnMut(&Identity, &[u8]) -> Bytes| seal(&b, b"marker!");
+
+    // A genuine message, which the plain client sees and then replays.
+    within(alice.send(&b.public(), b"genuine"))
+        .await
+        .expect("sent");
+    assert_eq!(next_message(&bob).await.1, "genuine");
+    let seen = plain.next().await;
+    let m = marker(&mut seal_to);
+    let c = after_marker(&plain, &bob, &topic, seen.to_vec(), m).await;
+    assert_eq!(c.brokers.duplicates + c.core.replayed, 1, "replayed: {c:?}");
+
+    // Forged: Alice's envelope with Carol's key put in as the sender.
+    let mut forged = seal_to(&b, b"from carol, says the header").to_vec();
+    forged[2..34].copy_from_slice(carol.public().as_bytes());
+    let m = marker(&mut seal_to);
+    let c = after_marker(&plain, &bob, &topic, forged, m).await;
+    assert_eq!(c.core.forged, 1, "forged: {c:?}");
+
+    // Truncated: the first 100 bytes of a real envelope.
+    let truncated = seal_to(&b, b"cut short")[..100].to_vec();
+    let m = marker(&mut seal_to);
+    let c = after_marker(&plain, &bob, &topic, truncated, m).await;
+    assert_eq!(c.core.malformed, 1, "truncated: {c:?}");
+
+    // Misaddressed: sealed to Carol, published on Bob's topic.
+    let for_carol = seal_to(&carol, b"for carol").to_vec();
+    let m = marker(&mut seal_to);
+    let c = after_marker(&plain, &bob, &topic, for_carol, m).await;
+    assert_eq!(c.core.misaddressed, 1, "misaddressed: {c:?}");
+
+    // Garbage does not stop the node: the marker after it is delivered all the same.
+    let m = marker(&mut seal_to);
+    let c = after_marker(&plain, &bob, &topic, vec![0x5a; 300], m).await;
+    assert_eq!(c.core.malformed, 2, "garbage: {c:?}");
+
+    // Oversized: the largest payload fills MAX_MESSAGE exactly and is delivered; one
+    // byte more is refused when it is sealed, before anything is sent.
+    let largest = vec![7u8; MAX_PAYLOAD];
+    let at_limit = seal_to(&b, &largest);
+    assert_eq!(at_limit.len(), MAX_MESSAGE);
+    plain.publish(&topic, at_limit.to_vec()).await;
+    assert_eq!(next_message(&bob).await.1.len(), MAX_PAYLOAD);
+    let over = within(alice.send(&b.public(), &vec![7u8; MAX_PAYLOAD + 1])).await;
+    assert!(
+        matches!(over, Err(signal::Error::PayloadTooLarge { .. })),
+        "{over:?}"
+    );
+
+    let c = bob.counters();
+    assert_eq!(
+        c.core.delivered, 7,
+        "genuine, 5 markers, the largest: {c:?}"
+    );
+    assert_eq!(c.core.dropped(), 4 + c.core.replayed, "{c:?}");
     within(alice.stop()).await;
     within(bob.stop()).await;
 }
