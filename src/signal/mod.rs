@@ -60,6 +60,11 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! [`Signaller`] joins the two for a node: it owns its [`Identity`](crate::identity::Identity),
+//! its [`Brokers`] and a [`Signalling`], reads the clock and draws the random bytes, and
+//! offers `send`, `recv`, `request`, `respond` and `fetch_record` (docs/p2p.md,
+//! "Signalling in use").
 
 mod brokers;
 mod core;
