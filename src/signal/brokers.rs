@@ -14,9 +14,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{
-    Arrival, Inbox, MqttSettings, MqttTransport, Transport, TransportError, TransportStats,
-};
+use super::{Arrival, Error, Inbox, MqttSettings, MqttTransport, Transport, TransportStats};
 
 /// How long a de-duplication entry lasts by default.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
@@ -64,7 +62,7 @@ pub enum Outcome {
     /// The transport accepted it (for MQTT: the broker's PUBACK).
     Accepted,
     /// It failed there.
-    Failed(TransportError),
+    Failed(Error),
     /// No answer yet when [`Brokers::publish`] returned (another transport had accepted
     /// it and [`STRAGGLER_GRACE`] had passed); the publish may still go out.
     Pending,
@@ -131,7 +129,7 @@ impl Brokers {
         urls: &[S],
         topic: &str,
         settings: MqttSettings,
-    ) -> Result<(Brokers, Arrivals), TransportError> {
+    ) -> Result<(Brokers, Arrivals), Error> {
         let (inbox, rx) = Inbox::new(INBOX);
         let transports = urls
             .iter()
@@ -182,11 +180,11 @@ impl Brokers {
 
     /// Publishes `payload` to `topic` through every transport at once. Succeeds when at
     /// least one accepted it, with every transport's outcome; otherwise
-    /// [`TransportError::NotDelivered`]. A transport that is down fails at once, and one
+    /// [`Error::NotDelivered`]. A transport that is down fails at once, and one
     /// that is slow holds the call up for at most [`STRAGGLER_GRACE`] once another has
     /// accepted (and never beyond its own timeout). Cancel safety: dropping the future
     /// abandons the waits; publishes already handed to a transport may still go out.
-    pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<Delivery, TransportError> {
+    pub async fn publish(&self, topic: &str, payload: Bytes) -> Result<Delivery, Error> {
         let mut outcomes: Vec<Outcome> = self.transports.iter().map(|_| Outcome::Pending).collect();
         let mut pending: FuturesUnordered<_> = self
             .transports
@@ -224,7 +222,7 @@ impl Brokers {
                 .collect(),
         };
         if delivery.accepted() == 0 {
-            return Err(TransportError::NotDelivered(Box::new(delivery)));
+            return Err(Error::NotDelivered(Box::new(delivery)));
         }
         Ok(delivery)
     }
@@ -381,7 +379,7 @@ mod tests {
                 ("mqtt://a:1".into(), Outcome::Accepted),
                 (
                     "mqtt://b:1".into(),
-                    Outcome::Failed(TransportError::NotConnected {
+                    Outcome::Failed(Error::NotConnected {
                         broker: "mqtt://b:1".into(),
                     }),
                 ),

@@ -3,7 +3,8 @@
 //! No variant carries key material or a payload: keys are named by their public
 //! fingerprint, payloads by their length.
 
-/// Errors from sealing and parsing signalling messages, and from the [`Signaller`](super::Signaller).
+/// Errors of the signal layer: sealing and parsing messages, the transports and brokers,
+/// and the [`Signaller`](super::Signaller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// A payload too large to be sealed into [`MAX_MESSAGE`](super::MAX_MESSAGE) bytes.
@@ -45,9 +46,57 @@ pub enum Error {
         /// [`Config::max_pending`](super::Config::max_pending).
         max: usize,
     },
-    /// A transport refused or could not deliver a publish.
-    #[error(transparent)]
-    Transport(#[from] super::TransportError),
+    /// A broker URL that cannot be used.
+    #[error("invalid broker url {url:?}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// A topic that cannot be published to or subscribed to.
+    #[error("invalid topic {topic:?}: {reason}")]
+    Topic {
+        /// The topic (cut at [`MAX_TOPIC`](super::MAX_TOPIC) characters).
+        topic: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The transport is not connected now (it is reconnecting).
+    #[error("{broker}: not connected")]
+    NotConnected {
+        /// The transport's name.
+        broker: String,
+    },
+    /// The connection was lost before the broker acknowledged the publish.
+    #[error("{broker}: connection lost before the publish was acknowledged")]
+    ConnectionLost {
+        /// The transport's name.
+        broker: String,
+    },
+    /// The transport's request queue is full.
+    #[error("{broker}: too many publishes in flight")]
+    Busy {
+        /// The transport's name.
+        broker: String,
+    },
+    /// No acknowledgement within the limit.
+    #[error("{broker}: no acknowledgement within {after:?}")]
+    Timeout {
+        /// The transport's name.
+        broker: String,
+        /// The limit.
+        after: std::time::Duration,
+    },
+    /// The transport has been stopped.
+    #[error("{broker}: stopped")]
+    Stopped {
+        /// The transport's name.
+        broker: String,
+    },
+    /// No transport accepted a publish; the outcomes say why, per transport.
+    #[error("no broker accepted the message: {0}")]
+    NotDelivered(Box<super::Delivery>),
     /// No broker subscribed this node's topic in time.
     #[error("no broker subscribed {topic} within {after:?}")]
     NotSubscribed {
@@ -80,7 +129,7 @@ pub enum Error {
     },
     /// The signaller has been stopped.
     #[error("signaller of {node} stopped")]
-    Stopped {
+    Closed {
         /// This node's id.
         node: crate::identity::NodeId,
     },

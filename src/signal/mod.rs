@@ -49,7 +49,7 @@
 //!
 //! ```no_run
 //! use p2pipe::signal::{Brokers, MqttSettings};
-//! # async fn demo() -> Result<(), p2pipe::signal::TransportError> {
+//! # async fn demo() -> Result<(), p2pipe::signal::Error> {
 //! let urls = ["mqtt://127.0.0.1:1883", "mqtt://[::1]:1883"];
 //! let (brokers, mut arrivals) = Brokers::mqtt(&urls, "p2pipe/1/me", MqttSettings::default())?;
 //! brokers.subscribed(1).await;
@@ -86,4 +86,4 @@ pub use seal::{
     RANDOM_LEN,
 };
 pub use signaller::{Incoming, Signaller, SignallerConfig, SignallerCounters};
-pub use transport::{Arrival, Inbox, Transport, TransportError, TransportStats, MAX_TOPIC};
+pub use transport::{Arrival, Inbox, Transport, TransportStats, MAX_TOPIC};

@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::transport::{check_size, check_topic, Counters, MAX_TOPIC};
-use super::{Inbox, Transport, TransportError, TransportStats, MAX_MESSAGE};
+use super::{Error, Inbox, Transport, TransportStats, MAX_MESSAGE};
 
 /// The bytes a QoS 1 PUBLISH adds to its payload and topic in the packet's remaining
 /// length: the topic's 2-byte length and the 2-byte packet id.
@@ -74,8 +74,8 @@ pub struct BrokerUrl {
 impl BrokerUrl {
     /// Parses `url`. `tcp://` is taken as `mqtt://`; TLS and websocket schemes are
     /// refused (not supported yet).
-    pub fn parse(url: &str) -> Result<BrokerUrl, TransportError> {
-        let bad = |reason| TransportError::Url {
+    pub fn parse(url: &str) -> Result<BrokerUrl, Error> {
+        let bad = |reason| Error::Url {
             url: url.chars().take(256).collect(),
             reason,
         };
@@ -124,7 +124,7 @@ impl std::fmt::Display for BrokerUrl {
 ///
 /// ```no_run
 /// use p2pipe::signal::{Inbox, MqttTransport, Transport};
-/// # async fn demo() -> Result<(), p2pipe::signal::TransportError> {
+/// # async fn demo() -> Result<(), p2pipe::signal::Error> {
 /// let (inbox, mut arrivals) = Inbox::new(64);
 /// let me = MqttTransport::start("mqtt://127.0.0.1:1883", "p2pipe/1/me", inbox, Default::default())?;
 /// me.subscribed().await;
@@ -189,7 +189,7 @@ impl MqttTransport {
         topic: &str,
         inbox: Inbox,
         settings: MqttSettings,
-    ) -> Result<MqttTransport, TransportError> {
+    ) -> Result<MqttTransport, Error> {
         let broker = BrokerUrl::parse(url)?;
         check_topic(topic)?;
         let name = broker.to_string();
@@ -237,21 +237,21 @@ impl MqttTransport {
             .is_ok_and(|t| t.as_ref().is_none_or(JoinHandle::is_finished))
     }
 
-    async fn publish_inner(&self, topic: &str, payload: Bytes) -> Result<(), TransportError> {
+    async fn publish_inner(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
         check_topic(topic)?;
         check_size(payload.len())?;
         let broker = || self.name.clone();
         let acked = {
             let mut acks = self.shared.acks();
             if *self.shared.stop.borrow() {
-                return Err(TransportError::Stopped { broker: broker() });
+                return Err(Error::Stopped { broker: broker() });
             }
             if !acks.open {
-                return Err(TransportError::NotConnected { broker: broker() });
+                return Err(Error::NotConnected { broker: broker() });
             }
             self.client
                 .try_publish(topic, QoS::AtLeastOnce, false, Vec::from(payload))
-                .map_err(|_| TransportError::Busy { broker: broker() })?;
+                .map_err(|_| Error::Busy { broker: broker() })?;
             let (tx, rx) = oneshot::channel();
             acks.queued.push_back(tx);
             rx
@@ -259,8 +259,8 @@ impl MqttTransport {
         let after = self.settings.publish_timeout;
         match tokio::time::timeout(after, acked).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(TransportError::ConnectionLost { broker: broker() }),
-            Err(_) => Err(TransportError::Timeout {
+            Ok(Err(_)) => Err(Error::ConnectionLost { broker: broker() }),
+            Err(_) => Err(Error::Timeout {
                 broker: broker(),
                 after,
             }),
@@ -286,11 +286,7 @@ impl Transport for MqttTransport {
         &self.name
     }
 
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-    ) -> BoxFuture<'a, Result<(), TransportError>> {
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             // `published` is counted by the task, at the PUBACK.
             let r = self.publish_inner(topic, payload).await;

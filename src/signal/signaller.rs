@@ -255,7 +255,7 @@ impl Signaller {
         };
         let waited = async {
             self.shared.publish(to, sealed).await?;
-            rx.await.map_err(|_| Error::Stopped {
+            rx.await.map_err(|_| Error::Closed {
                 node: self.shared.identity.node_id(),
             })
         };

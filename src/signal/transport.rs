@@ -8,13 +8,12 @@
 //! transports of different kinds can be held together as `Box<dyn Transport>`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::MAX_MESSAGE;
+use super::{Error, MAX_MESSAGE};
 
 /// One signalling channel: MQTT ([`MqttTransport`](super::MqttTransport)) is the first.
 ///
@@ -28,11 +27,7 @@ pub trait Transport: Send + Sync {
     /// the channel has accepted it, or with an error: not connected, timed out, too
     /// large. Cancel safety: dropping the future abandons the wait, not the publish,
     /// which may still go out.
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-    ) -> BoxFuture<'a, Result<(), TransportError>>;
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Resolves once the transport receives on its topic (connected and subscribed), at
     /// once if it does now. Cancel safe.
@@ -147,7 +142,7 @@ impl Counters {
 pub const MAX_TOPIC: usize = 128;
 
 /// Checks a topic to publish to: not empty, at most [`MAX_TOPIC`] bytes, no wildcard.
-pub(crate) fn check_topic(topic: &str) -> Result<(), TransportError> {
+pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
     let reason = if topic.is_empty() {
         "empty"
     } else if topic.len() > MAX_TOPIC {
@@ -157,83 +152,19 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), TransportError> {
     } else {
         return Ok(());
     };
-    Err(TransportError::Topic {
+    Err(Error::Topic {
         topic: topic.chars().take(MAX_TOPIC).collect(),
         reason,
     })
 }
 
 /// Checks a payload's size against [`MAX_MESSAGE`].
-pub(crate) fn check_size(len: usize) -> Result<(), TransportError> {
+pub(crate) fn check_size(len: usize) -> Result<(), Error> {
     if len > MAX_MESSAGE {
-        return Err(TransportError::TooLarge {
+        return Err(Error::TooLarge {
             len,
             max: MAX_MESSAGE,
         });
     }
     Ok(())
-}
-
-/// What went wrong in a signalling transport. Payloads never appear here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
-    /// A broker URL that cannot be used.
-    #[error("invalid broker url {url:?}: {reason}")]
-    Url {
-        /// The URL as given.
-        url: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-    /// A topic that cannot be published to or subscribed to.
-    #[error("invalid topic {topic:?}: {reason}")]
-    Topic {
-        /// The topic (cut at [`MAX_TOPIC`] characters).
-        topic: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-    /// A payload over [`MAX_MESSAGE`].
-    #[error("message of {len} bytes is over the limit of {max}")]
-    TooLarge {
-        /// Its length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The transport is not connected now (it is reconnecting).
-    #[error("{broker}: not connected")]
-    NotConnected {
-        /// The transport's name.
-        broker: String,
-    },
-    /// The connection was lost before the broker acknowledged the publish.
-    #[error("{broker}: connection lost before the publish was acknowledged")]
-    ConnectionLost {
-        /// The transport's name.
-        broker: String,
-    },
-    /// The transport's request queue is full.
-    #[error("{broker}: too many publishes in flight")]
-    Busy {
-        /// The transport's name.
-        broker: String,
-    },
-    /// No acknowledgement within the limit.
-    #[error("{broker}: no acknowledgement within {after:?}")]
-    Timeout {
-        /// The transport's name.
-        broker: String,
-        /// The limit.
-        after: Duration,
-    },
-    /// The transport has been stopped.
-    #[error("{broker}: stopped")]
-    Stopped {
-        /// The transport's name.
-        broker: String,
-    },
-    /// No transport accepted a publish; the outcomes say why, per transport.
-    #[error("no broker accepted the message: {0}")]
-    NotDelivered(Box<super::Delivery>),
 }

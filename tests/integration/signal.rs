@@ -9,8 +9,8 @@ use bytes::Bytes;
 use p2pipe::identity::{self, Identity, NodeId, PeerRecord};
 use p2pipe::signal::{
     self, Brokers, Config, Inbox, Incoming, MqttSettings, MqttTransport, Outcome, Signaller,
-    SignallerConfig, SignallerCounters, Signalling, Transport, TransportError, MAX_MESSAGE,
-    MAX_PAYLOAD, RANDOM_LEN,
+    SignallerConfig, SignallerCounters, Signalling, Transport, MAX_MESSAGE, MAX_PAYLOAD,
+    RANDOM_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -86,7 +86,7 @@ async fn two_transports_exchange_messages_through_one_broker_over_ipv4_and_ipv6(
         assert_eq!(within(to_bob.recv()).await.unwrap().payload, largest);
         let over = within(alice.publish(BOB, vec![7u8; MAX_MESSAGE + 1].into())).await;
         assert!(
-            matches!(over, Err(TransportError::TooLarge { .. })),
+            matches!(over, Err(signal::Error::TooLarge { .. })),
             "{over:?}"
         );
 
@@ -310,7 +310,7 @@ async fn stopping_a_transport_ends_its_task_whether_its_broker_is_up_or_down() {
     assert!(bob.is_finished());
     let after = within(bob.publish(ALICE, Bytes::from_static(b"late"))).await;
     assert!(
-        matches!(after, Err(TransportError::Stopped { .. })),
+        matches!(after, Err(signal::Error::Stopped { .. })),
         "{after:?}"
     );
 
@@ -319,7 +319,7 @@ async fn stopping_a_transport_ends_its_task_whether_its_broker_is_up_or_down() {
     within(brokers.subscribed(1)).await;
     broker.kill();
     let d = within(brokers.publish(ALICE, Bytes::from_static(b"nobody"))).await;
-    assert!(matches!(d, Err(TransportError::NotDelivered(_))), "{d:?}");
+    assert!(matches!(d, Err(signal::Error::NotDelivered(_))), "{d:?}");
     within(brokers.stop()).await;
     assert!(
         within(arrivals.recv()).await.is_none(),
@@ -372,7 +372,7 @@ async fn a_broker_that_refuses_the_connection_is_retried_and_publishes_fail_at_o
         .expect("CONNACK");
     let early = within(bob.publish(ALICE, Bytes::from_static(b"early"))).await;
     assert!(
-        matches!(early, Err(TransportError::NotConnected { .. })),
+        matches!(early, Err(signal::Error::NotConnected { .. })),
         "{early:?}"
     );
 
