@@ -164,24 +164,39 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 ///
 /// [`Error::BadBroker`] naming the URL.
 pub fn check_broker_url(url: &str) -> Result<(), Error> {
-    let bad = || Error::BadBroker(url.to_owned());
-    let rest = url.strip_prefix("mqtt://").ok_or_else(bad)?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => {
-            !host.is_empty()
-                && host.len() <= 253
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        }
-    };
-    if port == 0 || !host_ok {
-        return Err(bad());
+    split_broker_url(url)
+        .map(drop)
+        .map_err(|_| Error::BadBroker(url.to_owned()))
+}
+
+/// Splits `mqtt://HOST:PORT` (as [`check_broker_url`] takes it) into its host (an IPv6
+/// address keeps its brackets) and port; the one check of broker URLs in the crate, which
+/// `signal::BrokerUrl` uses too.
+///
+/// # Errors
+///
+/// Why the URL cannot be used, in a few words.
+pub fn split_broker_url(url: &str) -> Result<(&str, u16), &'static str> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or("expected mqtt://HOST:PORT")?;
+    let (host, port) = rest.rsplit_once(':').ok_or("no port")?;
+    let port = (port.parse::<u16>().ok())
+        .filter(|&p| p != 0)
+        .ok_or("bad port")?;
+    if let Some(inner) = host.strip_prefix('[') {
+        let v6 = inner.strip_suffix(']').ok_or("unclosed '['")?;
+        v6.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "bad ipv6 address in brackets")?;
+    } else if host.contains(':') {
+        return Err("an ipv6 address needs brackets");
+    } else if host.is_empty()
+        || host.len() > 253
+        || !(host.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err("no host, or a path, user, query or bad character in it");
     }
-    Ok(())
+    Ok((host, port))
 }
 
 /// Lowercase hex.

@@ -87,30 +87,21 @@ impl BrokerUrl {
             _ => return Err(bad("expected mqtt://HOST:PORT")),
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (addr, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            (format!("[{addr}]"), after.strip_prefix(':'))
+        // The lenient forms become the one checked by identity::split_broker_url.
+        let has_port = match rest.rfind(']') {
+            Some(i) => rest[i..].contains(':'),
+            None => rest.contains(':'),
+        };
+        let canonical = if has_port {
+            format!("mqtt://{rest}")
         } else {
-            match rest.split_once(':') {
-                Some((_, port)) if port.contains(':') => {
-                    return Err(bad("an ipv6 address needs brackets"))
-                }
-                Some((host, port)) => (host.to_owned(), Some(port)),
-                None => (rest.to_owned(), None),
-            }
+            format!("mqtt://{rest}:1883")
         };
-        if host.is_empty() || host == "[]" || host.contains(['/', '@', '?', '#']) {
-            return Err(bad("no host, or a path, user or query"));
-        }
-        let port = match port {
-            None => 1883,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| bad("bad port"))?,
-        };
-        Ok(BrokerUrl { host, port })
+        let (host, port) = crate::identity::split_broker_url(&canonical).map_err(bad)?;
+        Ok(BrokerUrl {
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 
