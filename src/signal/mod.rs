@@ -12,12 +12,12 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use ed25519_dalek::SigningKey;
+//! use p2pipe::identity::Identity;
 //! use p2pipe::signal::{Config, Delivered, Dropped, Signalling, RANDOM_LEN};
 //!
 //! let now = 1_700_000_000_000; // unix ms
-//! let mut alice = Signalling::new(SigningKey::from_bytes(&[1; 32]), Config::default(), 7);
-//! let mut bob = Signalling::new(SigningKey::from_bytes(&[2; 32]), Config::default(), 9);
+//! let mut alice = Signalling::for_identity(&Identity::from_seed([1; 32]), Config::default(), 7);
+//! let mut bob = Signalling::for_identity(&Identity::from_seed([2; 32]), Config::default(), 9);
 //!
 //! // Random bytes come from the caller (the tokio layer draws them with getrandom).
 //! let (id, sealed) = alice.request(&bob.public_key(), b"your address?", now,

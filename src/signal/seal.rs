@@ -37,7 +37,7 @@ use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use hkdf::Hkdf;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 
 use super::Error;
@@ -68,12 +68,9 @@ pub const KDF_LABEL: &[u8] = b"p2pipe seal v1";
 /// recipient by (the same digest a node id is made of).
 pub type Fingerprint = [u8; 16];
 
-/// The fingerprint of `key`.
+/// The fingerprint of `key`: the bytes of its [`NodeId`](crate::identity::NodeId).
 pub fn fingerprint(key: &VerifyingKey) -> Fingerprint {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = [0; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
+    *crate::identity::NodeId::from_key(key).as_bytes()
 }
 
 /// Lowercase hex of a fingerprint, for errors and logs.
