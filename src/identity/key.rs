@@ -89,14 +89,6 @@ impl Identity {
         self.key.sign(msg)
     }
 
-    /// The X25519 secret of this key (the clamped ed25519 scalar, RFC 7748 form), for
-    /// Diffie-Hellman with a peer's key converted by
-    /// [`PublicKey::to_montgomery`](ed25519_dalek::VerifyingKey::to_montgomery). A
-    /// secret: keep it out of logs.
-    pub fn x25519_secret(&self) -> [u8; 32] {
-        self.key.to_scalar_bytes()
-    }
-
     /// Loads the key file at `path`.
     ///
     /// # Errors

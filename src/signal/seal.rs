@@ -236,7 +236,7 @@ pub fn seal(
         nonce: array(&random[32..56]),
     };
     let cipher = Keys {
-        static_static: StaticSecret::from(sender.to_scalar_bytes()).diffie_hellman(&their),
+        static_static: x25519_secret(sender).diffie_hellman(&their),
         ephemeral_static: ephemeral.diffie_hellman(&their),
     }
     .cipher(&header, recipient)

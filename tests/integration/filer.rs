@@ -1105,15 +1105,31 @@ async fn churn_fifty_nodes_fetches_stay_correct_and_tables_converge() {
         .filter(|(_, n, _)| n.peers().is_empty())
         .count();
     // Searches find what live nodes hold: ten nodes of the main part each search for the
-    // file of another, now that the churn is over.
+    // file of another, now that the churn is over. A search travels at most `search_ttl`
+    // + 1 hops (the default 8, then 7, ... down to 0), so the owner is drawn from the
+    // nodes within 8 links of the searcher: in a part whose tables hold two peers each,
+    // a node 12 links away is out of any search's reach, by the protocol, not by a fault.
+    let within_reach = |from: usize| {
+        let mut dist = vec![usize::MAX; survivors.len()];
+        dist[from] = 0;
+        let mut queue = std::collections::VecDeque::from([from]);
+        while let Some(at) = queue.pop_front() {
+            for &j in &links[at] {
+                if dist[j] == usize::MAX {
+                    dist[j] = dist[at] + 1;
+                    queue.push_back(j);
+                }
+            }
+        }
+        (0..survivors.len())
+            .filter(|&j| (1..=8).contains(&dist[j]))
+            .collect::<Vec<_>>()
+    };
     let pairs: Vec<(usize, usize)> = (0..10)
         .map(|k| {
             let from = main[k * main.len() / 10];
-            let mut of = main[next(main.len())];
-            if of == from {
-                of = main[(k * main.len() / 10 + 1) % main.len()];
-            }
-            (from, of)
+            let reach = within_reach(from);
+            (from, reach[next(reach.len())])
         })
         .collect();
     let searches = pairs.iter().map(|&(from, of)| {
