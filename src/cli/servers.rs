@@ -86,9 +86,16 @@ impl std::fmt::Display for Source {
 
 /// The CLI's config folder: `$XDG_CONFIG_HOME/p2pipe`, else `~/.config/p2pipe`.
 pub fn config_dir() -> Option<PathBuf> {
+    // As the XDG base directory spec says: an unset, empty or relative XDG_CONFIG_HOME is
+    // ignored, so that a key file never lands in whatever folder the command ran in.
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
     let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".config"))
+        })?;
     Some(base.join("p2pipe"))
 }
 

@@ -1270,6 +1270,31 @@ mod identity {
         assert_ne!(v["node_id"], id.to_string());
     }
 
+    /// An empty (or relative) XDG_CONFIG_HOME means "unset": the key goes to
+    /// ~/.config/p2pipe, never into the folder the command ran in.
+    #[tokio::test]
+    async fn id_with_an_empty_xdg_config_home_keeps_its_key_under_home() {
+        let home = tempfile::tempdir().unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        for xdg in ["", "relative/config"] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_p2pipe"));
+            cmd.arg("id")
+                .current_dir(cwd.path())
+                .env("XDG_CONFIG_HOME", xdg)
+                .env("HOME", home.path())
+                .kill_on_drop(true);
+            let out = within(cmd.output()).await.unwrap();
+            succeeded(&out);
+        }
+        let key = home.path().join(".config").join("p2pipe").join("node.key");
+        assert!(key.is_file(), "the key is at {}", key.display());
+        let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "nothing lands in the working folder: {left:?}"
+        );
+    }
+
     #[cfg(unix)]
     #[tokio::test]
     async fn id_refuses_a_key_file_other_users_can_read() {
