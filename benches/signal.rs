@@ -23,7 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use p2pipe::signal::{Arrival, Inbox, MqttSettings, MqttTransport, Transport};
+use p2pipe::identity::{Identity, PublicKey};
+use p2pipe::signal::{
+    Arrival, Inbox, Incoming, MqttSettings, MqttTransport, Signaller, SignallerConfig, Transport,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -188,6 +191,38 @@ async fn ours(url: &str) -> (Ours, Arc<MqttTransport>) {
     (Ours(a, a_rx, Bytes::from(vec![7u8; SIZE])), b)
 }
 
+/// p2pipe's whole signalling path: A's `Signaller` seals 200 B to B, B's opens it and
+/// seals it back from a task, A opens the echo.
+struct Sealed(Signaller, PublicKey, Bytes);
+impl Side for Sealed {
+    async fn round(&mut self) -> Duration {
+        let t = Instant::now();
+        for _ in 0..ROUND_TRIPS {
+            self.0.send(&self.1, &self.2).await.expect("send");
+            self.0.recv().await.expect("the echo");
+        }
+        t.elapsed()
+    }
+}
+
+/// Two signallers on the same broker; B echoes every message to its sender.
+async fn sealed(url: &str) -> (Sealed, Arc<Signaller>) {
+    let urls = [url];
+    let start = |id| Signaller::start(id, &urls, SignallerConfig::default());
+    let a = start(Identity::generate()).await.expect("start a");
+    let b = Arc::new(start(Identity::generate()).await.expect("start b"));
+    let b_key = b.identity().public();
+    let echo = b.clone();
+    tokio::spawn(async move {
+        while let Some(m) = echo.recv().await {
+            if let Incoming::Message { from, payload } = m {
+                let _ = echo.send(&from, &payload).await;
+            }
+        }
+    });
+    (Sealed(a, b_key, Bytes::from(vec![7u8; SIZE])), b)
+}
+
 fn main() {
     let Some(broker) = Broker::start() else {
         println!("signal bench: mosquitto is not installed (apt-get install mosquitto); skipped");
@@ -220,5 +255,18 @@ async fn all(addr: SocketAddr, url: &str, rounds: usize) {
         b.stats()
     );
     ours.0.stop().await;
+    b.stop().await;
+
+    let (mut sealed, b) = sealed(url).await;
+    compare(
+        "sealed_round_trip_200B",
+        "p2pipe",
+        rounds,
+        &mut raw,
+        &mut sealed,
+    )
+    .await;
+    println!("p2pipe signallers: A {:?}", sealed.0.counters());
+    sealed.0.stop().await;
     b.stop().await;
 }
