@@ -82,8 +82,7 @@ pub use brokers::{
 pub use error::Error;
 pub use mqtt::{BrokerUrl, MqttSettings, MqttTransport};
 pub use seal::{
-    fingerprint, peek, seal, Fingerprint, Header, Kind, RequestId, MAX_MESSAGE, MAX_PAYLOAD,
-    RANDOM_LEN,
+    fingerprint, seal, Fingerprint, Header, Kind, RequestId, MAX_MESSAGE, MAX_PAYLOAD, RANDOM_LEN,
 };
 pub use signaller::{Incoming, Signaller, SignallerConfig, SignallerCounters};
 pub use transport::{Arrival, Inbox, Transport, TransportStats, MAX_TOPIC};

@@ -193,11 +193,6 @@ impl Header {
     }
 }
 
-/// The header of an envelope, for routing (who sent it, to whom), without opening it.
-pub fn peek(envelope: &[u8]) -> Result<Header, Error> {
-    Header::parse(envelope)
-}
-
 /// Copies a slice of known length into an array.
 fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     let mut out = [0; N];
@@ -340,7 +335,7 @@ mod tests {
         let kind = Kind::Request(RequestId(0x0102_0304_0506_0708));
         let sealed = seal(&alice(), &bob(), kind, b"hi", NOW, [5; RANDOM_LEN]).unwrap();
         assert_eq!(sealed.len(), HEADER_LEN + 2 + TAG_LEN);
-        let header = peek(&sealed).unwrap();
+        let header = Header::parse(&sealed).unwrap();
         assert_eq!(header.kind, kind);
         assert_eq!(header.sender, alice().verifying_key());
         assert_eq!(header.recipient, fingerprint(&bob()));
