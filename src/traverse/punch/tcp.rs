@@ -1,1 +1,7 @@
 //! TCP hole punching.
+
+mod feasibility;
+
+pub use feasibility::{
+    tcp_feasibility, Inbound, Side, TcpMapping, TcpNatSummary, TcpRefusal, TcpWay,
+};
