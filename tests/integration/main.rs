@@ -20,3 +20,4 @@ mod signal;
 mod skips;
 mod stun;
 mod support;
+mod tcppunch;
