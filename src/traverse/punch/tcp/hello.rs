@@ -237,6 +237,14 @@ mod tests {
     }
 
     #[test]
+    fn an_offer_matches_the_fuzz_seed_written_by_fuzz_seed_py() {
+        let key = HelloKey::from_nonces(b"fuzz initiator", b"fuzz responder");
+        let wire = wire(&Hello::new(&key, HelloKind::Offer));
+        let hex: String = wire.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "50325448010120dfc384412a223ccf5b831077731fe9");
+    }
+
+    #[test]
     fn nonces_are_not_confused_by_where_one_ends() {
         assert_ne!(
             HelloKey::from_nonces(b"ab", b"c"),
