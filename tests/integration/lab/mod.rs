@@ -45,6 +45,7 @@ mod nat;
 pub mod natdiscovery;
 mod peers;
 mod services;
+mod tcppunch;
 mod tests;
 
 pub use services::TurnServer;
