@@ -110,6 +110,7 @@ fn side(
     tell: mpsc::Sender<Learned>,
     plans: mpsc::Receiver<Plan>,
     nats: (TcpNatSummary, TcpNatSummary),
+    limit: Duration,
 ) -> Ended {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -130,7 +131,7 @@ fn side(
         let plan = plans.recv_timeout(LAB_T).expect("a plan");
         let key = HelloKey::from_nonces(b"lab initiator nonce", b"lab responder nonce");
         let called = Instant::now();
-        match port.punch(&plan, &nats.0, &nats.1, &key, PUNCH_LIMIT).await {
+        match port.punch(&plan, &nats.0, &nats.1, &key, limit).await {
             Ok(mut stream) => {
                 let after = plan.start.elapsed();
                 let peer = stream.peer_addr().expect("peer address");
@@ -165,9 +166,14 @@ fn side(
 
 /// Builds a lab for `a` (peer 1, the initiator) and `b` (peer 2) and punches.
 fn punch_pair(a: NatKind, b: NatKind) -> Pair {
+    punch_pair_claiming(a, b, [tcp_summary(a), tcp_summary(b)], PUNCH_LIMIT)
+}
+
+/// As [`punch_pair`], with each side told `nats` of the two NATs (true or not), and
+/// the punch's time limit `limit`.
+fn punch_pair_claiming(a: NatKind, b: NatKind, nats: [TcpNatSummary; 2], limit: Duration) -> Pair {
     let lab = Lab::builder().peers(a, b).build();
     let rtt = rtt_through_inet(&lab);
-    let nats = [tcp_summary(a), tcp_summary(b)];
     let stun = [lab.stun_primary(), lab.stun_alternate()];
     let mut tells = Vec::new();
     let mut plan_txs = Vec::new();
@@ -177,7 +183,7 @@ fn punch_pair(a: NatKind, b: NatKind) -> Pair {
         let (plan_tx, plan_rx) = mpsc::channel();
         let nat_pair = (nats[n], nats[1 - n]);
         handles.push(lab.spawn_in(lab.ns_peer(n + 1), move || {
-            side(stun, tell, plan_rx, nat_pair)
+            side(stun, tell, plan_rx, nat_pair, limit)
         }));
         tells.push(told);
         plan_txs.push(plan_tx);
@@ -205,8 +211,10 @@ fn punch_pair(a: NatKind, b: NatKind) -> Pair {
         };
         plan_txs[n].send(plan).expect("the side waits for its plan");
     }
-    let limit = START_AFTER + PUNCH_LIMIT + LAB_T;
-    let ended: Vec<Ended> = handles.into_iter().map(|h| h.join_within(limit)).collect();
+    let join_limit = START_AFTER + limit + LAB_T;
+    let ended: Vec<Ended> = (handles.into_iter())
+        .map(|h| h.join_within(join_limit))
+        .collect();
     check_mappings(&lab, &learned);
     Pair {
         kinds: (a, b),
@@ -340,6 +348,28 @@ fn symmetric_peers_are_refused_at_once_as_unpredictable() {
             unreachable!()
         };
         assert!(why.contains("unpredictable"), "{why}");
+    }
+}
+
+#[test]
+fn a_punch_forced_past_the_refusal_between_symmetric_and_a_cone_gets_nothing() {
+    lab_or_skip!();
+    // Both sides are told the symmetric NAT preserves ports: the theory is bypassed,
+    // and the lab shows why it refuses.
+    let lie = TcpNatSummary {
+        mapping: TcpMapping::Translated(Some(PortAllocation::Preserving)),
+        inbound: Inbound::Filtered,
+    };
+    let limit = Duration::from_secs(2);
+    let kinds = (NatKind::Symmetric, NatKind::PortRestrictedCone);
+    let p = punch_pair_claiming(kinds.0, kinds.1, [lie, lie], limit);
+    assert_eq!(p.theory, Ok(TcpWay::SimultaneousOpen), "the lie");
+    for e in &p.ended {
+        let Ended::Failed(why) = e else {
+            panic!("a punch the theory rules out got through: {p:?}");
+        };
+        assert!(why.contains("gave no connection within 2s"), "{why}");
+        assert!(why.contains("(no answer)"), "{why}");
     }
 }
 
