@@ -60,22 +60,46 @@ async fn ping_pong(a: &mut TcpStream, b: &mut TcpStream) {
     assert_eq!(&buf, b"pong");
 }
 
+/// One side of a loopback punch: its port, the peer's candidates, the NATs it is told
+/// of (its own first) and its key.
+struct Side {
+    port: PunchPort,
+    remote: Vec<SocketAddr>,
+    nats: (TcpNatSummary, TcpNatSummary),
+    key: HelloKey,
+}
+
+type Punched = Result<TcpStream, Error>;
+
+/// Punches `a` (the initiator) and `b` (the responder) at once, both starting at
+/// `start`, each within `limit`.
+async fn punch_both(a: Side, b: Side, start: Instant, limit: Duration) -> (Punched, Punched) {
+    let run = |s: Side, role| async move {
+        let p = plan(s.remote, role, start);
+        (s.port)
+            .punch(&p, &s.nats.0, &s.nats.1, &s.key, limit)
+            .await
+    };
+    within(async { tokio::join!(run(a, Role::Initiator), run(b, Role::Responder)) }).await
+}
+
+/// A firewalled side punching from `port` to `remote` with the test's key.
+fn firewalled(port: PunchPort, remote: SocketAddr) -> Side {
+    Side {
+        port,
+        remote: vec![remote],
+        nats: (FIREWALLED, FIREWALLED),
+        key: key(),
+    }
+}
+
 #[tokio::test]
 async fn two_firewalled_ports_open_one_connection_at_the_agreed_moment() {
     for ip in loopbacks("two_firewalled_ports_open_one_connection_at_the_agreed_moment") {
         let (a, b) = (port(ip), port(ip));
         let (at_a, at_b) = (a.local_addr(), b.local_addr());
         let start = Instant::now() + Duration::from_millis(50);
-        let pa = plan(vec![at_b], Role::Initiator, start);
-        let pb = plan(vec![at_a], Role::Responder, start);
-        let (ka, kb) = (key(), key());
-        let (ra, rb) = within(async {
-            tokio::join!(
-                a.punch(&pa, &FIREWALLED, &FIREWALLED, &ka, LIMIT),
-                b.punch(&pb, &FIREWALLED, &FIREWALLED, &kb, LIMIT)
-            )
-        })
-        .await;
+        let (ra, rb) = punch_both(firewalled(a, at_b), firewalled(b, at_a), start, LIMIT).await;
         let (mut sa, mut sb) = (ra.unwrap(), rb.unwrap());
         assert!(
             Instant::now() >= start,
@@ -111,19 +135,9 @@ async fn the_mapping_is_learned_by_stun_over_tcp_from_the_punching_port() {
     );
     // The STUN connection stays open on the shared port, and the punch still works.
     let b = port(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let at_b = b.local_addr();
     let start = Instant::now() + Duration::from_millis(20);
-    let (pa, pb) = (
-        plan(vec![b.local_addr()], Role::Initiator, start),
-        plan(vec![mapped], Role::Responder, start),
-    );
-    let (ka, kb) = (key(), key());
-    let (ra, rb) = within(async {
-        tokio::join!(
-            a.punch(&pa, &FIREWALLED, &FIREWALLED, &ka, LIMIT),
-            b.punch(&pb, &FIREWALLED, &FIREWALLED, &kb, LIMIT)
-        )
-    })
-    .await;
+    let (ra, rb) = punch_both(firewalled(a, at_b), firewalled(b, mapped), start, LIMIT).await;
     ping_pong(&mut ra.unwrap(), &mut rb.unwrap()).await;
 }
 
@@ -132,18 +146,18 @@ async fn an_open_side_accepts_a_peer_connecting_from_any_port() {
     for ip in loopbacks("an_open_side_accepts_a_peer_connecting_from_any_port") {
         let (open, behind) = (port(ip), port(ip));
         let at_open = open.local_addr();
-        let start = Instant::now();
+        let behind = Side {
+            nats: (RANDOM, OPEN),
+            ..firewalled(behind, at_open)
+        };
         // The open side has nothing to connect to: the peer's ports are unpredictable.
-        let p_open = plan(vec![], Role::Responder, start);
-        let p_behind = plan(vec![at_open], Role::Initiator, start);
-        let (ko, kb) = (key(), key());
-        let (ro, rb) = within(async {
-            tokio::join!(
-                open.punch(&p_open, &OPEN, &RANDOM, &ko, LIMIT),
-                behind.punch(&p_behind, &RANDOM, &OPEN, &kb, LIMIT)
-            )
-        })
-        .await;
+        let open = Side {
+            port: open,
+            remote: vec![],
+            nats: (OPEN, RANDOM),
+            key: key(),
+        };
+        let (rb, ro) = punch_both(behind, open, Instant::now(), LIMIT).await;
         let (mut so, mut sb) = (ro.unwrap(), rb.unwrap());
         assert_eq!(so.local_addr().unwrap(), at_open, "{ip}");
         ping_pong(&mut sb, &mut so).await;
@@ -253,18 +267,12 @@ async fn a_peer_with_another_key_is_never_taken() {
     for ip in loopbacks("a_peer_with_another_key_is_never_taken") {
         let (a, b) = (port(ip), port(ip));
         let (at_a, at_b) = (a.local_addr(), b.local_addr());
-        let start = Instant::now();
         let limit = Duration::from_millis(500);
-        let pa = plan(vec![at_b], Role::Initiator, start);
-        let pb = plan(vec![at_a], Role::Responder, start);
-        let (ka, kb) = (key(), HelloKey::new([9; 32]));
-        let (ra, rb) = within(async {
-            tokio::join!(
-                a.punch(&pa, &FIREWALLED, &FIREWALLED, &ka, limit),
-                b.punch(&pb, &FIREWALLED, &FIREWALLED, &kb, limit)
-            )
-        })
-        .await;
+        let b = Side {
+            key: HelloKey::new([9; 32]),
+            ..firewalled(b, at_a)
+        };
+        let (ra, rb) = punch_both(firewalled(a, at_b), b, Instant::now(), limit).await;
         let (ea, eb) = (ra.unwrap_err(), rb.unwrap_err());
         assert!(matches!(ea, Error::TimedOut { .. }), "{ip}: {ea}");
         // The responder hears the offer under the wrong key, on the connection it made

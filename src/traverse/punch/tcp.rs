@@ -256,8 +256,9 @@ impl<'a> Run<'a> {
             let Some(wake) = self.start_due_attempts() else {
                 return Err(self.schedule.tried());
             };
+            let event = self.next_event(wake).await;
             let now = Instant::now();
-            match self.next_event(wake).await {
+            match event {
                 Event::Due => {}
                 Event::Connected(to, Ok(stream)) => {
                     self.schedule.on_result(to, Attempted::Connected, now);
@@ -279,7 +280,7 @@ impl<'a> Run<'a> {
                     }
                 }
                 Event::Hello(Origin::Candidate(to), Err(ended)) => {
-                    self.schedule.on_result(to, ended, Instant::now());
+                    self.schedule.on_result(to, ended, now);
                 }
                 Event::Hello(Origin::Accepted, Err(ended)) => {
                     self.schedule.on_inbound_refused(ended);
@@ -317,6 +318,10 @@ impl<'a> Run<'a> {
 
     fn start_handshake(&mut self, stream: TcpStream, origin: Origin) {
         if self.hellos.len() >= MAX_HANDSHAKES {
+            if let Origin::Candidate(to) = origin {
+                let busy = Attempted::Failed(io::ErrorKind::WouldBlock);
+                self.schedule.on_result(to, busy, Instant::now());
+            }
             return;
         }
         let handshake = self.handshake.clone();
