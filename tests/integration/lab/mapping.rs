@@ -78,6 +78,33 @@ fn chains_ruleset(wan: Ipv4Addr) -> String {
     )
 }
 
+/// Held only while miniupnpd starts: STUN answers from coturn's other address or port
+/// (RFC 5780 tests) are new flows to the router, which a full-cone kind's catch-all DNAT
+/// would send on to the host; miniupnpd would then see 1 answer of 4, call the router a
+/// restrictive NAT and map nothing. Binding them to the router itself first keeps them
+/// there. Deleted once miniupnpd is ready, so the kinds are as the lab made them.
+fn stun_to_self_ruleset(wan: Ipv4Addr) -> String {
+    format!(
+        "table inet lab_mapping_stun {{\n\
+         \x20 chain prerouting {{ type nat hook prerouting priority dstnat - 10; policy accept; \
+         iifname \"wan\" ip saddr 203.0.113.0/24 udp sport {{ 3478, 3479 }} dnat ip to {wan}; }}\n\
+         }}\n"
+    )
+}
+
+/// Runs `nft ARGS` in namespace `ns` with `input` on stdin, panicking on failure.
+fn nft(ns: &str, args: &[&str], input: Option<&str>) -> String {
+    let mut cmd = ip(&["netns", "exec", ns]);
+    cmd.arg(which("nft").expect("nft")).args(args);
+    let r = run(cmd, input, LAB_T);
+    assert!(
+        r.success(),
+        "nft {args:?} in {ns}: {}\n{input:?}",
+        r.stderr()
+    );
+    r.stdout()
+}
+
 fn config(lab_dir: &std::path::Path, n: usize) -> String {
     let leases = lab_dir.join(format!("miniupnpd{n}.leases"));
     format!(
@@ -99,10 +126,9 @@ impl MiniUpnpd {
     /// forwarding is enabled (a bounded poll of its log, 15 s in all).
     pub fn start(lab: &Lab, n: usize) -> MiniUpnpd {
         let router = lab.ns_router(n).to_owned();
-        let mut nft = ip(&["netns", "exec", &router]);
-        nft.arg(which("nft").expect("nft")).args(["-f", "-"]);
-        let r = run(nft, Some(&chains_ruleset(super::router_wan_ip(n))), LAB_T);
-        assert!(r.success(), "nft in {router}: {}", r.stderr());
+        let wan = super::router_wan_ip(n);
+        nft(&router, &["-f", "-"], Some(&chains_ruleset(wan)));
+        nft(&router, &["-f", "-"], Some(&stun_to_self_ruleset(wan)));
         let conf = lab.dir.join(format!("miniupnpd{n}.conf"));
         std::fs::write(&conf, config(&lab.dir, n)).expect("write miniupnpd.conf");
         let log = lab.dir.join(format!("miniupnpd{n}.log"));
@@ -131,6 +157,11 @@ impl MiniUpnpd {
             leases: lab.dir.join(format!("miniupnpd{n}.leases")),
         };
         upnpd.wait_ready();
+        nft(
+            &upnpd.router,
+            &["delete", "table", "inet", "lab_mapping_stun"],
+            None,
+        );
         upnpd
     }
 
@@ -182,12 +213,7 @@ pub struct RouterView {
 impl RouterView {
     /// The router's miniupnpd chains as `nft` lists them.
     pub fn chains(&self) -> String {
-        let mut nft = ip(&["netns", "exec", &self.router]);
-        nft.arg(which("nft").expect("nft"))
-            .args(["list", "table", "inet", "filter"]);
-        let r = run(nft, None, LAB_T);
-        assert!(r.success(), "nft list in {}: {}", self.router, r.stderr());
-        r.stdout()
+        nft(&self.router, &["list", "table", "inet", "filter"], None)
     }
 
     /// Whether the router forwards external port `port` of `proto` (a DNAT rule in
