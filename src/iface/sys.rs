@@ -14,7 +14,11 @@ pub(crate) fn route_table(af: Af) -> Result<RouteTable, Error> {
     // network namespace, while a thread that entered another namespace (setns) routes
     // by that one. Kernels before 3.17 lack `thread-self`: then the process's.
     let (path, fallback, parse): (&'static str, &'static str, fn(&str) -> RouteTable) = match af {
-        Af::V4 => ("/proc/thread-self/net/route", "/proc/net/route", parse_proc_route),
+        Af::V4 => (
+            "/proc/thread-self/net/route",
+            "/proc/net/route",
+            parse_proc_route,
+        ),
         Af::V6 => (
             "/proc/thread-self/net/ipv6_route",
             "/proc/net/ipv6_route",
