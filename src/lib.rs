@@ -67,6 +67,11 @@ pub struct MeshDocDoctests;
 #[doc = include_str!("../docs/filer.md")]
 pub struct FilerDocDoctests;
 
+/// The examples in docs/traversal-mapping.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/traversal-mapping.md")]
+pub struct TraversalMappingDoctests;
+
 /// The examples in docs/p2p.md, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/p2p.md")]
