@@ -212,11 +212,14 @@ impl Drop for Mapping {
         rt.spawn(async move {
             let deadline = Instant::now() + DROP_DELETE_LIMIT;
             let delete = async { session.lock().await.delete(&want, external, deadline).await };
-            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(DROP_DELETE_LIMIT, delete)
-                .await
-                .map_err(|_| Error::Invalid("deletion on drop timed out"))
-            {
-                tracing::warn!(%external, error = %e, "port mapping not deleted on drop");
+            match tokio::time::timeout(DROP_DELETE_LIMIT, delete).await {
+                Ok(Ok(())) => tracing::debug!(%external, "port mapping deleted on drop"),
+                Ok(Err(e)) => {
+                    tracing::warn!(%external, error = %e, "port mapping not deleted on drop")
+                }
+                Err(_) => {
+                    tracing::warn!(%external, "port mapping not deleted on drop: no answer in time")
+                }
             }
         });
     }

@@ -223,11 +223,12 @@ pub fn describe(code: u8) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn request() -> MapRequest {
+    /// A MAP of UDP port 5000 from 198.18.1.2, nonce `[7; 12]`, 60 s.
+    pub(in super::super) fn request() -> MapRequest {
         MapRequest {
             lifetime: 60,
             client: Ipv4Addr::new(198, 18, 1, 2).into(),

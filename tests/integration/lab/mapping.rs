@@ -247,6 +247,19 @@ impl Drop for MiniUpnpd {
     }
 }
 
+/// A one-host lab behind a port-restricted cone with miniupnpd on its router; `None`
+/// (SKIPPED printed) without miniupnpd.
+fn lab_with_miniupnpd(test: &str) -> Option<(Lab, MiniUpnpd)> {
+    if !miniupnpd_or_skip(test) {
+        return None;
+    }
+    let lab = Lab::builder()
+        .uplink(NatKind::PortRestrictedCone, None)
+        .build();
+    let upnpd = MiniUpnpd::start(&lab, 1);
+    Some((lab, upnpd))
+}
+
 /// A current-thread runtime, for code run inside a namespace's thread.
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -312,15 +325,11 @@ fn options(method: Method, lifetime: Duration) -> Options {
 #[test]
 fn each_method_maps_udp_and_tcp_ports_that_the_internet_reaches_until_closed() {
     lab_or_skip!();
-    if !miniupnpd_or_skip(
+    let Some((lab, upnpd)) = lab_with_miniupnpd(
         "lab::mapping::each_method_maps_udp_and_tcp_ports_that_the_internet_reaches_until_closed",
-    ) {
+    ) else {
         return;
-    }
-    let lab = Lab::builder()
-        .uplink(NatKind::PortRestrictedCone, None)
-        .build();
-    let upnpd = MiniUpnpd::start(&lab, 1);
+    };
     let servers = Servers::start(&lab, lab.ns_host(), lab.host_ip(1));
     let targets = [Proto::Udp, Proto::Tcp].map(|p| (p, servers.addr(p)));
     let (router, inet, wan) = (upnpd.view(), lab.ns_inet().to_owned(), lab.wan_ip(1));
@@ -412,15 +421,11 @@ fn expiry(line: &str) -> u64 {
 #[test]
 fn each_method_renews_a_short_lease_at_the_router_before_it_ends() {
     lab_or_skip!();
-    if !miniupnpd_or_skip(
+    let Some((lab, upnpd)) = lab_with_miniupnpd(
         "lab::mapping::each_method_renews_a_short_lease_at_the_router_before_it_ends",
-    ) {
+    ) else {
         return;
-    }
-    let lab = Lab::builder()
-        .uplink(NatKind::PortRestrictedCone, None)
-        .build();
-    let upnpd = MiniUpnpd::start(&lab, 1);
+    };
     let router = upnpd.view();
     let host = lab.host_ip(1);
     let report = lab.run_in_for(lab.ns_host(), Duration::from_secs(30), move || {
@@ -557,13 +562,11 @@ impl Drop for MapCli {
 #[test]
 fn p2pipe_map_deletes_its_mapping_on_sigint_and_sigterm() {
     lab_or_skip!();
-    if !miniupnpd_or_skip("lab::mapping::p2pipe_map_deletes_its_mapping_on_sigint_and_sigterm") {
+    let Some((lab, upnpd)) =
+        lab_with_miniupnpd("lab::mapping::p2pipe_map_deletes_its_mapping_on_sigint_and_sigterm")
+    else {
         return;
-    }
-    let lab = Lab::builder()
-        .uplink(NatKind::PortRestrictedCone, None)
-        .build();
-    let upnpd = MiniUpnpd::start(&lab, 1);
+    };
     let router = upnpd.view();
 
     // SIGINT, JSON output, the default methods (PCP answers first).
