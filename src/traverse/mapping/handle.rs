@@ -106,7 +106,7 @@ impl Mapping {
         check(local, opts)?;
         let deadline = Instant::now() + opts.limit;
         let gateway = gateway_for(local, opts)?;
-        let local = concrete(local, gateway).await?;
+        let local = concrete(local, gateway, opts.methods[0]).await?;
         let want = Want {
             proto,
             local,
@@ -255,7 +255,7 @@ fn gateway_for(local: SocketAddr, opts: &Options) -> Result<IpAddr, Error> {
 
 /// `local` with its address made concrete: the source address towards the gateway when
 /// it is unspecified (NAT-PMP maps the request's source address).
-async fn concrete(local: SocketAddr, gateway: IpAddr) -> Result<SocketAddr, Error> {
+async fn concrete(local: SocketAddr, gateway: IpAddr, method: Method) -> Result<SocketAddr, Error> {
     if !local.ip().is_unspecified() {
         return Ok(local);
     }
@@ -263,7 +263,7 @@ async fn concrete(local: SocketAddr, gateway: IpAddr) -> Result<SocketAddr, Erro
     let ip = bind::source_towards(to, None)
         .await
         .map_err(|source| Error::Io {
-            method: Method::Pcp,
+            method,
             gateway,
             what: "find the local address towards the gateway",
             source,

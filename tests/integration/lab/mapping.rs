@@ -779,3 +779,172 @@ fn every_pair_of_kinds_matches_the_table() {
     std::fs::create_dir_all(&dir).expect("create target/traversal");
     std::fs::write(dir.join("mapping.md"), md).expect("write mapping.md");
 }
+
+/// How a [`HostileGateway`] answers.
+#[derive(Clone, Copy, Debug)]
+enum Hostile {
+    /// A NAT-PMP-only gateway: PCP gets "unsupported version", NAT-PMP is granted.
+    NatPmpOnly,
+    /// Every request gets `n` bytes of 0xff.
+    Garbage(usize),
+}
+
+/// A gateway written for the test, at router 1's LAN address, port 5351: it answers
+/// as `how` says, until dropped. Counts the requests it got.
+struct HostileGateway {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: Option<super::Bounded<()>>,
+}
+
+impl HostileGateway {
+    fn start(lab: &Lab, how: Hostile) -> HostileGateway {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let bind = SocketAddr::from((Ipv4Addr::new(198, 18, 1, 1), 5351));
+        let socket = lab
+            .run_in(lab.ns_router(1), move || std::net::UdpSocket::bind(bind))
+            .expect("bind the hostile gateway");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let requests = std::sync::Arc::new(AtomicU32::new(0));
+        let (halt, count) = (stop.clone(), requests.clone());
+        let thread = super::spawn_bounded("hostile gateway".into(), move || {
+            let mut buf = [0u8; 1500];
+            while !halt.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+                let answer = hostile_answer(how, &buf[..n]);
+                let _ = socket.send_to(&answer, from);
+            }
+        });
+        HostileGateway {
+            stop,
+            requests,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self) -> u32 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for HostileGateway {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.try_join_within(LAB_T);
+        }
+    }
+}
+
+fn hostile_answer(how: Hostile, req: &[u8]) -> Vec<u8> {
+    let n = match how {
+        Hostile::Garbage(n) => return vec![0xff; n],
+        Hostile::NatPmpOnly => req.len(),
+    };
+    match (req.first(), n) {
+        // NAT-PMP external address: 198.51.100.1, epoch 7.
+        (Some(0), 2) => vec![0, 128, 0, 0, 0, 0, 0, 7, 198, 51, 100, 1],
+        // NAT-PMP MAP: granted as asked (the internal port as the external one when
+        // none is suggested), 60 s or 0 for a deletion.
+        (Some(0), 12) => {
+            let (op, internal) = (req[1], [req[4], req[5]]);
+            let external = if req[6..8] == [0, 0] {
+                internal
+            } else {
+                [req[6], req[7]]
+            };
+            let lifetime = if req[8..12] == [0; 4] { 0u32 } else { 60 };
+            let mut a = vec![0, 128 + op, 0, 0, 0, 0, 0, 7, internal[0], internal[1]];
+            a.extend_from_slice(&external);
+            a.extend_from_slice(&lifetime.to_be_bytes());
+            a
+        }
+        // Anything else (PCP): NAT-PMP's "unsupported version".
+        _ => vec![
+            0,
+            128 + req.get(1).copied().unwrap_or(0) % 128,
+            0,
+            1,
+            0,
+            0,
+            0,
+            7,
+        ],
+    }
+}
+
+/// Opens a UDP mapping of 198.18.1.2:5000 in `lab`'s host namespace with `opts`: the
+/// method or the error, and how long it took.
+fn open_in_host(lab: &Lab, opts: Options) -> (Result<Method, String>, Duration) {
+    let local = SocketAddr::from((lab.host_ip(1), 5000));
+    lab.run_in(lab.ns_host(), move || {
+        rt().block_on(async move {
+            let start = Instant::now();
+            let r = match Mapping::open(Proto::Udp, local, &opts).await {
+                Ok(m) => {
+                    let method = m.method();
+                    m.close(Duration::from_secs(1))
+                        .await
+                        .map(|()| method)
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            (r, start.elapsed())
+        })
+    })
+}
+
+#[test]
+fn a_nat_pmp_only_gateway_is_asked_by_nat_pmp_at_once_and_garbage_fails_within_the_limit() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .uplink(NatKind::PortRestrictedCone, None)
+        .build();
+    let limit = Duration::from_millis(1500);
+    let opts = Options {
+        limit,
+        lifetime: Duration::from_secs(60),
+        ..Options::default()
+    };
+    {
+        let gw = HostileGateway::start(&lab, Hostile::NatPmpOnly);
+        let (r, took) = open_in_host(&lab, opts.clone());
+        assert_eq!(r, Ok(Method::NatPmp));
+        // PCP's "unsupported version" ends its turn at once: no waiting out its share.
+        assert!(took < limit / 3, "{took:?}");
+        // PCP once, NAT-PMP address and map, the deletion.
+        assert_eq!(gw.requests(), 4);
+    }
+    for (size, pcp, natpmp) in [
+        (
+            3,
+            "shorter than any answer",
+            "shorter than the 8-byte header",
+        ),
+        (1200, "longer than 1100 bytes", "longer than any answer"),
+    ] {
+        let _gw = HostileGateway::start(&lab, Hostile::Garbage(size));
+        let opts = Options {
+            methods: vec![Method::Pcp, Method::NatPmp],
+            ..opts.clone()
+        };
+        let (r, took) = open_in_host(&lab, opts);
+        assert_eq!(
+            r,
+            Err(format!(
+                "no port mapping at 198.18.1.1: pcp answer malformed: {pcp}; nat-pmp answer malformed: {natpmp}"
+            ))
+        );
+        assert!(
+            took >= limit - Duration::from_millis(100) && took < limit + Duration::from_millis(500),
+            "{took:?}"
+        );
+    }
+}
