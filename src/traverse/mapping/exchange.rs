@@ -1,6 +1,7 @@
 //! One NAT-PMP or PCP request and its answer, sans-IO: what to send, when to send it
 //! again, and which datagram answers it. Nothing here owns a socket or reads a clock:
-//! bytes and `now` go in, a [`Step`] comes out. [`super::udp`] drives it.
+//! bytes and `now` go in, a [`Step`] comes out; a small tokio driver beside it (the
+//! crate-private `mapping::udp`) moves the bytes.
 //!
 //! The request is sent at once and again after 250 ms, doubling each time (RFC 6886,
 //! 3.1; this client uses the same schedule for PCP), until an answer or the deadline.
