@@ -373,6 +373,32 @@ th = [
     ("short", bytes([1]) + hello(1, HK)[:21]),
 ]
 write("tcp_hello", th)
+# mapping_response (fuzz/fuzz_targets/mapping_response.rs): byte 0 the request, then
+# datagram steps `0 flags len:u16 bytes` and waits `1 ms:u16`.
+def dgram(b, flags=0):
+    return bytes([0, flags]) + struct.pack(">H", len(b)) + b
+
+
+def wait(ms):
+    return bytes([1]) + struct.pack(">H", ms)
+
+
+NATPMP_EXT = bytes([0, 128, 0, 0, 0, 0, 1, 0, 203, 0, 113, 5])
+NATPMP_MAP = bytes([0, 129, 0, 0, 0, 0, 0, 9]) + struct.pack(">HHI", 5000, 6000, 60)
+PCP_HEAD = bytes([2, 0x81, 0, 0]) + struct.pack(">II", 60, 99) + bytes(12)
+PCP_MAP = bytes(12) + bytes([6, 0, 0, 0]) + struct.pack(">HH", 7000, 7000) + bytes(10) + b"\xff\xff" + bytes([203, 0, 113, 9])
+mr = [
+    ("natpmp-external", bytes([0]) + dgram(NATPMP_EXT)),
+    ("natpmp-map", bytes([1]) + wait(300) + dgram(NATPMP_MAP)),
+    ("natpmp-refused", bytes([1]) + dgram(bytes([0, 129, 0, 2, 0, 0, 0, 1]))),
+    ("natpmp-stranger", bytes([1]) + dgram(NATPMP_MAP, 1) + wait(9000)),
+    ("pcp-map", bytes([2]) + dgram(PCP_HEAD + PCP_MAP, 2)),
+    ("pcp-refused", bytes([2]) + dgram(PCP_HEAD[:3] + bytes([8]) + PCP_HEAD[4:] + PCP_MAP, 2)),
+    ("pcp-option", bytes([2]) + dgram(PCP_HEAD + PCP_MAP + bytes([0x80, 0, 0, 4, 1, 2, 3, 4]), 2)),
+    ("pcp-natpmp-only", bytes([2]) + dgram(bytes([0, 129, 0, 1, 0, 0, 0, 5]))),
+    ("pcp-garbage", bytes([2]) + dgram(bytes(1101)) + wait(8000)),
+]
+write("mapping_response", mr)
 
 for t in sorted(os.listdir(ROOT)):
     n = len(os.listdir(os.path.join(ROOT, t)))

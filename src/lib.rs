@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | filer | [`filer`] | btfiler-compatible file sharing: a sans-IO protocol core (btpeer frames, messages, peer table) and the node and client around it |
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
+//! | traverse | [`traverse`] | ways through NATs: port mappings asked of the router (PCP, NAT-PMP, UPnP IGD) |
 //! | signal | [`signal`] | messages between nodes before any connection exists: sealed envelopes (the sans-IO core: replay and age checks, request/response) carried by transports (MQTT brokers, several at once) |
 //! | identity | [`identity`] | the node's ed25519 key and key file, the node id, the signed peer address record |
 //! | daemon | [`daemon`] | one handler served on many addresses, ports and protocols |
@@ -65,6 +66,11 @@ pub struct MeshDocDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/filer.md")]
 pub struct FilerDocDoctests;
+
+/// The examples in docs/traversal-mapping.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/traversal-mapping.md")]
+pub struct TraversalMappingDoctests;
 
 /// The examples in docs/p2p.md, compiled as doc tests.
 #[cfg(doctest)]

@@ -5,6 +5,7 @@ mod echo;
 mod fetch;
 mod id;
 mod interfaces;
+mod map;
 mod nat;
 mod search;
 mod servers;
@@ -47,6 +48,9 @@ enum Command {
     Shell(shell::Args),
     /// Print this node's id (creating its key file when missing).
     Id(id::Args),
+    /// Map a local port on the router (PCP, NAT-PMP or UPnP IGD), keep it renewed, and
+    /// delete it on Ctrl-C or SIGTERM.
+    Map(map::Args),
     /// Print this node's signed address record: interfaces, NAT behaviour per family,
     /// signalling brokers.
     Addr(addr::Args),
@@ -95,6 +99,7 @@ pub fn main() -> ExitCode {
             Command::Shell(args) => shell::run(args).await,
             Command::Id(args) => id::run(args).await,
             Command::Addr(args) => addr::run(args).await,
+            Command::Map(args) => map::run(args).await,
         }
     });
     match result {

@@ -137,6 +137,14 @@ impl Interface {
         Ok(None)
     }
 
+    /// The best default route of `af` that goes through a gateway: its interface and the
+    /// gateway's address (the router a port mapping is asked of). `Ok(None)` when there
+    /// is none. Reads the route table as [`Interface::default_for`] does.
+    pub fn default_gateway(af: Af) -> Result<Option<table::OsRoute>, Error> {
+        let table = sys::route_table(af)?;
+        Ok(table.default_gateway().cloned())
+    }
+
     /// Whether the interface has an address of the family.
     pub fn has(&self, af: Af) -> bool {
         match af {

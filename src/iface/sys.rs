@@ -10,9 +10,25 @@ use super::Error;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn route_table(af: Af) -> Result<RouteTable, Error> {
     use super::table::{parse_proc_ipv6_route, parse_proc_route};
-    let (path, parse): (&'static str, fn(&str) -> RouteTable) = match af {
-        Af::V4 => ("/proc/net/route", parse_proc_route),
-        Af::V6 => ("/proc/net/ipv6_route", parse_proc_ipv6_route),
+    // The calling thread's view: `/proc/net` is the process's (its first thread's)
+    // network namespace, while a thread that entered another namespace (setns) routes
+    // by that one. Kernels before 3.17 lack `thread-self`: then the process's.
+    let (path, fallback, parse): (&'static str, &'static str, fn(&str) -> RouteTable) = match af {
+        Af::V4 => (
+            "/proc/thread-self/net/route",
+            "/proc/net/route",
+            parse_proc_route,
+        ),
+        Af::V6 => (
+            "/proc/thread-self/net/ipv6_route",
+            "/proc/net/ipv6_route",
+            parse_proc_ipv6_route,
+        ),
+    };
+    let path = if std::path::Path::new("/proc/thread-self").exists() {
+        path
+    } else {
+        fallback
     };
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(parse(&text)),

@@ -82,6 +82,12 @@ impl RouteTable {
     pub fn default_iface(&self) -> Option<&str> {
         self.defaults().first().map(|r| r.iface.as_str())
     }
+
+    /// The best default route that goes through a gateway (the router in front of this
+    /// machine), if there is one.
+    pub fn default_gateway(&self) -> Option<&OsRoute> {
+        self.defaults().into_iter().find(|r| r.gateway.is_some())
+    }
 }
 
 fn hex_u32(s: &str) -> Option<u32> {
@@ -251,6 +257,20 @@ bad\t00000000\t00000000\t0001\t0\t0\t0\t00FF00FF\t0\t0\t0
         assert_eq!(t.default_iface(), Some("eth0"));
         let d: Vec<&str> = t.defaults().iter().map(|r| r.iface.as_str()).collect();
         assert_eq!(d, ["eth0", "wlan0"]);
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn the_default_gateway_is_the_best_default_route_through_a_router() {
+        let t = parse_proc_route(ROUTE_V4);
+        let gw = t
+            .default_gateway()
+            .expect("a default route through a gateway");
+        assert_eq!(gw.iface, "eth0");
+        assert_eq!(gw.gateway, Some(IpAddr::from([172, 16, 0, 1])));
+        // A default route straight onto a link (a point-to-point tunnel) has no gateway.
+        let direct = "tun0\t00000000\t00000000\t0001\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(parse_proc_route(direct).default_gateway(), None);
     }
 
     #[cfg(target_endian = "little")]

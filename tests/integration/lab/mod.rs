@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use crate::support::{in_ci, spawn_guard_blocking};
 
 mod filer;
+mod mapping;
 mod nat;
 pub mod natdiscovery;
 mod peers;
