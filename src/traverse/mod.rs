@@ -1,0 +1,3 @@
+//! Ways through NATs, each a building block of its own.
+
+pub mod punch;

@@ -1,0 +1,37 @@
+//! Hole punching: two nodes behind NATs open a direct path to each other.
+//!
+//! - [`feasibility`]: whether UDP punching can work between two NATs, decided from their
+//!   behaviour ([`udp_feasibility`]), before anything is sent.
+//!
+//! See `docs/traversal-punch.md`.
+
+mod error;
+pub mod feasibility;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub use error::Error;
+pub use feasibility::{udp_feasibility, Approach, NatSummary, Refusal, Side};
+
+/// Which end of a rendezvous a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// It sent the offer.
+    Initiator,
+    /// It answered the offer.
+    Responder,
+}
+
+/// What the two sides agreed over signalling: where to send, and from when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The peer's candidates, best first.
+    pub remote: Vec<SocketAddr>,
+    /// The moment to start, on this node's monotonic clock.
+    pub start: Instant,
+    /// The round trip over signalling.
+    pub rtt: Duration,
+    /// This node's end.
+    pub role: Role,
+}
