@@ -2,17 +2,21 @@
 //!
 //! - [`feasibility`]: whether UDP punching can work between two NATs, decided from their
 //!   behaviour ([`udp_feasibility`]), before anything is sent.
+//! - [`rendezvous`]: the sans-IO agreement over signalling (offer, answer, ready) that
+//!   ends in a [`Plan`], or in a refusal at once.
 //!
 //! See `docs/traversal-punch.md`.
 
 mod error;
 pub mod feasibility;
+pub mod rendezvous;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use error::Error;
 pub use feasibility::{udp_feasibility, Approach, NatSummary, Refusal, Side};
+pub use rendezvous::{Agreement, Candidates, SessionKey, MAX_CANDIDATES};
 
 /// Which end of a rendezvous a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
