@@ -4,12 +4,15 @@
 //!   behaviour ([`udp_feasibility`]), before anything is sent.
 //! - [`rendezvous`]: the sans-IO agreement over signalling (offer, answer, ready) that
 //!   ends in a [`Plan`], or in a refusal at once.
+//! - [`udp`]: the UDP punch itself, sans-IO ([`udp::Session`]) and driven
+//!   ([`udp::punch`], [`udp::answer`]), ending as an ordinary [`Pipe`](crate::Pipe).
 //!
 //! See `docs/traversal-punch.md`.
 
 mod error;
 pub mod feasibility;
 pub mod rendezvous;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
