@@ -44,6 +44,7 @@ mod filer;
 mod nat;
 pub mod natdiscovery;
 mod peers;
+mod punch;
 mod services;
 mod tests;
 

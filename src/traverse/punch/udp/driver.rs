@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::time::timeout_at;
 
-use super::session::{Session, Step, Timing, PROBE_LEN};
+use super::session::{Session, Step, Timing, MAGIC, PROBE_LEN};
 use crate::identity::{NodeId, PublicKey};
 use crate::pipe::Subscription;
 use crate::signal::{DeliveredRequest, Incoming, Signaller};
@@ -215,7 +215,8 @@ impl Config {
 }
 
 /// Runs the session on `socket` until a path is confirmed (its address) or the session
-/// times out (`None`).
+/// times out (`None`). A datagram that is no punch packet is only peeked at: when it
+/// confirms the path (the peer already sends data) it stays in the socket for the pipe.
 async fn probe(socket: &UdpSocket, session: &mut Session) -> Option<SocketAddr> {
     let mut buf = [0u8; PROBE_LEN + 1];
     loop {
@@ -226,10 +227,25 @@ async fn probe(socket: &UdpSocket, session: &mut Session) -> Option<SocketAddr> 
         }
         let wake = session.poll_timeout()?;
         tokio::select! {
-            got = socket.recv_from(&mut buf) => {
+            got = socket.peek_from(&mut buf) => {
                 // ICMP errors surface here on some systems: they end nothing.
-                let Ok((n, from)) = got else { continue };
-                if let Step::Connected(path) = session.on_datagram(&buf[..n], from, Instant::now()) {
+                let Ok((n, from)) = got else {
+                    let _ = socket.try_recv_from(&mut buf);
+                    continue;
+                };
+                let step = if buf[..n].starts_with(&MAGIC) {
+                    let _ = socket.try_recv_from(&mut buf);
+                    session.on_datagram(&buf[..n.min(PROBE_LEN + 1)], from, Instant::now())
+                } else {
+                    match session.on_other(from, Instant::now()) {
+                        step @ Step::Connected(_) => step,
+                        step => {
+                            let _ = socket.try_recv_from(&mut buf);
+                            step
+                        }
+                    }
+                };
+                if let Step::Connected(path) = step {
                     return Some(path);
                 }
             }

@@ -32,6 +32,8 @@ pub const PROBE_LEN: usize = MAGIC.len() + 2 + 8 + 4 + TAG_LEN;
 const TAG_LEN: usize = 16;
 /// The most source addresses learned from probes that a session also probes.
 pub const MAX_OBSERVED: usize = 4;
+/// The most peer addresses remembered from valid packets.
+const MAX_HEARD: usize = MAX_CANDIDATES + MAX_OBSERVED;
 /// The most packets waiting to be sent.
 const MAX_QUEUED: usize = MAX_CANDIDATES + MAX_OBSERVED + 8;
 
@@ -206,6 +208,7 @@ pub struct Session {
     role: Role,
     targets: Vec<SocketAddr>,
     observed: usize,
+    heard: Vec<SocketAddr>,
     timing: Timing,
     deadline: Instant,
     next_round: Instant,
@@ -235,6 +238,7 @@ impl Session {
             role: plan.role,
             targets,
             observed: 0,
+            heard: Vec::new(),
             timing,
             deadline: plan.start + timing.limit,
             next_round: plan.start,
@@ -275,6 +279,12 @@ impl Session {
             Ok(p) => p,
             Err(_) => return self.ignore(Ignored::NotOurs),
         };
+        if probe.kind != Kind::Keepalive
+            && !self.heard.contains(&from)
+            && self.heard.len() < MAX_HEARD
+        {
+            self.heard.push(from);
+        }
         match probe.kind {
             Kind::Probe => {
                 self.push(Kind::Ack, from);
@@ -284,15 +294,29 @@ impl Session {
                 }
                 Step::Answered(from)
             }
-            Kind::Ack if self.path.is_none() => {
-                self.path = Some(from);
-                self.queue.retain(|t| t.to == from);
-                self.next_keepalive = Some(now + self.timing.keepalive);
-                Step::Connected(from)
-            }
+            Kind::Ack if self.path.is_none() => self.connect(from, now),
             Kind::Ack => Step::Acked,
             Kind::Keepalive => self.ignore(Ignored::Keepalive),
         }
+    }
+
+    /// Takes word that a datagram that is no punch packet came from `from`. The peer
+    /// sends data only once it has a path, so data from an address whose valid probes
+    /// this side has heard confirms that path: [`Step::Connected`]. The driver leaves
+    /// such a datagram unread, for the pipe.
+    pub fn on_other(&mut self, from: SocketAddr, now: Instant) -> Step {
+        match self.path {
+            Some(_) => Step::Acked,
+            None if self.heard.contains(&from) => self.connect(from, now),
+            None => self.ignore(Ignored::NotOurs),
+        }
+    }
+
+    fn connect(&mut self, path: SocketAddr, now: Instant) -> Step {
+        self.path = Some(path);
+        self.queue.retain(|t| t.to == path);
+        self.next_keepalive = Some(now + self.timing.keepalive);
+        Step::Connected(path)
     }
 
     /// The next packet to send now, if any.
@@ -532,6 +556,32 @@ mod tests {
         );
         assert_eq!(a.path(), None);
         assert_eq!(a.counters().ignored, 4);
+    }
+
+    #[test]
+    fn data_from_a_source_that_probed_confirms_the_path_and_data_from_strangers_does_not() {
+        let t0 = Instant::now();
+        let mut a = Session::new(
+            &agreement(Role::Initiator, &[B], t0),
+            Timing::default(),
+            addr(A),
+        );
+        let mut b = Session::new(
+            &agreement(Role::Responder, &[A], t0),
+            Timing::default(),
+            addr(B),
+        );
+        let b_seen = addr("198.51.100.5:61000");
+        assert_eq!(a.on_other(b_seen, t0), Step::Ignored(Ignored::NotOurs));
+        let probe = drain(&mut b, t0).remove(0).2;
+        assert_eq!(a.on_datagram(&probe, b_seen, t0), Step::Answered(b_seen));
+        assert_eq!(
+            a.on_other(addr("198.51.100.9:1"), t0),
+            Step::Ignored(Ignored::NotOurs)
+        );
+        assert_eq!(a.on_other(b_seen, t0), Step::Connected(b_seen));
+        assert_eq!(a.path(), Some(b_seen));
+        assert_eq!(a.on_other(b_seen, t0), Step::Acked);
     }
 
     #[test]
