@@ -284,12 +284,14 @@ async fn keep_alive(mut session: Session, socket: UdpSocket, packets: Subscripti
 }
 
 /// The candidates of `socket`: its mapped address if a STUN server tells it, then its
-/// local address.
+/// local address. A side whose UDP is blocked asks no server: the rendezvous refuses at
+/// once anyway.
 async fn gather(socket: &UdpSocket, local: SocketAddr, cfg: &Config) -> Candidates {
+    let blocked = cfg.nat.nat_type == Some(crate::nat::NatType::UdpBlocked);
     let servers: Vec<SocketAddr> = cfg
         .stun
         .iter()
-        .filter(|s| s.is_ipv4() == local.is_ipv4())
+        .filter(|s| s.is_ipv4() == local.is_ipv4() && !blocked)
         .copied()
         .collect();
     let mapped = match crate::stun::udp::first_answer(socket, &servers, cfg.stun_config).await {
