@@ -159,7 +159,9 @@ impl NatSummary {
             .ok_or(Error::Malformed("nat summary cut short"))?;
         let delta = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
         if b[3] != 2 && delta != 0 {
-            return Err(Error::Malformed("a port delta without sequential allocation"));
+            return Err(Error::Malformed(
+                "a port delta without sequential allocation",
+            ));
         }
         Ok(NatSummary {
             nat_type: decode(b[0], &NAT_TYPES)?,
@@ -425,6 +427,9 @@ mod tests {
         assert!(NatSummary::parse(&[8, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(NatSummary::parse(&[0, 4, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(NatSummary::parse(&[0, 0, 0, 4, 0, 0, 0, 0]).is_err());
-        assert!(NatSummary::parse(&[0, 0, 0, 1, 0, 0, 0, 3]).is_err(), "one wire form each");
+        assert!(
+            NatSummary::parse(&[0, 0, 0, 1, 0, 0, 0, 3]).is_err(),
+            "one wire form each"
+        );
     }
 }

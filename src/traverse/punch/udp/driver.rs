@@ -87,7 +87,9 @@ pub async fn punch(
     let id = NodeId::from_key(peer);
     let local = local_addr(&socket)?;
     let timed_out = || timed_out(id, local, Vec::new(), cfg.limit);
-    let candidates = gather(&socket, local, cfg).await;
+    let candidates = timeout_at(deadline, gather(&socket, local, cfg))
+        .await
+        .map_err(|_| timed_out())?;
     let offer = Offer {
         nonce: nonce(),
         proto: Proto::Udp,
@@ -132,7 +134,9 @@ pub async fn answer(
     let deadline = tokio::time::Instant::now() + cfg.limit;
     let id = NodeId::from_key(&offer.from);
     let local = local_addr(&socket)?;
-    let candidates = gather(&socket, local, cfg).await;
+    let candidates = timeout_at(deadline, gather(&socket, local, cfg))
+        .await
+        .map_err(|_| timed_out(id, local, Vec::new(), cfg.limit))?;
     let responder = Responder::new(id, &offer.payload, nonce(), cfg.nat, candidates)?;
     timeout_at(
         deadline,
