@@ -219,3 +219,28 @@ async fn a_peer_that_never_answers_probes_times_out_naming_the_candidates() {
     within(alice.stop()).await;
     within(bob.stop()).await;
 }
+
+#[tokio::test]
+async fn closing_a_punched_pipe_ends_its_keepalives_and_frees_its_port() {
+    const TEST: &str = "punch::closing_a_punched_pipe_ends_its_keepalives";
+    let Some(broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let mut cfg = config(NatType::Open, None);
+    cfg.timing.keepalive = Duration::from_millis(20);
+    let (alice, bob) = (signaller(9, &broker).await, signaller(10, &broker).await);
+    let (a, b) = punch_pair(&alice, &bob, V4, &cfg, &cfg).await;
+    let (a, _b) = (a.unwrap(), b.unwrap());
+    let addr = a.local_addr();
+    within(a.close()).await;
+    drop(a);
+    // The keepalive task holds a second handle on the socket until it sees the end.
+    within(async {
+        while UdpSocket::bind(addr).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    within(alice.stop()).await;
+    within(bob.stop()).await;
+}
