@@ -164,9 +164,9 @@ impl NatSummary {
             ));
         }
         Ok(NatSummary {
-            nat_type: decode(b[0], &NAT_TYPES)?,
-            mapping: decode(b[1], &MAPPINGS)?,
-            filtering: decode(b[2], &FILTERINGS)?,
+            nat_type: decode(b[0], &NatType::ALL)?,
+            mapping: decode(b[1], &Mapping::ALL)?,
+            filtering: decode(b[2], &Filtering::ALL)?,
             port_allocation: match b[3] {
                 0 => None,
                 1 => Some(PortAllocation::Preserving),
@@ -179,9 +179,9 @@ impl NatSummary {
 
     /// Appends the wire form ([`NatSummary::LEN`] bytes).
     pub fn emit(&self, out: &mut BytesMut) {
-        out.put_u8(encode(self.nat_type, &NAT_TYPES));
-        out.put_u8(encode(self.mapping, &MAPPINGS));
-        out.put_u8(encode(self.filtering, &FILTERINGS));
+        out.put_u8(encode(self.nat_type, &NatType::ALL));
+        out.put_u8(encode(self.mapping, &Mapping::ALL));
+        out.put_u8(encode(self.filtering, &Filtering::ALL));
         let (tag, delta) = match self.port_allocation {
             None => (0, 0),
             Some(PortAllocation::Preserving) => (1, 0),
@@ -192,26 +192,6 @@ impl NatSummary {
         out.put_i32(delta);
     }
 }
-
-const NAT_TYPES: [NatType; 7] = [
-    NatType::Open,
-    NatType::FullCone,
-    NatType::RestrictedCone,
-    NatType::PortRestrictedCone,
-    NatType::Symmetric,
-    NatType::SymmetricUdpFirewall,
-    NatType::UdpBlocked,
-];
-const MAPPINGS: [Mapping; 3] = [
-    Mapping::EndpointIndependent,
-    Mapping::AddressDependent,
-    Mapping::AddressAndPortDependent,
-];
-const FILTERINGS: [Filtering; 3] = [
-    Filtering::EndpointIndependent,
-    Filtering::AddressDependent,
-    Filtering::AddressAndPortDependent,
-];
 
 /// 0 for unknown, else the 1-based index in `all`.
 fn encode<T: PartialEq>(v: Option<T>, all: &[T]) -> u8 {
@@ -289,7 +269,7 @@ mod tests {
     use super::*;
     use NatType::*;
 
-    const ALL: [NatType; 7] = NAT_TYPES;
+    const ALL: [NatType; 7] = NatType::ALL;
 
     /// The expected outcome for every ordered pair of kinds: `None` works.
     fn expected(a: NatType, b: NatType) -> Option<&'static str> {
