@@ -14,9 +14,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use p2pipe::identity::Identity;
-use p2pipe::nat::NatType;
+use p2pipe::nat::{self, NatType};
 use p2pipe::signal::{Incoming, Signaller, SignallerConfig};
 use p2pipe::traverse::punch::{self, udp, udp_feasibility, NatSummary};
+use p2pipe::Af;
 use tokio::net::UdpSocket;
 
 use super::{lab_or_skip, Lab, NatKind, LAB_T};
@@ -206,6 +207,55 @@ fn a_symmetric_peer_punches_to_a_restricted_cone_peer_which_answers_the_port_it_
         PORT,
         "the symmetric NAT picked a random port"
     );
+}
+
+/// What `nat::probe` measures from peer `n`'s namespace, against the lab's coturn.
+fn measure(lab: &Lab, n: usize) -> NatSummary {
+    let ip = lab.peer_ip(n);
+    let stun = lab.stun_primary();
+    let report = lab.run_in(lab.ns_peer(n), move || {
+        let quick = p2pipe::stun::Config {
+            initial_rto: Duration::from_millis(100),
+            max_transmissions: 3,
+            final_wait_multiplier: 3,
+            ..p2pipe::stun::Config::default()
+        };
+        let cfg = nat::ProbeConfig {
+            stun: quick,
+            filtering: quick,
+            local_ip: Some(ip.into()),
+            ..nat::ProbeConfig::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(nat::probe(Af::V4, &[stun], &cfg))
+            .expect("a nat report")
+    });
+    NatSummary::from_report(&report)
+}
+
+#[test]
+fn peers_that_measured_their_nats_with_the_nat_layer_punch_as_the_theory_says() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .peers(NatKind::Symmetric, NatKind::FullCone)
+        .build();
+    let measured = [measure(&lab, 1), measure(&lab, 2)];
+    for (i, m) in measured.iter().enumerate() {
+        let kind = lab.kind(i + 1);
+        let theory = NatSummary::of_type(nat_type(kind));
+        assert_eq!(
+            (m.nat_type, m.mapping, m.filtering),
+            (theory.nat_type, theory.mapping, theory.filtering),
+            "peer {} behind {}",
+            i + 1,
+            kind.name()
+        );
+    }
+    let seen = punch_between(&lab, LIMIT, |n| measured[n - 1]);
+    assert_punched(&lab, &seen);
 }
 
 #[test]
