@@ -399,6 +399,47 @@ mr = [
     ("pcp-garbage", bytes([2]) + dgram(bytes(1101)) + wait(8000)),
 ]
 write("mapping_response", mr)
+# punch_message (fuzz/fuzz_targets/punch_message.rs): byte 0 even = a rendezvous message,
+# odd = a punch packet under the key of nonces 0x01.. and 0x02.. (UDP).
+import hmac as _hmac
+
+
+def pr(kind, body):
+    return bytes([0]) + b"PR" + bytes([1, kind]) + body
+
+
+def cand(*addrs):
+    out = bytes([len(addrs)])
+    for ip, port in addrs:
+        out += (bytes([4]) + bytes(ip) if len(ip) == 4 else bytes([6]) + bytes(ip)) + struct.pack(">H", port)
+    return out
+
+
+# type, mapping, filtering, allocation (1-based, 0 unknown), delta
+CONE = bytes([2, 1, 1, 1]) + struct.pack(">i", 0)
+SYM_SEQ = bytes([5, 3, 3, 2]) + struct.pack(">i", 2)
+PKEY = _hmac.new(bytes([1] * 16) + bytes([2] * 16), b"p2pipe/punch/1 udp", hashlib.sha256).digest()
+
+
+def packet(kind, role, seq, session=bytes([1] * 8), key=PKEY):
+    body = b"\xffp2punch" + bytes([kind, role]) + session + struct.pack(">I", seq)
+    return bytes([1]) + body + _hmac.new(key, body, hashlib.sha256).digest()[:16]
+
+
+pm = [
+    ("offer", pr(1, bytes([1] * 16) + bytes([0]) + CONE + cand(([198, 51, 100, 1], 4000), ([198, 18, 1, 2], 4000)))),
+    ("offer-v6", pr(1, bytes([1] * 16) + bytes([0]) + bytes(8) + cand(([0x20, 1, 0xD, 0xB8] + [0] * 11 + [2], 5000)))),
+    ("answer", pr(2, bytes([1] * 16) + bytes([2] * 16) + SYM_SEQ + cand(([198, 51, 100, 5], 61000)))),
+    ("answer-many", pr(2, bytes([1] * 16) + bytes([2] * 16) + CONE + cand(*[([198, 51, 100, 5], 1000 + i) for i in range(8)]))),
+    ("ready", pr(3, bytes([1] * 16) + struct.pack(">I", 40000))),
+    ("too-many", pr(2, bytes([1] * 16) + bytes([2] * 16) + CONE + bytes([200]))),
+    ("probe", packet(1, 1, 1)),
+    ("ack", packet(2, 1, 7)),
+    ("keepalive", packet(3, 1, 9)),
+    ("own-echo", packet(1, 0, 1)),
+    ("other-key", packet(2, 1, 1, key=bytes(32))),
+]
+write("punch_message", pm)
 
 for t in sorted(os.listdir(ROOT)):
     n = len(os.listdir(os.path.join(ROOT, t)))

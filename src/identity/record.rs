@@ -627,13 +627,13 @@ fn emit_family(out: &mut BytesMut, f: &FamilyEntry) {
         None => out.put_u8(0),
     }
     out.put_u8(f.nat_type.map_or(0, |t| {
-        NAT_TYPES.iter().position(|x| *x == t).unwrap() as u8 + 1
+        NatType::ALL.iter().position(|x| *x == t).unwrap() as u8 + 1
     }));
     out.put_u8(f.mapping.map_or(0, |m| {
-        MAPPINGS.iter().position(|x| *x == m).unwrap() as u8 + 1
+        Mapping::ALL.iter().position(|x| *x == m).unwrap() as u8 + 1
     }));
     out.put_u8(f.filtering.map_or(0, |m| {
-        FILTERINGS.iter().position(|x| *x == m).unwrap() as u8 + 1
+        Filtering::ALL.iter().position(|x| *x == m).unwrap() as u8 + 1
     }));
     match f.port_allocation {
         None => out.put_u8(0),
@@ -660,26 +660,6 @@ fn emit_family(out: &mut BytesMut, f: &FamilyEntry) {
         None => out.put_u8(0),
     }
 }
-
-const NAT_TYPES: [NatType; 7] = [
-    NatType::Open,
-    NatType::FullCone,
-    NatType::RestrictedCone,
-    NatType::PortRestrictedCone,
-    NatType::Symmetric,
-    NatType::SymmetricUdpFirewall,
-    NatType::UdpBlocked,
-];
-const MAPPINGS: [Mapping; 3] = [
-    Mapping::EndpointIndependent,
-    Mapping::AddressDependent,
-    Mapping::AddressAndPortDependent,
-];
-const FILTERINGS: [Filtering; 3] = [
-    Filtering::EndpointIndependent,
-    Filtering::AddressDependent,
-    Filtering::AddressAndPortDependent,
-];
 
 /// Reads the binary form; every read is bounds-checked.
 struct Reader<'a> {
@@ -820,9 +800,9 @@ fn decode_family(r: &mut Reader<'_>) -> Result<FamilyEntry, Error> {
     } else {
         None
     };
-    f.nat_type = r.code("nat type", &NAT_TYPES)?;
-    f.mapping = r.code("mapping", &MAPPINGS)?;
-    f.filtering = r.code("filtering", &FILTERINGS)?;
+    f.nat_type = r.code("nat type", &NatType::ALL)?;
+    f.mapping = r.code("mapping", &Mapping::ALL)?;
+    f.filtering = r.code("filtering", &Filtering::ALL)?;
     f.port_allocation = match r.u8()? {
         0 => None,
         1 => Some(PortAllocation::Preserving),

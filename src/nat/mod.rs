@@ -88,6 +88,38 @@ pub enum NatType {
     UdpBlocked,
 }
 
+impl NatType {
+    /// Every type, in a stable order (the wire codes of peer records and punch
+    /// summaries are 1-based indices into it).
+    pub const ALL: [NatType; 7] = [
+        NatType::Open,
+        NatType::FullCone,
+        NatType::RestrictedCone,
+        NatType::PortRestrictedCone,
+        NatType::Symmetric,
+        NatType::SymmetricUdpFirewall,
+        NatType::UdpBlocked,
+    ];
+}
+
+impl Mapping {
+    /// Every behaviour, in a stable order (as [`NatType::ALL`]).
+    pub const ALL: [Mapping; 3] = [
+        Mapping::EndpointIndependent,
+        Mapping::AddressDependent,
+        Mapping::AddressAndPortDependent,
+    ];
+}
+
+impl Filtering {
+    /// Every behaviour, in a stable order (as [`NatType::ALL`]).
+    pub const ALL: [Filtering; 3] = [
+        Filtering::EndpointIndependent,
+        Filtering::AddressDependent,
+        Filtering::AddressAndPortDependent,
+    ];
+}
+
 impl fmt::Display for NatType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -56,6 +56,7 @@
 //! exists. It ends when the peer ends it, when [`Pipe::close`] is called, or
 //! when the last handle and handler are gone.
 
+mod adopt;
 mod config;
 mod end;
 mod error;

@@ -15,7 +15,7 @@ use super::reader::{Reader, MAX_DATAGRAM};
 pub(crate) struct Owned(RwLock<Option<Arc<UdpSocket>>>);
 
 impl Owned {
-    fn new(sock: Arc<UdpSocket>) -> Self {
+    pub(super) fn new(sock: Arc<UdpSocket>) -> Self {
         Owned(RwLock::new(Some(sock)))
     }
     pub(crate) fn release(&self) {

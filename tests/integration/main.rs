@@ -16,6 +16,7 @@ mod load;
 mod mesh;
 mod mosquitto;
 mod pipe;
+mod punch;
 mod signal;
 mod skips;
 mod stun;

@@ -45,6 +45,7 @@ mod mapping;
 mod nat;
 pub mod natdiscovery;
 mod peers;
+mod punch;
 mod services;
 mod tcppunch;
 mod tests;
