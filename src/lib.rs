@@ -31,6 +31,7 @@ pub mod nat;
 pub mod pipe;
 pub mod signal;
 pub mod stun;
+pub mod traverse;
 
 /// Internals exposed for the fuzz targets in `fuzz/`, behind the `fuzzing` feature.
 /// Not part of the API: no stability promise, and nothing else should use it.
