@@ -56,6 +56,7 @@
 //! exists. It ends when the peer ends it, when [`Pipe::close`] is called, or
 //! when the last handle and handler are gone.
 
+mod adopt;
 mod config;
 mod end;
 mod error;
@@ -65,6 +66,7 @@ mod inline;
 mod io;
 mod queue;
 mod reader;
+pub(crate) mod relay;
 mod shared;
 pub(crate) mod subscribe;
 mod tcp;

@@ -186,7 +186,7 @@ pub(crate) async fn connect(
 }
 
 /// Makes a connection pipe. Its socket is read by whoever consumes it.
-fn start(
+pub(super) fn start(
     stream: TcpStream,
     cfg: Arc<PipeConfig>,
     parent: Option<Arc<Core>>,

@@ -9,6 +9,7 @@ use stun_codec::rfc5389::attributes::{
 use stun_codec::rfc5766::attributes::{
     ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
 };
+use stun_codec::rfc8656::attributes::RequestedAddressFamily;
 use stun_codec::{Attribute, AttributeType, Method};
 
 /// Allocate (RFC 5766).
@@ -38,8 +39,6 @@ pub(crate) const DATA_ATTR: u16 = 0x0013;
 pub(crate) const REALM: u16 = 0x0014;
 /// NONCE (RFC 5389).
 pub(crate) const NONCE: u16 = 0x0015;
-/// ERROR-CODE (RFC 5389).
-pub(crate) const ERROR_CODE: u16 = 0x0009;
 
 /// The longest REALM or NONCE value RFC 5389 allows (763 bytes); a longer one is refused
 /// before it is decoded.
@@ -150,6 +149,7 @@ stun_codec::define_attribute_enums!(
         Lifetime,
         RequestedTransport,
         ChannelNumber,
+        RequestedAddressFamily,
         ConnectionId
     ]
 );

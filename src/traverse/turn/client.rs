@@ -72,7 +72,6 @@ pub(crate) enum Phase {
 
 /// What happened, for the driver to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use = "an event may complete an operation someone waits for"]
 pub(crate) enum Event {
     /// The server granted the allocation.
     Allocated {
@@ -194,10 +193,11 @@ impl Client {
     }
 
     /// Asks for an allocation relaying UDP (`attr::PROTO_UDP`) or TCP
-    /// (`attr::PROTO_TCP`, RFC 6062).
+    /// (`attr::PROTO_TCP`, RFC 6062), with a relayed address of the server's family.
     pub(crate) fn allocate(&mut self, proto: u8, now: Instant) -> Result<(), Error> {
         self.phase = Phase::Allocating;
-        self.send(Kind::Allocate { proto }, false, now)
+        let v6 = self.cfg.server.is_ipv6();
+        self.send(Kind::Allocate { proto, v6 }, false, now)
     }
 
     /// Installs (and from then on refreshes) a permission for `peer`'s address.
@@ -617,6 +617,7 @@ impl Client {
     }
 
     /// The next event.
+    #[must_use = "an event may complete an operation someone waits for"]
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

@@ -18,11 +18,11 @@
 mod attr;
 mod client;
 mod data;
-// mod driver;
+mod driver;
 mod error;
 mod msg;
-// mod relay;
-// mod tcp;
+mod relay;
+mod tcp;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 pub use data::{ChannelData, Frame, Indication};
 pub use error::Error;
 pub use msg::Credentials;
-// pub use relay::Relay;
+pub use relay::Relay;
 
 /// How the client reaches the TURN server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,6 +13,7 @@ use stun_codec::rfc5389::attributes::{
 use stun_codec::rfc5766::attributes::{
     ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress,
 };
+use stun_codec::rfc8656::attributes::{AddressFamily, RequestedAddressFamily};
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId};
 
 use super::attr::{self, ConnectionId, TurnAttribute};
@@ -68,8 +69,9 @@ pub(crate) struct Challenge {
 /// The requests a TURN client makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// Allocate with REQUESTED-TRANSPORT UDP (17) or TCP (6).
-    Allocate { proto: u8 },
+    /// Allocate with REQUESTED-TRANSPORT UDP (17) or TCP (6); `v6` asks for an IPv6
+    /// relayed address (REQUESTED-ADDRESS-FAMILY, RFC 8656).
+    Allocate { proto: u8, v6: bool },
     /// Refresh with this LIFETIME (0 deletes the allocation).
     Refresh { lifetime: u32 },
     /// CreatePermission for one peer address.
@@ -112,10 +114,16 @@ impl Kind {
     /// The request's own attributes.
     fn attributes(&self) -> Vec<TurnAttribute> {
         match *self {
-            Kind::Allocate { proto } => vec![
-                RequestedTransport::new(proto).into(),
-                Lifetime::from_u32(600).into(),
-            ],
+            Kind::Allocate { proto, v6 } => {
+                let mut attrs = vec![
+                    RequestedTransport::new(proto).into(),
+                    Lifetime::from_u32(600).into(),
+                ];
+                if v6 {
+                    attrs.push(RequestedAddressFamily::new(AddressFamily::V6).into());
+                }
+                attrs
+            }
             Kind::Refresh { lifetime } => vec![Lifetime::from_u32(lifetime).into()],
             Kind::Permission { peer } | Kind::Connect { peer } => {
                 vec![XorPeerAddress::new(peer).into()]
