@@ -5,6 +5,7 @@
 //! coturn (see docs/nat-lab.md), and its tests skip when that is impossible.
 
 mod cli;
+mod coturn;
 mod daemon;
 mod faults;
 mod fetch;
@@ -20,3 +21,4 @@ mod signal;
 mod skips;
 mod stun;
 mod support;
+mod turn;
