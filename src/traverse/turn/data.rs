@@ -17,7 +17,7 @@ pub(crate) const MAX_CHANNEL: u16 = 0x4fff;
 /// The length of a ChannelData header.
 pub(crate) const CHANNEL_HEADER: usize = 4;
 /// The longest message on the wire: a header and a 16-bit length of payload.
-pub(crate) const MAX_WIRE: usize = HEADER_LEN + u16::MAX as usize;
+pub const MAX_WIRE: usize = HEADER_LEN + u16::MAX as usize;
 
 /// `len` rounded up to a multiple of 4.
 fn padded(len: usize) -> usize {
@@ -264,7 +264,7 @@ impl Frame {
     }
 
     /// The message's length, if known.
-    pub fn len(&self) -> Option<usize> {
+    pub fn wire_len(&self) -> Option<usize> {
         match self {
             Frame::Partial => None,
             Frame::Stun(n) | Frame::Channel(n) => Some(*n),

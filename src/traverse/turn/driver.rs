@@ -70,7 +70,7 @@ impl LinkReader {
                         server,
                         reason: e.to_string(),
                     })?;
-                    match frame.len() {
+                    match frame.wire_len() {
                         Some(n) if buf.len() >= n => {
                             *taken = n;
                             return Ok(&buf[..n]);

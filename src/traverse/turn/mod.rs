@@ -14,12 +14,32 @@
 //! core, and sleeps until the core's next deadline.
 //!
 //! Credentials never appear in `Debug` output, logs or errors.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use p2pipe::traverse::turn::{Credentials, Relay, Transport, TurnServer};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = TurnServer::new("203.0.113.10:3478".parse()?, Credentials::new("user", "pw")?);
+//! let limit = Duration::from_secs(5);
+//! let relay = Relay::allocate(&server, Transport::Udp, limit).await?;
+//! println!("peers reach me at {}", relay.relayed_addr());
+//! let pipe = relay.pipe("198.51.100.7:4000".parse()?).await?;
+//! pipe.send(b"hello through the relay").await?;
+//! let reply = pipe.recv_timeout(limit).await?;
+//! # let _ = reply;
+//! relay.close().await?;
+//! # Ok(()) }
+//! ```
 
 mod attr;
 mod client;
 mod data;
 mod driver;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod msg;
 mod relay;
 mod tcp;
@@ -27,7 +47,6 @@ mod tcp;
 use std::fmt;
 use std::net::SocketAddr;
 
-pub use data::{ChannelData, Frame, Indication};
 pub use error::Error;
 pub use msg::Credentials;
 pub use relay::Relay;
