@@ -346,6 +346,34 @@ so = [
 ]
 write("signal_open", so)
 
+# tcp_hello (fuzz/fuzz_targets/tcp_hello.rs): byte 0 = flags (bit 0 responder reads,
+# bit 1 responder already answered), then a hello under the target's key.
+def hello_key(initiator, responder):
+    import hmac
+    label = b"p2pipe tcp punch hello"
+    msg = b"".join(struct.pack(">Q", len(n)) + n for n in (initiator, responder))
+    return hmac.new(label, msg, hashlib.sha256).digest()
+
+
+def hello(kind, key):
+    import hmac
+    tag = hmac.new(key, b"p2pipe tcp punch hello" + bytes([kind]), hashlib.sha256).digest()
+    return b"P2TH" + bytes([1, kind]) + tag[:16]
+
+
+HK = hello_key(b"fuzz initiator", b"fuzz responder")
+th = [
+    ("offer-to-responder", bytes([1]) + hello(1, HK)),
+    ("answer-to-initiator", bytes([0]) + hello(2, HK)),
+    ("confirm-after-answer", bytes([3]) + hello(3, HK)),
+    ("confirm-too-early", bytes([1]) + hello(3, HK)),
+    ("own-offer", bytes([0]) + hello(1, HK)),
+    ("other-key", bytes([1]) + hello(1, bytes(32))),
+    ("bad-kind", bytes([1]) + hello(9, HK)),
+    ("short", bytes([1]) + hello(1, HK)[:21]),
+]
+write("tcp_hello", th)
+
 # ---------------------------------------------------------------- turn_response
 # Steps (see the target): 0 flags len:u16 bytes = a message (flag 1: the last request's
 # txid written in), 1 ms:u16 = a wait, 2 = bind a channel, 3 len:u16 bytes = data sent.

@@ -4,7 +4,7 @@
 //! This is the one place that makes sockets: the layers above (the STUN client, the NAT
 //! probe, the pipe, the filer) create theirs here, so that "bind to this NIC" and "IPv6
 //! only" mean the same everywhere. What differs between operating systems
-//! (`SO_BINDTODEVICE`, `SO_REUSEADDR`) lives in `iface/sys.rs`.
+//! (`SO_BINDTODEVICE`, `SO_REUSEADDR`, `SO_REUSEPORT`) lives in `iface/sys.rs`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,14 +14,20 @@ use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 
 use super::sys;
 
-/// What a socket is bound to besides its address. The default is no device and an
-/// IPv6-only socket.
+/// What a socket is bound to besides its address. The default is no device, an
+/// IPv6-only socket, and a local port of its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SocketOptions<'a> {
     /// The network device to bind to by name (`SO_BINDTODEVICE`; Linux only).
     pub device: Option<&'a str>,
     /// Whether an IPv6 socket takes IPv4 too (`IPV6_V6ONLY` off). IPv4 sockets ignore it.
     pub dual_stack: bool,
+    /// Whether the local port may be shared (`SO_REUSEADDR` and `SO_REUSEPORT`): several
+    /// sockets of this user that all set it (a listener, outgoing connections, a STUN
+    /// connection) bind the same address and port at once, as TCP hole punching needs.
+    /// Linux and Android only: elsewhere making such a socket fails with
+    /// [`io::ErrorKind::Unsupported`].
+    pub reuse_port: bool,
 }
 
 impl<'a> SocketOptions<'a> {
@@ -30,6 +36,15 @@ impl<'a> SocketOptions<'a> {
         SocketOptions {
             device,
             dual_stack: false,
+            reuse_port: false,
+        }
+    }
+
+    /// These options with the local port shared ([`reuse_port`](Self::reuse_port) on).
+    pub fn shared_port(self) -> Self {
+        SocketOptions {
+            reuse_port: true,
+            ..self
         }
     }
 }
@@ -137,6 +152,9 @@ fn new_socket(
         s.set_only_v6(!opts.dual_stack)?;
     }
     s.set_nonblocking(true)?;
+    if opts.reuse_port {
+        sys::set_reuse_port(&s)?;
+    }
     if let Some(dev) = opts.device {
         bind_device(&s, dev)?;
     }
@@ -152,4 +170,43 @@ fn new_socket(
 /// `CAP_NET_RAW` or if there is no such device.
 pub fn bind_device(socket: &Socket, device: &str) -> io::Result<()> {
     sys::bind_device(socket, device)
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+
+    fn loopbacks() -> [SocketAddr; 2] {
+        ["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()]
+    }
+
+    #[tokio::test]
+    async fn a_shared_port_holds_a_listener_and_a_connection_from_the_same_port() {
+        for any in loopbacks() {
+            let shared = SocketOptions::default().shared_port();
+            let listener = tcp_listener(any, 8, shared).unwrap();
+            let port = listener.local_addr().unwrap();
+            let elsewhere = tcp_listener(any, 8, SocketOptions::default()).unwrap();
+            let to = elsewhere.local_addr().unwrap();
+            let out = tcp_socket_with(&to, Some(port), shared).unwrap();
+            let stream = tokio::time::timeout(std::time::Duration::from_secs(5), out.connect(to))
+                .await
+                .expect("connects within 5 s")
+                .unwrap();
+            assert_eq!(stream.local_addr().unwrap(), port, "{any}");
+            let (_, from) = elsewhere.accept().await.unwrap();
+            assert_eq!(from, port, "{any}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_shared_port_the_second_socket_is_refused() {
+        for any in loopbacks() {
+            let listener = tcp_listener(any, 8, SocketOptions::default()).unwrap();
+            let port = listener.local_addr().unwrap();
+            let err = tcp_socket_with(&port, Some(port), SocketOptions::default().shared_port())
+                .expect_err("a port held without sharing cannot be shared");
+            assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{any}: {err}");
+        }
+    }
 }

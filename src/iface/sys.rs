@@ -59,3 +59,21 @@ pub(crate) fn set_reuse_address(socket: &socket2::Socket) -> std::io::Result<()>
 pub(crate) fn set_reuse_address(_socket: &socket2::Socket) -> std::io::Result<()> {
     Ok(())
 }
+
+/// Lets several sockets share one local address and port (`SO_REUSEADDR` and
+/// `SO_REUSEPORT`): each of them must set this before binding.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn set_reuse_port(socket: &socket2::Socket) -> std::io::Result<()> {
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)
+}
+
+/// Sharing a local port: only implemented on Linux and Android, where `SO_REUSEPORT`
+/// means one thing.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn set_reuse_port(_socket: &socket2::Socket) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "sharing a local port (so_reuseport) is only implemented on linux",
+    ))
+}

@@ -151,6 +151,7 @@ impl PipeConfig {
         SocketOptions {
             device: self.device.as_deref(),
             dual_stack: self.dual_stack,
+            reuse_port: false,
         }
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::{udp::random_txid, Error, Request, Response, HEADER_LEN, MAX_MESSAGE_LEN};
 
@@ -58,6 +59,32 @@ async fn exchange(
         .await
         .map_err(|e| Error::io("connect", e))?;
     let local = stream.local_addr().map_err(|e| Error::io("connect", e))?;
+    let response = ask(&mut stream).await?;
+    Ok(TcpAnswer { response, local })
+}
+
+/// Sends a Binding request on `stream`, an open connection to a STUN server, and reads
+/// its response, within `limit`; the connection stays open (it holds the mapping).
+/// Checks as [`binding`].
+///
+/// # Errors
+///
+/// As [`binding`].
+///
+/// # Cancel safety
+///
+/// Not cancel safe: a cancelled call may leave part of a message on the connection.
+pub async fn binding_on(stream: &mut TcpStream, limit: Duration) -> Result<Response, Error> {
+    match tokio::time::timeout(limit, ask(stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::NoAnswer {
+            what: "a binding request over tcp",
+            waited: limit,
+        }),
+    }
+}
+
+async fn ask(stream: &mut TcpStream) -> Result<Response, Error> {
     let request = Request::binding(random_txid());
     let mut wire = bytes::BytesMut::new();
     request.emit(&mut wire);
@@ -85,5 +112,5 @@ async fn exchange(
             "the response answers another transaction".into(),
         ));
     }
-    Ok(TcpAnswer { response, local })
+    Ok(response)
 }

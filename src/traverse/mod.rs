@@ -1,7 +1,8 @@
-//! Ways through NATs, each a building block of its own.
+//! Ways through NATs, each a building block of its own: hole punching ([`punch`]) and
+//! TURN relays ([`turn`]).
 //!
-//! | block | module | what it does |
-//! |---|---|---|
-//! | TURN | [`turn`] | relays through a TURN server (RFC 5766/8656 over UDP and TCP, RFC 6062 TCP allocations) |
+//! This layer sits above `signal`, `identity` and the layers below them, and imports
+//! nothing above itself.
 
+pub mod punch;
 pub mod turn;

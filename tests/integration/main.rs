@@ -21,4 +21,5 @@ mod signal;
 mod skips;
 mod stun;
 mod support;
+mod tcppunch;
 mod turn;

@@ -43,7 +43,12 @@ use crate::support::{in_ci, spawn_guard_blocking};
 mod filer;
 mod nat;
 pub mod natdiscovery;
+mod peers;
+mod services;
+mod tcppunch;
 mod tests;
+
+pub use services::TurnServer;
 
 pub use natdiscovery::{parse_natdiscovery, Behaviour, Discovery};
 
@@ -321,11 +326,13 @@ struct Uplink {
     loss_percent: Option<u8>,
 }
 
-/// Builds a [`Lab`] with one or two uplinks.
+/// Builds a [`Lab`] with one or two uplinks, or two peers (see
+/// [`LabBuilder::peers`]).
 #[derive(Debug, Default)]
 #[must_use]
 pub struct LabBuilder {
     uplinks: Vec<Uplink>,
+    peers: bool,
 }
 
 impl LabBuilder {
@@ -341,6 +348,24 @@ impl LabBuilder {
         self
     }
 
+    /// Two peers instead of one host: peer 1 ("A") behind a router of kind
+    /// `a`, peer 2 ("B") behind one of kind `b`, each in its own namespace
+    /// (see [`Lab::ns_peer`]). Both translating routers use the same LAN,
+    /// 198.18.1.0/24, as home networks do; a router that does not translate
+    /// gives its peer a routed address, 198.19.N.2. coturn also relays (TURN,
+    /// see [`Lab::turn`]) and mosquitto runs at [`Lab::broker`]. Each router
+    /// drops new connections and datagrams addressed to itself from the WAN,
+    /// as a home router does: no reset or port-unreachable reaches a peer
+    /// that punches early.
+    pub fn peers(mut self, a: NatKind, b: NatKind) -> Self {
+        assert!(
+            self.uplinks.is_empty(),
+            "a peers lab has exactly two routers"
+        );
+        self.peers = true;
+        self.uplink(a, None).uplink(b, None)
+    }
+
     /// Creates the namespaces, links, routes and rulesets, starts coturn and
     /// waits until it answers. Panics (after cleaning up) if any step fails;
     /// call [`lab_available`] first.
@@ -354,14 +379,25 @@ impl LabBuilder {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("p2l-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&prefix);
+        let hosts = if self.peers {
+            vec![format!("{prefix}-peer1"), format!("{prefix}-peer2")]
+        } else {
+            vec![format!("{prefix}-host")]
+        };
         let mut lab = Lab {
             ns_inet: format!("{prefix}-inet"),
-            ns_host: format!("{prefix}-host"),
+            hosts,
+            peers: self.peers,
+            prefix,
             routers: Vec::new(),
             uplinks: self.uplinks.clone(),
             namespaces: Vec::new(),
             dir,
             coturn: None,
+            services: services::Services {
+                mosquitto: None,
+                turn: self.peers.then(TurnServer::new),
+            },
         };
         lab.setup();
         lab
@@ -373,13 +409,17 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A running NAT lab. Dropping it stops coturn and removes everything.
 pub struct Lab {
     ns_inet: String,
-    ns_host: String,
+    /// The host namespace, or the two peers' (peer n at n - 1).
+    hosts: Vec<String>,
+    peers: bool,
+    prefix: String,
     routers: Vec<String>,
     uplinks: Vec<Uplink>,
     /// Namespaces created so far, deleted on drop.
     namespaces: Vec<String>,
     dir: PathBuf,
     coturn: Option<Child>,
+    services: services::Services,
 }
 
 /// A command's result with how long it took and whether it was killed.
@@ -465,6 +505,22 @@ impl Lab {
         STUN_ALTERNATE
     }
 
+    /// coturn's TURN service in a peers lab: its address (UDP and TCP) and
+    /// this lab's long-term credentials.
+    pub fn turn(&self) -> TurnServer {
+        let turn = self.services.turn.clone();
+        turn.expect("TURN runs in a peers lab (LabBuilder::peers)")
+    }
+
+    /// mosquitto's address in a peers lab, 203.0.113.20:1883 (anonymous).
+    pub fn broker(&self) -> SocketAddr {
+        assert!(
+            self.peers,
+            "mosquitto runs in a peers lab (LabBuilder::peers)"
+        );
+        services::BROKER
+    }
+
     /// The number of uplinks (1 or 2).
     pub fn uplinks(&self) -> usize {
         self.uplinks.len()
@@ -485,10 +541,56 @@ impl Lab {
         }
     }
 
-    /// The host's address on uplink `n` (1-based): 198.18.n.2.
+    /// The host's address on uplink `n` (1-based): 198.18.n.2; in a peers lab,
+    /// peer n's address (see [`Lab::peer_ip`]).
     pub fn host_ip(&self, n: usize) -> Ipv4Addr {
+        let kind = self.uplink(n).kind;
+        match (self.peers, kind.translates()) {
+            (false, _) => Ipv4Addr::new(198, 18, n as u8, 2),
+            // Both private LANs are the same network, as at home.
+            (true, true) => Ipv4Addr::new(198, 18, 1, 2),
+            (true, false) => Ipv4Addr::new(198, 19, n as u8, 2),
+        }
+    }
+
+    /// Router `n`'s LAN address (the host's gateway).
+    fn lan_ip(&self, n: usize) -> Ipv4Addr {
+        let [a, b, c, _] = self.host_ip(n).octets();
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// Peer `n`'s LAN address in a peers lab: 198.18.1.2 for both peers when
+    /// their routers translate (the same private network: trying the other
+    /// peer's LAN address reaches yourself), 198.19.n.2 (routed, seen from
+    /// outside) when the router does not.
+    pub fn peer_ip(&self, n: usize) -> Ipv4Addr {
+        assert!(self.peers, "peer_ip is for a peers lab (LabBuilder::peers)");
+        self.host_ip(n)
+    }
+
+    /// Peer `n`'s IPv6 address, 2001:db8:n::2 (routed, not translated).
+    pub fn peer_ip6(&self, n: usize) -> Ipv6Addr {
+        assert!(
+            self.peers,
+            "peer_ip6 is for a peers lab (LabBuilder::peers)"
+        );
+        self.host_ip6(n)
+    }
+
+    /// Peer `n`'s namespace (1 or 2) in a peers lab.
+    pub fn ns_peer(&self, n: usize) -> &str {
+        assert!(self.peers, "ns_peer is for a peers lab (LabBuilder::peers)");
         self.uplink(n);
-        Ipv4Addr::new(198, 18, n as u8, 2)
+        &self.hosts[n - 1]
+    }
+
+    /// The namespace of the host behind uplink `n`: the one host, or peer n.
+    fn host_ns(&self, n: usize) -> &str {
+        if self.peers {
+            &self.hosts[n - 1]
+        } else {
+            &self.hosts[0]
+        }
     }
 
     /// The host's IPv6 address on uplink `n` (there is no NAT66: also its external
@@ -503,9 +605,10 @@ impl Lab {
         format!("up{n}")
     }
 
-    /// The host namespace's name.
+    /// The host namespace's name (a peers lab has two: [`Lab::ns_peer`]).
     pub fn ns_host(&self) -> &str {
-        &self.ns_host
+        assert!(!self.peers, "a peers lab has two hosts: use ns_peer(n)");
+        &self.hosts[0]
     }
 
     /// The internet namespace's name (coturn runs here).
@@ -613,7 +716,7 @@ impl Lab {
         let server = STUN_PRIMARY.ip().to_string();
         let port = STUN_PRIMARY.port().to_string();
         let run = self.exec_for(
-            &self.ns_host,
+            self.ns_host(),
             limit,
             "turnutils_natdiscovery",
             &["-m", "-f", "-L", &local, "-p", &port, &server],
@@ -682,132 +785,107 @@ impl Lab {
     fn setup(&mut self) {
         std::fs::create_dir(&self.dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", self.dir.display()));
-        let (inet, host) = (self.ns_inet.clone(), self.ns_host.clone());
+        let inet = self.ns_inet.clone();
         self.add_ns(&inet);
-        self.add_ns(&host);
-        // coturn's two addresses, on the internet's loopback.
-        ip_ok(&[
-            "-n",
-            &inet,
-            "addr",
-            "add",
-            &format!("{STUN_IP1}/32"),
-            "dev",
-            "lo",
-        ]);
-        ip_ok(&[
-            "-n",
-            &inet,
-            "addr",
-            "add",
-            &format!("{STUN_IP2}/32"),
-            "dev",
-            "lo",
-        ]);
-        for ip6 in [STUN6_IP1, STUN6_IP2] {
-            ip_ok(&[
-                "-n",
-                &inet,
-                "addr",
-                "add",
-                &format!("{ip6}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ]);
+        // The internet carries traffic between routers (peer to peer).
+        self.sysctl(&inet, "net/ipv4/ip_forward", "1");
+        self.sysctl(&inet, "net/ipv6/conf/all/forwarding", "1");
+        // coturn's addresses (and mosquitto's, in a peers lab) on the
+        // internet's loopback.
+        let mut loopback = vec![format!("{STUN_IP1}/32"), format!("{STUN_IP2}/32")];
+        loopback.extend([STUN6_IP1, STUN6_IP2].map(|ip6| format!("{ip6}/128")));
+        if self.peers {
+            loopback.push(format!("{}/32", services::BROKER.ip()));
         }
-        // The host answers on either uplink: loose reverse-path filtering, or
-        // replies to a socket bound to up2 would be dropped (the route back
-        // to the server goes out up1).
-        self.sysctl(&host, "net/ipv4/conf/all/rp_filter", "0");
-        self.sysctl(&host, "net/ipv4/conf/default/rp_filter", "0");
-
+        for addr in &loopback {
+            let mut args = vec!["-n", &inet, "addr", "add", addr, "dev", "lo"];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ip_ok(&args);
+        }
+        for host in self.hosts.clone() {
+            self.add_ns(&host);
+            // The host answers on either uplink: loose reverse-path filtering,
+            // or replies to a socket bound to up2 would be dropped (the route
+            // back to the server goes out up1).
+            self.sysctl(&host, "net/ipv4/conf/all/rp_filter", "0");
+            self.sysctl(&host, "net/ipv4/conf/default/rp_filter", "0");
+        }
         for n in 1..=self.uplinks.len() {
-            let rtr = format!("{}-rtr{n}", self.prefix());
-            self.add_ns(&rtr);
-            self.routers.push(rtr.clone());
-            let (wan, inet_side) = (router_wan_ip(n), inet_wan_ip(n));
-            let (lan, hostip) = (Ipv4Addr::new(198, 18, n as u8, 1), self.host_ip(n));
-            let (r, up) = (format!("r{n}"), format!("up{n}"));
-            // The veth ends are created directly in their namespaces, so no
-            // name ever appears in the root namespace.
-            ip_ok(&[
-                "link", "add", "wan", "netns", &rtr, "type", "veth", "peer", "name", &r, "netns",
-                &inet,
-            ]);
-            ip_ok(&[
-                "link", "add", "lan", "netns", &rtr, "type", "veth", "peer", "name", &up, "netns",
-                &host,
-            ]);
-            ip_ok(&[
+            self.add_router(n);
+        }
+        self.start_coturn();
+        if self.peers {
+            let broker = services::start_mosquitto(&inet, &self.dir);
+            self.services.mosquitto = Some(broker);
+        }
+    }
+
+    /// Router `n`: its namespace, the links to the internet and to its host,
+    /// addresses, routes and its ruleset.
+    fn add_router(&mut self, n: usize) {
+        let (inet, host) = (self.ns_inet.clone(), self.host_ns(n).to_owned());
+        let rtr = format!("{}-rtr{n}", self.prefix());
+        self.add_ns(&rtr);
+        self.routers.push(rtr.clone());
+        let (wan, inet_side) = (router_wan_ip(n), inet_wan_ip(n));
+        let (lan, hostip) = (self.lan_ip(n), self.host_ip(n));
+        let (r, up) = (format!("r{n}"), format!("up{n}"));
+        // The veth ends are created directly in their namespaces, so no name
+        // ever appears in the root namespace.
+        ip_ok(&[
+            "link", "add", "wan", "netns", &rtr, "type", "veth", "peer", "name", &r, "netns", &inet,
+        ]);
+        ip_ok(&[
+            "link", "add", "lan", "netns", &rtr, "type", "veth", "peer", "name", &up, "netns",
+            &host,
+        ]);
+        // IPv6: 2001:db8:0:N::/64 on the WAN link, 2001:db8:N::/64 on the LAN.
+        let (wan6, inet6) = (format!("2001:db8:0:{n}::1"), format!("2001:db8:0:{n}::2"));
+        let (lan6, host6) = (format!("2001:db8:{n}::1"), self.host_ip6(n).to_string());
+        for (ns, addr, dev) in [
+            (&rtr, format!("{wan}/30"), "wan"),
+            (&rtr, format!("{lan}/24"), "lan"),
+            (&inet, format!("{inet_side}/30"), r.as_str()),
+            (&host, format!("{hostip}/24"), up.as_str()),
+        ] {
+            ip_ok(&["-n", ns, "addr", "add", &addr, "dev", dev]);
+        }
+        for (ns, addr, dev) in [
+            (&rtr, format!("{wan6}/64"), "wan"),
+            (&inet, format!("{inet6}/64"), r.as_str()),
+            (&rtr, format!("{lan6}/64"), "lan"),
+            (&host, format!("{host6}/64"), up.as_str()),
+        ] {
+            ip_ok(&["-n", ns, "addr", "add", &addr, "dev", dev, "nodad"]);
+        }
+        for (ns, dev) in [
+            (&rtr, "wan"),
+            (&rtr, "lan"),
+            (&inet, r.as_str()),
+            (&host, up.as_str()),
+        ] {
+            ip_ok(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        self.sysctl(&host, &format!("net/ipv4/conf/{up}/rp_filter"), "0");
+        self.sysctl(&rtr, "net/ipv4/ip_forward", "1");
+        self.sysctl(&rtr, "net/ipv6/conf/all/forwarding", "1");
+        let [a, b, c, _] = lan.octets();
+        let host_net = format!("{a}.{b}.{c}.0/24");
+        let metric = (n * 100).to_string();
+        for args in [
+            vec!["-n", &rtr, "-6", "route", "add", "default", "via", &inet6],
+            vec![
                 "-n",
                 &rtr,
-                "addr",
+                "route",
                 "add",
-                &format!("{wan}/30"),
-                "dev",
-                "wan",
-            ]);
-            ip_ok(&[
-                "-n",
-                &rtr,
-                "addr",
-                "add",
-                &format!("{lan}/24"),
-                "dev",
-                "lan",
-            ]);
-            ip_ok(&[
-                "-n",
-                &inet,
-                "addr",
-                "add",
-                &format!("{inet_side}/30"),
-                "dev",
-                &r,
-            ]);
-            ip_ok(&[
-                "-n",
-                &host,
-                "addr",
-                "add",
-                &format!("{hostip}/24"),
-                "dev",
-                &up,
-            ]);
-            for (ns, dev) in [
-                (&rtr, "wan"),
-                (&rtr, "lan"),
-                (&inet, r.as_str()),
-                (&host, up.as_str()),
-            ] {
-                ip_ok(&["-n", ns, "link", "set", dev, "up"]);
-            }
-            self.sysctl(&host, &format!("net/ipv4/conf/{up}/rp_filter"), "0");
-            self.sysctl(&rtr, "net/ipv4/ip_forward", "1");
-            self.sysctl(&rtr, "net/ipv6/conf/all/forwarding", "1");
-            // IPv6: 2001:db8:0:N::/64 on the WAN link, 2001:db8:N::/64 on the LAN.
-            let (wan6, inet6) = (format!("2001:db8:0:{n}::1"), format!("2001:db8:0:{n}::2"));
-            let (lan6, host6) = (format!("2001:db8:{n}::1"), self.host_ip6(n).to_string());
-            for (ns, addr, dev) in [
-                (&rtr, &wan6, "wan"),
-                (&inet, &inet6, r.as_str()),
-                (&rtr, &lan6, "lan"),
-                (&host, &host6, up.as_str()),
-            ] {
-                ip_ok(&[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{addr}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ]);
-            }
-            ip_ok(&["-n", &rtr, "-6", "route", "add", "default", "via", &inet6]);
-            ip_ok(&[
+                "default",
+                "via",
+                &inet_side.to_string(),
+            ],
+            vec![
                 "-n",
                 &inet,
                 "-6",
@@ -816,27 +894,8 @@ impl Lab {
                 &format!("2001:db8:{n}::/64"),
                 "via",
                 &wan6,
-            ]);
-            ip_ok(&[
-                "-n",
-                &rtr,
-                "route",
-                "add",
-                "default",
-                "via",
-                &inet_side.to_string(),
-            ]);
-            ip_ok(&[
-                "-n",
-                &inet,
-                "route",
-                "add",
-                &format!("198.18.{n}.0/24"),
-                "via",
-                &wan.to_string(),
-            ]);
-            let metric = (n * 100).to_string();
-            ip_ok(&[
+            ],
+            vec![
                 "-n",
                 &host,
                 "route",
@@ -848,27 +907,50 @@ impl Lab {
                 &up,
                 "metric",
                 &metric,
-            ]);
-            ip_ok(&[
+            ],
+            vec![
                 "-n", &host, "-6", "route", "add", "default", "via", &lan6, "dev", &up, "metric",
                 &metric,
-            ]);
-            let uplink = self.uplinks[n - 1];
-            let mut rules = count_ruleset();
-            rules += &uplink.kind.ruleset(wan, hostip).unwrap_or_default();
-            if let Some(p) = uplink.loss_percent {
-                rules += &loss_ruleset(p);
-            }
-            let mut nft = ip(&["netns", "exec", &rtr]);
-            nft.arg(which("nft").expect("nft")).args(["-f", "-"]);
-            let r = run(nft, Some(&rules), LAB_T);
-            assert!(r.success(), "nft in {rtr} failed: {}\n{rules}", r.stderr());
+            ],
+        ] {
+            ip_ok(&args);
         }
-        self.start_coturn();
+        // The internet routes the LAN back to its router where nothing
+        // translates (two translating peers share one LAN: no route needed).
+        if !(self.peers && self.uplinks[n - 1].kind.translates()) {
+            ip_ok(&[
+                "-n",
+                &inet,
+                "route",
+                "add",
+                &host_net,
+                "via",
+                &wan.to_string(),
+            ]);
+        }
+        self.load_rules(n, &rtr, wan, hostip);
+    }
+
+    /// Loads router `n`'s nftables rules: the counters, its kind, its loss
+    /// and, in a peers lab, the home router's own input filter.
+    fn load_rules(&self, n: usize, rtr: &str, wan: Ipv4Addr, hostip: Ipv4Addr) {
+        let uplink = self.uplinks[n - 1];
+        let mut rules = count_ruleset();
+        rules += &uplink.kind.ruleset(wan, hostip).unwrap_or_default();
+        if let Some(p) = uplink.loss_percent {
+            rules += &loss_ruleset(p);
+        }
+        if self.peers {
+            rules += &services::router_input_ruleset();
+        }
+        let mut nft = ip(&["netns", "exec", rtr]);
+        nft.arg(which("nft").expect("nft")).args(["-f", "-"]);
+        let r = run(nft, Some(&rules), LAB_T);
+        assert!(r.success(), "nft in {rtr} failed: {}\n{rules}", r.stderr());
     }
 
     fn prefix(&self) -> &str {
-        self.ns_host.trim_end_matches("-host")
+        &self.prefix
     }
 
     fn add_ns(&mut self, ns: &str) {
@@ -893,17 +975,23 @@ impl Lab {
         r.unwrap_or_else(|e| panic!("sysctl in {ns}: {e}"));
     }
 
-    /// Starts coturn in the internet namespace, STUN only, RFC 5780 on (two
+    /// Starts coturn in the internet namespace, STUN only (in a peers lab
+    /// also TURN, see [`TurnServer::coturn_args`]), RFC 5780 on (two
     /// listening addresses and an alternate port), no CLI, TLS, DTLS or config
     /// file, everything it writes in the lab's directory; then waits until
     /// both its primary and its alternate address answer a binding request.
     fn start_coturn(&mut self) {
+        let role = match &self.services.turn {
+            Some(turn) => turn.coturn_args(),
+            None => vec!["--stun-only".to_owned()],
+        };
         let d = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
         let out = File::create(self.dir.join("turnserver.out")).expect("create coturn output file");
         let err = out.try_clone().expect("dup coturn output file");
         let mut cmd = ip(&["netns", "exec", &self.ns_inet]);
         cmd.arg(which("turnserver").expect("turnserver"))
-            .args(["-n", "--no-cli", "--stun-only", "--no-tls", "--no-dtls"])
+            .args(["-n", "--no-cli", "--no-tls", "--no-dtls"])
+            .args(&role)
             .args(["-L", &STUN_IP1.to_string(), "-L", &STUN_IP2.to_string()])
             .args(["-L", &STUN6_IP1.to_string(), "-L", &STUN6_IP2.to_string()])
             .args(["--listening-port", "3478", "--alt-listening-port", "3479"])
@@ -953,6 +1041,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.services.stop();
         if let Some(mut c) = self.coturn.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -970,7 +1059,7 @@ impl Drop for Lab {
 impl fmt::Debug for Lab {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lab")
-            .field("host", &self.ns_host)
+            .field("hosts", &self.hosts)
             .field("inet", &self.ns_inet)
             .field("routers", &self.routers)
             .field("uplinks", &self.uplinks)
@@ -989,13 +1078,15 @@ pub fn netns_list() -> Vec<String> {
 }
 
 /// The programs the lab runs: iproute2, nftables, coturn's server and
-/// natdiscovery, and `conntrack` ([`Lab::flush_conntrack`]).
-pub const PROGRAMS: [&str; 5] = [
+/// natdiscovery, `conntrack` ([`Lab::flush_conntrack`]) and mosquitto (a
+/// peers lab's broker).
+pub const PROGRAMS: [&str; 6] = [
     "ip",
     "nft",
     "turnserver",
     "turnutils_natdiscovery",
     "conntrack",
+    "mosquitto",
 ];
 
 /// `Err` naming the first of [`PROGRAMS`] that `find` does not find.
