@@ -43,6 +43,7 @@ pub mod fuzz;
 mod msg;
 mod relay;
 mod tcp;
+mod theory;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -50,6 +51,7 @@ use std::net::SocketAddr;
 pub use error::Error;
 pub use msg::Credentials;
 pub use relay::Relay;
+pub use theory::{relay_feasibility, transport_for, Refusal};
 
 /// How the client reaches the TURN server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

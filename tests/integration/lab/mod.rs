@@ -47,6 +47,7 @@ mod peers;
 mod services;
 mod tcppunch;
 mod tests;
+mod turn;
 
 pub use services::TurnServer;
 
