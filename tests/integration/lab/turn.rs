@@ -139,10 +139,10 @@ fn relay_pair(
     let mut tells = Vec::new();
     let mut others = Vec::new();
     let mut handles = Vec::new();
-    for n in 0..2 {
+    for (n, t) in transports.into_iter().enumerate() {
         let (tell, told) = mpsc::channel();
         let (other_tx, other_rx) = oneshot::channel();
-        let (server, t) = (server(lab), transports[n]);
+        let server = server(lab);
         handles.push(lab.spawn_in(lab.ns_peer(n + 1), move || {
             side(server, t, limit, n == 0, tell, other_rx)
         }));
