@@ -789,6 +789,20 @@ mod tests {
         ]
     }
 
+    /// An unsigned 401 or 438 answer to `request`.
+    fn refuse(request: &Message<TurnAttribute>, code: u16, realm: &str, nonce: &str) -> Vec<u8> {
+        let attrs = challenge(code, realm, nonce);
+        reply(request, MessageClass::ErrorResponse, attrs, None)
+    }
+
+    /// The failure the client reported next.
+    fn failure(c: &mut Client) -> Error {
+        match c.poll_event() {
+            Some(Event::Failed { error, .. }) => error,
+            other => panic!("no failure: {other:?}"),
+        }
+    }
+
     fn granted() -> Vec<TurnAttribute> {
         vec![
             XorRelayAddress::new("203.0.113.10:50000".parse().unwrap()).into(),
@@ -806,12 +820,7 @@ mod tests {
         c.allocate(attr::PROTO_UDP, t0).unwrap();
         let first = next_request(c);
         assert!(first.get_attribute::<MessageIntegrity>().is_none());
-        let r = reply(
-            &first,
-            MessageClass::ErrorResponse,
-            challenge(401, "r", "n1"),
-            None,
-        );
+        let r = refuse(&first, 401, "r", "n1");
         assert_eq!(c.handle_input(&r, t0), Input::Handled);
         let second = next_request(c);
         assert_ne!(second.transaction_id(), first.transaction_id());
@@ -862,18 +871,11 @@ mod tests {
         c.allocate(attr::PROTO_UDP, t0).unwrap();
         for _ in 0..2 {
             let req = next_request(&mut c);
-            let r = reply(
-                &req,
-                MessageClass::ErrorResponse,
-                challenge(401, "r", "n"),
-                None,
-            );
+            let r = refuse(&req, 401, "r", "n");
             assert_eq!(c.handle_input(&r, t0), Input::Handled);
         }
         assert!(c.poll_transmit().is_none(), "no third try");
-        let Some(Event::Failed { error, .. }) = c.poll_event() else {
-            panic!("no failure")
-        };
+        let error = failure(&mut c);
         assert!(matches!(error, Error::Unauthorized { .. }), "{error}");
         let shown = format!("{error} {error:?} {c:?}");
         assert!(shown.contains("203.0.113.10:3478"), "{shown}");
@@ -888,26 +890,14 @@ mod tests {
         allocated(&mut c, t0);
         c.permit(peer(), t0).unwrap();
         let req = next_request(&mut c);
-        let r = reply(
-            &req,
-            MessageClass::ErrorResponse,
-            challenge(438, "r", "n2"),
-            None,
-        );
+        let r = refuse(&req, 438, "r", "n2");
         assert_eq!(c.handle_input(&r, t0), Input::Handled);
         let again = next_request(&mut c);
         assert_eq!(again.get_attribute::<Nonce>().unwrap().value(), "n2");
-        let r = reply(
-            &again,
-            MessageClass::ErrorResponse,
-            challenge(438, "r", "n3"),
-            None,
-        );
+        let r = refuse(&again, 438, "r", "n3");
         assert_eq!(c.handle_input(&r, t0), Input::Handled);
         assert!(c.poll_transmit().is_none());
-        let Some(Event::Failed { error, .. }) = c.poll_event() else {
-            panic!("no failure")
-        };
+        let error = failure(&mut c);
         assert!(
             matches!(
                 error,
@@ -931,37 +921,23 @@ mod tests {
         let mut c = client(false, Some("expected"));
         c.allocate(attr::PROTO_UDP, t0).unwrap();
         let req = next_request(&mut c);
-        let r = reply(
-            &req,
-            MessageClass::ErrorResponse,
-            challenge(401, "evil", "n"),
-            None,
-        );
+        let r = refuse(&req, 401, "evil", "n");
         assert_eq!(c.handle_input(&r, t0), Input::Handled);
         assert!(c.poll_transmit().is_none());
-        let Some(Event::Failed { error, .. }) = c.poll_event() else {
-            panic!("no failure")
-        };
+        let error = failure(&mut c);
         assert!(matches!(error, Error::WrongRealm { .. }), "{error}");
 
         let mut c = client(false, None);
         c.allocate(attr::PROTO_UDP, t0).unwrap();
         let req = next_request(&mut c);
-        let mut r = reply(
-            &req,
-            MessageClass::ErrorResponse,
-            challenge(401, "r", "n"),
-            None,
-        );
+        let mut r = refuse(&req, 401, "r", "n");
         // Append a 1000-byte NONCE by hand (stun_codec refuses to build one).
         r.extend_from_slice(&[0x00, 0x15, 0x03, 0xe8]);
         r.extend_from_slice(&[b'x'; 1000]);
         let len = (r.len() - 20) as u16;
         r[2..4].copy_from_slice(&len.to_be_bytes());
         assert_eq!(c.handle_input(&r, t0), Input::Handled);
-        let Some(Event::Failed { error, .. }) = c.poll_event() else {
-            panic!("no failure")
-        };
+        let error = failure(&mut c);
         assert!(
             matches!(
                 error,
@@ -988,9 +964,7 @@ mod tests {
         }
         c.handle_timeout(t0 + Duration::from_millis(39500));
         assert!(c.poll_transmit().is_none());
-        let Some(Event::Failed { error, .. }) = c.poll_event() else {
-            panic!("no failure")
-        };
+        let error = failure(&mut c);
         assert!(
             matches!(error, Error::Timeout { op: "allocate", .. }),
             "{error}"
@@ -1126,6 +1100,26 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_server_is_asked_for_an_ipv6_relayed_address() {
+        use stun_codec::rfc8656::attributes::{AddressFamily, RequestedAddressFamily};
+        let mut c = Client::new(Config {
+            server: "[2001:db8::10]:3478".parse().unwrap(),
+            ..client(false, None).cfg
+        });
+        c.allocate(attr::PROTO_UDP, Instant::now()).unwrap();
+        let req = next_request(&mut c);
+        let family = req
+            .get_attribute::<RequestedAddressFamily>()
+            .map(|f| f.address_family());
+        assert_eq!(family, Some(AddressFamily::V6));
+        let mut v4 = client(false, None);
+        v4.allocate(attr::PROTO_UDP, Instant::now()).unwrap();
+        assert!(next_request(&mut v4)
+            .get_attribute::<RequestedAddressFamily>()
+            .is_none());
+    }
+
+    #[test]
     fn close_sends_lifetime_zero_and_ends_closed() {
         let t0 = Instant::now();
         let mut c = client(false, None);
@@ -1149,12 +1143,7 @@ mod tests {
         let mut c = client(false, None);
         c.allocate(attr::PROTO_UDP, t0).unwrap();
         let req = next_request(&mut c);
-        let r = reply(
-            &req,
-            MessageClass::ErrorResponse,
-            challenge(401, "r", "n"),
-            None,
-        );
+        let r = refuse(&req, 401, "r", "n");
         let _ = c.handle_input(&r, t0);
         let signed = next_request(&mut c);
         let forged = reply(
