@@ -218,38 +218,24 @@ impl Client {
     /// Binds a channel to `peer` (and from then on refreshes it); gives its number.
     pub(crate) fn bind_channel(&mut self, peer: SocketAddr, now: Instant) -> Result<u16, Error> {
         self.check_allocated()?;
-        if let Some(c) = self.channels.iter().find(|c| c.peer == peer) {
-            let number = c.number;
-            self.send(
-                Kind::ChannelBind {
-                    peer,
-                    channel: number,
-                },
-                false,
-                now,
-            )?;
-            return Ok(number);
-        }
-        if self.channels.len() >= MAX_CHANNELS || self.next_channel > MAX_CHANNEL {
+        let known = self.channel_of(peer);
+        if known.is_none()
+            && (self.channels.len() >= MAX_CHANNELS || self.next_channel > MAX_CHANNEL)
+        {
             return Err(self.full("channels", MAX_CHANNELS));
         }
-        let number = self.next_channel;
-        self.send(
-            Kind::ChannelBind {
+        let channel = known.unwrap_or(self.next_channel);
+        self.send(Kind::ChannelBind { peer, channel }, false, now)?;
+        if known.is_none() {
+            self.next_channel += 1;
+            let refresh_at = now + CHANNEL_REFRESH;
+            self.channels.push(Channel {
                 peer,
-                channel: number,
-            },
-            false,
-            now,
-        )?;
-        self.next_channel += 1;
-        let refresh_at = now + CHANNEL_REFRESH;
-        self.channels.push(Channel {
-            peer,
-            number,
-            refresh_at,
-        });
-        Ok(number)
+                number: channel,
+                refresh_at,
+            });
+        }
+        Ok(channel)
     }
 
     /// Asks the server to open a TCP connection to `peer` (RFC 6062 Connect).

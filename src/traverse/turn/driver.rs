@@ -265,6 +265,15 @@ impl Shared {
         if let Some(e) = &st.stopped {
             return Err(e.clone());
         }
+        st.inbound.retain(|_, tx| !tx.is_closed());
+        if st.inbound.len() >= MAX_PIPES && !st.inbound.contains_key(&peer) {
+            let (server, what) = (self.server, "relayed pipes");
+            return Err(Error::Full {
+                server,
+                what,
+                max: MAX_PIPES,
+            });
+        }
         let (tx, rx) = mpsc::channel(PIPE_QUEUE);
         st.inbound.insert(peer, tx);
         Ok(rx)
