@@ -35,7 +35,54 @@ pub(crate) enum Link {
     /// UDP: every message is a datagram.
     Udp(Arc<UdpSocket>),
     /// TCP: messages back to back on one connection (writes serialised).
-    Tcp(tokio::sync::Mutex<OwnedWriteHalf>),
+    Tcp(tokio::sync::Mutex<TcpOut>),
+}
+
+/// The sending half of a TCP connection to the server, and the bytes of whole messages
+/// not yet written (a write that could not finish at once, or was cancelled): they go
+/// out before anything else, so messages never interleave.
+pub(crate) struct TcpOut {
+    half: OwnedWriteHalf,
+    tail: BytesMut,
+}
+
+impl TcpOut {
+    pub(crate) fn new(half: OwnedWriteHalf) -> TcpOut {
+        TcpOut {
+            half,
+            tail: BytesMut::new(),
+        }
+    }
+
+    /// Writes what is left over, then `bytes`. Cancel safe: what is not written yet
+    /// stays for the next writer (or the driver's next flush).
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.tail.extend_from_slice(bytes);
+        while !self.tail.is_empty() {
+            let n = self.half.write(&self.tail).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.tail.advance(n);
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` now if the socket takes at least part of them (the rest waits
+    /// in the tail for the driver): true if taken, false if the caller must wait.
+    fn try_write(&mut self, bytes: &[u8]) -> io::Result<bool> {
+        if !self.tail.is_empty() {
+            return Ok(false);
+        }
+        match self.half.try_write(bytes) {
+            Ok(n) => {
+                self.tail.extend_from_slice(&bytes[n..]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Reads messages from the server's socket.
@@ -105,7 +152,7 @@ impl Link {
             Link::Tcp(w) => w
                 .lock()
                 .await
-                .write_all(bytes)
+                .write(bytes)
                 .await
                 .map_err(|e| Error::io(server, "send", e)),
         }
@@ -334,8 +381,17 @@ pub(crate) async fn run(shared: Arc<Shared>, mut reader: LinkReader) {
     }
 }
 
-/// Sends everything the client queued.
+/// Sends everything the client queued, after what a relayed send left over.
 async fn flush(shared: &Shared) -> Result<(), Error> {
+    if let Link::Tcp(w) = &shared.link {
+        let mut out = w.lock().await;
+        if !out.tail.is_empty() {
+            let server = shared.server;
+            out.write(&[])
+                .await
+                .map_err(|e| Error::io(server, "send", e))?;
+        }
+    }
     loop {
         let Some(bytes) = shared.lock().client.poll_transmit() else {
             return Ok(());
@@ -433,17 +489,39 @@ impl RelayLink {
 impl DatagramLink for RelayLink {
     fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<bool> {
         let shared = self.shared()?;
-        let Link::Udp(sock) = &shared.link else {
-            return Ok(false);
-        };
-        let mut st = shared.lock();
-        let st = &mut *st;
-        st.scratch.clear();
-        st.client.emit_data(to, data, &mut st.scratch);
-        match sock.try_send_to(&st.scratch, shared.server) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
+        match &shared.link {
+            Link::Udp(sock) => {
+                let mut st = shared.lock();
+                let st = &mut *st;
+                st.scratch.clear();
+                st.client.emit_data(to, data, &mut st.scratch);
+                match sock.try_send_to(&st.scratch, shared.server) {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Link::Tcp(w) => {
+                let Ok(mut out) = w.try_lock() else {
+                    return Ok(false);
+                };
+                let left_over = {
+                    let mut st = shared.lock();
+                    let st = &mut *st;
+                    st.scratch.clear();
+                    st.client.emit_data(to, data, &mut st.scratch);
+                    let taken = out.try_write(&st.scratch)?;
+                    if !taken {
+                        return Ok(false);
+                    }
+                    !out.tail.is_empty()
+                };
+                if left_over {
+                    // The driver writes the rest.
+                    shared.wake.notify_one();
+                }
+                Ok(true)
+            }
         }
     }
 
@@ -454,7 +532,7 @@ impl DatagramLink for RelayLink {
             shared.lock().client.emit_data(to, data, &mut frame);
             match &shared.link {
                 Link::Udp(sock) => sock.send_to(&frame, shared.server).await.map(|_| ()),
-                Link::Tcp(w) => w.lock().await.write_all(&frame).await,
+                Link::Tcp(w) => w.lock().await.write(&frame).await,
             }
         })
     }

@@ -382,7 +382,8 @@ async fn open_link(server: SocketAddr, transport: Transport) -> Result<(Link, Li
                 buf: bytes::BytesMut::new(),
                 taken: 0,
             };
-            Ok((Link::Tcp(tokio::sync::Mutex::new(w)), reader))
+            let out = driver::TcpOut::new(w);
+            Ok((Link::Tcp(tokio::sync::Mutex::new(out)), reader))
         }
     }
 }
