@@ -89,13 +89,14 @@ impl Relay {
         .await
     }
 
-    /// As [`allocate`](Self::allocate) (`proto` 17) or
-    /// [`allocate_tcp`](Self::allocate_tcp) (`proto` 6), with `cfg` for the pipes the
-    /// relay makes.
+    /// As [`allocate`](Self::allocate), or as [`allocate_tcp`](Self::allocate_tcp) when
+    /// `tcp_relay` (then `transport` must be [`Transport::Tcp`]), with `cfg` for the pipes
+    /// the relay makes.
     ///
     /// # Errors
     ///
-    /// As [`allocate`](Self::allocate).
+    /// As [`allocate`](Self::allocate); [`Error::WrongTransport`] for a TCP relay over
+    /// UDP.
     ///
     /// # Cancel safety
     ///
@@ -107,6 +108,14 @@ impl Relay {
         limit: Duration,
         cfg: &PipeConfig,
     ) -> Result<Relay, Error> {
+        if tcp_relay && transport == Transport::Udp {
+            let (server, op) = (server.udp, "relay tcp");
+            return Err(Error::WrongTransport {
+                server,
+                op,
+                transport: "udp",
+            });
+        }
         let proto = if tcp_relay { PROTO_TCP } else { PROTO_UDP };
         Self::start(server, transport, proto, limit, cfg.clone()).await
     }
@@ -349,14 +358,16 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // Ask the server to delete the allocation, without waiting (over TCP, the
         // connection's close deletes it anyway).
-        let bye = {
-            let mut st = self.shared.lock();
-            let asked = st.client.close(std::time::Instant::now()).is_ok();
-            asked.then(|| st.client.poll_transmit()).flatten()
-        };
-        if let (Some(bye), Link::Udp(sock)) = (bye, &self.shared.link) {
-            let _ = sock.try_send_to(&bye, self.shared.server);
+        let mut st = self.shared.lock();
+        if st.client.close(std::time::Instant::now()).is_ok() {
+            // The Refresh goes out after anything queued before it.
+            while let Some(bytes) = st.client.poll_transmit() {
+                if let Link::Udp(sock) = &self.shared.link {
+                    let _ = sock.try_send_to(&bytes, self.shared.server);
+                }
+            }
         }
+        drop(st);
         self.task.abort();
         self.shared.stop(Error::Stopped {
             server: self.shared.server,
