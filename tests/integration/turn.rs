@@ -325,3 +325,22 @@ async fn garbage_on_a_tcp_connection_to_the_server_breaks_the_relay_at_once() {
     assert!(started.elapsed() < LIMIT / 2);
     server.abort();
 }
+
+#[tokio::test]
+async fn closing_a_relay_deletes_the_allocation_and_ends_its_pipes() {
+    let test = "closing_a_relay_deletes_the_allocation_and_ends_its_pipes";
+    let ip: IpAddr = [127, 0, 0, 1].into();
+    let Some(coturn) = Coturn::start(test, ip).await else {
+        return;
+    };
+    let relay = within(Relay::allocate(&coturn.server(), Transport::Udp, LIMIT))
+        .await
+        .unwrap();
+    let peer = udp_peer(ip).await;
+    let relayed = within(relay.pipe(peer.local_addr())).await.unwrap();
+    within(relay.close()).await.unwrap();
+    let ended = within(relayed.recv()).await;
+    assert!(ended.is_err(), "a pipe of a closed relay ends: {ended:?}");
+    let sent = within(relayed.send(b"after close")).await;
+    assert!(sent.is_err(), "and cannot send: {sent:?}");
+}
