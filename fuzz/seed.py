@@ -441,6 +441,55 @@ pm = [
 ]
 write("punch_message", pm)
 
+# ---------------------------------------------------------------- turn_response
+# Steps (see the target): 0 flags len:u16 bytes = a message (flag 1: the last request's
+# txid written in), 1 ms:u16 = a wait, 2 = bind a channel, 3 len:u16 bytes = data sent.
+
+
+def stun_msg(mtype, attrs, txid=bytes(12)):
+    body = b""
+    for t, v in attrs:
+        body += struct.pack(">HH", t, len(v)) + v
+        while len(body) % 4:
+            body += b"\0"
+    return struct.pack(">HHI", mtype, len(body), 0x2112A442) + txid + body
+
+
+def xor_v4(ip, port):
+    x = bytes(a ^ b for a, b in zip(bytes(ip), struct.pack(">I", 0x2112A442)))
+    return bytes([0, 1]) + struct.pack(">H", port ^ 0x2112) + x
+
+
+def msg(data, txid=True):
+    return bytes([0, 1 if txid else 0]) + struct.pack(">H", len(data)) + data
+
+
+ERR401 = (0x0009, bytes([0, 0, 4, 1]) + b"Unauthorized")
+challenge = stun_msg(0x0113, [ERR401, (0x0014, b"r"), (0x0015, b"nonce-1")])
+stale = stun_msg(0x0113, [(0x0009, bytes([0, 0, 4, 38]) + b"Stale Nonce"), (0x0014, b"r"), (0x0015, b"nonce-2")])
+granted = stun_msg(0x0103, [(0x0016, xor_v4([203, 0, 113, 1], 50000)), (0x0020, xor_v4([198, 51, 100, 2], 40000)),
+                            (0x000D, struct.pack(">I", 600))])
+peer = xor_v4([198, 51, 100, 7], 4000)
+data_ind = stun_msg(0x0017, [(0x0012, peer), (0x0013, b"hello")])
+attempt = stun_msg(0x001C, [(0x002A, struct.pack(">I", 7)), (0x0012, peer)])
+chan = bytes([0x40, 0, 0, 5]) + b"hello\0\0\0"
+permit_ok = stun_msg(0x0108, [])
+bind_ok = stun_msg(0x0109, [])
+turn = [
+    ("login", bytes([0]) + msg(challenge) + msg(granted)),
+    ("login-tcp", bytes([1]) + msg(challenge) + msg(granted)),
+    ("stale", bytes([0]) + msg(challenge) + msg(granted) + bytes([2]) + msg(stale) + msg(permit_ok)),
+    ("channel", bytes([0]) + msg(challenge) + msg(granted) + bytes([2]) + msg(bind_ok) + msg(chan, False)
+     + bytes([3, 0, 3]) + b"abc"),
+    ("data-indication", bytes([0]) + msg(challenge) + msg(granted) + msg(data_ind, False)),
+    ("connection-attempt", bytes([1]) + msg(challenge) + msg(granted) + msg(attempt, False)),
+    ("endless-401", bytes([0]) + msg(challenge) * 3),
+    ("oversized-nonce", bytes([0]) + msg(stun_msg(0x0113, [ERR401, (0x0014, b"r"), (0x0015, b"n" * 1000)]))),
+    ("timeouts", bytes([0]) + bytes([1, 0xFF, 0xFF]) * 3),
+    ("refresh", bytes([0]) + msg(challenge) + msg(granted) + bytes([1, 0xFF, 0xFF]) * 9),
+]
+write("turn_response", turn)
+
 for t in sorted(os.listdir(ROOT)):
     n = len(os.listdir(os.path.join(ROOT, t)))
     print(f"{t}: {n} seeds")

@@ -40,6 +40,7 @@ pub mod traverse;
 #[doc(hidden)]
 pub mod __fuzz {
     pub use crate::pipe::subscribe::fuzz::SubscriptionSet;
+    pub use crate::traverse::turn::fuzz as turn;
 }
 
 pub use addr::{Af, Target};

@@ -66,6 +66,7 @@ mod inline;
 mod io;
 mod queue;
 mod reader;
+pub(crate) mod relay;
 mod shared;
 pub(crate) mod subscribe;
 mod tcp;

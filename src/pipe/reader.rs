@@ -36,6 +36,8 @@ pub(crate) enum Reader {
     Tcp(FramedRead<OwnedReadHalf, FrameDecoder>),
     /// A UDP socket of its own, with a receive buffer.
     Udp(Arc<UdpSocket>, Box<[u8]>),
+    /// Datagrams a relay's driver received for the pipe (see `relay.rs`).
+    Relay(super::relay::Inbound),
 }
 
 impl Reader {
@@ -92,6 +94,16 @@ impl Reader {
                     }
                 }
             }
+            Reader::Relay(inbound) => match inbound.recv().await {
+                Some((data, from)) => Ok(Message {
+                    data,
+                    peer: canonical(from),
+                    local: core.local,
+                    proto: Proto::Udp,
+                }),
+                // The relay is gone: its allocation ended or was closed.
+                None => Err(EndReason::Closed),
+            },
         }
     }
 }

@@ -40,10 +40,11 @@ impl Owned {
     }
 }
 
-/// How a UDP pipe sends: on its own socket, or on its listener's.
+/// How a UDP pipe sends: on its own socket, on its listener's, or through a relay.
 pub(crate) enum Sender {
     Own(Owned),
     Child(Weak<UdpSocket>),
+    Relay(Arc<dyn super::relay::DatagramLink>),
 }
 
 impl Sender {
@@ -63,6 +64,16 @@ impl Sender {
                 };
                 if !try_send(&sock, data, to)? {
                     sock.send_to(data, to).await?;
+                }
+                Ok(())
+            }
+            Sender::Relay(link) => {
+                let to = checked(core, data, to)?;
+                if core.has_ended() {
+                    return Err(Error::Ended(core.end_or_closed()));
+                }
+                if !link.try_send_to(data, to)? {
+                    link.send_to(data, to).await?;
                 }
                 Ok(())
             }

@@ -14,3 +14,4 @@
 
 pub mod mapping;
 pub mod punch;
+pub mod turn;

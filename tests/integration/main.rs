@@ -5,6 +5,7 @@
 //! coturn (see docs/nat-lab.md), and its tests skip when that is impossible.
 
 mod cli;
+mod coturn;
 mod daemon;
 mod faults;
 mod fetch;
@@ -22,3 +23,4 @@ mod skips;
 mod stun;
 mod support;
 mod tcppunch;
+mod turn;

@@ -49,6 +49,7 @@ mod punch;
 mod services;
 mod tcppunch;
 mod tests;
+mod turn;
 
 pub use services::TurnServer;
 
