@@ -31,8 +31,6 @@ impl Pipe {
     }
 
     /// A TCP pipe on a connected `stream`, as [`Pipe::connect`] makes one.
-    // For the TCP punch and RFC 6062 relayed connections.
-    #[allow(dead_code)]
     pub(crate) fn adopt_tcp(stream: TcpStream, cfg: &PipeConfig) -> Result<Pipe> {
         let core = super::tcp::start(stream, Arc::new(cfg.clone()), None)?;
         Ok(Pipe::from_core(core))
