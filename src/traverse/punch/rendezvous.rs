@@ -325,8 +325,10 @@ fn parse_nat(buf: &mut &[u8]) -> Result<NatSummary, Error> {
 /// unknown pattern, `2` preserving, `3` sequential, `4` random), inbound (`0` open, `1`
 /// filtered), and the sequential delta (i32, big-endian, 0 unless sequential).
 fn parse_tcp(buf: &mut &[u8]) -> Result<Option<TcpNatSummary>, Error> {
-    if take_u8(buf)? == 0 {
-        return Ok(None);
+    match take_u8(buf)? {
+        0 => return Ok(None),
+        1 => {}
+        _ => return Err(Error::Malformed("unknown tcp summary presence")),
     }
     let [mapping, inbound] = take::<2>(buf)?;
     let delta = i32::from_be_bytes(take(buf)?);
@@ -930,7 +932,7 @@ mod tests {
         let bytes = m.to_bytes().to_vec();
         let at = HEADER + NONCE_LEN + 1 + NatSummary::LEN;
         assert_eq!(&bytes[at..at + 3], &[1, 2, 1]);
-        for (offset, value) in [(1, 9), (2, 2), (6, 1)] {
+        for (offset, value) in [(0, 2), (1, 9), (2, 2), (6, 1)] {
             let mut bad = bytes.clone();
             bad[at + offset] = value;
             assert!(Message::parse(&bad).is_err(), "byte {offset} = {value}");
