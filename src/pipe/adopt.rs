@@ -31,6 +31,7 @@ impl Pipe {
     }
 
     /// A TCP pipe on a connected `stream`, as [`Pipe::connect`] makes one.
+    // For the TCP punch and RFC 6062 relayed connections.
     pub(crate) fn adopt_tcp(stream: TcpStream, cfg: &PipeConfig) -> Result<Pipe> {
         let core = super::tcp::start(stream, Arc::new(cfg.clone()), None)?;
         Ok(Pipe::from_core(core))
