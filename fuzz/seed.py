@@ -347,12 +347,11 @@ so = [
 write("signal_open", so)
 
 # tcp_hello (fuzz/fuzz_targets/tcp_hello.rs): byte 0 = flags (bit 0 responder reads,
-# bit 1 responder already answered), then a hello under the target's key.
+# bit 1 responder already answered), then a hello under the target's key: the session
+# key of a TCP rendezvous with nonces 0x01.. and 0x02.. (SessionKey::derive).
 def hello_key(initiator, responder):
     import hmac
-    label = b"p2pipe tcp punch hello"
-    msg = b"".join(struct.pack(">Q", len(n)) + n for n in (initiator, responder))
-    return hmac.new(label, msg, hashlib.sha256).digest()
+    return hmac.new(initiator + responder, b"p2pipe/punch/1 tcp", hashlib.sha256).digest()
 
 
 def hello(kind, key):
@@ -361,7 +360,7 @@ def hello(kind, key):
     return b"P2TH" + bytes([1, kind]) + tag[:16]
 
 
-HK = hello_key(b"fuzz initiator", b"fuzz responder")
+HK = hello_key(bytes([1] * 16), bytes([2] * 16))
 th = [
     ("offer-to-responder", bytes([1]) + hello(1, HK)),
     ("answer-to-initiator", bytes([0]) + hello(2, HK)),
@@ -405,7 +404,7 @@ import hmac as _hmac
 
 
 def pr(kind, body):
-    return bytes([0]) + b"PR" + bytes([1, kind]) + body
+    return bytes([0]) + b"PR" + bytes([2, kind]) + body
 
 
 def cand(*addrs):
@@ -418,6 +417,9 @@ def cand(*addrs):
 # type, mapping, filtering, allocation (1-based, 0 unknown), delta
 CONE = bytes([2, 1, 1, 1]) + struct.pack(">i", 0)
 SYM_SEQ = bytes([5, 3, 3, 2]) + struct.pack(">i", 2)
+# the optional TCP summary: absent, or present, mapping, inbound, delta
+NO_TCP = bytes([0])
+TCP_SEQ = bytes([1, 3, 1]) + struct.pack(">i", 1)
 PKEY = _hmac.new(bytes([1] * 16) + bytes([2] * 16), b"p2pipe/punch/1 udp", hashlib.sha256).digest()
 
 
@@ -427,12 +429,14 @@ def packet(kind, role, seq, session=bytes([1] * 8), key=PKEY):
 
 
 pm = [
-    ("offer", pr(1, bytes([1] * 16) + bytes([0]) + CONE + cand(([198, 51, 100, 1], 4000), ([198, 18, 1, 2], 4000)))),
-    ("offer-v6", pr(1, bytes([1] * 16) + bytes([0]) + bytes(8) + cand(([0x20, 1, 0xD, 0xB8] + [0] * 11 + [2], 5000)))),
-    ("answer", pr(2, bytes([1] * 16) + bytes([2] * 16) + SYM_SEQ + cand(([198, 51, 100, 5], 61000)))),
-    ("answer-many", pr(2, bytes([1] * 16) + bytes([2] * 16) + CONE + cand(*[([198, 51, 100, 5], 1000 + i) for i in range(8)]))),
+    ("offer", pr(1, bytes([1] * 16) + bytes([0]) + CONE + NO_TCP + cand(([198, 51, 100, 1], 4000), ([198, 18, 1, 2], 4000)))),
+    ("offer-tcp", pr(1, bytes([1] * 16) + bytes([1]) + CONE + TCP_SEQ + cand(([198, 51, 100, 1], 4000)))),
+    ("offer-v6", pr(1, bytes([1] * 16) + bytes([0]) + bytes(8) + NO_TCP + cand(([0x20, 1, 0xD, 0xB8] + [0] * 11 + [2], 5000)))),
+    ("answer", pr(2, bytes([1] * 16) + bytes([2] * 16) + SYM_SEQ + NO_TCP + cand(([198, 51, 100, 5], 61000)))),
+    ("answer-tcp", pr(2, bytes([1] * 16) + bytes([2] * 16) + CONE + bytes([1, 0, 0]) + bytes(4) + cand(([198, 51, 100, 5], 61000)))),
+    ("answer-many", pr(2, bytes([1] * 16) + bytes([2] * 16) + CONE + TCP_SEQ + cand(*[([198, 51, 100, 5], 1000 + i) for i in range(8)]))),
     ("ready", pr(3, bytes([1] * 16) + struct.pack(">I", 40000))),
-    ("too-many", pr(2, bytes([1] * 16) + bytes([2] * 16) + CONE + bytes([200]))),
+    ("too-many", pr(2, bytes([1] * 16) + bytes([2] * 16) + CONE + NO_TCP + bytes([200]))),
     ("probe", packet(1, 1, 1)),
     ("ack", packet(2, 1, 7)),
     ("keepalive", packet(3, 1, 9)),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use p2pipe::identity::Identity;
-use p2pipe::traverse::punch::rendezvous::{Message, Responder, MAX_MESSAGE, NONCE_LEN};
+use p2pipe::traverse::punch::rendezvous::{Message, Responder, Way, MAX_MESSAGE, NONCE_LEN};
 use p2pipe::traverse::punch::udp::{Probe, Session, Step, Timing};
 use p2pipe::traverse::punch::{
     Agreement, Approach, NatSummary, Plan, Role, SessionKey, MAX_CANDIDATES,
@@ -43,6 +43,7 @@ fn message(bytes: &[u8]) {
         bytes,
         [4; NONCE_LEN],
         NatSummary::default(),
+        None,
         Default::default(),
     );
     let Ok(m) = Message::parse(bytes) else {
@@ -76,7 +77,7 @@ fn packet(bytes: &[u8]) {
             rtt: Duration::from_millis(10),
             role: Role::Initiator,
         },
-        approach: Approach::Direct,
+        way: Way::Udp(Approach::Direct),
         key,
         session: [1; NONCE_LEN],
     };

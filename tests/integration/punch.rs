@@ -17,7 +17,7 @@ use crate::mosquitto::Mosquitto;
 use crate::stun::server::TestServer;
 use crate::support::{loopbacks, within, SHORT, V4};
 
-async fn signaller(seed: u8, broker: &Mosquitto) -> Signaller {
+pub(crate) async fn signaller(seed: u8, broker: &Mosquitto) -> Signaller {
     let config = SignallerConfig {
         mqtt: MqttSettings {
             backoff_initial: Duration::from_millis(20),
@@ -191,6 +191,7 @@ async fn a_peer_that_never_answers_probes_times_out_naming_the_candidates() {
             &offer.payload,
             [9; NONCE_LEN],
             NatSummary::of_type(NatType::Open),
+            None,
             Candidates::new([deaf_addr]).unwrap(),
         )
         .unwrap();

@@ -1,18 +1,24 @@
-//! TCP hole punching on loopback: two punch ports open one connection by a plan the
-//! test builds (no signalling), over 127.0.0.1 and ::1; refusals, a wrong host and a
-//! silent candidate end in clear errors within the time limit.
+//! TCP hole punching on loopback, over 127.0.0.1 and ::1: two nodes agree a punch
+//! through a real mosquitto and talk through the pipes it gives them; refusals come at
+//! once on both sides. The scheduler's own cases (a wrong host, another key, a refusing
+//! candidate, nothing sent when refused) run on plans the test builds. The NAT cases
+//! are in `lab/tcppunch.rs`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use p2pipe::nat::PortAllocation;
+use p2pipe::signal::{Incoming, Signaller};
 use p2pipe::traverse::punch::tcp::{
-    Error, HelloKey, Inbound, PunchPort, TcpMapping, TcpNatSummary, TcpRefusal,
+    self, Error, HelloKey, Inbound, PunchPort, TcpMapping, TcpNatSummary, TcpRefusal,
 };
-use p2pipe::traverse::punch::{Plan, Role};
+use p2pipe::traverse::punch::{Plan, Role, SessionKey};
+use p2pipe::{Pipe, Proto};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::mosquitto::Mosquitto;
+use crate::punch::signaller;
 use crate::stun::server::TestServer;
 use crate::support::{loopbacks, within, SHORT};
 
@@ -34,7 +40,7 @@ const LIMIT: Duration = Duration::from_secs(5);
 const RTT: Duration = Duration::from_millis(2);
 
 fn key() -> HelloKey {
-    HelloKey::from_nonces(b"loopback initiator", b"loopback responder")
+    HelloKey::from(&SessionKey::derive(&[1; 16], &[2; 16], Proto::Tcp))
 }
 
 fn plan(remote: Vec<SocketAddr>, role: Role, start: Instant) -> Plan {
@@ -93,52 +99,157 @@ fn firewalled(port: PunchPort, remote: SocketAddr) -> Side {
     }
 }
 
+type Piped = Result<Pipe, Error>;
+
+/// The responder: waits for a TCP punch offer and answers it from a port on `ip`.
+async fn answer_one(node: &Signaller, ip: IpAddr, cfg: &tcp::Config) -> Piped {
+    loop {
+        let incoming = node.recv().await.expect("signaller running");
+        if !tcp::is_offer(&incoming) {
+            continue;
+        }
+        let Incoming::Request(offer) = incoming else {
+            unreachable!("an offer is a request")
+        };
+        return tcp::answer(node, &offer, port(ip), cfg).await;
+    }
+}
+
+/// Both sides of one punch over signalling, at once: `alice` connects from `from`,
+/// `bob` answers.
+async fn punch_pair(
+    (alice, from): (&Signaller, PunchPort),
+    bob: &Signaller,
+    a: &tcp::Config,
+    b: &tcp::Config,
+) -> (Piped, Piped) {
+    let ip = from.local_addr().ip();
+    let bob_key = bob.identity().public();
+    within(async {
+        tokio::join!(
+            tcp::connect(alice, &bob_key, from, a),
+            answer_one(bob, ip, b)
+        )
+    })
+    .await
+}
+
+/// One message each way; the pipes are TCP pipes between the two ends.
+async fn talk(a: &Pipe, b: &Pipe) {
+    assert_eq!(a.peer_addr(), Some(b.local_addr()));
+    assert_eq!(b.peer_addr(), Some(a.local_addr()));
+    a.send(b"hello bob").await.unwrap();
+    let m = within(b.recv()).await.unwrap();
+    assert_eq!((&m.data[..], m.proto), (&b"hello bob"[..], Proto::Tcp));
+    b.send(b"hello alice").await.unwrap();
+    let m = within(a.recv()).await.unwrap();
+    assert_eq!(&m.data[..], b"hello alice");
+}
+
 #[tokio::test]
-async fn two_firewalled_ports_open_one_connection_at_the_agreed_moment() {
-    for ip in loopbacks("two_firewalled_ports_open_one_connection_at_the_agreed_moment") {
-        let (a, b) = (port(ip), port(ip));
-        let (at_a, at_b) = (a.local_addr(), b.local_addr());
-        let start = Instant::now() + Duration::from_millis(50);
-        let (ra, rb) = punch_both(firewalled(a, at_b), firewalled(b, at_a), start, LIMIT).await;
-        let (mut sa, mut sb) = (ra.unwrap(), rb.unwrap());
+async fn two_firewalled_nodes_punch_a_tcp_connection_over_signalling_and_talk_through_the_pipes() {
+    const TEST: &str = "tcppunch::two_firewalled_nodes_punch_over_signalling";
+    for ip in loopbacks(TEST) {
+        let Some(broker) = Mosquitto::start(TEST, ip).await else {
+            return;
+        };
+        let cfg = tcp::Config::new(FIREWALLED);
+        let (alice, bob) = (signaller(1, &broker).await, signaller(2, &broker).await);
+        let from = port(ip);
+        let at = from.local_addr();
+        let started = Instant::now();
+        let (a, b) = punch_pair((&alice, from), &bob, &cfg, &cfg).await;
+        let (a, b) = (a.expect("alice punched"), b.expect("bob answered"));
         assert!(
-            Instant::now() >= start,
-            "{ip}: nothing connects before the start"
+            started.elapsed() < cfg.limit / 2,
+            "{ip}: {:?}",
+            started.elapsed()
         );
-        assert_eq!(
-            sa.local_addr().unwrap(),
-            at_a,
-            "{ip}: from the punching port"
-        );
-        assert_eq!(sa.peer_addr().unwrap(), at_b, "{ip}");
-        assert_eq!(sb.local_addr().unwrap(), at_b, "{ip}");
-        assert_eq!(sb.peer_addr().unwrap(), at_a, "{ip}");
-        ping_pong(&mut sa, &mut sb).await;
+        assert_eq!(a.local_addr(), at, "{ip}: from the punching port");
+        talk(&a, &b).await;
+        within(alice.stop()).await;
+        within(bob.stop()).await;
     }
 }
 
 #[tokio::test]
-async fn the_mapping_is_learned_by_stun_over_tcp_from_the_punching_port() {
+async fn the_mapping_is_learned_by_stun_over_tcp_from_the_punching_port_and_offered() {
+    const TEST: &str = "tcppunch::the_mapping_is_learned_by_stun_over_tcp";
+    let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let Some(broker) = Mosquitto::start(TEST, ip).await else {
+        return;
+    };
     let server = within(TestServer::start(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip,
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
     ))
     .await
     .unwrap();
-    let mut a = port(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let mapped = within(a.learn(server.primary(), LIMIT)).await.unwrap();
-    assert_eq!(mapped, a.local_addr(), "no nat on loopback");
-    assert_eq!(a.mapped(), [mapped]);
-    assert_eq!(
-        a.candidates(Some(PortAllocation::Preserving)),
-        Ok(vec![mapped])
-    );
-    // The STUN connection stays open on the shared port, and the punch still works.
-    let b = port(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let at_b = b.local_addr();
-    let start = Instant::now() + Duration::from_millis(20);
-    let (ra, rb) = punch_both(firewalled(a, at_b), firewalled(b, mapped), start, LIMIT).await;
-    ping_pong(&mut ra.unwrap(), &mut rb.unwrap()).await;
+    // Bound to the wildcard address, a port has no address of its own to offer: only
+    // the mapping STUN saw (no NAT on loopback: 127.0.0.1 and the port) reaches it.
+    let wildcard = |_| PunchPort::bind((Ipv4Addr::UNSPECIFIED, 0).into(), None).unwrap();
+    let cfg = tcp::Config {
+        stun: vec![server.primary()],
+        ..tcp::Config::new(FIREWALLED)
+    };
+    let (alice, bob) = (signaller(3, &broker).await, signaller(4, &broker).await);
+    let from = wildcard(());
+    let at = from.local_addr().port();
+    let bob_key = bob.identity().public();
+    let answer = async {
+        loop {
+            let incoming = bob.recv().await.expect("signaller running");
+            if let (true, Incoming::Request(offer)) = (tcp::is_offer(&incoming), &incoming) {
+                return tcp::answer(&bob, offer, wildcard(()), &cfg).await;
+            }
+        }
+    };
+    let (a, b) =
+        within(async { tokio::join!(tcp::connect(&alice, &bob_key, from, &cfg), answer) }).await;
+    let (a, b) = (a.expect("alice punched"), b.expect("bob answered"));
+    assert!(server.requests() >= 2, "both sides asked stun over tcp");
+    assert_eq!(a.local_addr(), SocketAddr::new(ip, at));
+    talk(&a, &b).await;
+    within(alice.stop()).await;
+    within(bob.stop()).await;
+}
+
+#[tokio::test]
+async fn two_random_nats_refuse_a_tcp_punch_at_once_on_both_sides_naming_the_reason() {
+    const TEST: &str = "tcppunch::two_random_nats_refuse_at_once";
+    for ip in loopbacks(TEST) {
+        let Some(broker) = Mosquitto::start(TEST, ip).await else {
+            return;
+        };
+        let cfg = tcp::Config::new(RANDOM);
+        let (alice, bob) = (signaller(5, &broker).await, signaller(6, &broker).await);
+        let started = Instant::now();
+        let (a, b) = punch_pair((&alice, port(ip)), &bob, &cfg, &cfg).await;
+        assert!(
+            started.elapsed() < cfg.limit / 10,
+            "{ip}: {:?}",
+            started.elapsed()
+        );
+        for (who, got, other) in [("alice", a, &bob), ("bob", b, &alice)] {
+            let err = got.expect_err(who);
+            let text = err.to_string();
+            assert!(
+                matches!(
+                    err,
+                    Error::Rendezvous(p2pipe::traverse::punch::Error::TcpRefused {
+                        refusal: TcpRefusal::Unpredictable { .. },
+                        ..
+                    })
+                ),
+                "{ip}: {who}: {text}"
+            );
+            let peer = other.identity().node_id().to_string();
+            assert!(text.contains(&peer), "{ip}: {who}: {text}");
+            assert!(text.contains("unpredictable"), "{ip}: {who}: {text}");
+        }
+        within(alice.stop()).await;
+        within(bob.stop()).await;
+    }
 }
 
 #[tokio::test]

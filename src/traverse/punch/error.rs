@@ -37,6 +37,14 @@ pub enum Error {
         /// Why.
         refusal: Refusal,
     },
+    /// The theory says TCP punching cannot work between the two sides.
+    #[error("tcp hole punching to {peer} refused: {refusal}")]
+    TcpRefused {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        refusal: crate::traverse::punch::tcp::TcpRefusal,
+    },
     /// The peer has no candidate this socket's family can reach.
     #[error("{peer} offered no candidate reachable from {local}")]
     NoCandidates {

@@ -7,12 +7,14 @@
 //! - [`udp`]: the UDP punch itself, sans-IO ([`udp::Session`]) and driven
 //!   ([`udp::punch`], [`udp::answer`]), ending as an ordinary [`Pipe`](crate::Pipe).
 //! - [`tcp`]: the TCP simultaneous open from one shared local port, with its own
-//!   feasibility table ([`tcp::tcp_feasibility`]); [`predict`]: the port prediction it
-//!   uses.
+//!   feasibility table ([`tcp::tcp_feasibility`]), driven over the same rendezvous
+//!   ([`tcp::connect`], [`tcp::answer`]) and ending as an ordinary [`Pipe`](crate::Pipe);
+//!   [`predict`]: the port prediction it uses.
 //!
 //! See `docs/traversal.md`.
 
 mod error;
+mod exchange;
 pub mod feasibility;
 pub mod predict;
 pub mod rendezvous;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use error::Error;
 pub use feasibility::{udp_feasibility, Approach, NatSummary, Refusal, Side};
-pub use rendezvous::{Agreement, Candidates, SessionKey, MAX_CANDIDATES};
+pub use rendezvous::{Agreement, Candidates, SessionKey, Way, MAX_CANDIDATES};
 
 /// Which end of a rendezvous a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

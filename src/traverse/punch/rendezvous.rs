@@ -1,17 +1,20 @@
 //! The rendezvous, sans-IO: how two nodes agree a punch over signalling.
 //!
 //! The initiator sends an [`Offer`] as a signalling request: a fresh nonce, the protocol,
-//! its [`NatSummary`] and its candidates (the mapped address STUN saw for the punching
-//! socket, a predicted one where the NAT allows, its local address last). The responder
-//! answers with an [`Answer`]: the offer's nonce, a nonce of its own, its summary and
-//! candidates. Both sides then decide the same way ([`udp_feasibility`]); where the theory
-//! says the punch cannot work, both refuse at once, before any probe is sent. Otherwise
+//! its [`NatSummary`], for TCP its [`TcpNatSummary`], and its candidates (the mapped
+//! address STUN saw for the punching socket or port, predicted ones where the NAT
+//! allows, its local address last). The responder answers with an [`Answer`]: the
+//! offer's nonce, a nonce of its own, its summaries and candidates. Both sides then
+//! decide the same way ([`udp_feasibility`] for UDP, [`tcp_feasibility`] for TCP); where
+//! the theory says the punch cannot work, both refuse at once, before anything is sent
+//! to the peer's candidates. Otherwise
 //! the initiator, which measured the round trip from offer to answer, sends a one-way
 //! [`Ready`] carrying it and starts half a round trip later, about when the Ready
 //! arrives; the responder starts when the Ready arrives. No wall clock is compared.
 //!
-//! The two nonces bind the messages together and key the probes
-//! ([`SessionKey`]): signalling is sealed, so only the two nodes know them. A candidate
+//! The two nonces bind the messages together and key the probes and the TCP hellos
+//! ([`SessionKey`], one derivation for both): signalling is sealed, so only the two
+//! nodes know them. A candidate
 //! may be a private address shared by both LANs (trying it reaches yourself): the probes'
 //! keys and directions make such an echo harmless.
 //!
@@ -25,6 +28,9 @@ use bytes::{Buf, BufMut, BytesMut};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use super::tcp::{
+    tcp_feasibility, HelloKey, Inbound, TcpMapping, TcpNatSummary, TcpRefusal, TcpWay,
+};
 use super::{udp_feasibility, Approach, Error, NatSummary, Plan, Refusal, Role};
 use crate::identity::NodeId;
 use crate::nat::{Mapping, PortAllocation};
@@ -34,18 +40,22 @@ use crate::Proto;
 pub const MAX_CANDIDATES: usize = 8;
 /// The bytes of a nonce.
 pub const NONCE_LEN: usize = 16;
-/// The largest rendezvous message: an answer with [`MAX_CANDIDATES`] IPv6 candidates.
-pub const MAX_MESSAGE: usize = HEADER + 2 * NONCE_LEN + NatSummary::LEN + 1 + MAX_CANDIDATES * 19;
+/// The largest rendezvous message: an answer with a TCP summary and [`MAX_CANDIDATES`]
+/// IPv6 candidates.
+pub const MAX_MESSAGE: usize =
+    HEADER + 2 * NONCE_LEN + NatSummary::LEN + TCP_LEN + 1 + MAX_CANDIDATES * 19;
 
 /// A rendezvous nonce: 16 random bytes.
 pub type Nonce = [u8; NONCE_LEN];
 
 const MAGIC: [u8; 2] = *b"PR";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER: usize = 4;
 const OFFER: u8 = 1;
 const ANSWER: u8 = 2;
 const READY: u8 = 3;
+/// The bytes of the optional TCP summary: presence, mapping, inbound, delta (i32).
+const TCP_LEN: usize = 7;
 
 /// A side's candidates, best first: at most [`MAX_CANDIDATES`], no duplicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,6 +162,8 @@ pub struct Offer {
     pub proto: Proto,
     /// The initiator's NAT.
     pub nat: NatSummary,
+    /// What the initiator's NAT does to TCP: required in a TCP offer.
+    pub tcp: Option<TcpNatSummary>,
     /// The initiator's candidates.
     pub candidates: Candidates,
 }
@@ -165,6 +177,8 @@ pub struct Answer {
     pub nonce: Nonce,
     /// The responder's NAT.
     pub nat: NatSummary,
+    /// What the responder's NAT does to TCP: required in the answer to a TCP offer.
+    pub tcp: Option<TcpNatSummary>,
     /// The responder's candidates.
     pub candidates: Candidates,
 }
@@ -209,12 +223,14 @@ impl Message {
                     _ => return Err(Error::Malformed("unknown protocol")),
                 },
                 nat: parse_nat(&mut buf)?,
+                tcp: parse_tcp(&mut buf)?,
                 candidates: Candidates::parse(&mut buf)?,
             }),
             ANSWER => Message::Answer(Answer {
                 offer: take(&mut buf)?,
                 nonce: take(&mut buf)?,
                 nat: parse_nat(&mut buf)?,
+                tcp: parse_tcp(&mut buf)?,
                 candidates: Candidates::parse(&mut buf)?,
             }),
             READY => Message::Ready(Ready {
@@ -245,6 +261,7 @@ impl Message {
                     Proto::Tcp => 1,
                 });
                 o.nat.emit(out);
+                emit_tcp(o.tcp.as_ref(), out);
                 o.candidates.emit(out);
             }
             Message::Answer(a) => {
@@ -252,6 +269,7 @@ impl Message {
                 out.put_slice(&a.offer);
                 out.put_slice(&a.nonce);
                 a.nat.emit(out);
+                emit_tcp(a.tcp.as_ref(), out);
                 a.candidates.emit(out);
             }
             Message::Ready(r) => {
@@ -266,8 +284,12 @@ impl Message {
     pub fn emit_len(&self) -> usize {
         HEADER
             + match self {
-                Message::Offer(o) => NONCE_LEN + 1 + NatSummary::LEN + o.candidates.emit_len(),
-                Message::Answer(a) => 2 * NONCE_LEN + NatSummary::LEN + a.candidates.emit_len(),
+                Message::Offer(o) => {
+                    NONCE_LEN + 1 + NatSummary::LEN + tcp_len(&o.tcp) + o.candidates.emit_len()
+                }
+                Message::Answer(a) => {
+                    2 * NONCE_LEN + NatSummary::LEN + tcp_len(&a.tcp) + a.candidates.emit_len()
+                }
                 Message::Ready(_) => NONCE_LEN + 4,
             }
     }
@@ -297,6 +319,68 @@ fn parse_nat(buf: &mut &[u8]) -> Result<NatSummary, Error> {
     let nat = NatSummary::parse(buf)?;
     buf.advance(NatSummary::LEN);
     Ok(nat)
+}
+
+/// The optional TCP summary: `0`, or `1`, the mapping (`0` direct, `1` translated by an
+/// unknown pattern, `2` preserving, `3` sequential, `4` random), inbound (`0` open, `1`
+/// filtered), and the sequential delta (i32, big-endian, 0 unless sequential).
+fn parse_tcp(buf: &mut &[u8]) -> Result<Option<TcpNatSummary>, Error> {
+    match take_u8(buf)? {
+        0 => return Ok(None),
+        1 => {}
+        _ => return Err(Error::Malformed("unknown tcp summary presence")),
+    }
+    let [mapping, inbound] = take::<2>(buf)?;
+    let delta = i32::from_be_bytes(take(buf)?);
+    if mapping != 3 && delta != 0 {
+        return Err(Error::Malformed(
+            "a port delta without sequential allocation",
+        ));
+    }
+    let translated = |a| Ok(TcpMapping::Translated(a));
+    let mapping = match mapping {
+        0 => Ok(TcpMapping::Direct),
+        1 => translated(None),
+        2 => translated(Some(PortAllocation::Preserving)),
+        3 => translated(Some(PortAllocation::Sequential { delta })),
+        4 => translated(Some(PortAllocation::Random)),
+        _ => Err(Error::Malformed("unknown tcp mapping")),
+    }?;
+    let inbound = match inbound {
+        0 => Inbound::Open,
+        1 => Inbound::Filtered,
+        _ => return Err(Error::Malformed("unknown tcp inbound")),
+    };
+    Ok(Some(TcpNatSummary { mapping, inbound }))
+}
+
+fn emit_tcp(tcp: Option<&TcpNatSummary>, out: &mut BytesMut) {
+    let Some(t) = tcp else {
+        out.put_u8(0);
+        return;
+    };
+    let (mapping, delta) = match t.mapping {
+        TcpMapping::Direct => (0, 0),
+        TcpMapping::Translated(None) => (1, 0),
+        TcpMapping::Translated(Some(PortAllocation::Preserving)) => (2, 0),
+        TcpMapping::Translated(Some(PortAllocation::Sequential { delta })) => (3, delta),
+        TcpMapping::Translated(Some(PortAllocation::Random)) => (4, 0),
+    };
+    out.put_u8(1);
+    out.put_u8(mapping);
+    out.put_u8(match t.inbound {
+        Inbound::Open => 0,
+        Inbound::Filtered => 1,
+    });
+    out.put_i32(delta);
+}
+
+fn tcp_len(tcp: &Option<TcpNatSummary>) -> usize {
+    if tcp.is_some() {
+        TCP_LEN
+    } else {
+        1
+    }
 }
 
 fn parse_addr(buf: &mut &[u8]) -> Result<SocketAddr, Error> {
@@ -339,14 +423,70 @@ impl SessionKey {
     }
 }
 
+impl From<&SessionKey> for HelloKey {
+    /// The TCP hellos' key is the session key of a TCP rendezvous.
+    fn from(key: &SessionKey) -> HelloKey {
+        HelloKey::new(key.0)
+    }
+}
+
+/// How an agreed punch gets its first packet or connection through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Way {
+    /// A UDP punch, by [`udp_feasibility`].
+    Udp(Approach),
+    /// A TCP punch, by [`tcp_feasibility`].
+    Tcp(TcpWay),
+}
+
+/// Why the theory rules a punch out, for either protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ruled {
+    Udp(Refusal),
+    Tcp(TcpRefusal),
+}
+
+impl Ruled {
+    fn error(&self, peer: NodeId) -> Error {
+        match self {
+            Ruled::Udp(r) => Error::Refused {
+                peer,
+                refusal: r.clone(),
+            },
+            Ruled::Tcp(r) => Error::TcpRefused { peer, refusal: *r },
+        }
+    }
+}
+
+/// One side's NAT, as a rendezvous message carries it.
+type Nats<'a> = (&'a NatSummary, Option<&'a TcpNatSummary>);
+
+/// The theory's decision for `proto` between this side and the peer; a TCP rendezvous
+/// whose messages lack a TCP summary is malformed.
+fn decide(proto: Proto, mine: Nats<'_>, theirs: Nats<'_>) -> Result<Result<Way, Ruled>, Error> {
+    Ok(match proto {
+        Proto::Udp => udp_feasibility(mine.0, theirs.0)
+            .map(Way::Udp)
+            .map_err(Ruled::Udp),
+        Proto::Tcp => {
+            let (Some(m), Some(t)) = (mine.1, theirs.1) else {
+                return Err(Error::Malformed(
+                    "a tcp rendezvous without a tcp nat summary",
+                ));
+            };
+            tcp_feasibility(m, t).map(Way::Tcp).map_err(Ruled::Tcp)
+        }
+    })
+}
+
 /// What the rendezvous agreed, on one side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agreement {
     /// Where to send, from when.
     pub plan: Plan,
-    /// How the first packet is expected to get in.
-    pub approach: Approach,
-    /// The probes' key.
+    /// How the first packet or connection is expected to get in.
+    pub way: Way,
+    /// The probes' key (for TCP, the hellos' key: see [`HelloKey`]'s `From`).
     pub key: SessionKey,
     /// The offer's nonce, which names the session.
     pub session: Nonce,
@@ -384,8 +524,9 @@ impl Initiator {
         if answer.offer != self.offer.nonce {
             return Err(Error::WrongNonce { peer: self.peer });
         }
-        let approach =
-            udp_feasibility(&self.offer.nat, &answer.nat).map_err(|r| self.refused(r))?;
+        let mine = (&self.offer.nat, self.offer.tcp.as_ref());
+        let way = decide(self.offer.proto, mine, (&answer.nat, answer.tcp.as_ref()))?
+            .map_err(|r| r.error(self.peer))?;
         let rtt = now.saturating_duration_since(self.sent);
         let ready = Ready {
             offer: self.offer.nonce,
@@ -398,18 +539,11 @@ impl Initiator {
                 rtt,
                 role: Role::Initiator,
             },
-            approach,
+            way,
             key: SessionKey::derive(&self.offer.nonce, &answer.nonce, self.offer.proto),
             session: self.offer.nonce,
         };
         Ok((agreement, Message::Ready(ready)))
-    }
-
-    fn refused(&self, refusal: Refusal) -> Error {
-        Error::Refused {
-            peer: self.peer,
-            refusal,
-        }
     }
 }
 
@@ -419,28 +553,32 @@ pub struct Responder {
     peer: NodeId,
     offer: Offer,
     answer: Answer,
-    feasible: Result<Approach, Refusal>,
+    feasible: Result<Way, Ruled>,
 }
 
 impl Responder {
     /// Takes an offer from `peer` and builds the answer from this side's nonce, NAT
-    /// summary and candidates. The answer is sent even when the punch cannot work, so
-    /// that the initiator refuses at once too: see [`Responder::refusal`].
+    /// summaries (`tcp` is required for a TCP offer) and candidates. The answer is sent
+    /// even when the punch cannot work, so that the initiator refuses at once too: see
+    /// [`Responder::refusal`].
     pub fn new(
         peer: NodeId,
         offer_bytes: &[u8],
         nonce: Nonce,
         nat: NatSummary,
+        tcp: Option<TcpNatSummary>,
         candidates: Candidates,
     ) -> Result<Responder, Error> {
         let Message::Offer(offer) = Message::parse(offer_bytes)? else {
             return Err(Error::Malformed("expected an offer"));
         };
-        let feasible = udp_feasibility(&nat, &offer.nat);
+        let theirs = (&offer.nat, offer.tcp.as_ref());
+        let feasible = decide(offer.proto, (&nat, tcp.as_ref()), theirs)?;
         let answer = Answer {
             offer: offer.nonce,
             nonce,
             nat,
+            tcp,
             candidates,
         };
         Ok(Responder {
@@ -463,10 +601,7 @@ impl Responder {
 
     /// Why the punch cannot work, when the theory says so: no [`Ready`] will come.
     pub fn refusal(&self) -> Option<Error> {
-        self.feasible.as_ref().err().map(|r| Error::Refused {
-            peer: self.peer,
-            refusal: r.clone(),
-        })
+        self.feasible.as_ref().err().map(|r| r.error(self.peer))
     }
 
     /// Takes the initiator's [`Ready`]: start now.
@@ -487,7 +622,7 @@ impl Responder {
                 rtt: Duration::from_micros(u64::from(ready.rtt_us)),
                 role: Role::Responder,
             },
-            approach: self.feasible.clone().expect("refusals returned above"),
+            way: self.feasible.clone().expect("refusals returned above"),
             key: SessionKey::derive(&self.offer.nonce, &self.answer.nonce, self.offer.proto),
             session: self.offer.nonce,
         })
@@ -512,6 +647,7 @@ mod tests {
             nonce: [1; NONCE_LEN],
             proto: Proto::Udp,
             nat: NatSummary::of_type(nat),
+            tcp: None,
             candidates: Candidates::new([addr("198.51.100.1:4000"), addr("[2001:db8::2]:5000")])
                 .unwrap(),
         }
@@ -525,6 +661,10 @@ mod tests {
                 offer: [1; NONCE_LEN],
                 nonce: [2; NONCE_LEN],
                 nat: NatSummary::default(),
+                tcp: Some(TcpNatSummary {
+                    mapping: TcpMapping::Translated(Some(PortAllocation::Sequential { delta: -2 })),
+                    inbound: Inbound::Filtered,
+                }),
                 candidates: Candidates::default(),
             }),
             Message::Ready(Ready {
@@ -548,7 +688,7 @@ mod tests {
     #[test]
     fn a_message_with_too_many_candidates_is_refused_before_reading_them() {
         let mut bytes = Message::Offer(offer(NatType::Open)).to_bytes().to_vec();
-        let count_at = HEADER + NONCE_LEN + 1 + NatSummary::LEN;
+        let count_at = HEADER + NONCE_LEN + 1 + NatSummary::LEN + 1;
         bytes[count_at] = 200;
         assert!(matches!(
             Message::parse(&bytes),
@@ -561,6 +701,10 @@ mod tests {
             offer: [0; NONCE_LEN],
             nonce: [0; NONCE_LEN],
             nat: NatSummary::default(),
+            tcp: Some(TcpNatSummary {
+                mapping: TcpMapping::Direct,
+                inbound: Inbound::Open,
+            }),
             candidates: max,
         });
         assert_eq!(m.emit_len(), MAX_MESSAGE);
@@ -601,6 +745,7 @@ mod tests {
             &offer_bytes,
             [7; NONCE_LEN],
             NatSummary::of_type(NatType::PortRestrictedCone),
+            None,
             theirs.clone(),
         )
         .unwrap();
@@ -612,7 +757,7 @@ mod tests {
         assert_eq!(mine.plan.start, t1 + Duration::from_millis(40));
         assert_eq!(mine.plan.remote, theirs.addrs());
         assert_eq!(mine.plan.role, Role::Initiator);
-        assert_eq!(mine.approach, Approach::Direct);
+        assert_eq!(mine.way, Way::Udp(Approach::Direct));
         let t2 = t1 + Duration::from_millis(40);
         let yours = responder.on_ready(&ready.to_bytes(), t2).unwrap();
         assert_eq!(yours.key, mine.key);
@@ -635,6 +780,7 @@ mod tests {
             offer: [5; NONCE_LEN],
             nonce: [6; NONCE_LEN],
             nat: NatSummary::of_type(NatType::FullCone),
+            tcp: None,
             candidates: Candidates::default(),
         });
         let got = initiator.on_answer(&stray.to_bytes(), t0);
@@ -648,6 +794,7 @@ mod tests {
             &initiator.offer().to_bytes(),
             [7; NONCE_LEN],
             NatSummary::of_type(NatType::FullCone),
+            None,
             Candidates::default(),
         )
         .unwrap();
@@ -664,6 +811,7 @@ mod tests {
             &initiator.offer().to_bytes(),
             [7; NONCE_LEN],
             NatSummary::of_type(NatType::Symmetric),
+            None,
             Candidates::default(),
         )
         .unwrap();
@@ -674,5 +822,120 @@ mod tests {
             panic!("{got:?}");
         };
         assert_eq!(refusal, Refusal::BothUnpredictable);
+    }
+
+    fn tcp(mapping: TcpMapping) -> Option<TcpNatSummary> {
+        Some(TcpNatSummary {
+            mapping,
+            inbound: Inbound::Filtered,
+        })
+    }
+
+    fn tcp_offer(mine: Option<TcpNatSummary>) -> Offer {
+        Offer {
+            proto: Proto::Tcp,
+            tcp: mine,
+            // A udp-blocked side can still punch tcp: the udp summary plays no part.
+            ..offer(NatType::UdpBlocked)
+        }
+    }
+
+    #[test]
+    fn a_tcp_rendezvous_decides_by_the_tcp_summaries_and_keys_the_hellos() {
+        let t0 = Instant::now();
+        let preserving = tcp(TcpMapping::Translated(Some(PortAllocation::Preserving)));
+        let initiator = Initiator::new(peer(), tcp_offer(preserving), t0);
+        let responder = Responder::new(
+            peer(),
+            &initiator.offer().to_bytes(),
+            [7; NONCE_LEN],
+            NatSummary::of_type(NatType::UdpBlocked),
+            tcp(TcpMapping::Direct),
+            Candidates::new([addr("198.51.100.5:6000")]).unwrap(),
+        )
+        .unwrap();
+        assert!(responder.refusal().is_none());
+        let t1 = t0 + Duration::from_millis(30);
+        let (mine, ready) = initiator
+            .on_answer(&responder.answer().to_bytes(), t1)
+            .unwrap();
+        assert_eq!(mine.way, Way::Tcp(TcpWay::SimultaneousOpen));
+        assert_eq!(mine.plan.start, t1 + Duration::from_millis(15));
+        let yours = responder.on_ready(&ready.to_bytes(), t1).unwrap();
+        assert_eq!(yours.way, Way::Tcp(TcpWay::SimultaneousOpen));
+        assert_eq!(HelloKey::from(&yours.key), HelloKey::from(&mine.key));
+        let udp = SessionKey::derive(&[1; NONCE_LEN], &[7; NONCE_LEN], Proto::Udp);
+        assert_ne!(mine.key, udp, "the protocol is part of the key");
+    }
+
+    #[test]
+    fn a_tcp_rendezvous_refuses_two_random_nats_at_once_on_both_sides() {
+        let t0 = Instant::now();
+        let random = tcp(TcpMapping::Translated(Some(PortAllocation::Random)));
+        let initiator = Initiator::new(peer(), tcp_offer(random), t0);
+        let responder = Responder::new(
+            peer(),
+            &initiator.offer().to_bytes(),
+            [7; NONCE_LEN],
+            NatSummary::default(),
+            random,
+            Candidates::default(),
+        )
+        .unwrap();
+        let refused = responder.refusal().expect("refused").to_string();
+        assert!(refused.starts_with("tcp hole punching to"), "{refused}");
+        assert!(refused.contains("unpredictable"), "{refused}");
+        let got = initiator.on_answer(&responder.answer().to_bytes(), t0);
+        let Err(Error::TcpRefused { refusal, .. }) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(
+            refusal,
+            TcpRefusal::Unpredictable {
+                side: super::super::tcp::Side::Both
+            }
+        );
+    }
+
+    #[test]
+    fn a_tcp_offer_or_answer_without_a_tcp_summary_is_malformed() {
+        let t0 = Instant::now();
+        let bare = Initiator::new(peer(), tcp_offer(None), t0)
+            .offer()
+            .to_bytes();
+        let got = Responder::new(
+            peer(),
+            &bare,
+            [7; NONCE_LEN],
+            NatSummary::default(),
+            tcp(TcpMapping::Direct),
+            Candidates::default(),
+        );
+        assert!(matches!(got, Err(Error::Malformed(_))), "{got:?}");
+        let initiator = Initiator::new(peer(), tcp_offer(tcp(TcpMapping::Direct)), t0);
+        let answer = Message::Answer(Answer {
+            offer: [1; NONCE_LEN],
+            nonce: [2; NONCE_LEN],
+            nat: NatSummary::default(),
+            tcp: None,
+            candidates: Candidates::default(),
+        });
+        let got = initiator.on_answer(&answer.to_bytes(), t0);
+        assert!(matches!(got, Err(Error::Malformed(_))), "{got:?}");
+    }
+
+    #[test]
+    fn a_tcp_summary_with_a_stray_delta_or_unknown_tags_does_not_parse() {
+        let m = Message::Offer(tcp_offer(tcp(TcpMapping::Translated(Some(
+            PortAllocation::Preserving,
+        )))));
+        let bytes = m.to_bytes().to_vec();
+        let at = HEADER + NONCE_LEN + 1 + NatSummary::LEN;
+        assert_eq!(&bytes[at..at + 3], &[1, 2, 1]);
+        for (offset, value) in [(0, 2), (1, 9), (2, 2), (6, 1)] {
+            let mut bad = bytes.clone();
+            bad[at + offset] = value;
+            assert!(Message::parse(&bad).is_err(), "byte {offset} = {value}");
+        }
     }
 }

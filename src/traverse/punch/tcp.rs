@@ -13,7 +13,15 @@
 //!
 //! The sans-IO cores own no socket, clock or task; the driver here only connects,
 //! accepts, reads, writes and sleeps until the schedule's next moment.
+//!
+//! [`connect`] (the initiator) and [`answer`] (the responder, given the offer that
+//! [`is_offer`] recognised) learn the port's mapping by STUN over TCP, agree the
+//! [`Plan`] over a [`Signaller`](crate::signal::Signaller) by the same rendezvous as the
+//! UDP punch (the start moment and the attempts' spacing come from the round trip
+//! measured there; the hellos' key is the rendezvous's session key), punch, and hand the
+//! connection over to an ordinary [`Pipe`](crate::Pipe).
 
+mod driver;
 mod error;
 mod feasibility;
 mod hello;
@@ -33,6 +41,7 @@ use super::Plan;
 use crate::iface::bind::{self, SocketOptions};
 use crate::nat::PortAllocation;
 
+pub use driver::{answer, connect, is_offer, Config};
 pub use error::Error;
 pub use feasibility::{
     tcp_feasibility, Inbound, Side, TcpMapping, TcpNatSummary, TcpRefusal, TcpWay,
@@ -176,11 +185,22 @@ impl PunchPort {
         key: &HelloKey,
         limit: Duration,
     ) -> Result<TcpStream, Error> {
-        let here = self.local;
         let way = tcp_feasibility(local, remote).map_err(|refusal| Error::Refused {
-            local: here,
+            local: self.local,
             refusal,
         })?;
+        self.punch_by(plan, way, key, limit).await
+    }
+
+    /// As [`PunchPort::punch`], the way through already decided (by the rendezvous).
+    pub(crate) async fn punch_by(
+        self,
+        plan: &Plan,
+        way: TcpWay,
+        key: &HelloKey,
+        limit: Duration,
+    ) -> Result<TcpStream, Error> {
+        let here = self.local;
         let candidates: Vec<SocketAddr> = (plan.remote.iter())
             .filter(|a| a.is_ipv4() == here.is_ipv4())
             .copied()
@@ -390,3 +410,8 @@ async fn send(stream: &mut TcpStream, hello: &Hello) -> io::Result<()> {
     hello.emit(&mut out);
     stream.write_all(&out).await
 }
+
+/// The examples in docs/traversal-tcp.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/traversal-tcp.md")]
+pub struct TraversalTcpDoctests;

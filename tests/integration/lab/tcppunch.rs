@@ -1,37 +1,36 @@
 //! TCP hole punching between two peers behind two NATs (docs/traversal-tcp.md).
 //!
-//! Each peer binds a punch port in its own namespace and learns its mapping by STUN
-//! over TCP from coturn's two addresses, from that very port. The test plays the
-//! rendezvous: it builds each side's plan from the other side's candidates (its mapped
-//! addresses, and predicted ports where its NAT allows), an RTT it measures over TCP
-//! through the internet namespace, and one start moment for both. The outcome must match
-//! the block's theory, `tcp_feasibility`, over the lab's TCP behaviour per kind
-//! ([`tcp_summary`]).
+//! Each peer runs a signaller on the lab's mosquitto, binds a punch port in its own
+//! namespace and calls `tcp::connect` (peer 1) or `tcp::answer` (peer 2): the driver
+//! learns the port's mapping by STUN over TCP from coturn's two addresses, agrees the
+//! plan over signalling (the candidates, the NAT summaries, the nonces that key the
+//! hellos, the round trip that sets the start and the attempts' spacing), punches, and
+//! hands over a pipe, through which the peers exchange one message each way. Each side
+//! announces its NAT's TCP behaviour as the lab's rulesets define it per kind
+//! ([`tcp_summary`]): whether inbound TCP is filtered cannot be measured today. The
+//! outcome must match the block's theory, `tcp_feasibility`.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use p2pipe::identity::Identity;
 use p2pipe::nat::PortAllocation;
-use p2pipe::traverse::punch::predict;
+use p2pipe::signal::{Incoming, Signaller, SignallerConfig};
 use p2pipe::traverse::punch::tcp::{
-    tcp_feasibility, Error, HelloKey, Inbound, PunchPort, Side, TcpMapping, TcpNatSummary,
-    TcpRefusal, TcpWay,
+    self, tcp_feasibility, Error, Inbound, PunchPort, Side, TcpMapping, TcpNatSummary, TcpRefusal,
+    TcpWay,
 };
-use p2pipe::traverse::punch::{Plan, Role};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use p2pipe::Pipe;
 
 use super::{lab_or_skip, Lab, NatKind, LAB_T};
 
-/// The punch's time limit.
+/// The time limit of the whole operation: STUN, rendezvous and punch.
 const PUNCH_LIMIT: Duration = Duration::from_secs(8);
-/// The limit for learning one mapping by STUN over TCP.
-const LEARN_LIMIT: Duration = Duration::from_secs(3);
-/// How far ahead of the plans' hand-over the start moment lies.
-const START_AFTER: Duration = Duration::from_millis(150);
-/// A refusal must come well under the time limit.
-const AT_ONCE: Duration = Duration::from_millis(100);
+/// A refusal (after STUN over TCP and one signalling round trip) must come well under
+/// the time limit.
+const AT_ONCE: Duration = Duration::from_secs(1);
 
 /// What the lab's routers do to TCP (docs/nat-lab.md): the cone kinds are
 /// port-preserving SNAT with connection-tracking filtering (their DNAT and allow rules
@@ -53,26 +52,17 @@ fn tcp_summary(kind: NatKind) -> TcpNatSummary {
     TcpNatSummary { mapping, inbound }
 }
 
-fn allocation(s: &TcpNatSummary) -> Option<PortAllocation> {
-    match s.mapping {
-        TcpMapping::Direct => Some(PortAllocation::Preserving),
-        TcpMapping::Translated(a) => a,
-    }
-}
-
-/// A side's punch port, as the other side hears of it.
-#[derive(Debug, Clone)]
-struct Learned {
-    local: SocketAddr,
-    mapped: Vec<SocketAddr>,
-}
-
 /// How one side's punch ended.
 #[derive(Debug, Clone)]
 enum Ended {
-    /// Connected and exchanged data: when (after the start), and with whom.
-    Works { after: Duration, peer: SocketAddr },
-    /// Refused before sending anything: the message, and how long the refusal took.
+    /// Its pipe carried a message each way: how long the whole took, the pipe's two
+    /// ends.
+    Works {
+        after: Duration,
+        local: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// Refused by the rendezvous: the message, and how long the refusal took.
     Refused { why: String, took: Duration },
     /// Anything else.
     Failed(String),
@@ -82,86 +72,81 @@ enum Ended {
 struct Pair {
     kinds: (NatKind, NatKind),
     theory: Result<TcpWay, TcpRefusal>,
-    learned: [Learned; 2],
     ended: [Ended; 2],
 }
 
-/// The round trip between the peers over TCP: one TCP connect from each peer to a
-/// server in the internet namespace (a SYN and its SYN-ACK), added up.
-fn rtt_through_inet(lab: &Lab) -> Duration {
-    let server = lab.tcp_whoami_server(lab.ns_inet(), (Ipv4Addr::new(203, 0, 113, 10), 0).into());
-    let to = server.addr();
-    (1..=2)
-        .map(|n| {
-            lab.run_in(lab.ns_peer(n), move || {
-                let t0 = Instant::now();
-                std::net::TcpStream::connect_timeout(&to, LEARN_LIMIT)
-                    .unwrap_or_else(|e| panic!("peer {n} cannot reach {to}: {e}"));
-                t0.elapsed()
-            })
-        })
-        .sum()
+fn identity(n: usize) -> Identity {
+    Identity::from_seed([0x70 + n as u8; 32])
 }
 
-/// One side, inside its namespace: learn, hand over what it learned, take its plan,
-/// punch, and prove the connection with a ping and a pong.
-fn side(
-    stun: [SocketAddr; 2],
-    tell: mpsc::Sender<Learned>,
-    plans: mpsc::Receiver<Plan>,
-    nats: (TcpNatSummary, TcpNatSummary),
-    limit: Duration,
-) -> Ended {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    rt.block_on(async move {
-        let mut port = PunchPort::bind((Ipv4Addr::UNSPECIFIED, 0).into(), None).expect("bind");
-        for server in stun {
-            port.learn(server, LEARN_LIMIT)
-                .await
-                .expect("stun over tcp");
-        }
-        let learned = Learned {
-            local: port.local_addr(),
-            mapped: port.mapped().to_vec(),
-        };
-        tell.send(learned).expect("the test listens");
-        let plan = plans.recv_timeout(LAB_T).expect("a plan");
-        let key = HelloKey::from_nonces(b"lab initiator nonce", b"lab responder nonce");
-        let called = Instant::now();
-        match port.punch(&plan, &nats.0, &nats.1, &key, limit).await {
-            Ok(mut stream) => {
-                let after = plan.start.elapsed();
-                let peer = stream.peer_addr().expect("peer address");
-                let mut buf = [0u8; 4];
-                let talk = async {
-                    if plan.role == Role::Initiator {
-                        stream.write_all(b"ping").await?;
-                        stream.read_exact(&mut buf).await?;
-                        assert_eq!(&buf, b"pong");
-                    } else {
-                        stream.read_exact(&mut buf).await?;
-                        assert_eq!(&buf, b"ping");
-                        stream.write_all(b"pong").await?;
-                    }
-                    std::io::Result::Ok(())
-                };
-                match tokio::time::timeout(LEARN_LIMIT, talk).await {
-                    Ok(Ok(())) => Ended::Works { after, peer },
-                    other => {
-                        Ended::Failed(format!("no ping-pong on the punched connection: {other:?}"))
-                    }
-                }
-            }
-            Err(e @ Error::Refused { .. }) => Ended::Refused {
-                why: e.to_string(),
-                took: called.elapsed(),
+/// One side, inside its namespace: signaller up, both ready, connect (peer 1) or
+/// answer (peer 2), then one message each way through the pipe.
+async fn side(n: usize, broker: String, cfg: tcp::Config, ready: Arc<Barrier>) -> Ended {
+    let node = Signaller::start(identity(n), &[broker], SignallerConfig::default())
+        .await
+        .expect("signaller on the lab's broker");
+    let port = PunchPort::bind((Ipv4Addr::UNSPECIFIED, 0).into(), None).expect("bind");
+    ready.wait();
+    let called = Instant::now();
+    let got = if n == 1 {
+        tcp::connect(&node, &identity(2).public(), port, &cfg).await
+    } else {
+        answer(&node, port, &cfg).await
+    };
+    let took = called.elapsed();
+    let ended = match got {
+        Ok(pipe) => match exchange(n, &pipe).await {
+            Ok(()) => Ended::Works {
+                after: took,
+                local: pipe.local_addr(),
+                peer: pipe.peer_addr().expect("a tcp pipe has a peer"),
             },
-            Err(e) => Ended::Failed(e.to_string()),
+            Err(e) => Ended::Failed(e),
+        },
+        Err(e @ Error::Rendezvous(p2pipe::traverse::punch::Error::TcpRefused { .. })) => {
+            Ended::Refused {
+                why: e.to_string(),
+                took,
+            }
         }
-    })
+        Err(e) => Ended::Failed(e.to_string()),
+    };
+    node.stop().await;
+    ended
+}
+
+async fn answer(node: &Signaller, port: PunchPort, cfg: &tcp::Config) -> Result<Pipe, Error> {
+    let deadline = tokio::time::Instant::now() + cfg.limit;
+    loop {
+        let incoming = tokio::time::timeout_at(deadline, node.recv())
+            .await
+            .expect("an offer in time")
+            .expect("signaller running");
+        if let (true, Incoming::Request(offer)) = (tcp::is_offer(&incoming), &incoming) {
+            return tcp::answer(node, offer, port, cfg).await;
+        }
+    }
+}
+
+/// Peer 1 sends first; peer 2 answers what it got.
+async fn exchange(n: usize, pipe: &Pipe) -> Result<(), String> {
+    let wait = Duration::from_secs(5);
+    let recv = || async {
+        (pipe.recv_timeout(wait).await)
+            .map_err(|e| format!("peer {n}: nothing through the pipe: {e}"))
+    };
+    let send = |m: Vec<u8>| async move {
+        (pipe.send(m).await).map_err(|e| format!("peer {n}: cannot send: {e}"))
+    };
+    if n == 1 {
+        send(b"from peer 1".to_vec()).await?;
+        let m = recv().await?;
+        assert_eq!(&m.data[..], b"from peer 2 after from peer 1");
+    } else {
+        let m = recv().await?;
+        send([&b"from peer 2 after "[..], &m.data[..]].concat()).await?;
+    }
+    Ok(())
 }
 
 /// Builds a lab for `a` (peer 1, the initiator) and `b` (peer 2) and punches.
@@ -169,85 +154,57 @@ fn punch_pair(a: NatKind, b: NatKind) -> Pair {
     punch_pair_claiming(a, b, [tcp_summary(a), tcp_summary(b)], PUNCH_LIMIT)
 }
 
-/// As [`punch_pair`], with each side told `nats` of the two NATs (true or not), and
-/// the punch's time limit `limit`.
+/// As [`punch_pair`], each side announcing `nats[n]` as its NAT's TCP behaviour (true
+/// or not), within `limit`.
 fn punch_pair_claiming(a: NatKind, b: NatKind, nats: [TcpNatSummary; 2], limit: Duration) -> Pair {
     let lab = Lab::builder().peers(a, b).build();
-    let rtt = rtt_through_inet(&lab);
-    let stun = [lab.stun_primary(), lab.stun_alternate()];
-    let mut tells = Vec::new();
-    let mut plan_txs = Vec::new();
-    let mut handles = Vec::new();
-    for n in 0..2 {
-        let (tell, told) = mpsc::channel();
-        let (plan_tx, plan_rx) = mpsc::channel();
-        let nat_pair = (nats[n], nats[1 - n]);
-        handles.push(lab.spawn_in(lab.ns_peer(n + 1), move || {
-            side(stun, tell, plan_rx, nat_pair, limit)
-        }));
-        tells.push(told);
-        plan_txs.push(plan_tx);
-    }
-    let learned: Vec<Learned> = tells
-        .iter()
-        .map(|t| t.recv_timeout(LAB_T).expect("a side learned its mapping"))
-        .collect();
-    let start = Instant::now() + START_AFTER;
-    for n in 0..2 {
-        let other = &learned[1 - n];
-        // A side whose ports cannot be predicted still names what STUN saw.
-        let remote = predict::candidates(allocation(&nats[1 - n]), &other.mapped)
-            .unwrap_or_else(|_| other.mapped.clone());
-        let role = if n == 0 {
-            Role::Initiator
-        } else {
-            Role::Responder
+    let ready = Arc::new(Barrier::new(2));
+    let sides = [1, 2].map(|n| {
+        let cfg = tcp::Config {
+            stun: vec![lab.stun_primary(), lab.stun_alternate()],
+            limit,
+            ..tcp::Config::new(nats[n - 1])
         };
-        let plan = Plan {
-            remote,
-            start,
-            rtt,
-            role,
-        };
-        plan_txs[n].send(plan).expect("the side waits for its plan");
-    }
-    let join_limit = START_AFTER + limit + LAB_T;
-    let ended: Vec<Ended> = (handles.into_iter())
-        .map(|h| h.join_within(join_limit))
-        .collect();
-    check_mappings(&lab, &learned);
+        let broker = format!("mqtt://{}", lab.broker());
+        let ready = ready.clone();
+        lab.spawn_in(lab.ns_peer(n), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(side(n, broker, cfg, ready))
+        })
+    });
+    let ended = sides.map(|s| s.join_within(limit + LAB_T));
+    check_ends(&lab, &ended);
     Pair {
         kinds: (a, b),
         theory: tcp_feasibility(&nats[0], &nats[1]),
-        learned: [learned[0].clone(), learned[1].clone()],
-        ended: [ended[0].clone(), ended[1].clone()],
+        ended,
     }
 }
 
-/// The mappings STUN over TCP saw are the lab's: the router's WAN address where it
-/// translates (the same port towards both STUN addresses, but behind symmetric), the
-/// peer's own address where it does not.
-fn check_mappings(lab: &Lab, learned: &[Learned]) {
-    for (i, l) in learned.iter().enumerate() {
-        let n = i + 1;
-        let kind = lab.kind(n);
-        let [first, second] = l.mapped[..] else {
-            panic!("peer {n}: two mappings expected: {l:?}");
-        };
-        assert_eq!(first.ip(), lab.wan_ip(n), "peer {n} ({kind}): {l:?}");
-        assert_eq!(second.ip(), lab.wan_ip(n), "peer {n} ({kind}): {l:?}");
-        if kind.translates() && kind != NatKind::Symmetric || !kind.translates() {
-            assert_eq!(
-                first.port(),
-                l.local.port(),
-                "peer {n} ({kind}) keeps its port: {l:?}"
-            );
-            assert_eq!(first, second, "peer {n} ({kind}): {l:?}");
-        } else {
-            assert_ne!(
-                first, second,
-                "peer {n} ({kind}) maps per destination: {l:?}"
-            );
+/// Where both sides' pipes work, each runs to the other's public side (the router's WAN
+/// address, never the shared private one), and a NAT that preserves ports shows the
+/// peer's own port.
+fn check_ends(lab: &Lab, ended: &[Ended; 2]) {
+    let [Ended::Works {
+        local: l1,
+        peer: p1,
+        ..
+    }, Ended::Works {
+        local: l2,
+        peer: p2,
+        ..
+    }] = ended
+    else {
+        return;
+    };
+    for (n, peer, other_local) in [(1, p1, l2), (2, p2, l1)] {
+        let other = 3 - n;
+        assert_eq!(peer.ip(), lab.wan_ip(other), "peer {n}: {ended:?}");
+        if lab.kind(other) != NatKind::Symmetric {
+            assert_eq!(peer.port(), other_local.port(), "peer {n}: {ended:?}");
         }
     }
 }
@@ -304,17 +261,16 @@ fn cell(p: &Pair) -> String {
 }
 
 #[test]
-fn two_port_restricted_cone_peers_open_one_tcp_connection_simultaneously() {
+fn two_port_restricted_cone_peers_agree_over_signalling_and_open_one_tcp_pipe_simultaneously() {
     lab_or_skip!();
     let p = punch_pair(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone);
     assert_eq!(p.theory, Ok(TcpWay::SimultaneousOpen));
     matches_theory(&p).unwrap();
-    // Each side's connection runs to the other's mapped address: through both NATs.
-    for i in 0..2 {
-        let Ended::Works { peer, after } = &p.ended[i] else {
+    // check_ends: each side's pipe runs to the other's router, at the other's port.
+    for (i, e) in p.ended.iter().enumerate() {
+        let Ended::Works { after, .. } = e else {
             unreachable!()
         };
-        assert_eq!(*peer, p.learned[1 - i].mapped[0], "side {i}: {p:?}");
         assert!(*after < PUNCH_LIMIT / 2, "side {i} took {after:?}");
     }
 }
@@ -325,12 +281,13 @@ fn a_symmetric_peer_connects_to_an_open_peer_from_a_port_nobody_predicted() {
     let p = punch_pair(NatKind::Symmetric, NatKind::Open);
     assert_eq!(p.theory, Ok(TcpWay::ConnectToPeer));
     matches_theory(&p).unwrap();
-    let Ended::Works { peer, .. } = &p.ended[1] else {
+    let [Ended::Works { local, .. }, Ended::Works { peer, .. }] = &p.ended else {
         unreachable!()
     };
-    assert!(
-        !p.learned[0].mapped.contains(peer),
-        "the open side was reached from a fresh random port, not {peer}: {p:?}"
+    assert_ne!(
+        peer.port(),
+        local.port(),
+        "the open side was reached from a random port of the symmetric nat: {p:?}"
     );
 }
 
@@ -354,21 +311,21 @@ fn symmetric_peers_are_refused_at_once_as_unpredictable() {
 #[test]
 fn a_punch_forced_past_the_refusal_between_symmetric_and_a_cone_gets_nothing() {
     lab_or_skip!();
-    // Both sides are told the symmetric NAT preserves ports: the theory is bypassed,
-    // and the lab shows why it refuses.
+    // The symmetric side claims its NAT preserves ports: the theory is bypassed, and
+    // the lab shows why it refuses.
     let lie = TcpNatSummary {
         mapping: TcpMapping::Translated(Some(PortAllocation::Preserving)),
         inbound: Inbound::Filtered,
     };
     let limit = Duration::from_secs(2);
     let kinds = (NatKind::Symmetric, NatKind::PortRestrictedCone);
-    let p = punch_pair_claiming(kinds.0, kinds.1, [lie, lie], limit);
+    let p = punch_pair_claiming(kinds.0, kinds.1, [lie, tcp_summary(kinds.1)], limit);
     assert_eq!(p.theory, Ok(TcpWay::SimultaneousOpen), "the lie");
     for e in &p.ended {
         let Ended::Failed(why) = e else {
             panic!("a punch the theory rules out got through: {p:?}");
         };
-        assert!(why.contains("gave no connection within 2s"), "{why}");
+        assert!(why.contains("gave no connection within"), "{why}");
         assert!(why.contains("(no answer)"), "{why}");
     }
 }

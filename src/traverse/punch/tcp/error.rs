@@ -59,6 +59,13 @@ pub enum Error {
         /// Every candidate and how its last attempt ended.
         tried: Tried,
     },
+    /// The rendezvous over signalling failed or refused (see
+    /// [`punch::Error`](crate::traverse::punch::Error)).
+    #[error(transparent)]
+    Rendezvous(#[from] crate::traverse::punch::Error),
+    /// Making the pipe failed.
+    #[error(transparent)]
+    Pipe(#[from] crate::pipe::Error),
     /// A hello that is not one (wire form).
     #[error("malformed tcp punch hello: {0}")]
     MalformedHello(&'static str),

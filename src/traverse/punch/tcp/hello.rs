@@ -3,7 +3,8 @@
 //!
 //! Both LANs of two peers may use the same private addresses, so a connection can reach
 //! the wrong host, this host itself included. Each message proves knowledge of the
-//! punch's [`HelloKey`] (derived from the nonces the two sides agreed over signalling)
+//! punch's [`HelloKey`] (the rendezvous's [`SessionKey`](crate::traverse::punch::SessionKey),
+//! derived from the nonces the two sides exchanged over sealed signalling)
 //! and names its step, so a connection to yourself (which hears its own offer) or to a
 //! host running another punch is refused.
 //!
@@ -40,20 +41,10 @@ const LABEL: &[u8] = b"p2pipe tcp punch hello";
 pub struct HelloKey([u8; 32]);
 
 impl HelloKey {
-    /// A key from 32 secret bytes.
+    /// A key from 32 secret bytes; a rendezvous makes it from its session key
+    /// (`HelloKey::from(&agreement.key)`).
     pub fn new(bytes: [u8; 32]) -> Self {
         HelloKey(bytes)
-    }
-
-    /// The key of a punch whose initiator sent `initiator` and responder `responder` as
-    /// their nonces over (sealed) signalling.
-    pub fn from_nonces(initiator: &[u8], responder: &[u8]) -> Self {
-        let mut m = HmacSha256::new_from_slice(LABEL).expect("hmac takes any key length");
-        for nonce in [initiator, responder] {
-            m.update(&(nonce.len() as u64).to_be_bytes());
-            m.update(nonce);
-        }
-        HelloKey(m.finalize().into_bytes().into())
     }
 
     fn mac(&self, kind: HelloKind) -> HmacSha256 {
@@ -213,8 +204,11 @@ impl Handshake {
 mod tests {
     use super::*;
 
+    use crate::traverse::punch::SessionKey;
+    use crate::Proto;
+
     fn key() -> HelloKey {
-        HelloKey::from_nonces(b"initiator nonce", b"responder nonce")
+        HelloKey::from(&SessionKey::derive(&[1; 16], &[2; 16], Proto::Tcp))
     }
 
     fn wire(h: &Hello) -> BytesMut {
@@ -232,24 +226,19 @@ mod tests {
             let back = Hello::parse(&bytes).unwrap();
             assert_eq!(back, h);
             assert!(back.verify(&key()));
-            assert!(!back.verify(&HelloKey::from_nonces(b"initiator nonce", b"other")));
+            let udp = SessionKey::derive(&[1; 16], &[2; 16], Proto::Udp);
+            assert!(
+                !back.verify(&HelloKey::from(&udp)),
+                "another protocol's key"
+            );
         }
     }
 
     #[test]
     fn an_offer_matches_the_fuzz_seed_written_by_fuzz_seed_py() {
-        let key = HelloKey::from_nonces(b"fuzz initiator", b"fuzz responder");
-        let wire = wire(&Hello::new(&key, HelloKind::Offer));
+        let wire = wire(&Hello::new(&key(), HelloKind::Offer));
         let hex: String = wire.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "50325448010120dfc384412a223ccf5b831077731fe9");
-    }
-
-    #[test]
-    fn nonces_are_not_confused_by_where_one_ends() {
-        assert_ne!(
-            HelloKey::from_nonces(b"ab", b"c"),
-            HelloKey::from_nonces(b"a", b"bc")
-        );
+        assert_eq!(hex, "50325448010167c808703f4c775b295ea56fb878fe71");
     }
 
     #[test]

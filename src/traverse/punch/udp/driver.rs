@@ -11,9 +11,8 @@ use super::session::{Session, Step, Timing, MAGIC, PROBE_LEN};
 use crate::identity::{NodeId, PublicKey};
 use crate::pipe::Subscription;
 use crate::signal::{DeliveredRequest, Incoming, Signaller};
-use crate::traverse::punch::rendezvous::{
-    Agreement, Candidates, Initiator, Message, Nonce, Offer, Responder, NONCE_LEN,
-};
+use crate::traverse::punch::exchange::{self, nonce, Mine};
+use crate::traverse::punch::rendezvous::{Agreement, Candidates, Offer};
 use crate::traverse::punch::{Error, NatSummary};
 use crate::{Pipe, PipeConfig, Proto};
 
@@ -57,11 +56,7 @@ impl Default for Config {
 
 /// Whether a signalling message is a punch offer, for [`answer`].
 pub fn is_offer(incoming: &Incoming) -> bool {
-    matches!(incoming, Incoming::Request(r) if is_udp_offer(&r.payload))
-}
-
-fn is_udp_offer(payload: &[u8]) -> bool {
-    matches!(Message::parse(payload), Ok(Message::Offer(o)) if o.proto == Proto::Udp)
+    exchange::is_offer(incoming, Proto::Udp)
 }
 
 /// Punches a UDP path to `peer` from `socket` and returns it as a pipe whose default
@@ -94,19 +89,10 @@ pub async fn punch(
         nonce: nonce(),
         proto: Proto::Udp,
         nat: cfg.nat,
+        tcp: None,
         candidates,
     };
-    let initiator = Initiator::new(id, offer, Instant::now());
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let answer = signaller
-        .request(peer, &initiator.offer().to_bytes(), left)
-        .await
-        .map_err(|source| signal_error(id, source, local, cfg.limit))?;
-    let (agreement, ready) = initiator.on_answer(&answer, Instant::now())?;
-    timeout_at(deadline, signaller.send(peer, &ready.to_bytes()))
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(|source| Error::Signal { peer: id, source })?;
+    let agreement = exchange::initiate(signaller, peer, offer, deadline, &timed_out).await?;
     run(socket, id, &agreement, deadline, cfg).await
 }
 
@@ -134,47 +120,17 @@ pub async fn answer(
     let deadline = tokio::time::Instant::now() + cfg.limit;
     let id = NodeId::from_key(&offer.from);
     let local = local_addr(&socket)?;
+    let timed_out = || timed_out(id, local, Vec::new(), cfg.limit);
     let candidates = timeout_at(deadline, gather(&socket, local, cfg))
         .await
-        .map_err(|_| timed_out(id, local, Vec::new(), cfg.limit))?;
-    let responder = Responder::new(id, &offer.payload, nonce(), cfg.nat, candidates)?;
-    timeout_at(
-        deadline,
-        signaller.respond(offer, &responder.answer().to_bytes()),
-    )
-    .await
-    .map_err(|_| timed_out(id, local, Vec::new(), cfg.limit))?
-    .map_err(|source| Error::Signal { peer: id, source })?;
-    if let Some(refused) = responder.refusal() {
-        return Err(refused);
-    }
-    let agreement = wait_ready(signaller, &offer.from, &responder, deadline)
-        .await
-        .ok_or_else(|| timed_out(id, local, Vec::new(), cfg.limit))??;
+        .map_err(|_| timed_out())?;
+    let mine = Mine {
+        nat: cfg.nat,
+        tcp: None,
+        candidates,
+    };
+    let agreement = exchange::respond(signaller, offer, mine, deadline, &timed_out).await?;
     run(socket, id, &agreement, deadline, cfg).await
-}
-
-/// Reads `signaller` until `from`'s ready for this rendezvous arrives.
-async fn wait_ready(
-    signaller: &Signaller,
-    from: &PublicKey,
-    responder: &Responder,
-    deadline: tokio::time::Instant,
-) -> Option<Result<Agreement, Error>> {
-    loop {
-        let incoming = timeout_at(deadline, signaller.recv()).await.ok()??;
-        match incoming {
-            Incoming::Message { from: f, payload } if f == *from => {
-                match responder.on_ready(&payload, Instant::now()) {
-                    Err(Error::Malformed(_) | Error::WrongNonce { .. }) => {}
-                    done => return Some(done),
-                }
-            }
-            other => {
-                tracing::debug!(from = %other.node_id(), "signalling message dropped while a punch waits for its ready")
-            }
-        }
-    }
 }
 
 /// Probes until a path is confirmed, then makes the pipe and starts its keepalives.
@@ -327,12 +283,6 @@ fn duplicate(socket: &UdpSocket, local: SocketAddr) -> Result<UdpSocket, Error> 
     UdpSocket::from_std(dup.into()).map_err(io)
 }
 
-fn nonce() -> Nonce {
-    let mut n = [0u8; NONCE_LEN];
-    getrandom::fill(&mut n).expect("the system random source");
-    n
-}
-
 fn timed_out(
     peer: NodeId,
     local: SocketAddr,
@@ -344,18 +294,6 @@ fn timed_out(
         local,
         candidates,
         after,
-    }
-}
-
-fn signal_error(
-    peer: NodeId,
-    source: crate::signal::Error,
-    local: SocketAddr,
-    limit: Duration,
-) -> Error {
-    match source {
-        crate::signal::Error::TimedOut { .. } => timed_out(peer, local, Vec::new(), limit),
-        source => Error::Signal { peer, source },
     }
 }
 
@@ -388,18 +326,22 @@ mod tests {
 
     #[test]
     fn an_offer_for_udp_is_told_apart_from_other_requests() {
+        use crate::traverse::punch::exchange::offers;
+        use crate::traverse::punch::rendezvous::{Message, NONCE_LEN};
         let offer = Message::Offer(Offer {
             nonce: [1; NONCE_LEN],
             proto: Proto::Udp,
             nat: NatSummary::default(),
+            tcp: None,
             candidates: Candidates::default(),
         });
-        assert!(is_udp_offer(&offer.to_bytes()));
-        assert!(!is_udp_offer(b"p2pipe/1/record?"));
+        assert!(offers(&offer.to_bytes(), Proto::Udp));
+        assert!(!offers(b"p2pipe/1/record?", Proto::Udp));
         let Message::Offer(mut tcp) = offer else {
             unreachable!()
         };
         tcp.proto = Proto::Tcp;
-        assert!(!is_udp_offer(&Message::Offer(tcp).to_bytes()));
+        assert!(!offers(&Message::Offer(tcp.clone()).to_bytes(), Proto::Udp));
+        assert!(offers(&Message::Offer(tcp).to_bytes(), Proto::Tcp));
     }
 }

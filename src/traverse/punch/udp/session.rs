@@ -412,7 +412,7 @@ mod tests {
                 rtt: Duration::from_millis(10),
                 role,
             },
-            approach: Approach::Direct,
+            way: crate::traverse::punch::rendezvous::Way::Udp(Approach::Direct),
             key: SessionKey::derive(&[1; 16], &[2; 16], crate::Proto::Udp),
             session: [1; 16],
         }
