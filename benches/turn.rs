@@ -17,7 +17,7 @@
 //! one.
 //!
 //! Run with `cargo bench --bench turn`; `P2PIPE_ROUNDS` sets the rounds (default 15).
-//! See docs/traversal-turn.md.
+//! See docs/traversal.md.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;

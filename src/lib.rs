@@ -68,10 +68,10 @@ pub struct MeshDocDoctests;
 #[doc = include_str!("../docs/filer.md")]
 pub struct FilerDocDoctests;
 
-/// The examples in docs/traversal-mapping.md, compiled as doc tests.
+/// The examples in docs/traversal.md, compiled as doc tests.
 #[cfg(doctest)]
-#[doc = include_str!("../docs/traversal-mapping.md")]
-pub struct TraversalMappingDoctests;
+#[doc = include_str!("../docs/traversal.md")]
+pub struct TraversalDoctests;
 
 /// The examples in docs/p2p.md, compiled as doc tests.
 #[cfg(doctest)]

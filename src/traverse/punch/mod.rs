@@ -49,8 +49,3 @@ pub struct Plan {
     /// This node's end.
     pub role: Role,
 }
-
-/// The examples in docs/traversal-punch.md, compiled as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../docs/traversal-punch.md")]
-pub struct TraversalPunchDoctests;

@@ -410,8 +410,3 @@ async fn send(stream: &mut TcpStream, hello: &Hello) -> io::Result<()> {
     hello.emit(&mut out);
     stream.write_all(&out).await
 }
-
-/// The examples in docs/traversal-tcp.md, compiled as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../docs/traversal-tcp.md")]
-pub struct TraversalTcpDoctests;

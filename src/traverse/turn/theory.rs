@@ -1,5 +1,5 @@
 //! When relaying works, from the two sides' NAT types alone: the theory the lab's
-//! every-pair table is checked against (docs/traversal-turn.md).
+//! every-pair table is checked against (docs/traversal.md).
 //!
 //! A relay needs only that each side reach the server; the relayed addresses are the
 //! server's own, so the sides' NATs never meet. Outbound TCP to the server passes every

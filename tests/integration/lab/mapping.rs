@@ -17,11 +17,13 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use p2pipe::nat::NatType;
 use p2pipe::traverse::mapping::{self, Mapping, Method, Options};
 use p2pipe::Proto;
 
-use super::{ip, lab_or_skip, run, run_in_netns, which, Lab, NatKind, LAB_T, STUN_PRIMARY};
+use super::{
+    ip, lab_or_skip, pair_table, run, run_in_netns, which, write_traversal_table, Lab, NatKind,
+    LAB_T, STUN_PRIMARY,
+};
 use crate::support::{skip, spawn_guard_blocking};
 
 /// Far longer than a reply within the lab takes (well under a millisecond).
@@ -622,19 +624,6 @@ fn p2pipe_map_deletes_its_mapping_on_sigint_and_sigterm() {
     );
 }
 
-/// The RFC 3489 type a lab kind plays.
-fn nat_type(kind: NatKind) -> NatType {
-    match kind {
-        NatKind::Open => NatType::Open,
-        NatKind::FullCone => NatType::FullCone,
-        NatKind::RestrictedCone => NatType::RestrictedCone,
-        NatKind::PortRestrictedCone => NatType::PortRestrictedCone,
-        NatKind::Symmetric => NatType::Symmetric,
-        NatKind::SymmetricUdpFirewall => NatType::SymmetricUdpFirewall,
-        NatKind::UdpBlocked => NatType::UdpBlocked,
-    }
-}
-
 /// What happened for one protocol of one pair: reached or not, and how long the attempt
 /// took.
 #[derive(Debug, Clone, Copy)]
@@ -685,7 +674,7 @@ fn pair_outcomes(a: NatKind, b: NatKind) -> [Outcome; 2] {
 
 /// Checks each outcome against `mapping::reachable`; the table cell for it.
 fn check_against_theory(a: NatKind, b: NatKind, o: Outcome) -> String {
-    let theory = mapping::reachable(nat_type(a), nat_type(b), o.proto);
+    let theory = mapping::reachable(a.nat_type(), b.nat_type(), o.proto);
     assert_eq!(
         o.reached,
         theory.is_ok(),
@@ -760,24 +749,10 @@ fn every_pair_of_kinds_matches_the_table() {
          kind of B; the time is A's attempt.\n",
     );
     for proto in [Proto::Udp, Proto::Tcp] {
-        md += &format!("\n{}\n\n| A \\ B |", proto.to_string().to_uppercase());
-        for b in NatKind::ALL {
-            md += &format!(" {} |", b.name());
-        }
-        md += "\n|---|";
-        md += &"---|".repeat(NatKind::ALL.len());
-        md += "\n";
-        for a in NatKind::ALL {
-            md += &format!("| {} |", a.name());
-            for b in NatKind::ALL {
-                md += &format!(" {} |", cells[&(a, b, proto)]);
-            }
-            md += "\n";
-        }
+        md += &format!("\n{}\n\n", proto.to_string().to_uppercase());
+        md += &pair_table(|a, b| cells[&(a, b, proto)].clone());
     }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../traversal");
-    std::fs::create_dir_all(&dir).expect("create target/traversal");
-    std::fs::write(dir.join("mapping.md"), md).expect("write mapping.md");
+    write_traversal_table("mapping", &md);
 }
 
 /// How a [`HostileGateway`] answers.

@@ -235,6 +235,53 @@ impl NatKind {
     }
 }
 
+impl NatKind {
+    /// The nat layer's RFC 3489 name for what this kind plays.
+    pub fn nat_type(self) -> p2pipe::nat::NatType {
+        use p2pipe::nat::NatType;
+        match self {
+            NatKind::Open => NatType::Open,
+            NatKind::FullCone => NatType::FullCone,
+            NatKind::RestrictedCone => NatType::RestrictedCone,
+            NatKind::PortRestrictedCone => NatType::PortRestrictedCone,
+            NatKind::Symmetric => NatType::Symmetric,
+            NatKind::SymmetricUdpFirewall => NatType::SymmetricUdpFirewall,
+            NatKind::UdpBlocked => NatType::UdpBlocked,
+        }
+    }
+}
+
+/// A traversal table in markdown: one row per kind of peer A, one column per kind of
+/// peer B, each cell `cell(a, b)` (docs/traversal.md).
+pub fn pair_table(mut cell: impl FnMut(NatKind, NatKind) -> String) -> String {
+    let mut table = String::from("| A \\ B |");
+    for b in NatKind::ALL {
+        table += &format!(" {} |", b.name());
+    }
+    table += "\n|---|";
+    table += &"---|".repeat(NatKind::ALL.len());
+    for a in NatKind::ALL {
+        table += &format!("\n| {} |", a.name());
+        for b in NatKind::ALL {
+            table += &format!(" {} |", cell(a, b));
+        }
+    }
+    table + "\n"
+}
+
+/// Writes a block's table to `target/traversal/<block>.md`, where
+/// `scripts/traversal-tables` takes it into docs/traversal.md, and prints it.
+pub fn write_traversal_table(block: &str, markdown: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("traversal");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let file = dir.join(format!("{block}.md"));
+    std::fs::write(&file, markdown).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+    println!("{markdown}");
+}
+
 impl fmt::Display for NatKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -8,19 +8,18 @@
 //! `every_pair_of_kinds_matches_the_table` (ignored; `scripts/traversal-tables punch`)
 //! runs all 49 ordered pairs and writes `target/traversal/punch.md`.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use p2pipe::identity::Identity;
-use p2pipe::nat::{self, NatType};
+use p2pipe::nat;
 use p2pipe::signal::{Incoming, Signaller, SignallerConfig};
 use p2pipe::traverse::punch::{self, udp, udp_feasibility, NatSummary};
 use p2pipe::Af;
 use tokio::net::UdpSocket;
 
-use super::{lab_or_skip, Lab, NatKind, LAB_T};
+use super::{lab_or_skip, pair_table, write_traversal_table, Lab, NatKind, LAB_T};
 
 /// The punching port of both peers.
 const PORT: u16 = 40_000;
@@ -37,18 +36,6 @@ struct Seen {
     result: Result<SocketAddr, String>,
     /// How long the punch took.
     took: Duration,
-}
-
-fn nat_type(kind: NatKind) -> NatType {
-    match kind {
-        NatKind::Open => NatType::Open,
-        NatKind::FullCone => NatType::FullCone,
-        NatKind::RestrictedCone => NatType::RestrictedCone,
-        NatKind::PortRestrictedCone => NatType::PortRestrictedCone,
-        NatKind::Symmetric => NatType::Symmetric,
-        NatKind::SymmetricUdpFirewall => NatType::SymmetricUdpFirewall,
-        NatKind::UdpBlocked => NatType::UdpBlocked,
-    }
 }
 
 fn identity(n: usize) -> Identity {
@@ -146,7 +133,7 @@ async fn exchange(n: usize, pipe: &p2pipe::Pipe) {
 /// Builds a lab for `a` x `b` and punches with the kinds' own summaries.
 fn punch_kinds(a: NatKind, b: NatKind) -> (Lab, [Seen; 2]) {
     let lab = Lab::builder().peers(a, b).build();
-    let seen = punch_between(&lab, LIMIT, |n| NatSummary::of_type(nat_type(lab.kind(n))));
+    let seen = punch_between(&lab, LIMIT, |n| NatSummary::of_type(lab.kind(n).nat_type()));
     (lab, seen)
 }
 
@@ -245,7 +232,7 @@ fn peers_that_measured_their_nats_with_the_nat_layer_punch_as_the_theory_says() 
     let measured = [measure(&lab, 1), measure(&lab, 2)];
     for (i, m) in measured.iter().enumerate() {
         let kind = lab.kind(i + 1);
-        let theory = NatSummary::of_type(nat_type(kind));
+        let theory = NatSummary::of_type(kind.nat_type());
         assert_eq!(
             (m.nat_type, m.mapping, m.filtering),
             (theory.nat_type, theory.mapping, theory.filtering),
@@ -272,8 +259,8 @@ fn two_symmetric_peers_are_refused_at_once_as_unpredictable() {
 /// One cell of the table: what the theory says, and what the lab did.
 fn cell(a: NatKind, b: NatKind) -> String {
     let (sa, sb) = (
-        NatSummary::of_type(nat_type(a)),
-        NatSummary::of_type(nat_type(b)),
+        NatSummary::of_type(a.nat_type()),
+        NatSummary::of_type(b.nat_type()),
     );
     let theory = udp_feasibility(&sa, &sb);
     let (lab, seen) = punch_kinds(a, b);
@@ -309,24 +296,6 @@ fn cell(a: NatKind, b: NatKind) -> String {
 #[ignore = "builds 49 labs and more (minutes): run by scripts/traversal-tables punch"]
 fn every_pair_of_kinds_matches_the_table() {
     lab_or_skip!();
-    let mut table = String::from("| A \\ B |");
-    for b in NatKind::ALL {
-        write!(table, " {} |", b.name()).unwrap();
-    }
-    table.push_str("\n|---|");
-    table.push_str(&"---|".repeat(NatKind::ALL.len()));
-    for a in NatKind::ALL {
-        write!(table, "\n| {} |", a.name()).unwrap();
-        for b in NatKind::ALL {
-            write!(table, " {} |", cell(a, b)).unwrap();
-        }
-    }
-    table.push('\n');
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target dir")
-        .join("traversal");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("punch.md"), &table).unwrap();
-    println!("{table}");
+    let table = pair_table(cell);
+    write_traversal_table("punch", &table);
 }

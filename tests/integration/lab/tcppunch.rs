@@ -1,4 +1,4 @@
-//! TCP hole punching between two peers behind two NATs (docs/traversal-tcp.md).
+//! TCP hole punching between two peers behind two NATs (docs/traversal.md).
 //!
 //! Each peer runs a signaller on the lab's mosquitto, binds a punch port in its own
 //! namespace and calls `tcp::connect` (peer 1) or `tcp::answer` (peer 2): the driver
@@ -10,7 +10,6 @@
 //! ([`tcp_summary`]): whether inbound TCP is filtered cannot be measured today. The
 //! outcome must match the block's theory, `tcp_feasibility`.
 
-use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use p2pipe::traverse::punch::tcp::{
 };
 use p2pipe::Pipe;
 
-use super::{lab_or_skip, Lab, NatKind, LAB_T};
+use super::{lab_or_skip, pair_table, write_traversal_table, Lab, NatKind, LAB_T};
 
 /// The time limit of the whole operation: STUN, rendezvous and punch.
 const PUNCH_LIMIT: Duration = Duration::from_secs(8);
@@ -334,29 +333,14 @@ fn a_punch_forced_past_the_refusal_between_symmetric_and_a_cone_gets_nothing() {
 #[ignore = "every pair of kinds: 49 labs; run by scripts/traversal-tables"]
 fn every_pair_of_kinds_matches_the_table() {
     lab_or_skip!();
-    let mut table = String::from("| A \\ B |");
-    for b in NatKind::ALL {
-        write!(table, " {} |", b.name()).unwrap();
-    }
-    table.push_str("\n|---|");
-    table.push_str(&"---|".repeat(NatKind::ALL.len()));
     let mut mismatches = Vec::new();
-    for a in NatKind::ALL {
-        write!(table, "\n| {} |", a.name()).unwrap();
-        for b in NatKind::ALL {
-            let p = punch_pair(a, b);
-            if let Err(e) = matches_theory(&p) {
-                mismatches.push(e);
-            }
-            write!(table, " {} |", cell(&p)).unwrap();
+    let table = pair_table(|a, b| {
+        let p = punch_pair(a, b);
+        if let Err(e) = matches_theory(&p) {
+            mismatches.push(e);
         }
-    }
-    table.push('\n');
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
-        .join("traversal");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tcppunch.md"), &table).unwrap();
-    println!("{table}");
+        cell(&p)
+    });
+    write_traversal_table("tcppunch", &table);
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }

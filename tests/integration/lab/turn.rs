@@ -1,4 +1,4 @@
-//! TURN relays between two peers behind two NATs (docs/traversal-turn.md).
+//! TURN relays between two peers behind two NATs (docs/traversal.md).
 //!
 //! Each peer allocates its own relay on the lab's coturn, from its own namespace, and
 //! the two exchange datagrams relay to relay (each binds a channel to the other's
@@ -7,7 +7,6 @@
 //! as signalling would. The outcome must match the block's theory,
 //! `turn::relay_feasibility`, over each kind's NAT type.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -19,25 +18,12 @@ use p2pipe::traverse::turn::{
 use p2pipe::{Pipe, Proto};
 use tokio::sync::oneshot;
 
-use super::{lab_or_skip, Lab, NatKind, LAB_T};
+use super::{lab_or_skip, pair_table, write_traversal_table, Lab, NatKind, LAB_T};
 
 /// The relay's time limit where the theory says it works.
 const LIMIT: Duration = Duration::from_secs(5);
 /// The limit where it says a side cannot reach the server: the wait for the proof.
 const BLOCKED_LIMIT: Duration = Duration::from_millis(1500);
-
-/// The nat layer's name for what a lab kind plays.
-fn nat_type(kind: NatKind) -> NatType {
-    match kind {
-        NatKind::Open => NatType::Open,
-        NatKind::FullCone => NatType::FullCone,
-        NatKind::RestrictedCone => NatType::RestrictedCone,
-        NatKind::PortRestrictedCone => NatType::PortRestrictedCone,
-        NatKind::Symmetric => NatType::Symmetric,
-        NatKind::SymmetricUdpFirewall => NatType::SymmetricUdpFirewall,
-        NatKind::UdpBlocked => NatType::UdpBlocked,
-    }
-}
 
 /// The lab's coturn as the TURN client sees it.
 fn server(lab: &Lab) -> TurnServer {
@@ -172,7 +158,7 @@ fn relay_pair(
 /// end of the exchange.
 fn pair_cell(a: NatKind, b: NatKind) -> (String, Vec<String>) {
     let lab = Lab::builder().peers(a, b).build();
-    let (na, nb) = (nat_type(a), nat_type(b));
+    let (na, nb) = (a.nat_type(), b.nat_type());
     let mut mismatches = Vec::new();
     let theory = relay_feasibility(na, nb, Transport::Udp);
     let limit = if theory.is_ok() { LIMIT } else { BLOCKED_LIMIT };
@@ -297,35 +283,13 @@ fn a_tcp_allocation_carries_a_tcp_pipe_between_peers_behind_nats() {
 #[ignore = "every ordered pair of kinds: 49 labs; run by scripts/traversal-tables"]
 fn every_pair_of_kinds_matches_the_table() {
     lab_or_skip!();
-    let kinds = NatKind::ALL;
-    let mut cells = vec![Vec::new(); kinds.len()];
     let mut mismatches = Vec::new();
-    for (i, a) in kinds.iter().enumerate() {
-        for b in kinds {
-            // Ordered: the sides play different parts (the first one pings).
-            let (cell, bad) = pair_cell(*a, b);
-            mismatches.extend(bad);
-            cells[i].push(cell);
-        }
-    }
-    let mut table = String::from("| A \\ B |");
-    for b in kinds {
-        write!(table, " {} |", b.name()).unwrap();
-    }
-    table.push_str("\n|---|");
-    table.push_str(&"---|".repeat(kinds.len()));
-    for (i, a) in kinds.iter().enumerate() {
-        write!(table, "\n| {} |", a.name()).unwrap();
-        for cell in &cells[i] {
-            write!(table, " {cell} |").unwrap();
-        }
-    }
-    table.push('\n');
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
-        .join("traversal");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("turn.md"), &table).unwrap();
-    println!("{table}");
+    // Ordered: the sides play different parts (the first one pings).
+    let table = pair_table(|a, b| {
+        let (cell, bad) = pair_cell(a, b);
+        mismatches.extend(bad);
+        cell
+    });
+    write_traversal_table("turn", &table);
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
