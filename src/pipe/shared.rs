@@ -41,7 +41,7 @@ pub(crate) enum Io {
     Tcp(tcp::Writer),
     Udp(udp::Sender),
     TcpListener(Children),
-    UdpListener(Children, udp::Owned),
+    UdpListener(Children, udp::Sender),
 }
 
 /// The peers of a listener.

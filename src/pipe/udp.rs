@@ -21,6 +21,13 @@ impl Owned {
     pub(crate) fn release(&self) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).take();
     }
+    /// The socket, for the peers of a listener (dangling once released).
+    fn weak(&self) -> Weak<UdpSocket> {
+        match &*self.0.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(sock) => Arc::downgrade(sock),
+            None => Weak::new(),
+        }
+    }
     pub(crate) async fn send_to(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<()> {
         let to = checked(core, data, to)?;
         // Almost every datagram goes out at once, under the read lock and
@@ -48,6 +55,15 @@ pub(crate) enum Sender {
 }
 
 impl Sender {
+    /// How a peer of a listener that sends this way sends: on the listener's socket,
+    /// or through its relay.
+    fn for_peer(&self) -> Sender {
+        match self {
+            Sender::Own(o) => Sender::Child(o.weak()),
+            Sender::Child(w) => Sender::Child(w.clone()),
+            Sender::Relay(link) => Sender::Relay(link.clone()),
+        }
+    }
     pub(crate) fn release(&self) {
         if let Sender::Own(o) = self {
             o.release();
@@ -137,33 +153,47 @@ pub(crate) async fn connect(peer: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Ar
 pub(crate) fn listen(addr: SocketAddr, cfg: Arc<PipeConfig>) -> Result<Arc<Core>> {
     let sock = bind(addr, &cfg)?;
     let local = canonical(sock.local_addr()?);
+    let sender = Sender::Own(Owned::new(sock.clone()));
+    Ok(listener(local, cfg, sender, Reader::udp(sock)))
+}
+
+/// A UDP listener at `local` that sends with `sender` and reads what `reader` brings
+/// (its own socket, or a relay): every new peer address becomes a peer pipe, which
+/// sends the same way.
+pub(crate) fn listener(
+    local: SocketAddr,
+    cfg: Arc<PipeConfig>,
+    sender: Sender,
+    reader: Reader,
+) -> Arc<Core> {
     let children = Children::new(cfg.backlog, Overflow::DropNewest);
     let core = Core::new(
         Proto::Udp,
         local,
         None,
         cfg,
-        Io::UdpListener(children, Owned::new(sock.clone())),
+        Io::UdpListener(children, sender),
         None,
         None,
     );
-    let task = tokio::spawn(read_loop(core.clone(), sock));
+    let task = tokio::spawn(read_loop(core.clone(), reader));
     core.add_task(task);
-    Ok(core)
+    core
 }
 
-/// Reads a listener's datagrams until it is closed, and hands each to its peer.
-async fn read_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
-    let Io::UdpListener(children, _) = &core.io else {
+/// Reads a listener's datagrams until it is closed or its reader ends (then its
+/// peers, fed by this loop alone, end with it), and hands each to its peer.
+async fn read_loop(core: Arc<Core>, mut reader: Reader) {
+    let Io::UdpListener(children, sender) = &core.io else {
         return;
     };
-    let mut reader = Reader::udp(sock.clone());
     let mut last = None;
     loop {
         match reader.next(&core).await {
-            Ok(msg) => demux(&core, children, &sock, &mut last, msg),
+            Ok(msg) => demux(&core, children, sender, &mut last, msg),
             Err(reason) => {
                 core.finish(reason);
+                super::end::close_children(children, true);
                 return;
             }
         }
@@ -177,7 +207,7 @@ async fn read_loop(core: Arc<Core>, sock: Arc<UdpSocket>) {
 fn demux(
     listener: &Arc<Core>,
     children: &Children,
-    sock: &Arc<UdpSocket>,
+    sender: &Sender,
     last: &mut Option<(SocketAddr, Weak<Core>)>,
     msg: Message,
 ) {
@@ -205,7 +235,7 @@ fn demux(
         listener.local,
         Some(msg.peer),
         listener.cfg.clone(),
-        Io::Udp(Sender::Child(Arc::downgrade(sock))),
+        Io::Udp(sender.for_peer()),
         Some(listener.clone()),
         None,
     );
