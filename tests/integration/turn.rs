@@ -1,12 +1,13 @@
 //! The TURN client against a real coturn on loopback (tests/integration/coturn.rs), and
 //! against hostile servers written here: UDP allocations carrying pipes both ways
-//! (send, subscribe, link, accept), over UDP and TCP to the server, 127.0.0.1 and ::1;
+//! (send, subscribe, link, a listener that accepts), over UDP and TCP to the server, 127.0.0.1 and ::1;
 //! RFC 6062 TCP allocations carrying TCP pipes; refresh; refused logins; and servers
 //! that lie, loop or send garbage.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use p2pipe::pipe::EndReason;
 use p2pipe::traverse::turn::{Error, Relay, Transport, TurnServer};
 use p2pipe::{Pipe, Proto};
 
@@ -63,34 +64,142 @@ async fn a_udp_allocation_carries_a_pipe_both_ways_over_udp_and_tcp_to_the_serve
     }
 }
 
+/// A UDP allocation on `coturn`, or a panic that shows the server's log.
+async fn allocate_udp(coturn: &Coturn, ip: IpAddr) -> Relay {
+    let relay = within(Relay::allocate(&coturn.server(), Transport::Udp, LIMIT)).await;
+    relay.unwrap_or_else(|e| panic!("{ip}: {e}\n{}", coturn.log()))
+}
+
+/// A plain UDP peer on `ip` that the relay permits, and that has sent `first` to the
+/// relayed address.
+async fn knocking_peer(relay: &Relay, ip: IpAddr, first: &[u8]) -> Pipe {
+    let peer = udp_peer(ip).await;
+    within(relay.permit(peer.local_addr())).await.unwrap();
+    within(peer.send_to(first, relay.relayed_addr()))
+        .await
+        .unwrap();
+    peer
+}
+
 #[tokio::test]
-async fn a_relayed_pipe_links_to_another_pipe_and_accepts_new_peers() {
-    let test = "a_relayed_pipe_links_to_another_pipe_and_accepts_new_peers";
+async fn a_relay_listener_accepts_two_peers_and_its_subscriptions_and_recv_see_them() {
+    let test = "a_relay_listener_accepts_two_peers_and_its_subscriptions_and_recv_see_them";
+    for ip in loopbacks(test) {
+        let Some(coturn) = Coturn::start(test, ip).await else {
+            return;
+        };
+        let relay = allocate_udp(&coturn, ip).await;
+        let listener = relay.listen().unwrap();
+        assert!(listener.is_listener());
+        assert_eq!(listener.local_addr(), relay.relayed_addr());
+        assert!(
+            matches!(relay.listen(), Err(Error::Full { .. })),
+            "one listener"
+        );
+        let hellos = listener.subscribe("^hello", None).unwrap();
+
+        // Each permitted peer that sends first is accepted, its datagram first.
+        let mut accepted = Vec::new();
+        for (i, knock) in [&b"knock 1"[..], b"knock 2"].into_iter().enumerate() {
+            let peer = knocking_peer(&relay, ip, knock).await;
+            let (pipe, from) = within(listener.accept_from()).await.unwrap();
+            assert_eq!(from, peer.local_addr(), "{ip}: peer {i}");
+            let first = within(pipe.recv()).await.unwrap();
+            assert_eq!(
+                (&first.data[..], first.local),
+                (knock, relay.relayed_addr())
+            );
+            accepted.push((peer, pipe));
+        }
+
+        // Answers go back through the relay, from the pipe or from the listener.
+        let [(one, a), (two, _)] = &accepted[..] else {
+            unreachable!()
+        };
+        within(a.send(b"welcome 1")).await.unwrap();
+        within(listener.send_to(b"welcome 2", two.local_addr()))
+            .await
+            .unwrap();
+        for (peer, want) in [(one, &b"welcome 1"[..]), (two, b"welcome 2")] {
+            let m = within(peer.recv()).await.unwrap();
+            assert_eq!((&m.data[..], m.peer), (want, relay.relayed_addr()));
+        }
+
+        // The listener's subscription sees what its accepted peers send.
+        within(one.send_to(b"hello from 1", relay.relayed_addr()))
+            .await
+            .unwrap();
+        within(two.send_to(b"hello from 2", relay.relayed_addr()))
+            .await
+            .unwrap();
+        let mut from = Vec::new();
+        for _ in 0..2 {
+            from.push(hellos.recv_timeout(T).await.unwrap().peer);
+        }
+        from.sort();
+        let mut want = vec![one.local_addr(), two.local_addr()];
+        want.sort();
+        assert_eq!(from, want, "{ip}");
+
+        // recv on the listener: a peer nobody accepted.
+        let three = knocking_peer(&relay, ip, b"unaccepted").await;
+        let m = within(listener.recv()).await.unwrap();
+        assert_eq!(
+            (&m.data[..], m.peer),
+            (&b"unaccepted"[..], three.local_addr())
+        );
+        assert_eq!(relay.dropped(), 0);
+
+        // Closing the listener ends its peers, as on any UDP listener.
+        within(listener.close()).await;
+        assert_eq!(within(a.ended()).await, EndReason::Closed);
+        within(relay.close()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_peer_accepted_on_a_relay_listener_links_to_a_plain_pipe() {
+    let test = "a_peer_accepted_on_a_relay_listener_links_to_a_plain_pipe";
+    for ip in loopbacks(test) {
+        let Some(coturn) = Coturn::start(test, ip).await else {
+            return;
+        };
+        let relay = allocate_udp(&coturn, ip).await;
+        let listener = relay.listen().unwrap();
+        // What the peer sends through the relay goes on to a local echo server (a
+        // relay of the relay), and the echo comes back the same way.
+        let peer = knocking_peer(&relay, ip, b"echo me").await;
+        let accepted = within(listener.accept()).await.unwrap();
+        let echo = udp_peer(ip).await;
+        let to_echo = within(Pipe::connect(Proto::Udp, echo.local_addr()))
+            .await
+            .unwrap();
+        accepted.link(&to_echo).unwrap();
+        to_echo.link(&accepted).unwrap();
+        let at_echo = within(echo.accept()).await.unwrap();
+        let m = within(at_echo.recv()).await.unwrap();
+        assert_eq!(&m.data[..], b"echo me");
+        within(at_echo.send(b"echoed")).await.unwrap();
+        let m = within(peer.recv()).await.unwrap();
+        assert_eq!(
+            (&m.data[..], m.peer),
+            (&b"echoed"[..], relay.relayed_addr())
+        );
+        assert_eq!(relay.dropped(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_relayed_pipe_links_to_another_pipe() {
+    let test = "a_relayed_pipe_links_to_another_pipe";
     let ip: IpAddr = [127, 0, 0, 1].into();
     let Some(coturn) = Coturn::start(test, ip).await else {
         return;
     };
-    let relay = within(Relay::allocate(&coturn.server(), Transport::Udp, LIMIT))
-        .await
-        .unwrap();
+    let relay = allocate_udp(&coturn, ip).await;
 
-    // accept: a permitted peer that sends first becomes a pipe.
-    let stranger = udp_peer(ip).await;
-    within(relay.permit(stranger.local_addr())).await.unwrap();
-    within(stranger.send_to(b"hello relay", relay.relayed_addr()))
-        .await
-        .unwrap();
-    let accepted = within(relay.accept()).await.unwrap();
-    let first = within(accepted.recv()).await.unwrap();
-    assert_eq!(&first.data[..], b"hello relay");
-    assert_eq!(first.peer, stranger.local_addr());
-    within(accepted.send(b"hello stranger")).await.unwrap();
-    let back = within(stranger.recv()).await.unwrap();
-    assert_eq!(&back.data[..], b"hello stranger");
-    assert_eq!(back.peer, relay.relayed_addr());
-
-    // link: what the peer sends through the relay goes on to a local echo server
-    // (a relay of the relay), and the echo comes back the same way.
+    // What the peer sends through the relay goes on to a local echo server (a relay
+    // of the relay), and the echo comes back the same way.
     let echo = udp_peer(ip).await;
     let peer = udp_peer(ip).await;
     let relayed = within(relay.pipe(peer.local_addr())).await.unwrap();

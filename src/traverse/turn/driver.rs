@@ -1,7 +1,7 @@
 //! The tokio driver of a TURN client: one task per allocation moves bytes between the
 //! server's socket and the sans-IO [`Client`], sleeps until the client's next deadline,
-//! and hands what the client makes of them to whoever waits: operations, relayed pipes
-//! and accepted connections.
+//! and hands what the client makes of them to whoever waits: operations, relayed pipes,
+//! the relay's listener and accepted connections.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,12 +20,13 @@ use super::client::{Client, Event, Input, Phase};
 use super::data::{Frame, MAX_WIRE};
 use super::msg::Kind;
 use super::Error;
-use crate::pipe::relay::DatagramLink;
+use crate::pipe::relay::{DatagramLink, Inbound};
 use crate::pipe::{Pipe, PipeConfig};
 
-/// How many datagrams wait for a relayed pipe's reader before new ones are dropped.
+/// How many datagrams wait for a relayed pipe's reader (or the listener's) before new
+/// ones are dropped.
 const PIPE_QUEUE: usize = 1024;
-/// How many new peers (UDP) or connection attempts (TCP) wait to be accepted.
+/// How many RFC 6062 connection attempts wait to be accepted.
 pub(crate) const ACCEPT_QUEUE: usize = 16;
 /// At most this many relayed pipes at once.
 const MAX_PIPES: usize = super::client::MAX_PERMISSIONS;
@@ -200,17 +201,18 @@ type Waiter = (Key, oneshot::Sender<Result<Event, Error>>);
 pub(crate) struct State {
     pub(crate) client: Client,
     waiters: Vec<Waiter>,
-    /// Where each peer's datagrams go.
+    /// Where the datagrams of each peer with a pipe of its own go.
     inbound: HashMap<SocketAddr, mpsc::Sender<(Bytes, SocketAddr)>>,
-    /// New UDP peers become pipes here; `None` once the relay is gone.
-    accept: Option<mpsc::Sender<Pipe>>,
+    /// Where the datagrams of every other peer go: to the relay's listener, which makes
+    /// them pipes; `None` once the relay is gone.
+    listener: Option<mpsc::Sender<(Bytes, SocketAddr)>>,
     /// RFC 6062 connection attempts wait here.
     attempts: Option<mpsc::Sender<(SocketAddr, u32)>>,
     /// Why the driver stopped.
     stopped: Option<Error>,
     /// The wire form of the datagram being sent (reused: sends allocate nothing).
     scratch: BytesMut,
-    /// Datagrams dropped: a full pipe queue, or no room for a new peer.
+    /// Datagrams dropped: a full pipe or listener queue, or no listener.
     pub(crate) dropped: u64,
 }
 
@@ -229,18 +231,14 @@ impl Shared {
         client: Client,
         link: Link,
         pipe_cfg: PipeConfig,
-    ) -> (
-        Arc<Shared>,
-        mpsc::Receiver<Pipe>,
-        mpsc::Receiver<(SocketAddr, u32)>,
-    ) {
-        let (accept, accepted) = mpsc::channel(ACCEPT_QUEUE);
+    ) -> (Arc<Shared>, Inbound, mpsc::Receiver<(SocketAddr, u32)>) {
+        let (listener, unheard) = mpsc::channel(PIPE_QUEUE);
         let (attempts, attempted) = mpsc::channel(ACCEPT_QUEUE);
         let state = State {
             client,
             waiters: Vec::new(),
             inbound: HashMap::new(),
-            accept: Some(accept),
+            listener: Some(listener),
             attempts: Some(attempts),
             stopped: None,
             scratch: BytesMut::new(),
@@ -253,7 +251,7 @@ impl Shared {
             wake: Notify::new(),
             pipe_cfg,
         });
-        (shared, accepted, attempted)
+        (shared, unheard, attempted)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -332,9 +330,21 @@ impl Shared {
         peer: SocketAddr,
         rx: crate::pipe::relay::Inbound,
     ) -> Pipe {
-        let relayed = self.lock().client.relayed().unwrap_or(self.server);
-        let link: Arc<dyn DatagramLink> = Arc::new(RelayLink(Arc::downgrade(self)));
-        Pipe::relayed(link, rx, relayed, peer, &self.pipe_cfg)
+        Pipe::relayed(self.link(), rx, self.relayed(), peer, &self.pipe_cfg)
+    }
+
+    /// The relay's listener, reading what peers without a pipe of their own send to
+    /// `unheard`.
+    pub(crate) fn listener(self: &Arc<Self>, unheard: Inbound) -> Pipe {
+        Pipe::relayed_listener(self.link(), unheard, self.relayed(), &self.pipe_cfg)
+    }
+
+    fn relayed(&self) -> SocketAddr {
+        self.lock().client.relayed().unwrap_or(self.server)
+    }
+
+    fn link(self: &Arc<Self>) -> Arc<dyn DatagramLink> {
+        Arc::new(RelayLink(Arc::downgrade(self)))
     }
 
     /// Stops everything: waiters learn `error`, pipes end, nothing more is accepted.
@@ -345,7 +355,7 @@ impl Shared {
             let _ = w.send(Err(error.clone()));
         }
         st.inbound.clear();
-        st.accept = None;
+        st.listener = None;
         st.attempts = None;
     }
 }
@@ -400,8 +410,8 @@ async fn flush(shared: &Shared) -> Result<(), Error> {
     }
 }
 
-/// Hands a message to the client; a peer's data goes to its pipe.
-fn take_input(shared: &Arc<Shared>, bytes: &[u8]) {
+/// Hands a message to the client; a peer's data goes to its pipe, or to the listener.
+fn take_input(shared: &Shared, bytes: &[u8]) {
     let mut st = shared.lock();
     let (peer, data) = match st.client.handle_input(bytes, Instant::now()) {
         Input::Data { peer, data } => (peer, data),
@@ -412,30 +422,21 @@ fn take_input(shared: &Arc<Shared>, bytes: &[u8]) {
         }
     };
     let st = &mut *st;
-    if let Some(tx) = st.inbound.get(&peer) {
-        match tx.try_send((Bytes::copy_from_slice(data), peer)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => st.dropped += 1,
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                st.inbound.remove(&peer);
-            }
+    let tx = match (st.inbound.get(&peer), &st.listener) {
+        (Some(tx), _) | (None, Some(tx)) => tx,
+        (None, None) => {
+            st.dropped += 1;
+            return;
         }
-        return;
-    }
-    let room = st.accept.as_ref().is_some_and(|a| a.capacity() > 0);
-    if !room || st.inbound.len() >= MAX_PIPES {
-        st.dropped += 1;
-        return;
-    }
-    // A new peer: its datagrams get a pipe, offered to `Relay::accept`.
-    let (tx, rx) = mpsc::channel(PIPE_QUEUE);
-    let _ = tx.try_send((Bytes::copy_from_slice(data), peer));
-    st.inbound.insert(peer, tx);
-    let relayed = st.client.relayed().unwrap_or(shared.server);
-    let link: Arc<dyn DatagramLink> = Arc::new(RelayLink(Arc::downgrade(shared)));
-    let pipe = Pipe::relayed(link, rx, relayed, peer, &shared.pipe_cfg);
-    if let Some(accept) = &st.accept {
-        let _ = accept.try_send(pipe);
+    };
+    match tx.try_send((Bytes::copy_from_slice(data), peer)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => st.dropped += 1,
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            // A closed pipe's peer goes to the listener from now on.
+            st.dropped += 1;
+            st.inbound.remove(&peer);
+        }
     }
 }
 

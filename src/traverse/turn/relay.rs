@@ -12,6 +12,7 @@ use super::attr::{PROTO_TCP, PROTO_UDP};
 use super::client::{Client, Config, Event};
 use super::driver::{self, Key, Link, LinkReader, Shared};
 use super::{tcp, Error, Transport, TurnServer};
+use crate::pipe::relay::Inbound;
 use crate::pipe::{Pipe, PipeConfig};
 use crate::stun;
 
@@ -29,7 +30,9 @@ pub struct Relay {
     transport: Transport,
     tcp_relay: bool,
     limit: Duration,
-    accepted: Mutex<mpsc::Receiver<Pipe>>,
+    /// What peers without a pipe of their own send, until [`listen`](Relay::listen)
+    /// takes it.
+    unheard: std::sync::Mutex<Option<Inbound>>,
     attempts: Mutex<mpsc::Receiver<(SocketAddr, u32)>>,
 }
 
@@ -142,7 +145,7 @@ impl Relay {
             realm: server.realm.clone(),
             schedule: stun::Config::default(),
         });
-        let (shared, accepted, attempts) = Shared::new(client, link, cfg);
+        let (shared, unheard, attempts) = Shared::new(client, link, cfg);
         let ((), rx) = shared.start(Key::Allocate, |c, now| c.allocate(proto, now))?;
         let task = tokio::spawn(driver::run(shared.clone(), reader));
         let relay = Relay {
@@ -151,7 +154,7 @@ impl Relay {
             transport,
             tcp_relay: proto == PROTO_TCP,
             limit,
-            accepted: Mutex::new(accepted),
+            unheard: std::sync::Mutex::new(Some(unheard)),
             attempts: Mutex::new(attempts),
         };
         relay.shared.wait(rx, "allocate", limit).await?;
@@ -178,8 +181,9 @@ impl Relay {
         self.shared.server
     }
 
-    /// Datagrams dropped so far: a relayed pipe's queue was full, or a new peer found
-    /// no room.
+    /// Datagrams dropped so far at the relay: a relayed pipe's queue or the listener's
+    /// was full, or the listener was closed. (What the listener itself drops, a peer
+    /// beyond its backlog or `max_peers`, is in its own [`Pipe::stats`].)
     pub fn dropped(&self) -> u64 {
         self.shared.lock().dropped
     }
@@ -226,25 +230,37 @@ impl Relay {
         Ok(self.shared.pipe(peer, inbound))
     }
 
-    /// The next peer that sends to the relayed address without a pipe of its own yet,
-    /// as a UDP pipe whose first message is that datagram. Only permitted peers
-    /// ([`permit`](Self::permit)) get through the server.
+    /// The relay's UDP listener: an ordinary listening [`Pipe`] whose local address is
+    /// the relayed address. Each permitted peer ([`permit`](Self::permit)) that sends
+    /// first, without a pipe of its own from [`pipe`](Self::pipe), becomes a peer pipe
+    /// for [`Pipe::accept`] whose first message is that datagram; `recv`, `subscribe`,
+    /// `on_message`, `on_up`, `send_to` and `close` work as on a listener from
+    /// [`Pipe::listen`], and everything goes through the relay. Datagrams that arrive
+    /// before the call wait for it (up to 1024 of them). There is one listener per
+    /// relay; closing it drops what unknown peers send from then on; it ends when the
+    /// relay stops.
     ///
     /// # Errors
     ///
-    /// A TCP allocation; no peer within the relay's limit ([`Error::Timeout`]); the
-    /// relay stopped.
+    /// A TCP allocation ([`Error::WrongTransport`]); a second call ([`Error::Full`]).
     ///
-    /// # Cancel safety
+    /// # Panics
     ///
-    /// Cancel safe: a pipe not yet taken stays queued.
-    pub async fn accept(&self) -> Result<Pipe, Error> {
-        self.check_udp("accept udp peers")?;
-        let mut accepted = self.accepted.lock().await;
-        match tokio::time::timeout(self.limit, accepted.recv()).await {
-            Ok(Some(pipe)) => Ok(pipe),
-            Ok(None) => Err(self.shared.stopped()),
-            Err(_) => Err(self.timeout("accept")),
+    /// Outside a tokio runtime (the listener's reader is a task).
+    pub fn listen(&self) -> Result<Pipe, Error> {
+        self.check_udp("listen for udp peers")?;
+        let unheard = self
+            .unheard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match unheard {
+            Some(unheard) => Ok(self.shared.listener(unheard)),
+            None => Err(Error::Full {
+                server: self.shared.server,
+                what: "listeners",
+                max: 1,
+            }),
         }
     }
 
