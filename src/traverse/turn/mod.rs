@@ -4,7 +4,9 @@
 //! A [`Relay`] is one allocation on a TURN server, reached over UDP or TCP
 //! ([`Transport`]) with long-term credentials. A UDP allocation relays datagrams:
 //! [`Relay::pipe`] gives an ordinary UDP [`Pipe`](crate::Pipe) to one peer (bound to a
-//! channel, so data travels as ChannelData). A TCP allocation (RFC 6062,
+//! channel, so data travels as ChannelData), and [`Relay::listen`] an ordinary UDP
+//! listener on the relayed address that accepts each permitted peer that sends first.
+//! A TCP allocation (RFC 6062,
 //! [`Relay::allocate_tcp`]) relays TCP connections: [`Relay::connect_tcp`] and
 //! [`Relay::accept_tcp`] give TCP pipes that carry the peer's bytes unchanged.
 //!
