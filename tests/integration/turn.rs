@@ -81,6 +81,26 @@ async fn knocking_peer(relay: &Relay, ip: IpAddr, first: &[u8]) -> Pipe {
     peer
 }
 
+/// Links `relayed` both ways to a plain pipe to a local echo server (a relay of the
+/// relay), and gives the echo server.
+async fn link_to_echo(relayed: &Pipe, ip: IpAddr) -> Pipe {
+    let echo = udp_peer(ip).await;
+    let to_echo = within(Pipe::connect(Proto::Udp, echo.local_addr()))
+        .await
+        .unwrap();
+    relayed.link(&to_echo).unwrap();
+    to_echo.link(relayed).unwrap();
+    echo
+}
+
+/// The echo server's first peer sends `want`, and the echo answers `echoed`.
+async fn echo_once(echo: &Pipe, want: &[u8]) {
+    let at_echo = within(echo.accept()).await.unwrap();
+    let m = within(at_echo.recv()).await.unwrap();
+    assert_eq!(&m.data[..], want);
+    within(at_echo.send(b"echoed")).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_relay_listener_accepts_two_peers_and_its_subscriptions_and_recv_see_them() {
     let test = "a_relay_listener_accepts_two_peers_and_its_subscriptions_and_recv_see_them";
@@ -170,16 +190,8 @@ async fn a_peer_accepted_on_a_relay_listener_links_to_a_plain_pipe() {
         // relay of the relay), and the echo comes back the same way.
         let peer = knocking_peer(&relay, ip, b"echo me").await;
         let accepted = within(listener.accept()).await.unwrap();
-        let echo = udp_peer(ip).await;
-        let to_echo = within(Pipe::connect(Proto::Udp, echo.local_addr()))
-            .await
-            .unwrap();
-        accepted.link(&to_echo).unwrap();
-        to_echo.link(&accepted).unwrap();
-        let at_echo = within(echo.accept()).await.unwrap();
-        let m = within(at_echo.recv()).await.unwrap();
-        assert_eq!(&m.data[..], b"echo me");
-        within(at_echo.send(b"echoed")).await.unwrap();
+        let echo = link_to_echo(&accepted, ip).await;
+        echo_once(&echo, b"echo me").await;
         let m = within(peer.recv()).await.unwrap();
         assert_eq!(
             (&m.data[..], m.peer),
@@ -200,22 +212,14 @@ async fn a_relayed_pipe_links_to_another_pipe() {
 
     // What the peer sends through the relay goes on to a local echo server (a relay
     // of the relay), and the echo comes back the same way.
-    let echo = udp_peer(ip).await;
     let peer = udp_peer(ip).await;
     let relayed = within(relay.pipe(peer.local_addr())).await.unwrap();
-    let to_echo = within(Pipe::connect(Proto::Udp, echo.local_addr()))
-        .await
-        .unwrap();
-    relayed.link(&to_echo).unwrap();
-    to_echo.link(&relayed).unwrap();
+    let echo = link_to_echo(&relayed, ip).await;
     within(relayed.send(b"open")).await.unwrap();
     let from_relay = within(peer.accept()).await.unwrap();
     assert_eq!(&within(from_relay.recv()).await.unwrap().data[..], b"open");
     within(from_relay.send(b"echo me")).await.unwrap();
-    let at_echo = within(echo.accept()).await.unwrap();
-    let m = within(at_echo.recv()).await.unwrap();
-    assert_eq!(&m.data[..], b"echo me");
-    within(at_echo.send(b"echoed")).await.unwrap();
+    echo_once(&echo, b"echo me").await;
     let m = within(from_relay.recv()).await.unwrap();
     assert_eq!(&m.data[..], b"echoed");
     assert_eq!(relay.dropped(), 0);
