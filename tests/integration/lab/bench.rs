@@ -144,8 +144,12 @@ impl Peer {
     }
 }
 
-/// The cross-thread word of the RFC 6062 pipe: peer 2's relayed TCP address.
-type TcpRelayed = (oneshot::Sender<SocketAddr>, oneshot::Receiver<SocketAddr>);
+/// Peer `n`'s signaller on the lab's broker.
+async fn signaller(n: usize, peer: &Peer) -> Signaller {
+    let brokers = std::slice::from_ref(&peer.broker);
+    (Signaller::start(punch::identity(n), brokers, SignallerConfig::default()).await)
+        .expect("signaller on the lab's broker")
+}
 
 /// Peer 1: opens the four pipes, waits until peer 2's relayed pipe is up, measures,
 /// then tells peer 2 it is done.
@@ -157,13 +161,7 @@ async fn measurer(
     relay_up: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
 ) -> [Compared; 3] {
-    let node = Signaller::start(
-        punch::identity(1),
-        &[peer.broker.clone()],
-        SignallerConfig::default(),
-    )
-    .await
-    .expect("signaller on the lab's broker");
+    let node = signaller(1, &peer).await;
     ready.wait();
     let (udp, tcp) = punched(1, &peer, &node).await;
     let (relay, relayed_udp) = relayed_udp(1, &peer.server, told).await;
@@ -295,13 +293,7 @@ async fn echoer(
     done: oneshot::Receiver<()>,
     dialer: std::net::Ipv4Addr,
 ) -> [usize; 2] {
-    let node = Signaller::start(
-        punch::identity(2),
-        &[peer.broker.clone()],
-        SignallerConfig::default(),
-    )
-    .await
-    .expect("signaller on the lab's broker");
+    let node = signaller(2, &peer).await;
     ready.wait();
     let (udp, tcp) = punched(2, &peer, &node).await;
     let (relay, relayed_udp) = relayed_udp(2, &peer.server, told).await;
@@ -372,18 +364,16 @@ fn row(what: &str, c: &Compared, rate: impl Fn(Duration) -> String) -> String {
     )
 }
 
-fn table(lab: &Lab, [rt, bulk, tcp]: &[Compared; 3]) -> String {
+/// The table (only the table: `scripts/traversal-tables` copies it into
+/// docs/traversal.md). UDP bulk counts the bytes both ways, sent and echoed.
+fn table([rt, bulk, tcp]: &[Compared; 3]) -> String {
     let per_rt = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6 / ROUND_TRIPS as f64);
     let mbps = |bytes: usize| {
         move |d: Duration| format!("{:.1} MB/s", bytes as f64 / d.as_secs_f64() / 1e6)
     };
     format!(
-        "Peers behind {} and {} routers; relay/direct is the relayed rate over the \
-         direct one (median of the per-round ratios, and their range).\n\n\
-         | measured | direct | relay | relay/direct | range |\n\
+        "| measured | direct | relay | relay/direct | range |\n\
          |---|---|---|---|---|\n{}{}{}",
-        lab.kind(1),
-        lab.kind(2),
         row("UDP round trip, 100 B", rt, per_rt),
         row(
             "UDP bulk, windows of 16 x 1 KB echoed",
@@ -429,5 +419,11 @@ fn relay_beside_direct() {
     let mibs = two.join_within(LAB_T);
     // Each TCP pipe carried a warm-up MiB and one per round, all intact.
     assert_eq!(mibs, [rounds() + 1; 2], "MiBs intact: direct, relay");
-    write_traversal_table("turn-bench", &table(&lab, &figures));
+    println!(
+        "Peers behind {} and {} routers; relay/direct is the relayed rate over the direct \
+         one (the median of the per-round ratios, and their range):",
+        lab.kind(1),
+        lab.kind(2)
+    );
+    write_traversal_table("turn-bench", &table(&figures));
 }
