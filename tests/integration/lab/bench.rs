@@ -151,6 +151,21 @@ async fn signaller(n: usize, peer: &Peer) -> Signaller {
         .expect("signaller on the lab's broker")
 }
 
+/// What both peers open alike: the signaller, once both have one, the punched UDP and
+/// TCP pipes, and the relayed UDP pipe with its relay.
+async fn opened(
+    n: usize,
+    peer: &Peer,
+    ready: &Barrier,
+    told: Told,
+) -> (Signaller, Pipe, Pipe, Relay, Pipe) {
+    let node = signaller(n, peer).await;
+    ready.wait();
+    let (udp, tcp) = punched(n, peer, &node).await;
+    let (relay, relayed_udp) = relayed_udp(n, &peer.server, told).await;
+    (node, udp, tcp, relay, relayed_udp)
+}
+
 /// Peer 1: opens the four pipes, waits until peer 2's relayed pipe is up, measures,
 /// then tells peer 2 it is done.
 async fn measurer(
@@ -161,10 +176,7 @@ async fn measurer(
     relay_up: oneshot::Receiver<()>,
     done: oneshot::Sender<()>,
 ) -> [Compared; 3] {
-    let node = signaller(1, &peer).await;
-    ready.wait();
-    let (udp, tcp) = punched(1, &peer, &node).await;
-    let (relay, relayed_udp) = relayed_udp(1, &peer.server, told).await;
+    let (node, udp, tcp, relay, relayed_udp) = opened(1, &peer, &ready, told).await;
     let at = within("peer 2's relayed tcp address", LAB_T, tcp_relayed)
         .await
         .expect("peer 2 failed");
@@ -293,10 +305,7 @@ async fn echoer(
     done: oneshot::Receiver<()>,
     dialer: std::net::Ipv4Addr,
 ) -> [usize; 2] {
-    let node = signaller(2, &peer).await;
-    ready.wait();
-    let (udp, tcp) = punched(2, &peer, &node).await;
-    let (relay, relayed_udp) = relayed_udp(2, &peer.server, told).await;
+    let (node, udp, tcp, relay, relayed_udp) = opened(2, &peer, &ready, told).await;
     let tcp_relay = (Relay::allocate_tcp(&peer.server, turn::LIMIT).await)
         .unwrap_or_else(|e| panic!("peer 2: allocate tcp: {e}"));
     // Peer 1 is seen at its router's WAN address; the permission is per address.
