@@ -5,7 +5,8 @@
 //! measures the raw tokio side and p2pipe's side back to back, in alternating order, and
 //! the ratio is taken per round. The median of those ratios is the figure to quote.
 //! `P2PIPE_ROUNDS` sets the rounds (default 15) and `P2PIPE_ONLY=udp` runs only the
-//! comparisons whose name contains `udp`.
+//! comparisons whose name contains `udp`. The lab's measurement of the TURN relay
+//! beside the direct path (tests/integration/lab/bench.rs) includes this file too.
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,17 +27,34 @@ pub trait Side {
     async fn round(&mut self) -> Duration;
 }
 
+/// What one comparison measured: the median of the per-round rate ratios `raw / ours`,
+/// their range, and each side's median round.
+#[derive(Debug, Clone, Copy)]
+pub struct Compared {
+    /// The median of the per-round ratios (1.00 means as fast as raw).
+    pub median: f64,
+    /// The lowest per-round ratio.
+    pub lo: f64,
+    /// The highest per-round ratio.
+    pub hi: f64,
+    /// The raw side's median round.
+    pub raw: Duration,
+    /// Our side's median round.
+    pub ours: Duration,
+}
+
 /// Measures `raw` and `ours` round by round and prints the median of `raw / ours`
-/// (a rate ratio: 1.00x means as fast as raw tokio). `label` names our side.
+/// (a rate ratio: 1.00x means as fast as raw tokio). `label` names our side. `None`
+/// when `P2PIPE_ONLY` leaves the comparison out.
 pub async fn compare(
     name: &str,
     label: &str,
     rounds: usize,
     raw: &mut impl Side,
     ours: &mut impl Side,
-) {
+) -> Option<Compared> {
     if std::env::var("P2PIPE_ONLY").is_ok_and(|only| !name.contains(&only)) {
-        return;
+        return None;
     }
     // One warm-up round each.
     bounded(name, raw.round()).await;
@@ -63,12 +81,22 @@ pub async fn compare(
         ratios.iter().copied().fold(f64::MAX, f64::min),
         ratios.iter().copied().fold(0.0, f64::max),
     );
+    let got = Compared {
+        median: med(&mut ratios),
+        lo,
+        hi,
+        raw: Duration::from_secs_f64(med(&mut raws)),
+        ours: Duration::from_secs_f64(med(&mut oursv)),
+    };
     println!(
-        "{name:<22} {label}/raw median {:.2}x (rounds {lo:.2}-{hi:.2}); raw {:.2} ms, {label} {:.2} ms per round",
-        med(&mut ratios),
-        med(&mut raws) * 1e3,
-        med(&mut oursv) * 1e3,
+        "{name:<22} {label}/raw median {:.2}x (rounds {:.2}-{:.2}); raw {:.2} ms, {label} {:.2} ms per round",
+        got.median,
+        got.lo,
+        got.hi,
+        got.raw.as_secs_f64() * 1e3,
+        got.ours.as_secs_f64() * 1e3,
     );
+    Some(got)
 }
 
 /// Runs `all(rounds)` on a 2-worker runtime (on a worker thread, as servers run: the

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{in_ci, spawn_guard_blocking};
 
+mod bench;
 mod filer;
 mod mapping;
 mod nat;

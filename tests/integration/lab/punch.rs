@@ -22,7 +22,7 @@ use tokio::net::UdpSocket;
 use super::{lab_or_skip, pair_table, write_traversal_table, Lab, NatKind, LAB_T};
 
 /// The punching port of both peers.
-const PORT: u16 = 40_000;
+pub(super) const PORT: u16 = 40_000;
 /// The punch's time limit.
 const LIMIT: Duration = Duration::from_secs(8);
 
@@ -38,7 +38,7 @@ struct Seen {
     took: Duration,
 }
 
-fn identity(n: usize) -> Identity {
+pub(super) fn identity(n: usize) -> Identity {
     Identity::from_seed([n as u8; 32])
 }
 
@@ -82,11 +82,7 @@ async fn side(
     let socket = UdpSocket::bind(bind).await.unwrap();
     barrier.wait();
     let started = Instant::now();
-    let got = if n == 1 {
-        udp::punch(&node, &identity(2).public(), socket, &cfg).await
-    } else {
-        answer(&node, socket, &cfg).await
-    };
+    let got = punched(n, &node, socket, &cfg).await;
     let took = started.elapsed();
     let result = match got {
         Ok(pipe) => {
@@ -97,6 +93,20 @@ async fn side(
     };
     node.stop().await;
     Seen { result, took }
+}
+
+/// Peer `n`'s part of the punch over `node`: peer 1 punches to peer 2, peer 2 answers.
+pub(super) async fn punched(
+    n: usize,
+    node: &Signaller,
+    socket: UdpSocket,
+    cfg: &udp::Config,
+) -> Result<p2pipe::Pipe, punch::Error> {
+    if n == 1 {
+        udp::punch(node, &identity(2).public(), socket, cfg).await
+    } else {
+        answer(node, socket, cfg).await
+    }
 }
 
 async fn answer(

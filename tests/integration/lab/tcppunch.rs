@@ -35,7 +35,7 @@ const AT_ONCE: Duration = Duration::from_secs(1);
 /// port-preserving SNAT with connection-tracking filtering (their DNAT and allow rules
 /// are UDP-only), symmetric SNATs to random ports, symmetric-udp-firewall is no NAT
 /// behind a stateful firewall, open and udp-blocked pass TCP freely.
-fn tcp_summary(kind: NatKind) -> TcpNatSummary {
+pub(super) fn tcp_summary(kind: NatKind) -> TcpNatSummary {
     let (mapping, inbound) = match kind {
         NatKind::Open | NatKind::UdpBlocked => (TcpMapping::Direct, Inbound::Open),
         NatKind::SymmetricUdpFirewall => (TcpMapping::Direct, Inbound::Filtered),
@@ -87,11 +87,7 @@ async fn side(n: usize, broker: String, cfg: tcp::Config, ready: Arc<Barrier>) -
     let port = PunchPort::bind((Ipv4Addr::UNSPECIFIED, 0).into(), None).expect("bind");
     ready.wait();
     let called = Instant::now();
-    let got = if n == 1 {
-        tcp::connect(&node, &identity(2).public(), port, &cfg).await
-    } else {
-        answer(&node, port, &cfg).await
-    };
+    let got = punched(n, &node, port, &cfg).await;
     let took = called.elapsed();
     let ended = match got {
         Ok(pipe) => match exchange(n, &pipe).await {
@@ -112,6 +108,31 @@ async fn side(n: usize, broker: String, cfg: tcp::Config, ready: Arc<Barrier>) -
     };
     node.stop().await;
     ended
+}
+
+/// Peer `n`'s part of the punch over `node`, whose identity is `ids(n)`: peer 1
+/// connects to peer 2, peer 2 answers.
+pub(super) async fn punched_as(
+    n: usize,
+    ids: fn(usize) -> Identity,
+    node: &Signaller,
+    port: PunchPort,
+    cfg: &tcp::Config,
+) -> Result<Pipe, Error> {
+    if n == 1 {
+        tcp::connect(node, &ids(2).public(), port, cfg).await
+    } else {
+        answer(node, port, cfg).await
+    }
+}
+
+async fn punched(
+    n: usize,
+    node: &Signaller,
+    port: PunchPort,
+    cfg: &tcp::Config,
+) -> Result<Pipe, Error> {
+    punched_as(n, identity, node, port, cfg).await
 }
 
 async fn answer(node: &Signaller, port: PunchPort, cfg: &tcp::Config) -> Result<Pipe, Error> {

@@ -21,12 +21,12 @@ use tokio::sync::oneshot;
 use super::{lab_or_skip, pair_table, write_traversal_table, Lab, NatKind, LAB_T};
 
 /// The relay's time limit where the theory says it works.
-const LIMIT: Duration = Duration::from_secs(5);
+pub(super) const LIMIT: Duration = Duration::from_secs(5);
 /// The limit where it says a side cannot reach the server: the wait for the proof.
 const BLOCKED_LIMIT: Duration = Duration::from_millis(1500);
 
 /// The lab's coturn as the TURN client sees it.
-fn server(lab: &Lab) -> TurnServer {
+pub(super) fn server(lab: &Lab) -> TurnServer {
     let t = lab.turn();
     TurnServer {
         udp: t.udp,
@@ -36,7 +36,7 @@ fn server(lab: &Lab) -> TurnServer {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(super) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
