@@ -543,7 +543,14 @@ fn check_binding<A: Attribute>(message: &Message<A>) -> Result<(), Error> {
 
 /// Checks the frame of a STUN message before anything is decoded or allocated.
 fn check_frame(bytes: &[u8]) -> Result<(), Error> {
-    if bytes.len() > MAX_MESSAGE_LEN {
+    check_frame_up_to(bytes, MAX_MESSAGE_LEN)
+}
+
+/// Checks a STUN message's framing (size at most `max`, header, length field, magic
+/// cookie) before anything reads its attributes; larger messages than a binding
+/// response (a TURN Data indication) pass a larger `max`.
+pub(crate) fn check_frame_up_to(bytes: &[u8], max: usize) -> Result<(), Error> {
+    if bytes.len() > max {
         return Err(Error::TooLong { len: bytes.len() });
     }
     if bytes.len() < HEADER_LEN {

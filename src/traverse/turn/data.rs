@@ -196,24 +196,7 @@ impl<'a> Indication<'a> {
 
 /// Checks a STUN header against the bytes and gives the attributes' bytes.
 pub(crate) fn check_stun_frame(bytes: &[u8]) -> Result<&[u8], Error> {
-    if bytes.len() < HEADER_LEN {
-        return Err(Error::Malformed(format!(
-            "{} bytes, a stun header needs {HEADER_LEN}",
-            bytes.len()
-        )));
-    }
-    if bytes[0] & 0xc0 != 0
-        || u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) != MAGIC_COOKIE
-    {
-        return Err(Error::Malformed("not a stun message".into()));
-    }
-    let declared = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
-    if declared != bytes.len() - HEADER_LEN || declared % 4 != 0 {
-        return Err(Error::Malformed(format!(
-            "stun length {declared} does not match the {} bytes after the header",
-            bytes.len() - HEADER_LEN
-        )));
-    }
+    crate::stun::check_frame_up_to(bytes, MAX_WIRE).map_err(|e| Error::Malformed(e.to_string()))?;
     Ok(&bytes[HEADER_LEN..])
 }
 
