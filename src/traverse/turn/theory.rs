@@ -52,15 +52,7 @@ mod tests {
 
     #[test]
     fn relaying_over_udp_fails_only_where_a_side_blocks_udp_and_tcp_always_works() {
-        let all = [
-            NatType::Open,
-            NatType::FullCone,
-            NatType::RestrictedCone,
-            NatType::PortRestrictedCone,
-            NatType::Symmetric,
-            NatType::SymmetricUdpFirewall,
-            NatType::UdpBlocked,
-        ];
+        let all = NatType::ALL;
         for a in all {
             for b in all {
                 assert_eq!(relay_feasibility(a, b, Transport::Tcp), Ok(()));
