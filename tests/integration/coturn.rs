@@ -9,11 +9,10 @@
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use p2pipe::traverse::turn::{Credentials, TurnServer};
 
-use crate::support::{skip, spawn_guard, T};
+use crate::support::{skip, spawn_guard, until_listening, which};
 
 /// The test user's password.
 pub const PASSWORD: &str = "coturn-test-pw";
@@ -26,15 +25,6 @@ pub struct Coturn {
     /// Where it listens, for UDP and TCP.
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
-}
-
-/// Finds `program` on PATH, or in /usr/sbin and /sbin.
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 /// A port free for both UDP and TCP on `ip` right now.
@@ -97,33 +87,10 @@ impl Coturn {
             addr: SocketAddr::new(ip, port),
             dir,
         };
-        c.ready().await.map(|()| c)
-    }
-
-    /// Polls a TCP connect until coturn listens, it exits, or [`T`] passes.
-    async fn ready(&mut self) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(format!("coturn exited with {status}:\n{}", self.log()));
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "coturn did not listen on {} within {T:?}",
-                    self.addr
-                ));
-            }
-            let attempt = tokio::time::timeout(left, tokio::net::TcpStream::connect(self.addr));
-            if let Ok(Ok(_)) = attempt.await {
-                return Ok(());
-            }
-            // Refused: not listening yet; the connect decides, this only spaces tries.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let child = c.child.as_mut().expect("just spawned");
+        match until_listening("coturn", child, c.addr).await {
+            Ok(()) => Ok(c),
+            Err(e) => Err(format!("{e}:\n{}", c.log())),
         }
     }
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::support::{skip, spawn_guard, within, T};
+use crate::support::{skip, spawn_guard, until_listening, which, within};
 
 /// How many times a start on a fresh port is tried before giving up.
 const ATTEMPTS: usize = 5;
@@ -30,13 +30,14 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
 }
 
-/// Finds `program` on PATH, or in /usr/sbin and /sbin.
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+/// The config of a test broker listening on `addr`: anonymous clients, no
+/// persistence, its log on stderr.
+pub fn config(addr: SocketAddr) -> String {
+    format!(
+        "listener {} {}\nallow_anonymous true\npersistence false\nlog_dest stderr\nset_tcp_nodelay true\n",
+        addr.port(),
+        addr.ip()
+    )
 }
 
 impl Mosquitto {
@@ -112,14 +113,7 @@ impl Mosquitto {
         self.addr.set_port(port);
         let conf = self.dir.path().join("mosquitto.conf");
         let log = self.dir.path().join("mosquitto.log");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} {}\nallow_anonymous true\npersistence false\nlog_dest stderr\nset_tcp_nodelay true\n",
-                self.addr.ip()
-            ),
-        )
-        .expect("write mosquitto.conf");
+        std::fs::write(&conf, config(self.addr)).expect("write mosquitto.conf");
         let stderr = std::fs::File::create(&log).expect("create mosquitto.log");
         let child = Command::new(&self.program)
             .arg("-c")
@@ -129,43 +123,13 @@ impl Mosquitto {
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", self.program.display()))?;
-        self.child = Some(child);
-        let ready = self.ready().await;
+        let ready = until_listening("mosquitto", self.child.insert(child), self.addr).await;
         if let Err(e) = ready {
             self.kill();
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!("{e}; its log:\n{log}"));
         }
         Ok(())
-    }
-
-    /// Polls a TCP connect to the broker until it succeeds, the broker exits, or [`T`]
-    /// passes.
-    async fn ready(&mut self) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(format!("mosquitto exited with {status}"));
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "mosquitto did not listen on {} within {T:?}",
-                    self.addr
-                ));
-            }
-            let attempt = tokio::time::timeout(left, tokio::net::TcpStream::connect(self.addr));
-            if let Ok(Ok(_)) = attempt.await {
-                return Ok(());
-            }
-            // Refused: not listening yet. The connect above decides readiness; this
-            // only spaces the attempts so that they leave the broker a core to start on.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 }
 

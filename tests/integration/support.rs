@@ -350,3 +350,38 @@ pub fn skip(test: &str, reason: impl std::fmt::Display) {
     }
     list.push(line);
 }
+
+/// Finds `program` on PATH, or in /usr/sbin, /sbin, /usr/bin and /bin (root tools
+/// and servers such as coturn and mosquitto).
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Polls a TCP connect to `addr` until the server `what` (the process `child`) accepts
+/// one, exits, or [`T`] passes. The connect decides readiness; the pause between
+/// refused attempts only spaces them, leaving the server a core to start on.
+pub async fn until_listening(
+    what: &str,
+    child: &mut std::process::Child,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Err(format!("{what} exited with {status}"));
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!("{what} did not listen on {addr} within {T:?}"));
+        }
+        let attempt = tokio::time::timeout(left, tokio::net::TcpStream::connect(addr));
+        if let Ok(Ok(_)) = attempt.await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -38,7 +38,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::support::{in_ci, spawn_guard_blocking};
+use crate::support::{in_ci, spawn_guard_blocking, which};
 
 mod bench;
 mod filer;
@@ -1489,15 +1489,6 @@ fn run(mut cmd: Command, input: Option<&str>, limit: Duration) -> Exec {
         elapsed: start.elapsed(),
         timed_out,
     }
-}
-
-/// Finds `program` on PATH, or in /usr/sbin and /sbin (root tools).
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 /// Removes labs left behind by test processes that no longer exist (killed

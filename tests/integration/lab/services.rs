@@ -115,15 +115,7 @@ impl Drop for Services {
 pub fn start_mosquitto(inet: &str, dir: &Path) -> Child {
     let conf = dir.join("mosquitto.conf");
     let log = dir.join("mosquitto.log");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {} {}\nallow_anonymous true\npersistence false\nlog_dest stderr\n",
-            BROKER.port(),
-            BROKER.ip()
-        ),
-    )
-    .expect("write mosquitto.conf");
+    std::fs::write(&conf, crate::mosquitto::config(BROKER)).expect("write mosquitto.conf");
     let stderr = std::fs::File::create(&log).expect("create mosquitto.log");
     let mut cmd = ip(&["netns", "exec", inet]);
     cmd.arg(which("mosquitto").expect("mosquitto"))
