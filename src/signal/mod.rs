@@ -84,5 +84,5 @@ pub use mqtt::{BrokerUrl, MqttSettings, MqttTransport};
 pub use seal::{
     fingerprint, seal, Fingerprint, Header, Kind, RequestId, MAX_MESSAGE, MAX_PAYLOAD, RANDOM_LEN,
 };
-pub use signaller::{Incoming, Signaller, SignallerConfig, SignallerCounters};
+pub use signaller::{Incoming, Signaller, SignallerConfig, SignallerCounters, Watch};
 pub use transport::{Arrival, Inbox, Transport, TransportStats, MAX_TOPIC};

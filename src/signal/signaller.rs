@@ -87,6 +87,22 @@ impl Incoming {
     }
 }
 
+/// How many messages wait in a [`Watch`].
+const WATCH_QUEUE: usize = 16;
+
+/// The one-way messages of one sender, claimed by [`Signaller::watch`].
+#[derive(Debug)]
+pub struct Watch {
+    rx: mpsc::Receiver<Payload>,
+}
+
+impl Watch {
+    /// The next message; `None` once the signaller has stopped. Cancel safe.
+    pub async fn recv(&mut self) -> Option<Payload> {
+        self.rx.recv().await
+    }
+}
+
 /// What a [`Signaller`] has counted: the core's deliveries and drops, and the brokers'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignallerCounters {
@@ -103,6 +119,8 @@ struct Shared {
     core: Mutex<Signalling>,
     waiters: Mutex<HashMap<RequestId, oneshot::Sender<Payload>>>,
     record: Mutex<Option<PeerRecord>>,
+    /// One-way messages claimed by [`Signaller::watch`], per sender.
+    watches: Mutex<Vec<(PublicKey, mpsc::Sender<Payload>)>>,
     /// Set by the receiving task when it ends: every transport's inbox has closed.
     ended: AtomicBool,
 }
@@ -110,6 +128,24 @@ struct Shared {
 impl Shared {
     fn core(&self) -> MutexGuard<'_, Signalling> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watches(&self) -> MutexGuard<'_, Vec<(PublicKey, mpsc::Sender<Payload>)>> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives a one-way message from `from` to its watches; false if none is open.
+    fn to_watches(&self, from: &PublicKey, payload: &Payload) -> bool {
+        let mut given = false;
+        for (key, tx) in self.watches().iter() {
+            if key == from && !tx.is_closed() {
+                given = true;
+                if tx.try_send(payload.clone()).is_err() {
+                    tracing::debug!("a signal watch is full: a message to it is lost");
+                }
+            }
+        }
+        given
     }
 
     fn waiters(&self) -> MutexGuard<'_, HashMap<RequestId, oneshot::Sender<Payload>>> {
@@ -199,6 +235,7 @@ impl Signaller {
             core: Mutex::new(core),
             waiters: Mutex::default(),
             record: Mutex::default(),
+            watches: Mutex::default(),
             ended: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(INCOMING);
@@ -230,6 +267,19 @@ impl Signaller {
     /// Cancel safe.
     pub async fn recv(&self) -> Option<Incoming> {
         self.incoming.lock().await.recv().await
+    }
+
+    /// Claims the one-way messages `from` sends while the returned [`Watch`] lives:
+    /// they reach it, and every other watch on `from`, instead of [`Signaller::recv`].
+    /// A protocol that waits for a peer's next message (the punch rendezvous waits for
+    /// its ready) watches before it asks, so that a node reading `recv` elsewhere does
+    /// not take the message first. Up to 16 messages wait in a watch; more are dropped.
+    pub fn watch(&self, from: &PublicKey) -> Watch {
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let mut watches = self.shared.watches();
+        watches.retain(|(_, tx)| !tx.is_closed());
+        watches.push((*from, tx));
+        Watch { rx }
     }
 
     /// Sends a request to `to` and waits for its response, at most `timeout`. Cancel
@@ -331,6 +381,7 @@ impl Signaller {
             }
         }
         self.shared.waiters().clear();
+        self.shared.watches().clear();
     }
 
     /// Whether the receiving task has ended on its own, which it does once every
@@ -402,7 +453,12 @@ async fn dispatch(shared: &Shared, delivered: Delivered, out: &mpsc::Sender<Inco
             return;
         }
         Delivered::Request(request) => Incoming::Request(request),
-        Delivered::Message { from, payload } => Incoming::Message { from, payload },
+        Delivered::Message { from, payload } => {
+            if shared.to_watches(&from, &payload) {
+                return;
+            }
+            Incoming::Message { from, payload }
+        }
     };
     if out.try_send(incoming).is_err() {
         tracing::debug!("signal inbox full or closed: a delivered message is lost");

@@ -460,6 +460,51 @@ async fn two_signallers_exchange_sealed_messages_both_ways_and_a_request_through
 }
 
 #[tokio::test]
+async fn a_watch_takes_every_one_way_message_of_its_sender_while_it_lives_and_recv_the_rest() {
+    const TEST: &str = "signal::a_watch_takes_every_one_way_message";
+    let Some(broker) = Mosquitto::start(TEST, V4).await else {
+        return;
+    };
+    let (a, b) = alice_and_bob();
+    let carol = Identity::from_seed([3; 32]);
+    let bob_key = b.public();
+    let alice = signaller(a.clone(), &[broker.url()]).await;
+    let bob = signaller(b.clone(), &[broker.url()]).await;
+    let carol_s = signaller(carol.clone(), &[broker.url()]).await;
+
+    // Two watches on alice both get her messages; carol's go to recv.
+    let mut first = bob.watch(&a.public());
+    let mut second = bob.watch(&a.public());
+    within(alice.send(&bob_key, b"ready 1"))
+        .await
+        .expect("sent");
+    within(carol_s.send(&bob_key, b"from carol"))
+        .await
+        .expect("sent");
+    assert_eq!(&*within(first.recv()).await.expect("watched"), b"ready 1");
+    assert_eq!(&*within(second.recv()).await.expect("watched"), b"ready 1");
+    assert_eq!(
+        next_message(&bob).await,
+        (carol.node_id(), "from carol".into())
+    );
+
+    // Once the watches are gone, alice's messages go to recv again.
+    drop((first, second));
+    within(alice.send(&bob_key, b"after")).await.expect("sent");
+    assert_eq!(next_message(&bob).await, (a.node_id(), "after".into()));
+
+    // A watch ends when the signaller stops.
+    let mut last = bob.watch(&a.public());
+    within(bob.stop()).await;
+    assert!(
+        within(last.recv()).await.is_none(),
+        "the watch outlived the signaller"
+    );
+    within(alice.stop()).await;
+    within(carol_s.stop()).await;
+}
+
+#[tokio::test]
 async fn with_two_brokers_one_killed_midway_signalled_messages_go_on_and_none_is_delivered_twice() {
     const TEST: &str = "signal::with_two_brokers_one_killed_midway_signalled_messages_go_on";
     let Some(mut first) = Mosquitto::start(TEST, V4).await else {

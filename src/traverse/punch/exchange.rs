@@ -12,7 +12,7 @@ use super::rendezvous::{
 use super::tcp::TcpNatSummary;
 use super::{Error, NatSummary};
 use crate::identity::{NodeId, PublicKey};
-use crate::signal::{DeliveredRequest, Incoming, Signaller};
+use crate::signal::{DeliveredRequest, Incoming, Signaller, Watch};
 use crate::Proto;
 
 /// What this side says of itself in an answer.
@@ -74,8 +74,8 @@ pub(crate) async fn initiate(
 /// that the initiator learns at once, and then fails with the refusal), and waits for
 /// the ready, all by `deadline`.
 ///
-/// While it waits for the ready it reads `signaller`'s incoming messages: what else
-/// arrives meanwhile is dropped.
+/// It watches `offer`'s sender ([`Signaller::watch`]) from before the answer goes out,
+/// so the ready reaches it however the node reads its other messages.
 pub(crate) async fn respond(
     signaller: &Signaller,
     offer: &DeliveredRequest,
@@ -92,6 +92,7 @@ pub(crate) async fn respond(
         mine.tcp,
         mine.candidates,
     )?;
+    let mut watch = signaller.watch(&offer.from);
     timeout_at(
         deadline,
         signaller.respond(offer, &responder.answer().to_bytes()),
@@ -102,30 +103,23 @@ pub(crate) async fn respond(
     if let Some(refused) = responder.refusal() {
         return Err(refused);
     }
-    wait_ready(signaller, &offer.from, &responder, deadline)
+    wait_ready(&mut watch, &responder, deadline)
         .await
         .ok_or_else(timed_out)?
 }
 
-/// Reads `signaller` until `from`'s ready for this rendezvous arrives.
+/// Reads the sender's messages until its ready for this rendezvous arrives; others
+/// (another rendezvous's ready) are passed over.
 async fn wait_ready(
-    signaller: &Signaller,
-    from: &PublicKey,
+    watch: &mut Watch,
     responder: &Responder,
     deadline: tokio::time::Instant,
 ) -> Option<Result<Agreement, Error>> {
     loop {
-        let incoming = timeout_at(deadline, signaller.recv()).await.ok()??;
-        match incoming {
-            Incoming::Message { from: f, payload } if f == *from => {
-                match responder.on_ready(&payload, Instant::now()) {
-                    Err(Error::Malformed(_) | Error::WrongNonce { .. }) => {}
-                    done => return Some(done),
-                }
-            }
-            other => {
-                tracing::debug!(from = %other.node_id(), "signalling message dropped while a punch waits for its ready")
-            }
+        let payload = timeout_at(deadline, watch.recv()).await.ok()??;
+        match responder.on_ready(&payload, Instant::now()) {
+            Err(Error::Malformed(_) | Error::WrongNonce { .. }) => {}
+            done => return Some(done),
         }
     }
 }

@@ -95,8 +95,9 @@ pub async fn connect(
 /// returns the punched connection as a pipe. Where the punch cannot work it answers
 /// anyway, so that the initiator learns at once, and fails with the refusal.
 ///
-/// While it waits for the initiator's ready (about one signalling round trip) it reads
-/// `signaller`'s incoming messages: what else arrives meanwhile is dropped.
+/// It takes the initiator's ready (about one signalling round trip later) through a
+/// [`Signaller::watch`] on the initiator, so the caller may go on reading `signaller`'s
+/// other messages meanwhile.
 ///
 /// # Errors
 ///

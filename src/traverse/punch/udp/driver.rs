@@ -100,9 +100,9 @@ pub async fn punch(
 /// returns the punched path as a pipe. Where the punch cannot work it answers anyway,
 /// so that the initiator learns at once, and fails with [`Error::Refused`].
 ///
-/// While it waits for the initiator's ready (about one signalling round trip) it reads
-/// `signaller`'s incoming messages: what else arrives meanwhile is dropped, so a node
-/// that signals much else should run punches on a signaller of their own.
+/// It takes the initiator's ready (about one signalling round trip later) through a
+/// [`Signaller::watch`] on the initiator, so the caller may go on reading `signaller`'s
+/// other messages meanwhile.
 ///
 /// # Errors
 ///
