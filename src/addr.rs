@@ -678,6 +678,83 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// A socket address on the wire, as the crate's binary forms write it: a family byte (4
+/// or 6), the IP's 4 or 16 bytes, the port (big-endian). Scope ids are not carried.
+pub(crate) mod wire {
+    use std::net::{IpAddr, SocketAddr};
+
+    use bytes::{Buf, BufMut, BytesMut};
+
+    /// Bytes [`put`] writes for `a`.
+    pub(crate) fn len(a: &SocketAddr) -> usize {
+        if a.is_ipv4() {
+            7
+        } else {
+            19
+        }
+    }
+
+    /// Writes `a`.
+    pub(crate) fn put(out: &mut BytesMut, a: &SocketAddr) {
+        match a.ip() {
+            IpAddr::V4(ip) => {
+                out.put_u8(4);
+                out.put_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                out.put_u8(6);
+                out.put_slice(&ip.octets());
+            }
+        }
+        out.put_u16(a.port());
+    }
+
+    /// Reads an address from the front of `buf`; `Err` names what is wrong: the bytes
+    /// end too soon or the family byte is unknown.
+    pub(crate) fn take(buf: &mut &[u8]) -> Result<SocketAddr, &'static str> {
+        let ip = match buf.first() {
+            Some(4) if buf.len() >= 7 => {
+                let o: [u8; 4] = buf[1..5].try_into().expect("4 bytes");
+                buf.advance(5);
+                IpAddr::from(o)
+            }
+            Some(6) if buf.len() >= 19 => {
+                let o: [u8; 16] = buf[1..17].try_into().expect("16 bytes");
+                buf.advance(17);
+                IpAddr::from(o)
+            }
+            Some(4 | 6) | None => return Err("an address cut short"),
+            Some(_) => return Err("unknown address family"),
+        };
+        Ok(SocketAddr::new(ip, buf.get_u16()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn addresses_of_both_families_round_trip_and_short_or_unknown_ones_are_refused() {
+            for a in ["198.51.100.7:4000", "[2001:db8::5]:65535"] {
+                let a: SocketAddr = a.parse().unwrap();
+                let mut out = BytesMut::new();
+                put(&mut out, &a);
+                assert_eq!(out.len(), len(&a));
+                let mut buf = &out[..];
+                assert_eq!(take(&mut buf), Ok(a));
+                assert!(buf.is_empty());
+                for cut in 0..out.len() {
+                    assert_eq!(take(&mut &out[..cut]), Err("an address cut short"));
+                }
+            }
+            assert_eq!(
+                take(&mut &[5u8, 0, 0, 0, 0, 0, 0][..]),
+                Err("unknown address family")
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

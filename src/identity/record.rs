@@ -606,8 +606,7 @@ fn put_addr(out: &mut BytesMut, a: &SocketAddr) {
 
 /// An address of either family, after its family byte.
 fn put_tagged_addr(out: &mut BytesMut, a: &SocketAddr) {
-    out.put_u8(if a.is_ipv4() { 4 } else { 6 });
-    put_addr(out, a);
+    crate::addr::wire::put(out, a);
 }
 
 fn emit_family(out: &mut BytesMut, f: &FamilyEntry) {

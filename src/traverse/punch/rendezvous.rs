@@ -21,7 +21,7 @@
 //! Every message is bounded: at most [`MAX_CANDIDATES`] candidates, [`MAX_MESSAGE`]
 //! bytes in all.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -32,6 +32,7 @@ use super::tcp::{
     tcp_feasibility, HelloKey, Inbound, TcpMapping, TcpNatSummary, TcpRefusal, TcpWay,
 };
 use super::{udp_feasibility, Approach, Error, NatSummary, Plan, Refusal, Role};
+use crate::addr::wire;
 use crate::identity::NodeId;
 use crate::nat::{Mapping, PortAllocation};
 use crate::Proto;
@@ -115,26 +116,12 @@ impl Candidates {
     fn emit(&self, out: &mut BytesMut) {
         out.put_u8(self.0.len() as u8);
         for a in &self.0 {
-            match a.ip() {
-                IpAddr::V4(ip) => {
-                    out.put_u8(4);
-                    out.put_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.put_u8(6);
-                    out.put_slice(&ip.octets());
-                }
-            }
-            out.put_u16(a.port());
+            wire::put(out, a);
         }
     }
 
     fn emit_len(&self) -> usize {
-        1 + self
-            .0
-            .iter()
-            .map(|a| if a.is_ipv4() { 7 } else { 19 })
-            .sum::<usize>()
+        1 + self.0.iter().map(wire::len).sum::<usize>()
     }
 }
 
@@ -384,16 +371,11 @@ fn tcp_len(tcp: &Option<TcpNatSummary>) -> usize {
 }
 
 fn parse_addr(buf: &mut &[u8]) -> Result<SocketAddr, Error> {
-    let ip = match take_u8(buf)? {
-        4 => IpAddr::from(take::<4>(buf)?),
-        6 => IpAddr::from(take::<16>(buf)?),
-        _ => return Err(Error::Malformed("unknown address family")),
-    };
-    let port = u16::from_be_bytes(take(buf)?);
-    if port == 0 || ip.is_unspecified() {
+    let a = wire::take(buf).map_err(Error::Malformed)?;
+    if a.port() == 0 || a.ip().is_unspecified() {
         return Err(Error::Malformed("a candidate without address or port"));
     }
-    Ok(SocketAddr::new(ip, port))
+    Ok(a)
 }
 
 /// The key both sides derive from the two nonces; it authenticates the probes.
