@@ -677,6 +677,18 @@ impl Pipe {
         self.core().end_reason()
     }
 
+    /// Watches the pipe's end without holding it open (the layers above, that must
+    /// learn when a pipe they feed is closed or dropped): the value turns `Some` when
+    /// the pipe ends, and the watch closes when the pipe is gone. Starts no reader.
+    pub(crate) fn end_watch(&self) -> tokio::sync::watch::Receiver<Option<EndReason>> {
+        self.core().end.subscribe()
+    }
+
+    /// The frame limit of the pipe's config: the largest message it sends or takes.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.core().cfg.max_frame
+    }
+
     /// Waits until the pipe ends, and says why.
     ///
     /// # Cancel safety

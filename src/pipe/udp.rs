@@ -98,9 +98,13 @@ impl Sender {
 }
 
 /// Checks a datagram's size, and gives the address to send it to: a dual-stack
-/// IPv6 socket reaches IPv4 peers through mapped addresses.
+/// IPv6 socket reaches IPv4 peers through mapped addresses. A message pipe over a link
+/// labelled TCP (`relay.rs`) is bound by its frame limit alone.
 fn checked(core: &Core, data: &[u8], to: SocketAddr) -> Result<SocketAddr> {
-    let max = core.cfg.max_frame.min(MAX_DATAGRAM);
+    let max = match core.proto {
+        Proto::Udp => core.cfg.max_frame.min(MAX_DATAGRAM),
+        Proto::Tcp => core.cfg.max_frame,
+    };
     if data.len() > max {
         return Err(Error::TooLarge {
             len: data.len() as u64,
