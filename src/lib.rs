@@ -29,6 +29,7 @@ pub mod identity;
 pub mod iface;
 pub mod mesh;
 pub mod nat;
+pub mod p2p;
 pub mod pipe;
 pub mod signal;
 pub mod stun;

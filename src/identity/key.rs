@@ -290,8 +290,12 @@ mod tests {
             X25519Public::from(&a.x25519_secret()),
             x25519_public(&a.public())
         );
-        let ab = a.x25519_secret().diffie_hellman(&x25519_public(&b.public()));
-        let ba = b.x25519_secret().diffie_hellman(&x25519_public(&a.public()));
+        let ab = a
+            .x25519_secret()
+            .diffie_hellman(&x25519_public(&b.public()));
+        let ba = b
+            .x25519_secret()
+            .diffie_hellman(&x25519_public(&a.public()));
         assert_eq!(ab.as_bytes(), ba.as_bytes());
     }
 

@@ -38,8 +38,8 @@ mod record;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use key::{Created, Identity};
 pub(crate) use key::{x25519_public, x25519_secret};
+pub use key::{Created, Identity};
 pub use node_id::NodeId;
 pub use record::{
     FamilyEntry, InterfaceEntry, LocalAddr, PeerRecord, PortMapping, RecordBuilder, Relay,

@@ -92,6 +92,7 @@ pub use error::{Error, Result};
 pub use framing::{CustomFraming, Framing};
 pub use io::PipeIo;
 pub use queue::Overflow;
+pub(crate) use reader::MAX_DATAGRAM;
 
 use config::never_block;
 use end::Close;

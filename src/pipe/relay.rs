@@ -148,7 +148,10 @@ mod tests {
     }
 
     fn addrs() -> (SocketAddr, SocketAddr) {
-        ("127.0.0.1:1000".parse().unwrap(), "[::1]:2000".parse().unwrap())
+        (
+            "127.0.0.1:1000".parse().unwrap(),
+            "[::1]:2000".parse().unwrap(),
+        )
     }
 
     /// How many of `n` messages the channel takes before its sender waits (up to 200 ms
