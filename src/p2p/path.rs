@@ -934,3 +934,497 @@ async fn recv_opt(pipe: Option<&Pipe>) -> crate::pipe::Result<crate::Message> {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::Mutex as StdMutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+    use super::super::handshake::test_support::{id, HELLO};
+    use super::*;
+    use crate::pipe::Error as PipeError;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+    const HOSTS: [&str; 2] = ["127.0.0.1", "::1"];
+
+    /// Runs `fut`, failing the test if it takes longer than [`LIMIT`].
+    async fn within<T>(fut: impl Future<Output = T>) -> T {
+        tokio::time::timeout(LIMIT, fut)
+            .await
+            .expect("the test's time limit passed")
+    }
+
+    fn lp() -> PipeConfig {
+        PipeConfig::default().framing(Framing::LengthPrefixed)
+    }
+
+    fn bind_addr(host: &str) -> SocketAddr {
+        SocketAddr::new(host.parse().unwrap(), 0)
+    }
+
+    /// Two ends of a TCP connection with length-prefixed framing.
+    async fn tcp_pair(host: &str) -> (Pipe, Pipe) {
+        let server = Pipe::listen_with(Proto::Tcp, bind_addr(host), &lp())
+            .await
+            .unwrap();
+        let client = Pipe::connect_with(Proto::Tcp, server.local_addr(), &lp())
+            .await
+            .unwrap();
+        let accepted = within(server.accept()).await.unwrap();
+        (client, accepted)
+    }
+
+    /// Two UDP pipes, each the other's default peer.
+    async fn udp_pair(host: &str) -> (Pipe, Pipe) {
+        let a = UdpSocket::bind(bind_addr(host)).await.unwrap();
+        let b = UdpSocket::bind(bind_addr(host)).await.unwrap();
+        let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let cfg = PipeConfig::default();
+        (
+            Pipe::adopt_udp(a, ba, &cfg).unwrap(),
+            Pipe::adopt_udp(b, aa, &cfg).unwrap(),
+        )
+    }
+
+    async fn raw_pair(proto: Proto, host: &str) -> (Pipe, Pipe) {
+        match proto {
+            Proto::Tcp => tcp_pair(host).await,
+            Proto::Udp => udp_pair(host).await,
+        }
+    }
+
+    type Seen = Arc<StdMutex<Vec<u8>>>;
+
+    /// A plain TCP relay in the middle of a pair, recording every byte either way.
+    async fn tcp_tapped(host: &str) -> (Pipe, Pipe, Seen) {
+        let server = Pipe::listen_with(Proto::Tcp, bind_addr(host), &lp())
+            .await
+            .unwrap();
+        let tap = TcpListener::bind(bind_addr(host)).await.unwrap();
+        let (tap_addr, to) = (tap.local_addr().unwrap(), server.local_addr());
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        tokio::spawn(async move {
+            let (a, _) = tap.accept().await.unwrap();
+            let b = TcpStream::connect(to).await.unwrap();
+            let ((ar, aw), (br, bw)) = (a.into_split(), b.into_split());
+            tokio::join!(copy(ar, bw, s.clone()), copy(br, aw, s));
+        });
+        let client = Pipe::connect_with(Proto::Tcp, tap_addr, &lp())
+            .await
+            .unwrap();
+        let accepted = within(server.accept()).await.unwrap();
+        (client, accepted, seen)
+    }
+
+    async fn copy(
+        mut r: impl tokio::io::AsyncRead + Unpin,
+        mut w: impl tokio::io::AsyncWrite + Unpin,
+        seen: Seen,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = w.shutdown().await;
+    }
+
+    /// A plain UDP relay between two pipes, recording every datagram.
+    async fn udp_tapped(host: &str) -> (Pipe, Pipe, Seen) {
+        let relay = UdpSocket::bind(bind_addr(host)).await.unwrap();
+        let a = UdpSocket::bind(bind_addr(host)).await.unwrap();
+        let b = UdpSocket::bind(bind_addr(host)).await.unwrap();
+        let r = relay.local_addr().unwrap();
+        let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = relay.recv_from(&mut buf).await {
+                s.lock().unwrap().extend_from_slice(&buf[..n]);
+                let to = if from == aa { ba } else { aa };
+                let _ = relay.send_to(&buf[..n], to).await;
+            }
+        });
+        let cfg = PipeConfig::default();
+        (
+            Pipe::adopt_udp(a, r, &cfg).unwrap(),
+            Pipe::adopt_udp(b, r, &cfg).unwrap(),
+            seen,
+        )
+    }
+
+    /// Node 1 initiates to node 2, which takes `expect`.
+    async fn secure(
+        a: Pipe,
+        b: Pipe,
+        expect: Expect,
+        opts: &PathOptions,
+    ) -> (Result<SecurePath, Error>, Result<SecurePath, Error>) {
+        let (i, r) = (id(1), id(2));
+        let want = r.public();
+        within(async {
+            tokio::join!(
+                initiate(a, &i, &want, HELLO, opts),
+                respond(b, &r, expect, opts)
+            )
+        })
+        .await
+    }
+
+    async fn secured(a: Pipe, b: Pipe) -> (SecurePath, SecurePath) {
+        let (i, r) = secure(a, b, Expect::Any, &PathOptions::default()).await;
+        (i.unwrap(), r.unwrap())
+    }
+
+    fn echo(pipe: &Pipe) {
+        pipe.on_message(|m, reply| async move { reply.send(&m.data).await })
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_secure_pipe_echoes_over_tcp_and_udp_on_v4_and_v6_and_the_listener_learns_who() {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            for host in HOSTS {
+                let (a, b) = raw_pair(proto, host).await;
+                let (a_addrs, b_addrs) = (
+                    (a.local_addr(), a.peer_addr()),
+                    (b.local_addr(), b.peer_addr()),
+                );
+                let (i, r) = secured(a, b).await;
+                assert_eq!((i.peer, r.peer), (id(2).public(), id(1).public()));
+                assert_eq!((i.hello, r.hello), (HELLO, HELLO));
+                assert_eq!(r.peer_id(), id(1).node_id());
+                assert_eq!((i.pipe.local_addr(), i.pipe.peer_addr()), a_addrs);
+                assert_eq!((r.pipe.local_addr(), r.pipe.peer_addr()), b_addrs);
+                assert_eq!(i.pipe.proto(), proto);
+                echo(&r.pipe);
+                let pongs = i.pipe.subscribe("^pong", None).unwrap();
+                for n in 0..50u32 {
+                    let msg = format!("ping {n}");
+                    i.pipe.send(&msg).await.unwrap();
+                    let m = i.pipe.recv_timeout(LIMIT).await.unwrap();
+                    assert_eq!((&m.data[..], m.proto), (msg.as_bytes(), proto));
+                }
+                i.pipe.send(b"pong!").await.unwrap();
+                assert_eq!(&within(pongs.recv()).await.unwrap().data[..], b"pong!");
+                let big = vec![0x5a; if proto == Proto::Tcp { 300_000 } else { 60_000 }];
+                i.pipe.send(&big).await.unwrap();
+                assert_eq!(
+                    i.pipe.recv_timeout(LIMIT).await.unwrap().data.len(),
+                    big.len()
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stranger_is_refused_by_either_side() {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            // The initiator wants node 2 and reaches node 3.
+            let (a, b) = raw_pair(proto, "127.0.0.1").await;
+            let opts = PathOptions {
+                limit: Duration::from_millis(500),
+                ..PathOptions::default()
+            };
+            let (one, three, two) = (id(1), id(3), id(2).public());
+            let (i, r) = within(async {
+                tokio::join!(
+                    initiate(a, &one, &two, HELLO, &opts),
+                    respond(b, &three, Expect::Any, &opts)
+                )
+            })
+            .await;
+            match i {
+                Err(Error::WrongPeer { expected, reached }) => {
+                    assert_eq!((expected, reached), (id(2).node_id(), id(3).node_id()));
+                }
+                other => panic!("{proto}: {other:?}"),
+            }
+            assert!(r.is_err(), "{proto}: the responder gets no msg3");
+
+            // The responder wants node 4 and hears node 1.
+            let (a, b) = raw_pair(proto, "::1").await;
+            let (i, r) = secure(a, b, Expect::Key(id(4).public()), &opts).await;
+            assert!(matches!(r, Err(Error::WrongPeer { .. })), "{proto}: {r:?}");
+            if let Ok(i) = i {
+                // The initiator finished first. On TCP its path ends with the
+                // responder's (cut: no close packet); on UDP nothing ever arrives.
+                let got = i.pipe.recv_timeout(Duration::from_millis(300)).await;
+                match proto {
+                    Proto::Tcp => assert!(
+                        matches!(got, Err(PipeError::Ended(EndReason::Reset))),
+                        "{got:?}"
+                    ),
+                    Proto::Udp => assert!(matches!(got, Err(PipeError::Timeout(_)))),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn plaintext_never_crosses_the_raw_path_unless_encryption_is_off() {
+        const SECRET: &[u8] = b"a recognisable payload: 7c1ab9e0-secret";
+        for proto in [Proto::Tcp, Proto::Udp] {
+            for encrypt in [true, false] {
+                let (a, b, seen) = match proto {
+                    Proto::Tcp => tcp_tapped("127.0.0.1").await,
+                    Proto::Udp => udp_tapped("::1").await,
+                };
+                let opts = PathOptions {
+                    encrypt,
+                    ..PathOptions::default()
+                };
+                let (i, r) = secure(a, b, Expect::Any, &opts).await;
+                let (i, r) = (i.unwrap(), r.unwrap());
+                i.pipe.send(SECRET).await.unwrap();
+                let got = r.pipe.recv_timeout(LIMIT).await.unwrap();
+                assert_eq!(&got.data[..], SECRET);
+                let seen = seen.lock().unwrap().clone();
+                let found = seen.windows(SECRET.len()).any(|w| w == SECRET);
+                assert_eq!(found, !encrypt, "{proto} encrypt={encrypt}");
+                for key in [id(1).public(), id(2).public()] {
+                    assert!(!seen.windows(32).any(|w| w == key.as_bytes()));
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_times_out_naming_the_node_and_the_address() {
+        let (a, b) = udp_pair("127.0.0.1").await;
+        let addr = b.local_addr();
+        let opts = PathOptions {
+            limit: Duration::from_millis(300),
+            ..PathOptions::default()
+        };
+        let e = within(initiate(a, &id(1), &id(2).public(), HELLO, &opts))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "no path handshake with node {} at {addr} within 300ms",
+                id(2).node_id()
+            )
+        );
+        // msg1 was sent again meanwhile.
+        let mut n = 0;
+        while b.recv_timeout(Duration::from_millis(50)).await.is_ok() {
+            n += 1;
+        }
+        assert!(n >= 2, "{n} copies of msg1");
+    }
+
+    #[tokio::test]
+    async fn a_tcp_pipe_without_length_prefixes_or_a_listener_is_unfit() {
+        let server = Pipe::listen(Proto::Tcp, "127.0.0.1:0").await.unwrap();
+        let raw = Pipe::connect(Proto::Tcp, server.local_addr())
+            .await
+            .unwrap();
+        let opts = PathOptions::default();
+        let e = initiate(raw, &id(1), &id(2).public(), HELLO, &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "raw pipe unfit for a path: a tcp path needs Framing::LengthPrefixed"
+        );
+        let e = respond(server, &id(2), Expect::Any, &opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Unfit(_)));
+    }
+
+    #[tokio::test]
+    async fn closing_a_secure_pipe_closes_its_raw_path_and_ends_the_peers_with_fin() {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let (a, b) = raw_pair(proto, "127.0.0.1").await;
+            let raw_a = a.clone();
+            let (i, r) = secured(a, b).await;
+            i.pipe.send(b"last words").await.unwrap();
+            i.pipe.close().await;
+            let m = r.pipe.recv_timeout(LIMIT).await.unwrap();
+            assert_eq!(&m.data[..], b"last words");
+            assert_eq!(within(r.pipe.ended()).await, EndReason::Fin, "{proto}");
+            assert_eq!(within(raw_a.ended()).await, EndReason::Closed, "{proto}");
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_a_secure_pipe_closes_it_too() {
+        let (a, b) = tcp_pair("::1").await;
+        let raw_b = b.clone();
+        let (i, r) = secured(a, b).await;
+        drop(i);
+        assert_eq!(within(r.pipe.ended()).await, EndReason::Fin);
+        assert_eq!(within(raw_b.ended()).await, EndReason::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_tcp_path_cut_without_a_close_ends_the_secure_pipe_as_reset() {
+        let (a, b) = tcp_pair("127.0.0.1").await;
+        let raw_a = a.clone();
+        let (_i, r) = secured(a, b).await;
+        raw_a.close().await;
+        assert_eq!(within(r.pipe.ended()).await, EndReason::Reset);
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_on_tcp_holds_the_sender_up_and_loses_nothing() {
+        const N: u32 = 2000;
+        const SIZE: usize = 32 * 1024;
+        let (a, b) = tcp_pair("127.0.0.1").await;
+        let (i, r) = secured(a, b).await;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (pipe, count) = (i.pipe.clone(), sent.clone());
+        let sender = tokio::spawn(async move {
+            let mut msg = vec![0u8; SIZE];
+            for n in 0..N {
+                msg[..4].copy_from_slice(&n.to_be_bytes());
+                pipe.send(&msg).await.unwrap();
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Nobody reads: the sender must stop long before 64 MB are out.
+        let held = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let before = sent.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if sent.load(Ordering::Relaxed) == before {
+                    break;
+                }
+            }
+        })
+        .await;
+        let at = sent.load(Ordering::Relaxed);
+        assert!(held.is_ok() && (at as u32) < N, "the sender went on: {at}");
+        assert!(at * SIZE < 32 << 20, "{at} messages buffered");
+        for n in 0..N {
+            let m = r.pipe.recv_timeout(LIMIT).await.unwrap();
+            assert_eq!((m.data.len(), &m.data[..4]), (SIZE, &n.to_be_bytes()[..]));
+            if n % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        within(sender).await.unwrap();
+        assert_eq!(r.pipe.stats().dropped, 0);
+    }
+
+    /// Sends `n` numbered messages on `pipe`, yielding now and then.
+    fn numbered(pipe: &Pipe, n: u32) -> tokio::task::JoinHandle<()> {
+        let pipe = pipe.clone();
+        tokio::spawn(async move {
+            for k in 0..n {
+                pipe.send(k.to_be_bytes()).await.unwrap();
+                if k % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    }
+
+    /// Receives numbered messages until `last`, or until `limit` passes quietly.
+    async fn received(pipe: &Pipe, last: u32, quiet: Duration) -> Vec<u32> {
+        let mut got = Vec::new();
+        while let Ok(m) = pipe.recv_timeout(quiet).await {
+            let k = u32::from_be_bytes(m.data[..].try_into().unwrap());
+            got.push(k);
+            if k == last {
+                break;
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn migration_moves_a_stream_both_ways_with_no_loss_duplicate_or_reordering() {
+        const N: u32 = 3000;
+        for proto in [Proto::Tcp, Proto::Udp] {
+            for host in HOSTS {
+                let (a1, b1) = raw_pair(proto, host).await;
+                let (old_a, old_b) = (a1.clone(), b1.clone());
+                let (i, r) = secured(a1, b1).await;
+                let sub = r.pipe.subscribe("^never", None).unwrap();
+                let (a2, b2) = raw_pair(proto, host).await;
+                let (new_a, new_b) = (a2.clone(), b2.clone());
+                let to_r = numbered(&i.pipe, N);
+                let to_i = numbered(&r.pipe, N);
+                let (mi, mr) = (i.mover.clone().unwrap(), r.mover.clone().unwrap());
+                let (x, y) = within(async {
+                    tokio::join!(migrate(&mi, a2, LIMIT), migrate(&mr, b2, LIMIT))
+                })
+                .await;
+                x.unwrap();
+                y.unwrap();
+                let quiet = Duration::from_secs(2);
+                let (got_r, got_i) = within(async {
+                    tokio::join!(
+                        received(&r.pipe, N - 1, quiet),
+                        received(&i.pipe, N - 1, quiet)
+                    )
+                })
+                .await;
+                within(to_r).await.unwrap();
+                within(to_i).await.unwrap();
+                for got in [&got_r, &got_i] {
+                    assert!(got.windows(2).all(|w| w[0] < w[1]), "{proto} {host}: order");
+                    match proto {
+                        Proto::Tcp => assert_eq!(got.len(), N as usize, "{host}: all"),
+                        // Loopback loses little; the marker may be among it.
+                        Proto::Udp => assert!(got.len() > N as usize * 9 / 10, "{host}"),
+                    }
+                }
+                // The old raw paths are closed; the new ones carry the pipe.
+                assert_eq!(within(old_a.ended()).await, EndReason::Closed);
+                assert_eq!(within(old_b.ended()).await, EndReason::Closed);
+                assert!(new_a.end_reason().is_none() && new_b.end_reason().is_none());
+                assert!(new_a.stats().sent > 0 && new_b.stats().received > 0);
+                i.pipe.send(b"after").await.unwrap();
+                assert_eq!(
+                    &r.pipe.recv_timeout(LIMIT).await.unwrap().data[..],
+                    b"after"
+                );
+                assert!(sub.is_empty());
+                assert_eq!(r.pipe.peer_addr(), Some(old_b.peer_addr().unwrap()));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_migration_the_peer_does_not_answer_fails_and_keeps_the_old_path() {
+        let (a1, b1) = udp_pair("127.0.0.1").await;
+        let (i, r) = secured(a1, b1).await;
+        let (a2, _silent) = udp_pair("127.0.0.1").await;
+        let mover = i.mover.clone().unwrap();
+        let e = within(migrate(&mover, a2.clone(), Duration::from_millis(400)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "path migration failed: no answer on the new path"
+        );
+        assert_eq!(within(a2.ended()).await, EndReason::Closed);
+        i.pipe.send(b"still here").await.unwrap();
+        assert_eq!(
+            &r.pipe.recv_timeout(LIMIT).await.unwrap().data[..],
+            b"still here"
+        );
+        let (tcp, _) = tcp_pair("127.0.0.1").await;
+        assert!(matches!(
+            migrate(&mover, tcp, LIMIT).await,
+            Err(Error::Unfit(_))
+        ));
+    }
+}
