@@ -397,6 +397,7 @@ fn finish(raw: Pipe, done: Done, opts: &PathOptions) -> Result<SecurePath, Error
         room: Notify::new(),
         end: OnceLock::new(),
         proto,
+        peer: addr,
     });
     let (inbound_tx, inbound) = mpsc::channel(INBOUND);
     let cfg = PipeConfig::default().max_frame(limits.max_message);
@@ -434,6 +435,8 @@ struct Shared {
     /// Why the raw path ended, for the secure pipe.
     end: OnceLock<EndReason>,
     proto: Proto,
+    /// The peer's address, as the secure pipe has it.
+    peer: SocketAddr,
 }
 
 impl Shared {
@@ -477,7 +480,13 @@ struct Tx {
 struct Link(Arc<Shared>);
 
 impl DatagramLink for Link {
-    fn try_send_to(&self, data: &[u8], _to: SocketAddr) -> io::Result<bool> {
+    fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<bool> {
+        if canonical(to) != self.0.peer {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a secure path sends to its peer only",
+            ));
+        }
         let mut tx = self.0.tx();
         if tx.closing {
             return Err(io::Error::new(
@@ -688,10 +697,7 @@ impl Reader {
             },
             m = recv_opt(read_new.as_ref()) => match m {
                 Ok(m) => self.on_packet(m.data, true).await,
-                Err(_) => {
-                    self.fail_migration("the new path ended");
-                    Ok(())
-                }
+                Err(e) => self.new_path_failed("the new path ended", Some(e)),
             },
             () = until(wake) => self.on_timer().await,
             m = self.reading.recv() => match m {
@@ -703,6 +709,11 @@ impl Reader {
 
     /// Starts a migration.
     async fn start(&mut self, cmd: Move) -> Result<(), Stop> {
+        if self.shared.tx().switch.is_some() {
+            let why = "the last migration's switch is still being written";
+            let _ = cmd.done.send(Err(Error::Migrate(why)));
+            return Ok(());
+        }
         let mut challenge = [0u8; 16];
         if getrandom::fill(&mut challenge).is_err() {
             let _ = cmd.done.send(Err(Error::Crypto("no random challenge")));
@@ -734,16 +745,33 @@ impl Reader {
         Ok(())
     }
 
+    /// The new path failed: the migration fails, or, once either direction has moved
+    /// to it, the secure path ends.
+    fn new_path_failed(
+        &mut self,
+        why: &'static str,
+        e: Option<crate::pipe::Error>,
+    ) -> Result<(), Stop> {
+        if self
+            .mig
+            .as_ref()
+            .is_some_and(|m| m.peer_moved || m.verified)
+        {
+            tracing::debug!(why, "secure path: the new path failed after the switch");
+            return match e {
+                Some(e) => self.path_ended(e),
+                None => Err(Stop::Ended(EndReason::BadFrame(why.into()))),
+            };
+        }
+        self.fail_migration(why);
+        Ok(())
+    }
+
+    /// The migration fails before either direction moved: the old path stays.
     fn fail_migration(&mut self, why: &'static str) {
         let Some(mut m) = self.mig.take() else {
             return;
         };
-        if m.peer_moved || m.verified {
-            // One direction already moved: the new path is the path now.
-            tracing::debug!(why, "secure path: the new path failed after the switch");
-            self.mig = Some(m);
-            return;
-        }
         if let Some(done) = m.done.take() {
             let _ = done.send(Err(Error::Migrate(why)));
         }
@@ -805,8 +833,7 @@ impl Reader {
             Ok(o) => o,
             Err(e) if new => {
                 tracing::debug!(error = %e, "secure path: a bad packet on the new path");
-                self.fail_migration("a bad packet on the new path");
-                return Ok(());
+                return self.new_path_failed("a bad packet on the new path", None);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "secure path: a bad packet");
@@ -850,7 +877,7 @@ impl Reader {
                     .await
                     .is_err()
                 {
-                    self.fail_migration("the new path failed");
+                    return self.new_path_failed("the new path failed", None);
                 }
             }
             Control::Ack(challenge) if challenge == m.challenge && !m.verified => {
@@ -1121,6 +1148,8 @@ mod tests {
                 }
                 i.pipe.send(b"pong!").await.unwrap();
                 assert_eq!(&within(pongs.recv()).await.unwrap().data[..], b"pong!");
+                let elsewhere = SocketAddr::new(a_addrs.0.ip(), 9);
+                assert!(i.pipe.send_to(b"x", elsewhere).await.is_err(), "peer only");
                 let big = vec![0x5a; if proto == Proto::Tcp { 300_000 } else { 60_000 }];
                 i.pipe.send(&big).await.unwrap();
                 assert_eq!(
