@@ -40,6 +40,7 @@ pub mod traverse;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod __fuzz {
+    pub use crate::p2p::fuzz as p2p;
     pub use crate::pipe::subscribe::fuzz::SubscriptionSet;
     pub use crate::traverse::turn::fuzz as turn;
 }

@@ -97,7 +97,7 @@ impl Hello {
 pub(crate) enum Expect {
     /// Any node but this one (a listener: it learns who called).
     #[cfg_attr(
-        not(test),
+        not(any(test, feature = "fuzzing")),
         expect(
             dead_code,
             reason = "the node's listener (p2p::node, written in parallel)"

@@ -26,6 +26,9 @@
 //! `handshake` and `secure` are sans-IO cores; `path` is their tokio driver, whose
 //! `initiate`, `respond` and `migrate` the node calls.
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod handshake;
 mod path;
 mod secure;
