@@ -100,8 +100,8 @@ pub struct PathOptions {
     /// peer has proven its key: nothing after the handshake is protected.
     pub encrypt: bool,
     /// The largest message either way (default 1 MiB). On UDP a message is one packet,
-    /// so at most the raw pipe's largest datagram less [`OVERHEAD`](super::secure::OVERHEAD)
-    /// (25 bytes).
+    /// so at most the raw pipe's largest datagram less 25 bytes (the type byte, the
+    /// counter and the tag).
     pub max_message: usize,
     pub(crate) timing: Timing,
 }
