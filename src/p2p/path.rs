@@ -1071,6 +1071,15 @@ mod tests {
 
     /// A plain UDP relay between two pipes, recording every datagram.
     async fn udp_tapped(host: &str) -> (Pipe, Pipe, Seen) {
+        udp_lossy(host, |_| false).await
+    }
+
+    /// A UDP relay between two pipes that drops what `drop` says, recording every
+    /// datagram it passes on.
+    async fn udp_lossy(
+        host: &str,
+        mut drop: impl FnMut(&[u8]) -> bool + Send + 'static,
+    ) -> (Pipe, Pipe, Seen) {
         let relay = UdpSocket::bind(bind_addr(host)).await.unwrap();
         let a = UdpSocket::bind(bind_addr(host)).await.unwrap();
         let b = UdpSocket::bind(bind_addr(host)).await.unwrap();
@@ -1081,6 +1090,9 @@ mod tests {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
             while let Ok((n, from)) = relay.recv_from(&mut buf).await {
+                if drop(&buf[..n]) {
+                    continue;
+                }
                 s.lock().unwrap().extend_from_slice(&buf[..n]);
                 let to = if from == aa { ba } else { aa };
                 let _ = relay.send_to(&buf[..n], to).await;
@@ -1229,6 +1241,31 @@ mod tests {
                     assert!(!seen.windows(32).any(|w| w == key.as_bytes()));
                 }
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_handshakes_survive_the_loss_of_each_message_once() {
+        use super::super::handshake::{MSG1, MSG2, MSG3};
+        for lost in [MSG1, MSG2, MSG3] {
+            let mut dropped = false;
+            let (a, b, _) = udp_lossy("127.0.0.1", move |d| {
+                let hit = !dropped && d.first() == Some(&lost);
+                dropped |= hit;
+                hit
+            })
+            .await;
+            let (i, r) = secured(a, b).await;
+            // With msg3 lost, the responder is done only once its repeated msg2 got msg3
+            // again from the initiator's secure path.
+            r.pipe.send(b"from the responder").await.unwrap();
+            let m = i.pipe.recv_timeout(LIMIT).await.unwrap();
+            assert_eq!(&m.data[..], b"from the responder", "msg{lost} lost");
+            i.pipe.send(b"and back").await.unwrap();
+            assert_eq!(
+                &r.pipe.recv_timeout(LIMIT).await.unwrap().data[..],
+                b"and back"
+            );
         }
     }
 
