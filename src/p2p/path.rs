@@ -353,15 +353,29 @@ async fn handshake(raw: &Pipe, addr: SocketAddr, mut hs: Handshake) -> Result<Do
 }
 
 /// Sends the records of `buf` down `raw`: as they are on TCP, one datagram each on UDP.
+/// On UDP a datagram the socket refuses (an ICMP error come back, say) is lost, as a
+/// datagram may be; only the raw pipe's end is an error.
 async fn send_records(raw: &Pipe, buf: &[u8]) -> crate::pipe::Result<()> {
     match raw.proto() {
         Proto::Tcp => raw.send_raw(buf).await,
         Proto::Udp => {
             for packet in records(buf) {
-                raw.send(packet).await?;
+                udp_loss(raw.send(packet).await)?;
             }
             Ok(())
         }
+    }
+}
+
+/// A UDP send's outcome, with a refused datagram counted as lost.
+fn udp_loss(r: crate::pipe::Result<()>) -> crate::pipe::Result<()> {
+    match r {
+        Err(e @ crate::pipe::Error::Ended(_)) => Err(e),
+        Err(e) => {
+            tracing::trace!(error = %e, "secure path: a datagram lost on sending");
+            Ok(())
+        }
+        ok => ok,
     }
 }
 
@@ -392,6 +406,9 @@ fn finish(raw: Pipe, done: Done, opts: &PathOptions) -> Result<SecurePath, Error
             buf: BytesMut::new(),
             switch: None,
             closing: false,
+            raw: raw.clone(),
+            writing: false,
+            scratch: BytesMut::new(),
         }),
         wake: Notify::new(),
         room: Notify::new(),
@@ -474,6 +491,12 @@ struct Tx {
     /// Where in `buf` the records of the next path start, that path, and the old one.
     switch: Option<(usize, Pipe, Arc<Retire>)>,
     closing: bool,
+    /// The raw path the writer sends on.
+    raw: Pipe,
+    /// Whether the writer is sending a buffer it took.
+    writing: bool,
+    /// (UDP) The packet a send seals and sends itself, reused.
+    scratch: BytesMut,
 }
 
 /// The secure pipe's link: a send seals into the shared buffer.
@@ -498,9 +521,26 @@ impl DatagramLink for Link {
             return Ok(false);
         }
         let tx = &mut *tx;
-        tx.sealer
-            .seal(data, &mut tx.buf)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let sealing = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+        if self.0.proto == Proto::Udp && tx.buf.is_empty() && !tx.writing && tx.switch.is_none() {
+            // Nothing is queued or being sent: the datagram goes out from here, in
+            // order, without waking the writer.
+            tx.scratch.clear();
+            tx.sealer.seal(data, &mut tx.scratch).map_err(sealing)?;
+            let packet = records(&tx.scratch).next().expect("one sealed packet");
+            match tx.raw.try_send(packet) {
+                Ok(true) => return Ok(true),
+                // No room: the writer sends it.
+                Ok(false) => tx.buf.extend_from_slice(&tx.scratch),
+                Err(e @ crate::pipe::Error::Ended(_)) => {
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, e))
+                }
+                // Refused (an ICMP error come back): lost, as a datagram may be.
+                Err(_) => return Ok(true),
+            }
+        } else {
+            tx.sealer.seal(data, &mut tx.buf).map_err(sealing)?;
+        }
         self.0.wake.notify_one();
         Ok(true)
     }
@@ -554,7 +594,12 @@ async fn write_loop(shared: Arc<Shared>, mut raw: Pipe) {
         let (switch, closing) = {
             let mut tx = shared.tx();
             std::mem::swap(&mut tx.buf, &mut spare);
-            (tx.switch.take(), tx.closing)
+            let switch = tx.switch.take();
+            if let Some((_, next, _)) = &switch {
+                tx.raw = next.clone();
+            }
+            tx.writing = !spare.is_empty() || switch.is_some();
+            (switch, tx.closing)
         };
         if spare.is_empty() && switch.is_none() {
             if closing {
@@ -577,6 +622,7 @@ async fn write_loop(shared: Arc<Shared>, mut raw: Pipe) {
             None => send_records(&raw, &spare).await,
         };
         spare.clear();
+        shared.tx().writing = false;
         if let Err(e) = sent {
             tracing::debug!(error = %e, "secure path: the raw path failed to send");
             shared.close(false);
