@@ -18,7 +18,10 @@
 //! - A send seals the message into a buffer the path reuses and returns; a writer task
 //!   sends what the buffer holds down the raw pipe (on TCP in one write, on UDP one
 //!   datagram per packet). When the buffer holds more than [`QUEUED`] bytes, sends
-//!   wait: a peer that does not read slows the sender down.
+//!   wait: a peer that does not read slows the sender down. On UDP a send that finds
+//!   nothing queued seals into a reused packet and sends it itself when the socket
+//!   has room, so the writer is only woken when datagrams queue up. A datagram the
+//!   socket refuses (an ICMP error come back) is lost, as any datagram may be.
 //! - A reader task reads the raw pipe, opens each packet, puts fragments together and
 //!   hands messages to the secure pipe through a bounded channel, waiting when it is
 //!   full: on TCP (whose flow blocks) a slow reader loses nothing, and the raw pipe
@@ -27,6 +30,10 @@
 //!   closes the raw pipe. The raw pipe's end ends the secure pipe once what arrived
 //!   before is read: `Fin` after the peer's close packet, `Reset` when a TCP path ends
 //!   without one (it was cut).
+//!
+//! On UDP, what the initiator sends before its msg3 has reached the responder is lost
+//! if msg3 was (the responder has no keys yet): the responder's repeated msg2 gets msg3
+//! again, and the path goes on from there.
 //!
 //! Without `encrypt` the raw pipe itself is handed back once the peer has proven its
 //! key: for interop and benchmarks. Nothing after the handshake is authenticated then,
