@@ -1323,6 +1323,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn foreign_datagrams_on_a_udp_path_are_ignored() {
+        for host in HOSTS {
+            let (a, b) = udp_pair(host).await;
+            let raw_b = b.clone();
+            let (i, r) = secured(a, b).await;
+            echo(&r.pipe);
+            let stranger = UdpSocket::bind(bind_addr(host)).await.unwrap();
+            let keepalive = b"\xffp2punch\x03\x00............................";
+            for junk in [&keepalive[..], b"", &[0x10; 60], &[2; 129]] {
+                stranger.send_to(junk, raw_b.local_addr()).await.unwrap();
+            }
+            i.pipe.send(b"still talking").await.unwrap();
+            let m = i.pipe.recv_timeout(LIMIT).await.unwrap();
+            assert_eq!(&m.data[..], b"still talking", "{host}");
+            assert!(r.pipe.end_reason().is_none());
+        }
+    }
+
+    #[tokio::test]
     async fn a_silent_peer_times_out_naming_the_node_and_the_address() {
         let (a, b) = udp_pair("127.0.0.1").await;
         let addr = b.local_addr();
