@@ -494,6 +494,22 @@ turn = [
 ]
 write("turn_response", turn)
 
+# path_packet (fuzz_targets/path_packet.rs): flags, then packets as a length byte and
+# bytes. Genuine packets are sealed by the harness itself (fresh keys every run).
+def plen(b):
+    return bytes([len(b)]) + b
+
+
+KEEPALIVE = b"\xffp2punch" + bytes([3, 0]) + bytes(28)
+path = [
+    ("udp-strays", bytes([0]) + plen(KEEPALIVE) + plen(b"") + plen(bytes([1]) * 33)),
+    ("udp-after-msg1", bytes([2]) + plen(bytes([3]) * 114) + plen(bytes([1]) * 33)),
+    ("tcp-after-msg1", bytes([3]) + plen(bytes([3]) * 114)),
+    ("udp-data", bytes([4]) + plen(bytes([0x10]) + bytes(8) + bytes(20)) + plen(bytes([2]) * 129)),
+    ("tcp-data", bytes([5]) + plen(bytes([0x10]) + bytes([0x80]) + bytes(7) + bytes(33))),
+]
+write("path_packet", path)
+
 for t in sorted(os.listdir(ROOT)):
     n = len(os.listdir(os.path.join(ROOT, t)))
     print(f"{t}: {n} seeds")

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | filer | [`filer`] | btfiler-compatible file sharing: a sans-IO protocol core (btpeer frames, messages, peer table) and the node and client around it |
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
+//! | p2p | [`p2p`] | peers behind NATs: paths authenticated by the node keys (Noise XX) and encrypted, moved from a relay to a direct path without loss |
 //! | traverse | [`traverse`] | ways through NATs: port mappings asked of the router (PCP, NAT-PMP, UPnP IGD) |
 //! | signal | [`signal`] | messages between nodes before any connection exists: sealed envelopes (the sans-IO core: replay and age checks, request/response) carried by transports (MQTT brokers, several at once) |
 //! | identity | [`identity`] | the node's ed25519 key and key file, the node id, the signed peer address record |
@@ -29,6 +30,7 @@ pub mod identity;
 pub mod iface;
 pub mod mesh;
 pub mod nat;
+pub mod p2p;
 pub mod pipe;
 pub mod signal;
 pub mod stun;
@@ -39,6 +41,7 @@ pub mod traverse;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod __fuzz {
+    pub use crate::p2p::fuzz as p2p;
     pub use crate::pipe::subscribe::fuzz::SubscriptionSet;
     pub use crate::traverse::turn::fuzz as turn;
 }

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer, SigningKey};
+use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
 
 use super::{hex, unhex, Error, NodeId, PublicKey, Signature};
 
@@ -87,6 +88,11 @@ impl Identity {
     /// Signs `msg` with the node key.
     pub fn sign(&self, msg: &[u8]) -> Signature {
         self.key.sign(msg)
+    }
+
+    /// The node key's X25519 secret, for Diffie-Hellman with it (see [`x25519_secret`]).
+    pub(crate) fn x25519_secret(&self) -> StaticSecret {
+        x25519_secret(&self.key)
     }
 
     /// Loads the key file at `path`.
@@ -175,6 +181,20 @@ impl Identity {
     }
 }
 
+/// The X25519 secret of an ed25519 key: its clamped scalar. With [`x25519_public`] of
+/// the same key it makes an X25519 key pair, so one node key both signs and agrees
+/// secrets (sealed messages, the p2p layer's Noise handshake).
+pub(crate) fn x25519_secret(key: &SigningKey) -> StaticSecret {
+    StaticSecret::from(key.to_scalar_bytes())
+}
+
+/// The X25519 public key of an ed25519 public key: its Montgomery form. It drops the
+/// Edwards sign, so `key` and its negation share it; the secret of either is the
+/// other's negated, so proving one proves nothing about a third party's key.
+pub(crate) fn x25519_public(key: &PublicKey) -> X25519Public {
+    X25519Public::from(key.to_montgomery().to_bytes())
+}
+
 /// The seed in a key file's text, or what is wrong with it.
 fn parse_key_file(text: &str) -> Result<[u8; 32], &'static str> {
     if text.len() as u64 > MAX_KEY_FILE {
@@ -261,6 +281,22 @@ mod tests {
         id.public().verify_strict(b"hello", &sig).unwrap();
         assert!(id.public().verify_strict(b"hellO", &sig).is_err());
         assert_eq!(NodeId::from_key(&id.public()), id.node_id());
+    }
+
+    #[test]
+    fn the_x25519_pair_of_a_node_key_agrees_with_its_public_montgomery_form() {
+        let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+        assert_eq!(
+            X25519Public::from(&a.x25519_secret()),
+            x25519_public(&a.public())
+        );
+        let ab = a
+            .x25519_secret()
+            .diffie_hellman(&x25519_public(&b.public()));
+        let ba = b
+            .x25519_secret()
+            .diffie_hellman(&x25519_public(&a.public()));
+        assert_eq!(ab.as_bytes(), ba.as_bytes());
     }
 
     #[test]

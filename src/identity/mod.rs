@@ -38,6 +38,7 @@ mod record;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub(crate) use key::{x25519_public, x25519_secret};
 pub use key::{Created, Identity};
 pub use node_id::NodeId;
 pub use record::{

@@ -92,6 +92,7 @@ pub use error::{Error, Result};
 pub use framing::{CustomFraming, Framing};
 pub use io::PipeIo;
 pub use queue::Overflow;
+pub(crate) use reader::MAX_DATAGRAM;
 
 use config::never_block;
 use end::Close;
@@ -675,6 +676,36 @@ impl Pipe {
     /// Why the pipe ended, if it has.
     pub fn end_reason(&self) -> Option<EndReason> {
         self.core().end_reason()
+    }
+
+    /// Sends one datagram to a UDP pipe's default peer if it can go without waiting:
+    /// `Ok(false)`, with nothing sent, when the socket has no room or the pipe is not a
+    /// UDP pipe with a peer (use [`send`](Self::send) then). Allocates nothing; counted
+    /// in `sent` as `send` is.
+    pub(crate) fn try_send(&self, data: &[u8]) -> Result<bool> {
+        let c = self.core();
+        match (&c.io, c.peer) {
+            (Io::Udp(s), Some(peer)) => {
+                let r = s.try_send_to(c, data, peer);
+                if matches!(r, Ok(true)) {
+                    c.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Watches the pipe's end without holding it open (the layers above, that must
+    /// learn when a pipe they feed is closed or dropped): the value turns `Some` when
+    /// the pipe ends, and the watch closes when the pipe is gone. Starts no reader.
+    pub(crate) fn end_watch(&self) -> tokio::sync::watch::Receiver<Option<EndReason>> {
+        self.core().end.subscribe()
+    }
+
+    /// The frame limit of the pipe's config: the largest message it sends or takes.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.core().cfg.max_frame
     }
 
     /// Waits until the pipe ends, and says why.

@@ -36,7 +36,7 @@ pub(crate) enum Reader {
     Tcp(FramedRead<OwnedReadHalf, FrameDecoder>),
     /// A UDP socket of its own, with a receive buffer.
     Udp(Arc<UdpSocket>, Box<[u8]>),
-    /// Datagrams a relay's driver received for the pipe (see `relay.rs`).
+    /// Messages a link's driver received for the pipe (see `relay.rs`).
     Relay(super::relay::Inbound),
 }
 
@@ -99,10 +99,15 @@ impl Reader {
                     data,
                     peer: canonical(from),
                     local: core.local,
-                    proto: Proto::Udp,
+                    proto: core.proto,
                 }),
-                // The relay is gone: its allocation ended or was closed.
-                None => Err(EndReason::Closed),
+                // The link is gone (a relay's allocation ended or was closed, a
+                // secure path's raw pipe ended): as its driver says, else closed.
+                None => Err(match &core.io {
+                    Io::Udp(super::udp::Sender::Relay(link)) => link.end_reason(),
+                    _ => None,
+                }
+                .unwrap_or(EndReason::Closed)),
             },
         }
     }

@@ -28,23 +28,6 @@ impl Owned {
             None => Weak::new(),
         }
     }
-    pub(crate) async fn send_to(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<()> {
-        let to = checked(core, data, to)?;
-        // Almost every datagram goes out at once, under the read lock and
-        // without holding the socket past it; only a full socket buffer waits.
-        let waiting = {
-            let sock = self.0.read().unwrap_or_else(|e| e.into_inner());
-            let Some(sock) = sock.as_ref() else {
-                return Err(Error::Ended(core.end_or_closed()));
-            };
-            match try_send(sock, data, to)? {
-                true => return Ok(()),
-                false => sock.clone(),
-            }
-        };
-        waiting.send_to(data, to).await?;
-        Ok(())
-    }
 }
 
 /// How a UDP pipe sends: on its own socket, on its listener's, or through a relay.
@@ -69,38 +52,74 @@ impl Sender {
             o.release();
         }
     }
-    pub(crate) async fn send_to(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<()> {
+    /// Sends a datagram if it can go now, or says what to wait on. Almost every
+    /// datagram goes out at once, under the socket's read lock and without holding the
+    /// socket past it; only a full socket buffer (or relay) waits.
+    fn attempt(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<Attempt> {
+        let to = checked(core, data, to)?;
+        let ended = || Error::Ended(core.end_or_closed());
         match self {
-            Sender::Own(o) => o.send_to(core, data, to).await,
+            Sender::Own(o) => {
+                let sock = o.0.read().unwrap_or_else(|e| e.into_inner());
+                let sock = sock.as_ref().ok_or_else(ended)?;
+                Ok(match try_send(sock, data, to)? {
+                    true => Attempt::Sent,
+                    false => Attempt::Socket(sock.clone(), to),
+                })
+            }
             Sender::Child(w) => {
-                let to = checked(core, data, to)?;
                 let sock = if core.has_ended() { None } else { w.upgrade() };
-                let Some(sock) = sock else {
-                    return Err(Error::Ended(core.end_or_closed()));
-                };
-                if !try_send(&sock, data, to)? {
-                    sock.send_to(data, to).await?;
-                }
-                Ok(())
+                let sock = sock.ok_or_else(ended)?;
+                Ok(match try_send(&sock, data, to)? {
+                    true => Attempt::Sent,
+                    false => Attempt::Socket(sock, to),
+                })
             }
             Sender::Relay(link) => {
-                let to = checked(core, data, to)?;
                 if core.has_ended() {
-                    return Err(Error::Ended(core.end_or_closed()));
+                    return Err(ended());
                 }
-                if !link.try_send_to(data, to)? {
-                    link.send_to(data, to).await?;
-                }
-                Ok(())
+                Ok(match link.try_send_to(data, to)? {
+                    true => Attempt::Sent,
+                    false => Attempt::Relay(link.clone(), to),
+                })
             }
         }
     }
+
+    /// Sends a datagram if it can go now: `Ok(false)`, with nothing sent, if the
+    /// socket (or relay) has no room.
+    pub(crate) fn try_send_to(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<bool> {
+        Ok(matches!(self.attempt(core, data, to)?, Attempt::Sent))
+    }
+
+    pub(crate) async fn send_to(&self, core: &Core, data: &[u8], to: SocketAddr) -> Result<()> {
+        match self.attempt(core, data, to)? {
+            Attempt::Sent => {}
+            Attempt::Socket(sock, to) => {
+                sock.send_to(data, to).await?;
+            }
+            Attempt::Relay(link, to) => link.send_to(data, to).await?,
+        }
+        Ok(())
+    }
+}
+
+/// What a datagram that could not go at once waits on.
+enum Attempt {
+    Sent,
+    Socket(Arc<UdpSocket>, SocketAddr),
+    Relay(Arc<dyn super::relay::DatagramLink>, SocketAddr),
 }
 
 /// Checks a datagram's size, and gives the address to send it to: a dual-stack
-/// IPv6 socket reaches IPv4 peers through mapped addresses.
+/// IPv6 socket reaches IPv4 peers through mapped addresses. A message pipe over a link
+/// labelled TCP (`relay.rs`) is bound by its frame limit alone.
 fn checked(core: &Core, data: &[u8], to: SocketAddr) -> Result<SocketAddr> {
-    let max = core.cfg.max_frame.min(MAX_DATAGRAM);
+    let max = match core.proto {
+        Proto::Udp => core.cfg.max_frame.min(MAX_DATAGRAM),
+        Proto::Tcp => core.cfg.max_frame,
+    };
     if data.len() > max {
         return Err(Error::TooLarge {
             len: data.len() as u64,

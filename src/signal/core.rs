@@ -331,7 +331,7 @@ impl Signalling {
     pub fn new(key: SigningKey, config: Config, first_request_id: u64) -> Signalling {
         let public = key.verifying_key();
         Signalling {
-            secret: seal::x25519_secret(&key),
+            secret: crate::identity::x25519_secret(&key),
             me: fingerprint(&public),
             public,
             key,

@@ -41,6 +41,7 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 
 use super::Error;
+use crate::identity::{x25519_public, x25519_secret};
 
 /// The most bytes a sealed message has on the wire.
 pub const MAX_MESSAGE: usize = 16 * 1024;
@@ -220,7 +221,7 @@ pub fn seal(
         });
     }
     let ephemeral = StaticSecret::from(array::<32>(&random[..32]));
-    let their = PublicKey::from(recipient.to_montgomery().to_bytes());
+    let their = x25519_public(recipient);
     let header = Header {
         kind,
         sender: sender.verifying_key(),
@@ -261,7 +262,7 @@ pub(crate) fn open(
     header: &Header,
     envelope: &[u8],
 ) -> Option<Bytes> {
-    let sender = PublicKey::from(header.sender.to_montgomery().to_bytes());
+    let sender = x25519_public(&header.sender);
     let cipher = Keys {
         static_static: mine.diffie_hellman(&sender),
         ephemeral_static: mine.diffie_hellman(&PublicKey::from(header.ephemeral)),
@@ -280,11 +281,6 @@ pub(crate) fn open(
         )
         .ok()?;
     Some(body.freeze())
-}
-
-/// The recipient's X25519 secret: the clamped scalar of its ed25519 key.
-pub(crate) fn x25519_secret(key: &SigningKey) -> StaticSecret {
-    StaticSecret::from(key.to_scalar_bytes())
 }
 
 /// The two Diffie-Hellman outputs of one envelope.

@@ -1,0 +1,118 @@
+//! Peers behind NATs: the layer that turns the ways through NATs (`traverse`), the
+//! messages before a connection (`signal`) and the node key (`identity`) into pipes
+//! between two nodes.
+//!
+//! # Path security
+//!
+//! Every path a connect produces (a direct TCP connection or UDP socket, a punched one,
+//! a relay through a TURN server) is a raw [`Pipe`](crate::Pipe). Before it is handed on
+//! it is authenticated both ways by the node keys and, by default, encrypted:
+//!
+//! - The handshake is Noise XX (`Noise_XX_25519_ChaChaPoly_BLAKE2s`) whose static keys
+//!   are the X25519 forms of the two node keys, so a node proves its ed25519 key by
+//!   completing it; each side also sends its ed25519 key, which must be the one the
+//!   Noise static key is the Montgomery form of. The prologue binds the version
+//!   (`p2pipe path v1`) and the protocol. A path that reaches this node itself (a
+//!   peer's private address that is also one of ours) or another node than the one
+//!   expected is refused.
+//! - The data phase seals every packet with ChaCha20-Poly1305 under the keys of that
+//!   handshake, with an explicit 8-byte counter as the nonce and message sequence: a
+//!   sliding window refuses replays on UDP, and on TCP the counters must follow each
+//!   other, so a packet cut out of the stream is noticed. Large messages travel in
+//!   fragments on TCP; on UDP a message is one packet.
+//! - A secure path can move to another raw path with the same peer (a relay replaced by
+//!   a direct path) without the application noticing.
+//!
+//! `handshake` and `secure` are sans-IO cores; `path` is their tokio driver, whose
+//! `initiate`, `respond` and `migrate` the node calls.
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
+mod handshake;
+mod path;
+mod secure;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::identity::NodeId;
+use crate::pipe::EndReason;
+
+pub use path::{PathOptions, SecurePath};
+
+/// Errors of the p2p layer. Messages name nodes and addresses, never key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A pipe under the path failed.
+    #[error(transparent)]
+    Pipe(#[from] crate::pipe::Error),
+    /// The path reached this node itself: a peer's private address that is also one of
+    /// this host's, or a socket that hears its own packets.
+    #[error(
+        "the path reached this node itself (an address of the peer's that is also this host's?)"
+    )]
+    ReachedSelf,
+    /// The path reached another node than the one expected.
+    #[error("expected node {expected}, reached node {reached}")]
+    WrongPeer {
+        /// The node asked for.
+        expected: NodeId,
+        /// The node that answered.
+        reached: NodeId,
+    },
+    /// A handshake message that is not a valid step: malformed, not authentic, out of
+    /// turn, or with a key that does not match its Noise key.
+    #[error("path handshake refused: {0}")]
+    Refused(&'static str),
+    /// A packet of the data phase that cannot be taken (on TCP this ends the path).
+    #[error("bad packet on a secure path: {0}")]
+    BadPacket(&'static str),
+    /// No handshake within the limit.
+    #[error("no path handshake with {} at {addr} within {limit:?}", Who(.expected))]
+    Timeout {
+        /// The node expected, if one is.
+        expected: Option<NodeId>,
+        /// The raw path's peer address.
+        addr: SocketAddr,
+        /// The limit.
+        limit: Duration,
+    },
+    /// A message over the limit of the path.
+    #[error("message of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A raw pipe that cannot carry a path.
+    #[error("raw pipe unfit for a path: {0}")]
+    Unfit(&'static str),
+    /// The raw path ended before the handshake did.
+    #[error("the path ended during the handshake: {0}")]
+    Ended(EndReason),
+    /// The session's counter reached its end: connect again.
+    #[error("the secure path used up its counter: connect again")]
+    Exhausted,
+    /// Moving a secure path to another raw path failed; the old path is kept.
+    #[error("path migration failed: {0}")]
+    Migrate(&'static str),
+    /// The cryptography failed (the system's random source).
+    #[error("path cryptography failed: {0}")]
+    Crypto(&'static str),
+}
+
+/// "node X", or "any node".
+struct Who<'a>(&'a Option<NodeId>);
+
+impl fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "node {id}"),
+            None => f.write_str("any node"),
+        }
+    }
+}
