@@ -96,13 +96,6 @@ impl Hello {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expect {
     /// Any node but this one (a listener: it learns who called).
-    #[cfg_attr(
-        not(any(test, feature = "fuzzing")),
-        expect(
-            dead_code,
-            reason = "the node's listener (p2p::node, written in parallel)"
-        )
-    )]
     Any,
     /// This node only (a punch or a reverse connect, where the peer is known).
     Key(PublicKey),

@@ -175,13 +175,6 @@ impl SecurePath {
 ///
 /// Nothing is left behind: the raw pipe is dropped (and so closed, unless the caller
 /// holds another handle to it).
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the node (p2p::node, written in parallel)"
-    )
-)]
 pub(crate) async fn initiate(
     raw: Pipe,
     identity: &Identity,
@@ -205,13 +198,6 @@ pub(crate) async fn initiate(
 /// # Cancel safety
 ///
 /// As [`initiate`].
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the node (p2p::node, written in parallel)"
-    )
-)]
 pub(crate) async fn respond(
     raw: Pipe,
     identity: &Identity,
@@ -695,7 +681,9 @@ enum Stop {
 }
 
 impl Reader {
-    async fn run(mut self, mut cmds: mpsc::Receiver<Move>, writer: tokio::task::JoinHandle<()>) {
+    async fn run(mut self, cmds: mpsc::Receiver<Move>, writer: tokio::task::JoinHandle<()>) {
+        // `None` once every `Mover` is gone: no migration can come any more.
+        let mut cmds = Some(cmds);
         let stop = loop {
             match self.step(&mut cmds).await {
                 Ok(()) => {}
@@ -732,7 +720,7 @@ impl Reader {
     }
 
     /// One event: a packet, a command, a timer, or the secure pipe's end.
-    async fn step(&mut self, cmds: &mut mpsc::Receiver<Move>) -> Result<(), Stop> {
+    async fn step(&mut self, cmds: &mut Option<mpsc::Receiver<Move>>) -> Result<(), Stop> {
         let read_new = self
             .mig
             .as_ref()
@@ -744,9 +732,12 @@ impl Reader {
         tokio::select! {
             biased;
             () = ended(&mut self.secure_end) => Err(Stop::Closed),
-            cmd = cmds.recv(), if self.mig.is_none() => match cmd {
+            cmd = next_cmd(cmds), if self.mig.is_none() => match cmd {
                 Some(cmd) => self.start(cmd).await,
-                None => std::future::pending().await,
+                None => {
+                    *cmds = None;
+                    Ok(())
+                }
             },
             m = recv_opt(read_new.as_ref()) => match m {
                 Ok(m) => self.on_packet(m.data, true).await,
@@ -1009,6 +1000,15 @@ async fn ended(end: &mut watch::Receiver<Option<EndReason>>) {
     let _ = end.wait_for(Option::is_some).await;
 }
 
+/// The next migration command, `None` when the movers are gone; waits forever once
+/// they are.
+async fn next_cmd(cmds: &mut Option<mpsc::Receiver<Move>>) -> Option<Move> {
+    match cmds {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Receives from `pipe`, or waits forever without one.
 async fn recv_opt(pipe: Option<&Pipe>) -> crate::pipe::Result<crate::Message> {
     match pipe {
@@ -1222,6 +1222,33 @@ mod tests {
                     big.len()
                 );
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_secure_path_carries_messages_both_ways_after_the_commit() {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let (a, b) = raw_pair(proto, "127.0.0.1").await;
+            let (i, r) = secured(a, b).await;
+            // The node keeps only the pipes: the movers go, and the paths work on.
+            let (i, r) = (
+                SecurePath { mover: None, ..i },
+                SecurePath { mover: None, ..r },
+            );
+            let token = [3u8; 16];
+            let (made, kept) = within(async {
+                tokio::join!(
+                    super::super::commit::commit(&i.pipe, &token, LIMIT),
+                    super::super::commit::committed(&r.pipe, &token, LIMIT)
+                )
+            })
+            .await;
+            assert_eq!((made, kept), (Ok(()), Ok(())), "{proto}");
+            i.pipe.send(b"after").await.unwrap();
+            let m = within(r.pipe.recv()).await.unwrap();
+            assert_eq!(&m.data[..], b"after", "{proto}");
+            r.pipe.send(b"back").await.unwrap();
+            assert_eq!(&within(i.pipe.recv()).await.unwrap().data[..], b"back");
         }
     }
 
