@@ -6,24 +6,18 @@
 //! the NAT fields unknown, after a warning.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use p2pipe::addr::AddrClass;
 use p2pipe::dns;
-use p2pipe::identity::{self, FamilyEntry, InterfaceEntry, LocalAddr, NodeId, PeerRecord};
+use p2pipe::identity::{self, NodeId, PeerRecord};
 use p2pipe::iface::Interface;
 use p2pipe::nat::NatReport;
+use p2pipe::p2p;
 use p2pipe::Af;
 
 use super::nat::{self, Outcome};
 use super::servers::{self, Source};
-
-/// Most interfaces a record names here, and addresses per interface and family: the
-/// text form must stay within `identity::MAX_RECORD_TEXT`.
-const MAX_INTERFACES: usize = 8;
-const MAX_ADDRS: usize = 4;
 
 /// Arguments of `p2pipe addr`.
 #[derive(Debug, clap::Args)]
@@ -66,7 +60,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (me, _, _) = super::id::identity(args.key_file)?;
     let nics = Interface::list()?;
     let reports = nat_reports(&stun).await;
-    let entries = interface_entries(&nics, &reports, args.port);
+    let entries = p2p::interface_entries(&nics, &[], &reports, args.port, &[]);
     let mut builder = PeerRecord::builder();
     for e in entries {
         builder = builder.interface(e);
@@ -115,71 +109,6 @@ async fn nat_reports(stun: &[String]) -> Vec<(Af, NatReport)> {
         }
     }
     reports
-}
-
-/// One entry per interface that is up and not loopback, or that sent the STUN tests,
-/// with its usable addresses (at most [`MAX_ADDRS`] per family) and `port`; a NAT report
-/// goes to the interface that holds its local address.
-fn interface_entries(
-    nics: &[Interface],
-    reports: &[(Af, NatReport)],
-    port: u16,
-) -> Vec<InterfaceEntry> {
-    let tested: Vec<IpAddr> = reports
-        .iter()
-        .filter_map(|(_, r)| r.local.map(|l| l.ip()))
-        .collect();
-    // Loopback and the like reach nobody else, unless the tests went out from them.
-    let usable = |ip: &IpAddr| {
-        tested.contains(ip)
-            || !matches!(
-                p2pipe::addr::classify(*ip),
-                AddrClass::Loopback | AddrClass::Unspecified | AddrClass::Multicast
-            )
-    };
-    let mut entries = Vec::new();
-    for nic in nics {
-        let v4 = nic.v4.iter().map(|a| IpAddr::from(a.ip));
-        let v6 = nic.v6.iter().map(|a| IpAddr::from(a.ip));
-        let ips: Vec<IpAddr> = v4.chain(v6).filter(usable).collect();
-        let wanted = nic.flags.up && !nic.flags.loopback;
-        if ips.is_empty() || !(wanted || ips.iter().any(|ip| tested.contains(ip))) {
-            continue;
-        }
-        let families: Vec<FamilyEntry> = [Af::V4, Af::V6]
-            .into_iter()
-            .filter_map(|af| {
-                let mine: Vec<IpAddr> = ips.iter().copied().filter(|ip| Af::of(ip) == af).collect();
-                let report = reports
-                    .iter()
-                    .find(|(raf, r)| *raf == af && r.local.is_some_and(|l| mine.contains(&l.ip())));
-                (!mine.is_empty()).then(|| family_entry(af, &mine, port, report.map(|(_, r)| r)))
-            })
-            .collect();
-        entries.push(InterfaceEntry {
-            name: nic.name.clone(),
-            families,
-        });
-    }
-    entries.truncate(MAX_INTERFACES);
-    entries
-}
-
-fn family_entry(af: Af, ips: &[IpAddr], port: u16, report: Option<&NatReport>) -> FamilyEntry {
-    let mut f = FamilyEntry::new(af);
-    f.local = ips
-        .iter()
-        .take(MAX_ADDRS)
-        .map(|ip| LocalAddr::new(SocketAddr::new(*ip, port)))
-        .collect();
-    if let Some(r) = report {
-        f.external = r.external;
-        f.nat_type = r.nat_type;
-        f.mapping = r.mapping;
-        f.filtering = r.filtering;
-        f.port_allocation = r.port_allocation;
-    }
-    f
 }
 
 /// The stderr summary: the node, each interface's addresses and NAT, the brokers.
