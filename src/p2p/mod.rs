@@ -1,6 +1,33 @@
-//! Peers behind NATs: the layer that turns the ways through NATs (`traverse`), the
-//! messages before a connection (`signal`) and the node key (`identity`) into pipes
-//! between two nodes.
+//! Peers behind NATs: a [`Node`] that reaches any peer whose signed address it holds,
+//! whatever NATs lie between them, and is reached the same way. This layer turns the
+//! ways through NATs (`traverse`), the messages before a connection (`signal`) and the
+//! node key (`identity`) into pipes between two nodes.
+//!
+//! ```no_run
+//! use p2pipe::identity::Identity;
+//! use p2pipe::p2p::Node;
+//! use p2pipe::Proto;
+//! # async fn demo(peer: p2pipe::identity::PeerRecord) -> Result<(), p2pipe::p2p::Error> {
+//! let node = Node::builder(Identity::generate())
+//!     .signal("mqtt://203.0.113.20:1883")
+//!     .stun("203.0.113.10:3478".parse().unwrap())
+//!     .start()
+//!     .await?;
+//! println!("reach me at {}", node.record().to_text());
+//! let conn = node.connect(&peer, Proto::Udp).await?;
+//! println!("{}", conn.report);
+//! conn.pipe.send(b"hello").await.ok();
+//! node.stop(std::time::Duration::from_secs(2)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Connecting
+//!
+//! A connect races the strategies ([`Strategy`]): direct, reverse, port mapping, hole
+//! punching and the relay. The first path authenticated by the peer's key wins; the
+//! connecting node commits it, and only a committed path reaches the other node's
+//! [`Node::accept`]. Each connect returns a [`Report`] of what each strategy did.
+//! `docs/connect.md` describes it all.
 //!
 //! # Path security
 //!
@@ -26,11 +53,22 @@
 //! `handshake` and `secure` are sans-IO cores; `path` is their tokio driver, whose
 //! `initiate`, `respond` and `migrate` the node calls.
 
+mod come;
+mod commit;
+mod connect;
+mod direct;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
+mod gather;
 mod handshake;
+mod inbound;
+mod node;
 mod path;
+mod punch;
+mod relay;
+mod report;
+mod request;
 mod secure;
 
 use std::fmt;
@@ -40,12 +78,41 @@ use std::time::Duration;
 use crate::identity::NodeId;
 use crate::pipe::EndReason;
 
-pub use path::{PathOptions, SecurePath};
+pub use connect::{ConnectOptions, Connection};
+pub use gather::{interface_entries, offerable, MAX_ADDRS, MAX_INTERFACES};
+pub use node::{Arrival, Builder, Node, StopReport};
+pub use report::{Attempt, Outcome, Report, Strategy};
 
 /// Errors of the p2p layer. Messages name nodes and addresses, never key material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The node could not start: no address to listen on, a record that cannot be
+    /// signed.
+    #[error("{0}")]
+    Setup(String),
+    /// Signalling failed (no broker subscribed at start).
+    #[error(transparent)]
+    Signal(#[from] crate::signal::Error),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::Error),
+    /// No strategy made a path within the connect's limit; the report says why, per
+    /// strategy.
+    #[error("{0}")]
+    Unreachable(Box<Report>),
+    /// The address is this node's own.
+    #[error("that address is this node's own")]
+    NotAPeer,
+    /// The peer's address record has expired.
+    #[error("the address of {peer} has expired: ask it for a fresh one")]
+    Expired {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A connect request or answer that does not parse.
+    #[error("malformed connect message: {0}")]
+    Malformed(&'static str),
     /// A pipe under the path failed.
     #[error(transparent)]
     Pipe(#[from] crate::pipe::Error),

@@ -50,7 +50,7 @@ pub(crate) async fn initiate(
     peer: &PublicKey,
     offer: Offer,
     deadline: tokio::time::Instant,
-    timed_out: &dyn Fn() -> Error,
+    timed_out: &(dyn Fn() -> Error + Sync),
 ) -> Result<Agreement, Error> {
     let id = NodeId::from_key(peer);
     let initiator = Initiator::new(id, offer, Instant::now());
@@ -81,7 +81,7 @@ pub(crate) async fn respond(
     offer: &DeliveredRequest,
     mine: Mine,
     deadline: tokio::time::Instant,
-    timed_out: &dyn Fn() -> Error,
+    timed_out: &(dyn Fn() -> Error + Sync),
 ) -> Result<Agreement, Error> {
     let id = NodeId::from_key(&offer.from);
     let responder = Responder::new(

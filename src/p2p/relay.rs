@@ -1,0 +1,243 @@
+//! Through a TURN relay. Over UDP both nodes allocate (each reaching the server over UDP,
+//! or over TCP when its NAT blocks UDP) and send to each other's relayed address; over
+//! TCP the answering node allocates a TCP relay (RFC 6062), lets the asking node's
+//! public address in, and the asking node connects to the relayed address. Each
+//! allocation lives as long as its path, and is deleted when the path ends or the node
+//! stops.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::direct::secs;
+use super::handshake::Expect;
+use super::node::{raw_config, Inner};
+use super::path::SecurePath;
+use super::report::Strategy;
+use super::request::{Answer, Request};
+use crate::identity::{NodeId, PublicKey};
+use crate::nat::NatType;
+use crate::pipe::Pipe;
+use crate::signal::DeliveredRequest;
+use crate::traverse::turn::{transport_for, Relay, Transport, TurnServer};
+use crate::{Af, PipeConfig, Proto};
+
+/// The reason given when no TURN server is configured.
+pub(crate) const NO_RELAY: &str = "no relay is configured";
+
+/// How this node reaches the TURN server: over TCP if its NAT blocks UDP.
+fn transport(inner: &Inner) -> Transport {
+    transport_for(inner.v4.nat.nat_type.unwrap_or(NatType::Open))
+}
+
+/// Relays a path to `peer` over `proto` and authenticates it as the initiator; all
+/// within `limit`.
+pub(crate) async fn connect(
+    inner: &Arc<Inner>,
+    peer: &PublicKey,
+    proto: Proto,
+    limit: Duration,
+) -> Result<SecurePath, String> {
+    let server = inner.settings.turn.first().ok_or(NO_RELAY)?;
+    let signaller = inner
+        .signaller
+        .as_ref()
+        .ok_or("no signalling broker is configured")?;
+    let token = Inner::token();
+    let work = async {
+        match proto {
+            Proto::Udp => {
+                let relay = allocate(inner, server, false, limit).await?;
+                let request = Request::Relay {
+                    token,
+                    proto,
+                    relayed: Some(relay.relayed_addr()),
+                    public: Vec::new(),
+                };
+                let theirs = ask(signaller, peer, &request, limit).await?;
+                let raw = relay.pipe(theirs).await.map_err(|e| e.to_string())?;
+                let path = inner
+                    .initiate(raw.clone(), peer, Strategy::Relay, token)
+                    .await?;
+                keep(inner, relay, raw);
+                Ok(path)
+            }
+            Proto::Tcp => {
+                let public = public_addrs(inner, server, limit).await?;
+                let request = Request::Relay {
+                    token,
+                    proto,
+                    relayed: None,
+                    public,
+                };
+                let theirs = ask(signaller, peer, &request, limit).await?;
+                let raw =
+                    Pipe::connect_with(Proto::Tcp, theirs, &raw_config().connect_timeout(limit))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                inner.initiate(raw, peer, Strategy::Relay, token).await
+            }
+        }
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no relayed path within {}", secs(limit))))
+}
+
+/// Sends a relay request and returns the peer's relayed address.
+async fn ask(
+    signaller: &crate::signal::Signaller,
+    peer: &PublicKey,
+    request: &Request,
+    limit: Duration,
+) -> Result<SocketAddr, String> {
+    let answer = signaller
+        .request(peer, &request.to_bytes(), limit)
+        .await
+        .map_err(|e| format!("the peer did not answer over signalling: {e}"))?;
+    match Answer::parse(&answer).map_err(|e| e.to_string())? {
+        Answer::Accepted { relayed: Some(a) } => Ok(a),
+        Answer::Accepted { relayed: None } => {
+            Err("the peer accepted without a relayed address".into())
+        }
+        Answer::Refused { reason } => Err(format!("the peer refused: {reason}")),
+    }
+}
+
+/// Allocates on `server`: a UDP relay reached by this node's transport, or a TCP relay
+/// (RFC 6062, over TCP) whose pipes carry path frames.
+async fn allocate(
+    inner: &Inner,
+    server: &TurnServer,
+    tcp_relay: bool,
+    limit: Duration,
+) -> Result<Relay, String> {
+    let (transport, cfg) = match tcp_relay {
+        true => (Transport::Tcp, raw_config()),
+        false => (transport(inner), PipeConfig::default()),
+    };
+    Relay::allocate_with(server, transport, tcp_relay, limit, &cfg)
+        .await
+        .map_err(|e| format!("cannot allocate a relay: {e}"))
+}
+
+/// The public IPv4 addresses this node connects from: what STUN saw, or else what the
+/// TURN server sees over TCP.
+async fn public_addrs(
+    inner: &Inner,
+    server: &TurnServer,
+    limit: Duration,
+) -> Result<Vec<SocketAddr>, String> {
+    if let Some(ext) = inner.v4.external {
+        return Ok(vec![SocketAddr::new(ext.ip(), 0)]);
+    }
+    let local = inner
+        .listening_on(Af::V4)
+        .map(|a| SocketAddr::new(a.ip(), 0));
+    let answer = crate::stun::tcp::binding(server.tcp, local, None, limit)
+        .await
+        .map_err(|e| format!("this node's public address is unknown: {e}"))?;
+    let mapped = answer
+        .response
+        .mapped
+        .ok_or("this node's public address is unknown: the server did not say it")?;
+    Ok(vec![SocketAddr::new(mapped.ip(), 0)])
+}
+
+/// Holds `relay` while `raw` lives; deletes the allocation when it ends or the node
+/// stops.
+fn keep(inner: &Arc<Inner>, relay: Relay, raw: Pipe) {
+    let node = inner.clone();
+    inner.tasks.spawn(async move {
+        // Watched, not read: the path reads the raw pipe.
+        let mut end = raw.end_watch();
+        tokio::select! {
+            _ = async { end.wait_for(Option::is_some).await.map(drop) } => {}
+            () = node.stopping.cancelled() => {}
+        }
+        raw.close().await;
+        match relay.close().await {
+            Ok(()) => {
+                node.relays_closed.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(e) => tracing::info!(error = %e, "a relay allocation was not deleted; it expires"),
+        }
+    });
+}
+
+/// Answers a relay request from `request.from`: allocates, lets the peer in, answers
+/// with the relayed address, and authenticates the path as the responder.
+pub(crate) async fn answer(inner: &Arc<Inner>, request: &DeliveredRequest, parsed: Request) {
+    let Request::Relay {
+        proto,
+        relayed,
+        public,
+        ..
+    } = parsed
+    else {
+        return;
+    };
+    let signaller = inner.signaller.as_ref().expect("started with signalling");
+    let peer = NodeId::from_key(&request.from);
+    let limit = inner.settings.limits.turn;
+    let Some(server) = inner.settings.turn.first() else {
+        let refusal = Answer::refused(format!("the peer has {NO_RELAY}"));
+        let _ = signaller.respond(request, &refusal.to_bytes()).await;
+        return;
+    };
+    let made = async {
+        let relay = allocate(inner, server, proto == Proto::Tcp, limit).await?;
+        let udp_pipe = match (proto, relayed) {
+            (Proto::Udp, Some(theirs)) => {
+                Some(relay.pipe(theirs).await.map_err(|e| e.to_string())?)
+            }
+            (Proto::Udp, None) => {
+                return Err("a udp relay request without a relayed address".to_string())
+            }
+            (Proto::Tcp, _) => {
+                for p in &public {
+                    relay.permit(*p).await.map_err(|e| e.to_string())?;
+                }
+                None
+            }
+        };
+        Ok((relay, udp_pipe))
+    };
+    let (relay, udp_pipe) = match made.await {
+        Ok(x) => x,
+        Err(reason) => {
+            tracing::info!(%peer, %reason, "relay request refused");
+            let refusal = Answer::refused(reason);
+            let _ = signaller.respond(request, &refusal.to_bytes()).await;
+            return;
+        }
+    };
+    let accepted = Answer::Accepted {
+        relayed: Some(relay.relayed_addr()),
+    };
+    if signaller
+        .respond(request, &accepted.to_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let raw = match udp_pipe {
+        Some(raw) => raw,
+        None => match relay.accept_tcp().await {
+            Ok((raw, _)) => raw,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "the peer did not connect to the relay");
+                return;
+            }
+        },
+    };
+    match inner.respond(raw.clone(), Expect::Key(request.from)).await {
+        Ok(path) => {
+            keep(inner, relay, raw);
+            inner.deliver(path, Strategy::Relay, proto).await;
+        }
+        Err(reason) => tracing::info!(%peer, %reason, "relayed path refused"),
+    }
+}
