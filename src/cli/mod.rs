@@ -1,12 +1,15 @@
 //! The `p2pipe` command: parsing, logging, and one module per subcommand.
 
 mod addr;
+mod connect;
 mod echo;
 mod fetch;
 mod id;
 mod interfaces;
+mod listen;
 mod map;
 mod nat;
+mod node;
 mod search;
 mod servers;
 mod share;
@@ -54,6 +57,12 @@ enum Command {
     /// Print this node's signed address record: interfaces, NAT behaviour per family,
     /// signalling brokers.
     Addr(addr::Args),
+    /// Run a P2P node: print its signed address, then echo every path that reaches it
+    /// (TCP and UDP), until Ctrl-C or SIGTERM.
+    Listen(listen::Args),
+    /// Connect to a node by its signed address, racing every strategy (direct,
+    /// reverse, punch, upnp, relay), send it messages and check their echoes.
+    Connect(connect::Args),
 }
 
 /// Logs to stderr: warnings by default, info for p2pipe itself in a long-running node
@@ -77,7 +86,10 @@ fn init_logging(verbose: u8, long_running: bool) {
 /// Parses the command line and runs the subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, matches!(cli.command, Command::Share(_)));
+    init_logging(
+        cli.verbose,
+        matches!(cli.command, Command::Share(_) | Command::Listen(_)),
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -100,6 +112,8 @@ pub fn main() -> ExitCode {
             Command::Id(args) => id::run(args).await,
             Command::Addr(args) => addr::run(args).await,
             Command::Map(args) => map::run(args).await,
+            Command::Listen(args) => listen::run(args).await,
+            Command::Connect(args) => connect::run(args).await,
         }
     });
     match result {

@@ -16,6 +16,7 @@ mod lab;
 mod load;
 mod mesh;
 mod mosquitto;
+mod p2p;
 mod pipe;
 mod punch;
 mod signal;

@@ -45,6 +45,7 @@ mod filer;
 mod mapping;
 mod nat;
 pub mod natdiscovery;
+mod p2p;
 mod peers;
 mod punch;
 mod services;

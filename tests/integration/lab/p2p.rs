@@ -1,0 +1,420 @@
+//! `p2pipe listen` and `p2pipe connect` between two peers behind two real kernel NATs,
+//! as a user runs them: the listener prints its signed address, the connector races
+//! every strategy through the lab's mosquitto, coturn (STUN and TURN) and routers, and
+//! prints one JSON object. `every_pair_of_kinds_connects` (ignored; run by
+//! `scripts/traversal-tables connect`) is the whole matrix, written to
+//! `target/traversal/connect.md`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+
+use serde_json::Value;
+
+use super::{lab_or_skip, Lab, NatKind, LAB_T};
+use crate::support::spawn_guard_blocking;
+
+/// The port both nodes listen on: the same on both private LANs, so that dialling the
+/// other's LAN address reaches yourself.
+const PORT: &str = "4000";
+
+/// The options of a node in peer `n`'s namespace: its IPv4 address only (the lab routes
+/// IPv6 without a NAT, and the kinds are IPv4's), the lab's broker and STUN server, a
+/// key file of its own, and the TURN server when `relay`.
+fn node_args(lab: &Lab, dir: &Path, n: usize, relay: bool) -> Vec<String> {
+    let mut args = vec![
+        "--bind".to_string(),
+        lab.peer_ip(n).to_string(),
+        "--signal".into(),
+        format!("mqtt://{}", lab.broker()),
+        "--stun".into(),
+        lab.stun_primary().to_string(),
+        "--key-file".into(),
+        dir.join(format!("node{n}.key")).display().to_string(),
+        "--port".into(),
+        PORT.into(),
+    ];
+    if relay {
+        let t = lab.turn();
+        args.push("--turn".into());
+        args.push(format!("turn://{}:{}@{}", t.user, t.password, t.udp));
+    }
+    args
+}
+
+/// A `p2pipe listen` running in a peer's namespace.
+struct Listener {
+    child: Child,
+    /// The signed address it printed first.
+    addr: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Listener {
+    /// Starts `p2pipe listen` in peer `n`'s namespace and waits for its address.
+    fn start(lab: &Lab, n: usize, args: &[String]) -> Listener {
+        let mut cmd = Command::new(which_ip());
+        cmd.args([
+            "netns",
+            "exec",
+            lab.ns_peer(n),
+            env!("CARGO_BIN_EXE_p2pipe"),
+            "listen",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = {
+            let _guard = spawn_guard_blocking();
+            cmd.spawn().expect("spawn p2pipe listen")
+        };
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("piped");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let out = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            let _ = tx.send(lines.next());
+            // Keep reading, so that the listener never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let first = rx.recv_timeout(LAB_T);
+        let addr = match first {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "no address from p2pipe listen: {other:?}\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Listener {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Stops it with SIGTERM; its exit status and what it wrote to stderr.
+    fn stop(mut self) -> (ExitStatus, String) {
+        // SAFETY: the child has not been reaped, so its pid still names it.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let (tx, rx) = mpsc::channel();
+        let mut child = std::mem::replace(&mut self.child, dummy());
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = rx
+            .recv_timeout(LAB_T)
+            .expect("p2pipe listen stops within the limit after SIGTERM")
+            .expect("wait");
+        (status, self.stderr.lock().unwrap().clone())
+    }
+}
+
+/// A finished child, to leave in a listener that has been stopped.
+fn dummy() -> Child {
+    let mut c = Command::new("true").spawn().expect("spawn true");
+    let _ = c.wait();
+    c
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which_ip() -> PathBuf {
+    crate::support::which("ip").unwrap_or_else(|| "ip".into())
+}
+
+/// What `p2pipe connect` printed, and its exit status.
+struct Connected {
+    json: Value,
+    ok: bool,
+    stderr: String,
+}
+
+/// Runs `p2pipe connect ADDR --json` in peer `n`'s namespace.
+fn connect(lab: &Lab, n: usize, addr: &str, args: &[String], extra: &[&str]) -> Connected {
+    let mut all: Vec<&str> = vec!["connect", addr];
+    all.extend(args.iter().map(String::as_str));
+    all.extend_from_slice(extra);
+    all.push("--json");
+    let exec = lab.exec_for(lab.ns_peer(n), LAB_T, env!("CARGO_BIN_EXE_p2pipe"), &all);
+    let stdout = String::from_utf8_lossy(&exec.output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&exec.output.stderr).to_string();
+    assert!(!exec.timed_out, "p2pipe connect timed out\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one line on stdout: {stdout:?}\n{stderr}"
+    );
+    let json: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let ok = exec.output.status.success();
+    assert_eq!(
+        json["ok"].as_bool(),
+        Some(ok),
+        "exit status and ok agree: {json}"
+    );
+    Connected { json, ok, stderr }
+}
+
+/// The outcome of `strategy` in a connect's `tried` list.
+fn outcome<'a>(json: &'a Value, strategy: &str) -> Option<&'a str> {
+    json["tried"]
+        .as_array()?
+        .iter()
+        .find(|t| t["strategy"] == strategy)
+        .and_then(|t| t["outcome"].as_str())
+}
+
+/// The keys of the one JSON object, whatever happened.
+const KEYS: [&str; 9] = [
+    "ok",
+    "peer",
+    "proto",
+    "strategy",
+    "local",
+    "remote",
+    "connect_ms",
+    "rtt_ms",
+    "tried",
+];
+
+fn check_shape(json: &Value) {
+    let obj = json.as_object().expect("an object");
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut want = KEYS.to_vec();
+    want.sort_unstable();
+    assert_eq!(keys, want, "{json}");
+}
+
+#[test]
+fn two_port_restricted_peers_connect_over_tcp_and_udp_and_echo_with_the_exact_json() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .peers(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone)
+        .build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = Listener::start(&lab, 2, &node_args(&lab, dir.path(), 2, false));
+    assert!(listener.addr.starts_with("p2pipe1:"), "{}", listener.addr);
+    let args = node_args(&lab, dir.path(), 1, false);
+    for proto in ["tcp", "udp"] {
+        let c = connect(&lab, 1, &listener.addr, &args, &["--proto", proto]);
+        check_shape(&c.json);
+        assert!(c.ok, "{proto}: {}\n{}", c.json, c.stderr);
+        assert_eq!(c.json["proto"], proto);
+        assert_eq!(c.json["strategy"], "punch", "{}", c.json);
+        assert_eq!(outcome(&c.json, "punch"), Some("connected"));
+        assert!(
+            c.json["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+            "{}",
+            c.json
+        );
+        let peer = c.json["peer"].as_str().expect("the peer's node id");
+        assert!(listener.addr.len() > peer.len());
+        // The direct attempt at the shared private address reached the connector's
+        // own host, and was refused there.
+        let direct = outcome(&c.json, "direct").unwrap_or_default();
+        assert!(
+            direct.starts_with("failed") || direct.starts_with("cancelled"),
+            "{direct}"
+        );
+    }
+    let (status, stderr) = listener.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    for arrival in ["over tcp by punch", "over udp by punch"] {
+        assert!(
+            stderr.contains(arrival),
+            "{arrival:?} not logged:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn two_symmetric_peers_connect_through_the_relay_and_without_one_are_told_why() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .peers(NatKind::Symmetric, NatKind::Symmetric)
+        .build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = Listener::start(&lab, 2, &node_args(&lab, dir.path(), 2, true));
+    for proto in ["udp", "tcp"] {
+        let c = connect(
+            &lab,
+            1,
+            &listener.addr,
+            &node_args(&lab, dir.path(), 1, true),
+            &["--proto", proto],
+        );
+        assert!(c.ok, "{proto}: {}\n{}", c.json, c.stderr);
+        assert_eq!(c.json["strategy"], "relay", "{}", c.json);
+        let punch = outcome(&c.json, "punch").unwrap_or_default();
+        assert!(punch.contains("unpredictable"), "{punch}");
+    }
+    let c = connect(
+        &lab,
+        1,
+        &listener.addr,
+        &node_args(&lab, dir.path(), 1, false),
+        &["--proto", "udp"],
+    );
+    check_shape(&c.json);
+    assert!(!c.ok, "{}", c.json);
+    assert_eq!(c.json["strategy"], Value::Null);
+    assert_eq!(
+        outcome(&c.json, "relay"),
+        Some("skipped: no relay is configured")
+    );
+    assert!(c.stderr.contains("unpredictable"), "{}", c.stderr);
+}
+
+#[test]
+fn only_the_direct_strategy_to_the_shared_private_address_is_refused_as_this_node_itself() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .peers(NatKind::FullCone, NatKind::FullCone)
+        .build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = Listener::start(&lab, 2, &node_args(&lab, dir.path(), 2, false));
+    let args = node_args(&lab, dir.path(), 1, false);
+    let c = connect(&lab, 1, &listener.addr, &args, &["--strategy", "direct"]);
+    assert!(!c.ok, "{}", c.json);
+    let direct = outcome(&c.json, "direct").unwrap_or_default();
+    assert!(direct.contains("itself"), "{direct}");
+    assert_eq!(
+        c.json["tried"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        c.json
+    );
+}
+
+/// What one connect in the matrix gave: the winning strategy and the time to connect,
+/// or the reason it failed.
+fn cell_of(c: &Connected) -> Result<(String, f64), String> {
+    if c.ok {
+        let strategy = c.json["strategy"].as_str().unwrap_or("?").to_string();
+        Ok((strategy, c.json["connect_ms"].as_f64().unwrap_or(f64::NAN)))
+    } else {
+        Err(c
+            .stderr
+            .lines()
+            .last()
+            .unwrap_or("failed")
+            .trim()
+            .to_string())
+    }
+}
+
+/// Whether part 2's theory says `a` can reach `b` over `proto` without a relay.
+fn works_without_relay(a: NatKind, b: NatKind, proto: &str) -> bool {
+    use p2pipe::traverse::punch::tcp::tcp_feasibility;
+    use p2pipe::traverse::punch::{udp_feasibility, NatSummary};
+    match proto {
+        "udp" => udp_feasibility(
+            &NatSummary::of_type(a.nat_type()),
+            &NatSummary::of_type(b.nat_type()),
+        )
+        .is_ok(),
+        _ => tcp_feasibility(
+            &super::tcppunch::tcp_summary(a),
+            &super::tcppunch::tcp_summary(b),
+        )
+        .is_ok(),
+    }
+}
+
+/// One pair's four connects (TCP and UDP, with a relay and without), in a fresh lab;
+/// the cells and what contradicts the theory.
+fn pair_cells(a: NatKind, b: NatKind) -> ([String; 2], Vec<String>) {
+    let lab = Lab::builder().peers(a, b).build();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = Listener::start(&lab, 2, &node_args(&lab, dir.path(), 2, true));
+    let mut wrong = Vec::new();
+    let cells = ["tcp", "udp"].map(|proto| {
+        let mut parts = Vec::new();
+        for relay in [true, false] {
+            let args = node_args(&lab, dir.path(), 1, relay);
+            let c = connect(&lab, 1, &listener.addr, &args, &["--proto", proto]);
+            let expected = relay || works_without_relay(a, b, proto);
+            let got = cell_of(&c);
+            if got.is_ok() != expected {
+                wrong.push(format!(
+                    "{a} -> {b} over {proto}, relay {relay}: {}",
+                    c.json
+                ));
+            }
+            parts.push(match got {
+                Ok((s, ms)) => format!("{s} {ms:.0} ms"),
+                Err(_) => "cannot".to_string(),
+            });
+        }
+        parts.join(" / ")
+    });
+    drop(listener);
+    (cells, wrong)
+}
+
+/// The matrix's cells: per ordered pair, the TCP and the UDP cell.
+type Cells = std::collections::HashMap<(NatKind, NatKind), [String; 2]>;
+
+#[test]
+#[ignore = "every ordered pair of kinds, TCP and UDP, with and without a relay: 49 labs; run by scripts/traversal-tables p2p"]
+fn every_pair_of_kinds_matches_the_table() {
+    lab_or_skip!();
+    let pairs: Vec<(NatKind, NatKind)> = NatKind::ALL
+        .iter()
+        .flat_map(|&a| NatKind::ALL.iter().map(move |&b| (a, b)))
+        .collect();
+    let cells: Arc<Mutex<Cells>> = Arc::default();
+    let wrong: Arc<Mutex<Vec<String>>> = Arc::default();
+    let queue = Arc::new(Mutex::new(pairs));
+    // Three labs at a time: each is mostly waiting.
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let (queue, cells, wrong) = (queue.clone(), cells.clone(), wrong.clone());
+            super::spawn_bounded(format!("p2p matrix {i}"), move || loop {
+                let Some((a, b)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let (c, w) = pair_cells(a, b);
+                cells.lock().unwrap().insert((a, b), c);
+                wrong.lock().unwrap().extend(w);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join_within(std::time::Duration::from_secs(3600));
+    }
+    let cells = cells.lock().unwrap();
+    let mut md = String::new();
+    for (i, proto) in ["tcp", "udp"].iter().enumerate() {
+        md += &format!("\n**{proto}** (A connects to B; with a relay / without):\n\n");
+        md += &super::pair_table(|a, b| cells[&(a, b)][i].clone());
+    }
+    super::write_traversal_table("p2p", &md);
+    let wrong = wrong.lock().unwrap();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -1,0 +1,181 @@
+//! P2P nodes on loopback, with a real mosquitto for signalling and a real coturn for
+//! the relay: each strategy on its own, the race, what arrives at the other node, the
+//! report, replayed requests, and stopping. The same across NATs is in `lab::p2p`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use p2pipe::identity::Identity;
+use p2pipe::p2p::{ConnectOptions, Error, Node, Outcome, Strategy};
+use p2pipe::traverse::turn::TurnServer;
+use p2pipe::{Pipe, Proto};
+
+use crate::coturn::Coturn;
+use crate::mosquitto::Mosquitto;
+use crate::support::{loopbacks, within, T};
+
+/// A node on `ip` signalling through `broker`, relaying through `turn` if given.
+async fn node(seed: u8, ip: IpAddr, broker: &Mosquitto, turn: Option<TurnServer>) -> Node {
+    let mut b = Node::builder(Identity::from_seed([seed; 32]))
+        .bind(ip)
+        .signal(broker.url());
+    if let Some(t) = turn {
+        b = b.turn(t);
+    }
+    within(b.start()).await.expect("the node starts")
+}
+
+/// Only `s`, with the relay started at once.
+fn only(s: Strategy) -> ConnectOptions {
+    ConnectOptions {
+        strategies: vec![s],
+        fast: true,
+        ..ConnectOptions::default()
+    }
+}
+
+/// A message each way: `a` sends, `b` echoes.
+async fn echo_through(a: &Pipe, b: &Pipe, what: &str) {
+    within(a.send(what.as_bytes())).await.expect("sent");
+    let got = within(b.recv()).await.expect("arrived");
+    assert_eq!(&got.data[..], what.as_bytes());
+    within(b.send(&got.data)).await.expect("echoed");
+    let back = within(a.recv()).await.expect("echo arrived");
+    assert_eq!(&back.data[..], what.as_bytes());
+}
+
+#[tokio::test]
+async fn two_nodes_connect_by_every_strategy_alone_over_tcp_and_udp_and_the_peer_learns_who_and_how(
+) {
+    const TEST: &str = "p2p::two_nodes_connect_by_every_strategy_alone";
+    for ip in loopbacks(TEST) {
+        let Some(broker) = Mosquitto::start(TEST, ip).await else {
+            return;
+        };
+        let Some(coturn) = Coturn::start(TEST, ip).await else {
+            return;
+        };
+        let a = node(1, ip, &broker, Some(coturn.server())).await;
+        let b = node(2, ip, &broker, Some(coturn.server())).await;
+        for strategy in [
+            Strategy::Direct,
+            Strategy::Reverse,
+            Strategy::Punch,
+            Strategy::Relay,
+        ] {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                let at = format!("{strategy} over {proto} on {ip}");
+                let conn = within(a.connect_with(b.record(), proto, &only(strategy)))
+                    .await
+                    .unwrap_or_else(|e| panic!("{at}: {e}"));
+                assert_eq!(conn.report.winner, Some(strategy), "{at}: {}", conn.report);
+                assert_eq!(conn.peer, b.record().public_key().to_owned(), "{at}");
+                let arrival = within(b.accept()).await.expect("an arrival");
+                assert_eq!(arrival.node_id(), a.node_id(), "{at}");
+                assert_eq!((arrival.strategy, arrival.proto), (strategy, proto), "{at}");
+                echo_through(&conn.pipe, &arrival.pipe, &format!("hello by {at}")).await;
+                echo_through(&arrival.pipe, &conn.pipe, "and back").await;
+                conn.pipe.close().await;
+            }
+        }
+        let stopped = within(a.stop(T)).await;
+        assert!(stopped.signalling_stopped);
+        assert!(stopped.relays_closed >= 1, "{stopped:?}");
+        within(b.stop(T)).await;
+        assert!(
+            within(b.accept()).await.is_none(),
+            "b still accepts after stop"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_race_takes_the_direct_path_on_one_host_and_cancels_the_rest() {
+    const TEST: &str = "p2p::the_race_takes_the_direct_path";
+    let ip = crate::support::V4;
+    let Some(broker) = Mosquitto::start(TEST, ip).await else {
+        return;
+    };
+    let a = node(3, ip, &broker, None).await;
+    let b = node(4, ip, &broker, None).await;
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let conn = within(a.connect(b.record(), proto))
+            .await
+            .expect("connected");
+        let r = &conn.report;
+        assert!(
+            matches!(
+                r.winner,
+                Some(Strategy::Direct | Strategy::Reverse | Strategy::Punch)
+            ),
+            "{r}"
+        );
+        assert_eq!(
+            r.attempt(Strategy::Relay).map(|a| &a.outcome),
+            Some(&Outcome::Skipped("no relay is configured".into())),
+            "{r}"
+        );
+        let connected = r
+            .tried
+            .iter()
+            .filter(|a| a.outcome == Outcome::Connected)
+            .count();
+        assert_eq!(connected, 1, "{r}");
+        assert!(r.path.is_some(), "{r}");
+        let arrival = within(b.accept()).await.expect("an arrival");
+        echo_through(&conn.pipe, &arrival.pipe, "raced").await;
+    }
+    within(a.stop(T)).await;
+    within(b.stop(T)).await;
+}
+
+#[tokio::test]
+async fn a_connect_with_no_way_fails_with_a_report_that_says_why_per_strategy() {
+    const TEST: &str = "p2p::a_connect_with_no_way_fails";
+    let ip = crate::support::V4;
+    let Some(broker) = Mosquitto::start(TEST, ip).await else {
+        return;
+    };
+    let b = node(6, ip, &broker, None).await;
+    let record = b.record().clone();
+    within(b.stop(T)).await;
+    // A node without signalling, to a node that has gone.
+    let a = within(Node::builder(Identity::from_seed([5; 32])).bind(ip).start())
+        .await
+        .expect("started");
+    let opts = ConnectOptions {
+        limit: Some(Duration::from_secs(2)),
+        ..ConnectOptions::default()
+    };
+    let err = within(a.connect_with(&record, Proto::Tcp, &opts))
+        .await
+        .unwrap_err();
+    let Error::Unreachable(report) = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(report.winner, None);
+    let text = err.to_string();
+    for clause in [
+        "reverse: no signalling broker is configured",
+        "punch: no signalling broker is configured",
+        "relay: no relay is configured",
+        "upnp: neither node has a port mapped on its router",
+        "direct: ",
+    ] {
+        assert!(text.contains(clause), "{clause:?} missing from {text}");
+    }
+    assert_eq!(report.tried.len(), 5, "{report}");
+    within(a.stop(T)).await;
+}
+
+#[tokio::test]
+async fn a_node_refuses_to_connect_to_its_own_record() {
+    const TEST: &str = "p2p::a_node_refuses_to_connect_to_its_own_record";
+    let ip = crate::support::V4;
+    let a = within(Node::builder(Identity::from_seed([7; 32])).bind(ip).start())
+        .await
+        .expect("started");
+    let err = within(a.connect(a.record(), Proto::Tcp)).await.unwrap_err();
+    assert!(matches!(err, Error::NotAPeer), "{TEST}: {err}");
+    within(a.stop(T)).await;
+}
