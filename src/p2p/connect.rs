@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::direct::{self, secs};
 use super::node::{assumed_tcp, Inner};
 use super::path::SecurePath;
 use super::report::{Outcome, Report, Strategy};
-use super::{come, commit, punch, relay, Error};
+use super::{come, commit, punch, relay, upgrade, Error};
 use crate::identity::{unix_ms, FamilyEntry, PeerRecord, PublicKey};
 use crate::nat::NatType;
 use crate::pipe::Pipe;
@@ -52,6 +53,26 @@ pub struct Connection {
     pub peer: PublicKey,
     /// What each strategy did.
     pub report: Report,
+    via: watch::Receiver<Strategy>,
+}
+
+impl Connection {
+    /// The strategy whose path carries the pipe now: the report's winner, or
+    /// [`Strategy::Punch`] once a relayed path has moved to a punched one.
+    pub fn via(&self) -> Strategy {
+        *self.via.borrow()
+    }
+
+    /// Waits until the pipe moves to another path, and returns the new path's strategy;
+    /// `None` if it never will (the path was not relayed, or the tries are over).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn moved(&mut self) -> Option<Strategy> {
+        self.via.changed().await.ok()?;
+        Some(*self.via.borrow())
+    }
 }
 
 /// A way to a path under way: the path, or why there is none.
@@ -165,10 +186,18 @@ pub(crate) async fn run(
                 path.pipe.peer_addr().unwrap_or(path.pipe.local_addr()),
             ));
             tracing::info!(peer = %report.peer, %proto, strategy = ?report.winner, ms = elapsed.as_millis() as u64, "connected");
+            let winner = report.winner.unwrap_or(Strategy::Direct);
+            let (tx, via) = watch::channel(winner);
+            let upgradable = winner == Strategy::Relay && plan.punchable().is_ok();
+            if let (true, Some(mover)) = (upgradable, path.mover) {
+                let token = path.hello.token;
+                upgrade::start(inner, path.peer, proto, plan.af, token, mover, tx);
+            }
             Ok(Connection {
                 pipe: path.pipe,
                 peer: path.peer,
                 report,
+                via,
             })
         }
         None => Err(Error::Unreachable(Box::new(report))),

@@ -143,6 +143,10 @@ async fn answer(inner: Arc<Inner>, request: DeliveredRequest) {
     }
     let signaller = inner.signaller.as_ref().expect("started with signalling");
     let parsed = match Request::parse(&request.payload) {
+        // An upgrade names a token seen before: its relayed path's.
+        Ok(Request::Upgrade { token, .. }) => {
+            return super::upgrade::answer(&inner, &request, token).await;
+        }
         Ok(r) if inner.fresh(r.token()) => r,
         Ok(_) => {
             tracing::info!(from = %NodeId::from_key(&request.from), "a connect request seen before, refused");
@@ -158,5 +162,6 @@ async fn answer(inner: Arc<Inner>, request: DeliveredRequest) {
     match parsed {
         Request::Come { .. } => come::answer(&inner, &request, parsed).await,
         Request::Relay { .. } => relay::answer(&inner, &request, parsed).await,
+        Request::Upgrade { .. } => {}
     }
 }

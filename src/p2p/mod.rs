@@ -70,6 +70,7 @@ mod relay;
 mod report;
 mod request;
 mod secure;
+mod upgrade;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::connect::{self, ConnectOptions, Connection};
 use super::handshake::{Expect, Hello};
 use super::inbound;
-use super::path::{self, PathOptions, SecurePath};
+use super::path::{self, Mover, PathOptions, SecurePath};
 use super::report::Strategy;
 use super::request::{Token, Tokens};
 use super::{commit, gather, Error};
@@ -70,6 +70,8 @@ pub(crate) struct Limits {
     pub(crate) mapping: Duration,
     /// A TURN server's answer.
     pub(crate) turn: Duration,
+    /// Before a relayed path first tries to move to a punched one.
+    pub(crate) upgrade_delay: Duration,
 }
 
 impl Default for Limits {
@@ -81,6 +83,7 @@ impl Default for Limits {
             relay_delay: Duration::from_millis(500),
             mapping: Duration::from_secs(2),
             turn: Duration::from_secs(5),
+            upgrade_delay: Duration::from_secs(2),
         }
     }
 }
@@ -150,6 +153,13 @@ impl Builder {
     /// (default 500 ms).
     pub fn relay_delay(mut self, delay: Duration) -> Self {
         self.settings.limits.relay_delay = delay;
+        self
+    }
+
+    /// How long a connect won by the relay waits before it first tries to move to a
+    /// punched path (default 2 s; then waits doubling up to a minute, 8 tries).
+    pub fn upgrade_delay(mut self, delay: Duration) -> Self {
+        self.settings.limits.upgrade_delay = delay;
         self
     }
 
@@ -258,6 +268,10 @@ pub(crate) struct Inner {
     /// Connects waiting for a path to arrive with their token.
     pending: Mutex<HashMap<Token, oneshot::Sender<SecurePath>>>,
     tokens: Mutex<Tokens>,
+    /// Relayed paths this node answered, which the peer may move: by token.
+    relayed: Mutex<HashMap<Token, (PublicKey, Mover)>>,
+    /// Peers whose next punch moves one of those paths.
+    upgrading: Mutex<Vec<(PublicKey, Mover)>>,
     pub(crate) arrivals: mpsc::Sender<Arrival>,
     pub(crate) tasks: TaskTracker,
     pub(crate) stopping: CancellationToken,
@@ -363,6 +377,36 @@ impl Inner {
             Some(tx) => tx.send(path).err(),
             None => Some(path),
         }
+    }
+
+    /// Keeps the mover of a relayed path this node answered, for an upgrade.
+    pub(crate) fn relayed(&self, token: Token, peer: PublicKey, mover: Mover) {
+        lock(&self.relayed).insert(token, (peer, mover));
+    }
+
+    /// Forgets the relayed path `token` (it ended).
+    pub(crate) fn relayed_ended(&self, token: &Token) {
+        lock(&self.relayed).remove(token);
+    }
+
+    /// Takes `peer`'s next punch for the relayed path `token`; false if this node holds
+    /// no such path from `peer`.
+    pub(crate) fn expect_upgrade(&self, peer: &PublicKey, token: &Token) -> bool {
+        let mover = match lock(&self.relayed).get(token) {
+            Some((p, m)) if p == peer => m.clone(),
+            _ => return false,
+        };
+        let mut upgrading = lock(&self.upgrading);
+        upgrading.retain(|(p, _)| p != peer);
+        upgrading.push((*peer, mover));
+        true
+    }
+
+    /// The relayed path `peer`'s punch is to move, if one was announced.
+    pub(crate) fn upgrading(&self, peer: &PublicKey) -> Option<Mover> {
+        let mut upgrading = lock(&self.upgrading);
+        let i = upgrading.iter().position(|(p, _)| p == peer)?;
+        Some(upgrading.swap_remove(i).1)
     }
 
     /// Whether `token` is new to this node (and remembers it).
@@ -474,6 +518,8 @@ impl Node {
             record,
             pending: Mutex::default(),
             tokens: Mutex::default(),
+            relayed: Mutex::default(),
+            upgrading: Mutex::default(),
             arrivals: tx,
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),

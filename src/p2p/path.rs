@@ -135,13 +135,6 @@ pub struct SecurePath {
     /// The initiator's hello.
     pub(crate) hello: Hello,
     /// Moves the path to another raw pipe (`None` without encryption).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by the node (p2p::node, written in parallel)"
-        )
-    )]
     pub(crate) mover: Option<Mover>,
 }
 
@@ -227,13 +220,6 @@ pub(crate) async fn respond(
 /// # Cancel safety
 ///
 /// Dropping the future leaves the migration to go on, or to fail, by itself.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the node (p2p::node, written in parallel)"
-    )
-)]
 pub(crate) async fn migrate(mover: &Mover, new_raw: Pipe, limit: Duration) -> Result<(), Error> {
     let (proto, _) = fit(&new_raw)?;
     if proto != mover.proto {

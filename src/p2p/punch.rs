@@ -41,13 +41,27 @@ pub(crate) async fn connect(
     af: Af,
     limit: Duration,
 ) -> Result<SecurePath, String> {
+    let raw = punch_raw(inner, peer, proto, af, limit).await?;
+    inner
+        .initiate(raw, peer, Strategy::Punch, Inner::token())
+        .await
+}
+
+/// Punches a raw path to `peer` (not yet authenticated), within `limit`.
+pub(crate) async fn punch_raw(
+    inner: &Inner,
+    peer: &PublicKey,
+    proto: Proto,
+    af: Af,
+    limit: Duration,
+) -> Result<crate::Pipe, String> {
     let signaller = inner
         .signaller
         .as_ref()
         .ok_or("no signalling broker is configured")?;
     let local = bind_addr(inner, af)?;
     let family = inner.family(af);
-    let raw = match proto {
+    match proto {
         Proto::Udp => {
             let socket = bind::udp_socket(local, None).map_err(|e| e.to_string())?;
             let cfg = udp::Config {
@@ -73,10 +87,7 @@ pub(crate) async fn connect(
                 .await
                 .map_err(|e| e.to_string())
         }
-    }?;
-    inner
-        .initiate(raw, peer, Strategy::Punch, Inner::token())
-        .await
+    }
 }
 
 /// Answers a punch offer from `request.from`, authenticates the punched path as the
@@ -139,6 +150,10 @@ pub(crate) async fn answer(inner: &Inner, request: &DeliveredRequest) {
             return;
         }
     };
+    if let Some(mover) = inner.upgrading(&request.from) {
+        super::upgrade::moved(&mover, raw, limit, &peer).await;
+        return;
+    }
     match inner.respond(raw, Expect::Key(request.from)).await {
         Ok(path) => inner.deliver(path, Strategy::Punch, proto).await,
         Err(reason) => tracing::info!(%peer, %proto, %reason, "punched path refused"),

@@ -60,7 +60,7 @@ pub(crate) async fn connect(
                 let path = inner
                     .initiate(raw.clone(), peer, Strategy::Relay, token)
                     .await?;
-                keep(inner, relay, raw);
+                keep(inner, relay, raw, None);
                 Ok(path)
             }
             Proto::Tcp => {
@@ -145,9 +145,10 @@ async fn public_addrs(
     Ok(vec![SocketAddr::new(mapped.ip(), 0)])
 }
 
-/// Holds `relay` while `raw` lives; deletes the allocation when it ends or the node
-/// stops.
-fn keep(inner: &Arc<Inner>, relay: Relay, raw: Pipe) {
+/// Holds `relay` while `raw` lives; deletes the allocation when it ends (it also ends
+/// when the path moves off the relay) or the node stops. `answered` is the token of a
+/// relayed path this node answered, forgotten then.
+fn keep(inner: &Arc<Inner>, relay: Relay, raw: Pipe, answered: Option<super::request::Token>) {
     let node = inner.clone();
     inner.tasks.spawn(async move {
         // Watched, not read: the path reads the raw pipe.
@@ -157,6 +158,9 @@ fn keep(inner: &Arc<Inner>, relay: Relay, raw: Pipe) {
             () = node.stopping.cancelled() => {}
         }
         raw.close().await;
+        if let Some(token) = answered {
+            node.relayed_ended(&token);
+        }
         match relay.close().await {
             Ok(()) => {
                 node.relays_closed.fetch_add(1, Ordering::AcqRel);
@@ -170,10 +174,10 @@ fn keep(inner: &Arc<Inner>, relay: Relay, raw: Pipe) {
 /// with the relayed address, and authenticates the path as the responder.
 pub(crate) async fn answer(inner: &Arc<Inner>, request: &DeliveredRequest, parsed: Request) {
     let Request::Relay {
+        token,
         proto,
         relayed,
         public,
-        ..
     } = parsed
     else {
         return;
@@ -234,8 +238,11 @@ pub(crate) async fn answer(inner: &Arc<Inner>, request: &DeliveredRequest, parse
         },
     };
     match inner.respond(raw.clone(), Expect::Key(request.from)).await {
-        Ok(path) => {
-            keep(inner, relay, raw);
+        Ok(mut path) => {
+            if let Some(mover) = path.mover.take() {
+                inner.relayed(token, request.from, mover);
+            }
+            keep(inner, relay, raw, Some(token));
             inner.deliver(path, Strategy::Relay, proto).await;
         }
         Err(reason) => tracing::info!(%peer, %reason, "relayed path refused"),

@@ -11,6 +11,7 @@
 //! request:  "PC" 1 kind(1) token(16) proto(1) body
 //!   kind 1, come:  strategy(1) count(1, <= 16) addresses...
 //!   kind 2, relay: has relayed(1) [address]  count(1, <= 4) public addresses...
+//!   kind 3, upgrade: (nothing more: the token is the relayed path's)
 //! answer:   "PA" 1 status(1)
 //!   status 0, accepted: has relayed(1) [address]
 //!   status 1, refused:  length(1, <= 200) reason (UTF-8)
@@ -45,6 +46,7 @@ const REQUEST_MAGIC: [u8; 3] = *b"PC\x01";
 const ANSWER_MAGIC: [u8; 3] = *b"PA\x01";
 const COME: u8 = 1;
 const RELAY: u8 = 2;
+const UPGRADE: u8 = 3;
 
 /// What a node asks of the peer it connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +76,23 @@ pub(crate) enum Request {
         /// them, and a permission is per address.
         public: Vec<SocketAddr>,
     },
+    /// The relayed path that says `token` is to move to a direct path: take my next
+    /// punch as its new path.
+    Upgrade {
+        /// The relayed path's token.
+        token: Token,
+        /// Its protocol.
+        proto: Proto,
+    },
 }
 
 impl Request {
     /// The request's token.
     pub(crate) fn token(&self) -> &Token {
         match self {
-            Request::Come { token, .. } | Request::Relay { token, .. } => token,
+            Request::Come { token, .. }
+            | Request::Relay { token, .. }
+            | Request::Upgrade { token, .. } => token,
         }
     }
 
@@ -140,6 +152,7 @@ impl Request {
                     public,
                 }
             }
+            UPGRADE => Request::Upgrade { token, proto },
             _ => return Err(Error::Malformed("unknown connect request")),
         };
         if !buf.is_empty() {
@@ -160,6 +173,7 @@ impl Request {
         let (kind, token, proto) = match self {
             Request::Come { token, proto, .. } => (COME, token, proto),
             Request::Relay { token, proto, .. } => (RELAY, token, proto),
+            Request::Upgrade { token, proto } => (UPGRADE, token, proto),
         };
         out.put_u8(kind);
         out.put_slice(token);
@@ -188,6 +202,7 @@ impl Request {
                 }
                 put_addrs(&mut out, public, MAX_PUBLIC);
             }
+            Request::Upgrade { .. } => {}
         }
         out
     }
@@ -378,6 +393,10 @@ mod tests {
                 proto: Proto::Tcp,
                 relayed: None,
                 public: vec![sa("198.51.100.1:0"), sa("[2001:db8::1]:0")],
+            },
+            Request::Upgrade {
+                token: [11; TOKEN_LEN],
+                proto: Proto::Udp,
             },
         ]
     }

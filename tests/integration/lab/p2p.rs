@@ -9,7 +9,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
+use p2pipe::identity::Identity;
+use p2pipe::p2p::{Node, Strategy};
+use p2pipe::Proto;
 use serde_json::Value;
 
 use super::{lab_or_skip, Lab, NatKind, LAB_T};
@@ -417,4 +421,211 @@ fn every_pair_of_kinds_matches_the_table() {
     super::write_traversal_table("p2p", &md);
     let wrong = wrong.lock().unwrap();
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Drops what each router forwards to or from the other's WAN address: no direct path
+/// between the peers either way, while the relay (at coturn) still works. The rules
+/// count.
+fn block_direct(lab: &Lab) {
+    for (n, other) in [(1, 2), (2, 1)] {
+        let wan = lab.wan_ip(other).to_string();
+        let rules = format!(
+            "add table inet p2pblock\n\
+             add chain inet p2pblock guard {{ type filter hook forward priority -10; }}\n\
+             add rule inet p2pblock guard ip daddr {wan} counter drop\n\
+             add rule inet p2pblock guard ip saddr {wan} counter drop\n"
+        );
+        let nft = crate::support::which("nft").expect("nft");
+        let mut cmd = super::ip(&["netns", "exec", lab.ns_router(n)]);
+        cmd.arg(nft).args(["-f", "-"]);
+        let out = super::run(cmd, Some(&rules), LAB_T).output;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Packets the blocks have dropped.
+fn blocked(lab: &Lab) -> u64 {
+    [1, 2]
+        .iter()
+        .map(|&n| {
+            let out = lab.exec(
+                lab.ns_router(n),
+                "nft",
+                &["list", "table", "inet", "p2pblock"],
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .split("packets ")
+                .skip(1)
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+fn unblock_direct(lab: &Lab) {
+    for n in [1, 2] {
+        let out = lab.exec(
+            lab.ns_router(n),
+            "nft",
+            &["delete", "table", "inet", "p2pblock"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A node in a peer's namespace, for the in-process tests: on `ip` only, with the
+/// lab's broker, STUN and TURN, and a quick first upgrade.
+async fn lab_node(turn: p2pipe::traverse::turn::TurnServer, ip: std::net::Ipv4Addr, n: u8) -> Node {
+    Node::builder(Identity::from_seed([n; 32]))
+        .bind(ip.into())
+        .signal(format!("mqtt://{}", super::services::BROKER))
+        .stun(super::STUN_PRIMARY)
+        .turn(turn)
+        .upgrade_delay(Duration::from_millis(300))
+        .start()
+        .await
+        .expect("the node starts")
+}
+
+/// What the connecting side saw of a relayed connection that moved.
+#[derive(Debug)]
+struct Moved {
+    winner: Option<Strategy>,
+    report: String,
+    moved: Option<Strategy>,
+    sent: u32,
+    echoed: u32,
+    out_of_order: Vec<String>,
+}
+
+/// Sends numbered messages every 5 ms over `conn` until it has moved and 100 more
+/// echoes came back, checking that every echo is the next number.
+async fn stream_across_the_move(mut conn: p2pipe::p2p::Connection) -> Moved {
+    let pipe = conn.pipe.clone();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut sender = Some(tokio::spawn({
+        let pipe = pipe.clone();
+        async move {
+            let mut n = 0u32;
+            loop {
+                pipe.send(format!("{n:08}")).await.expect("send");
+                n += 1;
+                tokio::select! {
+                    _ = &mut stop_rx => return n,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+        }
+    }));
+    let (mut echoed, mut out_of_order, mut moved, mut after) = (0u32, Vec::new(), None, 0);
+    let mut stop = Some(stop_tx);
+    let mut sent = None;
+    loop {
+        if sent == Some(echoed) {
+            break;
+        }
+        tokio::select! {
+            m = conn.moved(), if moved.is_none() => moved = Some(m),
+            m = tokio::time::timeout(LAB_T, pipe.recv()) => {
+                let m = m.expect("an echo in time").expect("an echo");
+                let want = format!("{echoed:08}");
+                if m.data[..] != *want.as_bytes() {
+                    out_of_order.push(format!("{} for {want}", String::from_utf8_lossy(&m.data)));
+                }
+                echoed += 1;
+                if moved.is_some() {
+                    after += 1;
+                }
+            }
+        }
+        if after == 100 {
+            if let (Some(tx), Some(task)) = (stop.take(), sender.take()) {
+                let _ = tx.send(());
+                let n = tokio::time::timeout(LAB_T, task)
+                    .await
+                    .expect("the sender ends");
+                sent = Some(n.expect("the sender"));
+            }
+        }
+    }
+    Moved {
+        winner: conn.report.winner,
+        report: conn.report.to_string(),
+        moved: moved.flatten(),
+        sent: sent.unwrap_or(0),
+        echoed,
+        out_of_order,
+    }
+}
+
+#[test]
+fn a_relayed_connection_moves_to_the_punched_path_once_punching_is_allowed_losing_nothing() {
+    lab_or_skip!();
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let lab = Lab::builder()
+            .peers(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone)
+            .build();
+        block_direct(&lab);
+        let (tell, told) = mpsc::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (turn, ip2) = (super::turn::server(&lab), lab.peer_ip(2));
+        let b = lab.spawn_in(lab.ns_peer(2), move || {
+            super::turn::runtime().block_on(async move {
+                let node = lab_node(turn, ip2, 2).await;
+                tell.send(node.record().clone()).unwrap();
+                let arrival = tokio::time::timeout(LAB_T, node.accept())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                arrival
+                    .pipe
+                    .on_message(|m, reply| async move { reply.send(&m.data).await })
+                    .unwrap();
+                let _ = tokio::time::timeout(LAB_T * 2, done_rx).await;
+                node.stop(Duration::from_secs(2)).await
+            })
+        });
+        let record = told.recv_timeout(LAB_T).expect("b's record");
+        let (turn, ip1) = (super::turn::server(&lab), lab.peer_ip(1));
+        let (won_tx, won_rx) = mpsc::channel();
+        let a = lab.spawn_in(lab.ns_peer(1), move || {
+            super::turn::runtime().block_on(async move {
+                let node = lab_node(turn, ip1, 1).await;
+                let conn = node.connect(&record, proto).await.expect("connected");
+                won_tx.send(conn.report.winner).unwrap();
+                let seen = stream_across_the_move(conn).await;
+                node.stop(Duration::from_secs(2)).await;
+                seen
+            })
+        });
+        // Once the race is over, let an upgrade's punch meet the block, then lift it.
+        let won = won_rx.recv_timeout(LAB_T).expect("a connected");
+        assert_eq!(won, Some(Strategy::Relay), "{proto}");
+        let before = blocked(&lab);
+        let started = std::time::Instant::now();
+        while blocked(&lab) == before {
+            assert!(started.elapsed() < LAB_T, "no upgrade punch met the block");
+            std::thread::yield_now();
+        }
+        unblock_direct(&lab);
+        let seen = a.join_within(LAB_T * 3);
+        let _ = done_tx.send(());
+        let stopped = b.join_within(LAB_T);
+        assert_eq!(seen.winner, Some(Strategy::Relay), "{proto}: {seen:?}");
+        assert_eq!(seen.moved, Some(Strategy::Punch), "{proto}: {seen:?}");
+        assert!(seen.out_of_order.is_empty(), "{proto}: {seen:?}");
+        assert_eq!(
+            seen.echoed, seen.sent,
+            "{proto}: every message, once: {seen:?}"
+        );
+        assert!(stopped.relays_closed >= 1, "{proto}: {stopped:?}");
+    }
 }
