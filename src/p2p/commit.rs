@@ -5,7 +5,9 @@
 //!
 //! The commit is the first message on the secure path from the connecting node,
 //! `\0p2pipe commit <token in hex>`, answered by `\0p2pipe committed <token in hex>`
-//! (the token is the path's, from its handshake). On UDP the commit is sent again, from
+//! (the token is the path's, from its handshake): the commit is the path's first
+//! message, since the connecting node sends nothing else before its answer. On UDP the
+//! commit is sent again, from
 //! 100 ms doubling, until its answer comes, and a repeated commit is answered again for
 //! the path's life; both messages are taken by subscriptions, so the application sees
 //! neither.
@@ -73,13 +75,22 @@ pub(crate) async fn committed(pipe: &Pipe, token: &Token, limit: Duration) -> Re
         .subscribe_with(&pattern("commit", token), None, 4, Overflow::DropNewest)
         .map_err(|e| e.to_string())?;
     let answer = message("committed", token);
-    match commits.recv_timeout(limit).await {
-        Ok(_) => {}
-        Err(crate::pipe::Error::Timeout(_)) => {
-            return Err("the connecting node did not commit the path".into())
+    let commit = message("commit", token);
+    // The commit may have come before the subscription: then it is the first message
+    // of the pipe's flow, where nothing else can be before it.
+    let first = async {
+        tokio::select! {
+            m = pipe.recv() => match m {
+                Ok(m) if m.data[..] == commit[..] => Ok(()),
+                Ok(_) => Err("the path's first message was not the commit".to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            m = commits.recv() => m.map(drop).map_err(|e| e.to_string()),
         }
-        Err(e) => return Err(e.to_string()),
-    }
+    };
+    tokio::time::timeout(limit, first)
+        .await
+        .unwrap_or_else(|_| Err("the connecting node did not commit the path".into()))?;
     pipe.send(&answer).await.map_err(|e| e.to_string())?;
     if pipe.proto() == Proto::Udp {
         let pipe = pipe.clone();

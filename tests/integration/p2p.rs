@@ -179,3 +179,60 @@ async fn a_node_refuses_to_connect_to_its_own_record() {
     assert!(matches!(err, Error::NotAPeer), "{TEST}: {err}");
     within(a.stop(T)).await;
 }
+
+/// A come request in its documented wire form (docs/connect.md): "PC" 1, kind 1, the
+/// token, TCP, reverse, one IPv4 address.
+fn come_request(token: [u8; 16], to: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut m = b"PC\x01\x01".to_vec();
+    m.extend_from_slice(&token);
+    m.extend_from_slice(&[2, 2, 1, 4]);
+    m.extend_from_slice(&to.ip().octets());
+    m.extend_from_slice(&to.port().to_be_bytes());
+    m
+}
+
+#[tokio::test]
+async fn a_connect_request_sent_again_is_refused_and_a_malformed_one_gets_no_answer() {
+    const TEST: &str = "p2p::a_connect_request_sent_again_is_refused";
+    let ip = crate::support::V4;
+    let Some(broker) = Mosquitto::start(TEST, ip).await else {
+        return;
+    };
+    let b = node(8, ip, &broker, None).await;
+    let b_key = *b.record().public_key();
+    // The asker is a bare signaller: it sends the requests by hand.
+    let asker = within(p2pipe::signal::Signaller::start(
+        Identity::from_seed([9; 32]),
+        &[broker.url()],
+        p2pipe::signal::SignallerConfig::default(),
+    ))
+    .await
+    .expect("a signaller");
+    let nobody = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9);
+    let request = come_request([0x42; 16], nobody);
+    let first = within(asker.request(&b_key, &request, T))
+        .await
+        .expect("answered");
+    assert!(
+        first.starts_with(b"PA\x01\x00"),
+        "accepted first: {first:?}"
+    );
+    let again = within(asker.request(&b_key, &request, T))
+        .await
+        .expect("answered");
+    assert!(again.starts_with(b"PA\x01\x01"), "refused again: {again:?}");
+    assert!(
+        String::from_utf8_lossy(&again).contains("seen before"),
+        "{again:?}"
+    );
+    // A malformed request is dropped without an answer; the node serves on.
+    let bad = within(asker.request(&b_key, b"PC\x01\x09", Duration::from_millis(300))).await;
+    assert!(bad.is_err(), "{bad:?}");
+    let fresh = come_request([0x43; 16], nobody);
+    let third = within(asker.request(&b_key, &fresh, T))
+        .await
+        .expect("answered");
+    assert!(third.starts_with(b"PA\x01\x00"), "{third:?}");
+    within(asker.stop()).await;
+    within(b.stop(T)).await;
+}

@@ -629,3 +629,225 @@ fn a_relayed_connection_moves_to_the_punched_path_once_punching_is_allowed_losin
         assert!(stopped.relays_closed >= 1, "{proto}: {stopped:?}");
     }
 }
+
+/// Everything that crosses the lab's internet namespace while it runs: a packet socket
+/// there, read until `stop` is set.
+fn capture(lab: &Lab, stop: Arc<std::sync::atomic::AtomicBool>) -> super::Bounded<Vec<u8>> {
+    lab.spawn_in(lab.ns_inet(), move || {
+        // SAFETY: plain socket calls on a descriptor this function owns and closes.
+        unsafe {
+            let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto);
+            assert!(
+                fd >= 0,
+                "a packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 50_000,
+            };
+            let set = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            assert_eq!(set, 0);
+            let mut all = Vec::new();
+            let mut buf = vec![0u8; 65_536];
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n > 0 {
+                    all.extend_from_slice(&buf[..n as usize]);
+                }
+            }
+            libc::close(fd);
+            all
+        }
+    })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// In one lab, B echoes and A connects by `strategies` over each protocol, sending a
+/// canary; what crossed the internet namespace meanwhile.
+fn canaries_across(lab: &Lab, encrypt: bool, canary: &'static str) -> (Vec<String>, Vec<u8>) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tap = capture(lab, stop.clone());
+    let (tell, told) = mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (turn, ip2) = (super::turn::server(lab), lab.peer_ip(2));
+    let b = lab.spawn_in(lab.ns_peer(2), move || {
+        super::turn::runtime().block_on(async move {
+            let node = Node::builder(Identity::from_seed([2; 32]))
+                .bind(ip2.into())
+                .signal(format!("mqtt://{}", super::services::BROKER))
+                .stun(super::STUN_PRIMARY)
+                .turn(turn)
+                .encrypt(encrypt)
+                .start()
+                .await
+                .expect("b starts");
+            tell.send(node.record().clone()).unwrap();
+            let serve = async {
+                while let Some(a) = node.accept().await {
+                    a.pipe
+                        .on_message(|m, reply| async move { reply.send(&m.data).await })
+                        .unwrap();
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                _ = tokio::time::timeout(LAB_T * 2, done_rx) => {}
+            }
+            node.stop(Duration::from_secs(2)).await;
+        })
+    });
+    let record = told.recv_timeout(LAB_T).expect("b's record");
+    let (turn, ip1) = (super::turn::server(lab), lab.peer_ip(1));
+    let ways = lab.run_in(lab.ns_peer(1), move || {
+        super::turn::runtime().block_on(async move {
+            let node = Node::builder(Identity::from_seed([1; 32]))
+                .bind(ip1.into())
+                .signal(format!("mqtt://{}", super::services::BROKER))
+                .stun(super::STUN_PRIMARY)
+                .turn(turn)
+                .encrypt(encrypt)
+                .start()
+                .await
+                .expect("a starts");
+            let mut ways = Vec::new();
+            for proto in [Proto::Tcp, Proto::Udp] {
+                for strategy in [Strategy::Punch, Strategy::Relay] {
+                    let opts = p2pipe::p2p::ConnectOptions {
+                        strategies: vec![strategy],
+                        fast: true,
+                        ..Default::default()
+                    };
+                    let conn = node
+                        .connect_with(&record, proto, &opts)
+                        .await
+                        .expect("connected");
+                    conn.pipe.send(canary).await.unwrap();
+                    let echo = conn.pipe.recv_timeout(LAB_T).await.unwrap();
+                    assert_eq!(&echo.data[..], canary.as_bytes());
+                    ways.push(format!("{proto} by {strategy}"));
+                    conn.pipe.close().await;
+                }
+            }
+            node.stop(Duration::from_secs(2)).await;
+            ways
+        })
+    });
+    let _ = done_tx.send(());
+    b.join_within(LAB_T);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    (ways, tap.join_within(LAB_T))
+}
+
+#[test]
+fn traffic_on_the_lab_internet_shows_no_plaintext_and_without_encryption_it_does() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .peers(NatKind::FullCone, NatKind::FullCone)
+        .build();
+    let canary = "p2pipe plaintext canary: if you can read this, it was not encrypted";
+    let (ways, seen) = canaries_across(&lab, true, canary);
+    assert_eq!(ways.len(), 4, "{ways:?}");
+    assert!(
+        seen.len() > 10_000,
+        "the tap saw the traffic: {} bytes",
+        seen.len()
+    );
+    assert!(!contains(&seen, canary.as_bytes()), "plaintext on the wire");
+    // The control: the same exchange unencrypted shows the canary, so the tap works.
+    let lab = Lab::builder()
+        .peers(NatKind::FullCone, NatKind::FullCone)
+        .build();
+    let (_, seen) = canaries_across(&lab, false, canary);
+    assert!(
+        contains(&seen, canary.as_bytes()),
+        "the tap missed the clear canary"
+    );
+}
+
+#[test]
+fn a_stranger_sending_into_a_punched_hole_is_ignored_and_the_path_carries_on() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .peers(NatKind::FullCone, NatKind::FullCone)
+        .build();
+    let (tell, told) = mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (turn, ip2) = (super::turn::server(&lab), lab.peer_ip(2));
+    let b = lab.spawn_in(lab.ns_peer(2), move || {
+        super::turn::runtime().block_on(async move {
+            let node = lab_node(turn, ip2, 2).await;
+            tell.send(node.record().clone()).unwrap();
+            let a = tokio::time::timeout(LAB_T, node.accept())
+                .await
+                .unwrap()
+                .unwrap();
+            let peer = a.node_id();
+            a.pipe
+                .on_message(|m, reply| async move { reply.send(&m.data).await })
+                .unwrap();
+            let _ = tokio::time::timeout(LAB_T * 2, done_rx).await;
+            let next = tokio::time::timeout(crate::support::SHORT, node.accept()).await;
+            node.stop(Duration::from_secs(2)).await;
+            (peer, next.is_ok())
+        })
+    });
+    let record = told.recv_timeout(LAB_T).expect("b's record");
+    let (hole_tx, hole_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (turn, ip1) = (super::turn::server(&lab), lab.peer_ip(1));
+    let a = lab.spawn_in(lab.ns_peer(1), move || {
+        super::turn::runtime().block_on(async move {
+            let node = lab_node(turn, ip1, 1).await;
+            let opts = p2pipe::p2p::ConnectOptions {
+                strategies: vec![Strategy::Punch],
+                ..Default::default()
+            };
+            let conn = node
+                .connect_with(&record, Proto::Udp, &opts)
+                .await
+                .expect("punched");
+            let (_, remote) = conn.report.path.expect("a path");
+            hole_tx.send(remote).unwrap();
+            tokio::task::spawn_blocking(move || go_rx.recv_timeout(LAB_T))
+                .await
+                .unwrap()
+                .unwrap();
+            // The path still works after the stranger's packets.
+            conn.pipe.send(b"still here").await.unwrap();
+            let echo = conn.pipe.recv_timeout(LAB_T).await.unwrap();
+            node.stop(Duration::from_secs(2)).await;
+            echo.data.to_vec()
+        })
+    });
+    let hole = hole_rx.recv_timeout(LAB_T).expect("the punched address");
+    let answered = lab.run_in(lab.ns_inet(), move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(crate::support::SHORT)).unwrap();
+        // Garbage, and packets shaped like each handshake message and like data.
+        for first in [0u8, 1, 2, 3, 0x10, 0xff] {
+            let mut p = vec![first; 96];
+            p[1..9].copy_from_slice(b"stranger");
+            s.send_to(&p, hole).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        s.recv_from(&mut buf).is_ok()
+    });
+    go_tx.send(()).unwrap();
+    assert_eq!(a.join_within(LAB_T * 2), b"still here");
+    let _ = done_tx.send(());
+    let (peer, another) = b.join_within(LAB_T * 2);
+    assert!(!answered, "the stranger got an answer");
+    assert_eq!(peer, Identity::from_seed([1; 32]).node_id());
+    assert!(!another, "the stranger became an arrival");
+}
