@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | filer | [`filer`] | btfiler-compatible file sharing: a sans-IO protocol core (btpeer frames, messages, peer table) and the node and client around it |
 //! | mesh | [`mesh`] | a long-lived peer mesh: id handshake, events, broadcast, signed and compressed messages |
-//! | p2p | [`p2p`] | peers behind NATs: paths authenticated by the node keys (Noise XX) and encrypted, moved from a relay to a direct path without loss |
+//! | p2p | [`p2p`] | peers behind NATs: a `Node` whose connect races direct, reverse, port-mapped, punched and relayed paths, each authenticated by the node keys (Noise XX) and encrypted, with a report of what each strategy did; relayed paths move to punched ones without loss |
 //! | traverse | [`traverse`] | ways through NATs: port mappings asked of the router (PCP, NAT-PMP, UPnP IGD) |
 //! | signal | [`signal`] | messages between nodes before any connection exists: sealed envelopes (the sans-IO core: replay and age checks, request/response) carried by transports (MQTT brokers, several at once) |
 //! | identity | [`identity`] | the node's ed25519 key and key file, the node id, the signed peer address record |
@@ -75,6 +75,11 @@ pub struct FilerDocDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/traversal.md")]
 pub struct TraversalDoctests;
+
+/// The examples in docs/connect.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/connect.md")]
+pub struct ConnectDocDoctests;
 
 /// The examples in docs/p2p.md, compiled as doc tests.
 #[cfg(doctest)]

@@ -851,3 +851,160 @@ fn a_stranger_sending_into_a_punched_hole_is_ignored_and_the_path_carries_on() {
     assert_eq!(peer, Identity::from_seed([1; 32]).node_id());
     assert!(!another, "the stranger became an arrival");
 }
+
+/// Runs of each strategy in the time-to-connect report.
+const RUNS: usize = 20;
+
+/// The median and the 95th percentile of `ms`.
+fn median_p95(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.95))
+}
+
+/// In a fresh lab of `a` and `b`: [`RUNS`] connects by `strategy` over `proto`, each
+/// followed by one 64-byte echo; the times to the committed path and to the first echo,
+/// in ms. B is an echoing node; A connects again and again with the same node.
+fn time_strategy(a: NatKind, b: NatKind, strategy: Strategy, proto: Proto) -> (Vec<f64>, Vec<f64>) {
+    let lab = Lab::builder().peers(a, b).build();
+    let (tell, told) = mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (turn, ip2) = (super::turn::server(&lab), lab.peer_ip(2));
+    let server = lab.spawn_in(lab.ns_peer(2), move || {
+        super::turn::runtime().block_on(async move {
+            let node = lab_node(turn, ip2, 2).await;
+            tell.send(node.record().clone()).unwrap();
+            let serve = async {
+                while let Some(a) = node.accept().await {
+                    a.pipe
+                        .on_message(|m, reply| async move { reply.send(&m.data).await })
+                        .unwrap();
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                _ = tokio::time::timeout(LAB_T * 4, done_rx) => {}
+            }
+            node.stop(Duration::from_secs(2)).await;
+        })
+    });
+    let record = told.recv_timeout(LAB_T).expect("b's record");
+    let (turn, ip1) = (super::turn::server(&lab), lab.peer_ip(1));
+    let times = lab.run_in_for(lab.ns_peer(1), LAB_T * 4, move || {
+        super::turn::runtime().block_on(async move {
+            let node = lab_node(turn, ip1, 1).await;
+            let opts = p2pipe::p2p::ConnectOptions {
+                strategies: vec![strategy],
+                fast: true,
+                ..Default::default()
+            };
+            let (mut connect, mut first) = (Vec::new(), Vec::new());
+            for _ in 0..RUNS {
+                let start = std::time::Instant::now();
+                let conn = node
+                    .connect_with(&record, proto, &opts)
+                    .await
+                    .expect("connected");
+                connect.push(start.elapsed().as_secs_f64() * 1e3);
+                conn.pipe.send([7u8; 64]).await.unwrap();
+                conn.pipe.recv_timeout(LAB_T).await.unwrap();
+                first.push(start.elapsed().as_secs_f64() * 1e3);
+                conn.pipe.close().await;
+            }
+            node.stop(Duration::from_secs(2)).await;
+            (connect, first)
+        })
+    });
+    let _ = done_tx.send(());
+    server.join_within(LAB_T);
+    times
+}
+
+/// The baseline in a lab of `a` and an open `b`: a plain tokio connect (TCP) or socket
+/// (UDP) to an echo server on B, and its first 64-byte echo, [`RUNS`] times, in ms.
+fn time_raw(proto: Proto) -> Vec<f64> {
+    let lab = Lab::builder()
+        .peers(NatKind::PortRestrictedCone, NatKind::Open)
+        .build();
+    let addr = std::net::SocketAddr::new(lab.peer_ip(2).into(), 4100);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server = lab.spawn_in(lab.ns_peer(2), move || {
+        super::turn::runtime().block_on(async move {
+            let echo = p2pipe::Pipe::listen(proto, addr).await.unwrap();
+            ready_tx.send(()).unwrap();
+            for _ in 0..RUNS {
+                let peer = tokio::time::timeout(LAB_T, echo.accept())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let m = peer.recv_timeout(LAB_T).await.unwrap();
+                peer.send(&m.data).await.unwrap();
+            }
+        })
+    });
+    ready_rx.recv_timeout(LAB_T).unwrap();
+    let times = lab.run_in(lab.ns_peer(1), move || {
+        super::turn::runtime().block_on(async move {
+            let mut first = Vec::new();
+            for _ in 0..RUNS {
+                let start = std::time::Instant::now();
+                match proto {
+                    Proto::Tcp => {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                        s.write_all(&[7u8; 64]).await.unwrap();
+                        let mut buf = [0u8; 64];
+                        s.read_exact(&mut buf).await.unwrap();
+                    }
+                    Proto::Udp => {
+                        let s = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+                        s.send_to(&[7u8; 64], addr).await.unwrap();
+                        let mut buf = [0u8; 64];
+                        tokio::time::timeout(LAB_T, s.recv_from(&mut buf))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                    }
+                }
+                first.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            first
+        })
+    });
+    server.join_within(LAB_T);
+    times
+}
+
+#[test]
+#[ignore = "the time-to-connect report: 20 connects per strategy and protocol in fresh labs; run by scripts/traversal-tables p2p-time"]
+fn time_to_connect_per_strategy() {
+    lab_or_skip!();
+    use NatKind::{Open, PortRestrictedCone as Prc};
+    // Where each strategy is the one that works: direct to an open node, reverse from
+    // one, punch and the relay between two port-restricted NATs.
+    let cases = [
+        (Strategy::Direct, Prc, Open),
+        (Strategy::Reverse, Open, Prc),
+        (Strategy::Punch, Prc, Prc),
+        (Strategy::Relay, Prc, Prc),
+    ];
+    let mut md = String::from(
+        "| strategy | proto | lab (A → B) | connect median | connect p95 | first echo median | first echo p95 | first echo ÷ raw tokio |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let (raw, _) = median_p95(time_raw(proto));
+        md += &format!(
+            "| raw tokio (baseline) | {proto} | {Prc} → {Open} | – | – | {raw:.2} ms | – | 1.0 |\n"
+        );
+        for (strategy, a, b) in cases {
+            let (connect, first) = time_strategy(a, b, strategy, proto);
+            let (cm, cp) = median_p95(connect);
+            let (fm, fp) = median_p95(first);
+            md += &format!(
+                "| {strategy} | {proto} | {a} → {b} | {cm:.1} ms | {cp:.1} ms | {fm:.1} ms | {fp:.1} ms | {:.0} |\n",
+                fm / raw
+            );
+        }
+    }
+    super::write_traversal_table("p2p-time", &md);
+}
