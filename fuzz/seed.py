@@ -510,6 +510,18 @@ path = [
 ]
 write("path_packet", path)
 
+# connect_request (fuzz_targets/connect_request.rs): a connect request or answer.
+TOKEN = bytes(range(16))
+connect = [
+    ("come", b"PC\x01\x01" + TOKEN + bytes([2, 2, 1, 4, 198, 51, 100, 2]) + struct.pack(">H", 4000)),
+    ("relay-udp", b"PC\x01\x02" + TOKEN + bytes([1, 1, 4, 203, 0, 113, 10]) + struct.pack(">H", 50000) + bytes([0])),
+    ("relay-tcp", b"PC\x01\x02" + TOKEN + bytes([2, 0, 1, 6]) + bytes(16) + struct.pack(">H", 0)),
+    ("upgrade", b"PC\x01\x03" + TOKEN + bytes([1])),
+    ("accepted", b"PA\x01\x00\x01\x04" + bytes([203, 0, 113, 10]) + struct.pack(">H", 3478)),
+    ("refused", b"PA\x01\x01" + bytes([22]) + b"no relay is configured"),
+]
+write("connect_request", connect)
+
 for t in sorted(os.listdir(ROOT)):
     n = len(os.listdir(os.path.join(ROOT, t)))
     print(f"{t}: {n} seeds")

@@ -95,3 +95,25 @@ impl Harness {
         }
     }
 }
+
+/// The connect requests' parsers on `bytes` (as a request and as an answer), with their
+/// invariants: no panic, and what parses is within its bounds and re-emits to the same
+/// bytes.
+pub fn connect_message(bytes: &[u8]) {
+    use super::request::{Answer, Request, MAX_COME, MAX_PUBLIC, MAX_REASON, MAX_REQUEST};
+    if let Ok(r) = Request::parse(bytes) {
+        assert!(bytes.len() <= MAX_REQUEST);
+        assert_eq!(&r.to_bytes()[..], bytes);
+        match &r {
+            Request::Come { to, .. } => assert!(!to.is_empty() && to.len() <= MAX_COME),
+            Request::Relay { public, .. } => assert!(public.len() <= MAX_PUBLIC),
+            Request::Upgrade { .. } => {}
+        }
+    }
+    if let Ok(a) = Answer::parse(bytes) {
+        assert_eq!(&a.to_bytes()[..], bytes);
+        if let Answer::Refused { reason } = &a {
+            assert!(reason.len() <= MAX_REASON);
+        }
+    }
+}
