@@ -313,6 +313,9 @@ impl<'a> Plan<'a> {
             Proto::Tcp => !assumed_tcp(mine).accepts(),
         };
         match (blocked, mine.nat_type) {
+            (true, Some(NatType::UdpBlocked)) => {
+                Err("this node's udp is blocked (no stun server answered it)".into())
+            }
             (true, Some(t)) => Err(format!(
                 "this node is behind a {t} nat that lets no new {} connection in",
                 self.proto

@@ -348,7 +348,7 @@ impl Inner {
             strategy,
             proto,
         };
-        tracing::info!(peer = %arrival.node_id(), %strategy, %proto, "a peer arrived");
+        tracing::debug!(peer = %arrival.node_id(), %strategy, %proto, "a peer arrived");
         if let Err(e) = self.arrivals.try_send(arrival) {
             let arrival = match e {
                 mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
