@@ -481,18 +481,72 @@ fn unblock_direct(lab: &Lab) {
     }
 }
 
-/// A node in a peer's namespace, for the in-process tests: on `ip` only, with the
-/// lab's broker, STUN and TURN, and a quick first upgrade.
-async fn lab_node(turn: p2pipe::traverse::turn::TurnServer, ip: std::net::Ipv4Addr, n: u8) -> Node {
+/// A node in peer `n`'s namespace, for the in-process tests: on its IPv4 address only,
+/// with the lab's broker, STUN and TURN, a quick first upgrade, and `encrypt`.
+async fn lab_node(
+    lab_turn: p2pipe::traverse::turn::TurnServer,
+    ip: std::net::Ipv4Addr,
+    n: u8,
+    encrypt: bool,
+) -> Node {
     Node::builder(Identity::from_seed([n; 32]))
         .bind(ip.into())
         .signal(format!("mqtt://{}", super::services::BROKER))
         .stun(super::STUN_PRIMARY)
-        .turn(turn)
+        .turn(lab_turn)
         .upgrade_delay(Duration::from_millis(300))
+        .encrypt(encrypt)
         .start()
         .await
         .expect("the node starts")
+}
+
+/// Node 2, in peer 2's namespace, echoing every message on every path that reaches it
+/// until [`EchoNode::stop`].
+struct EchoNode {
+    record: p2pipe::identity::PeerRecord,
+    done: tokio::sync::oneshot::Sender<()>,
+    thread: super::Bounded<(Vec<p2pipe::identity::NodeId>, p2pipe::p2p::StopReport)>,
+}
+
+impl EchoNode {
+    fn start(lab: &Lab, encrypt: bool) -> EchoNode {
+        let (tell, told) = mpsc::channel();
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (turn, ip) = (super::turn::server(lab), lab.peer_ip(2));
+        let thread = lab.spawn_in(lab.ns_peer(2), move || {
+            super::turn::runtime().block_on(async move {
+                let node = lab_node(turn, ip, 2, encrypt).await;
+                tell.send(node.record().clone()).unwrap();
+                let mut arrived = Vec::new();
+                let serve = async {
+                    while let Some(a) = node.accept().await {
+                        arrived.push(a.node_id());
+                        a.pipe
+                            .on_message(|m, reply| async move { reply.send(&m.data).await })
+                            .unwrap();
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = tokio::time::timeout(LAB_T * 4, done_rx) => {}
+                }
+                (arrived, node.stop(Duration::from_secs(2)).await)
+            })
+        });
+        let record = told.recv_timeout(LAB_T).expect("node 2's record");
+        EchoNode {
+            record,
+            done,
+            thread,
+        }
+    }
+
+    /// Stops the node: who arrived, and what the stop released.
+    fn stop(self) -> (Vec<p2pipe::identity::NodeId>, p2pipe::p2p::StopReport) {
+        let _ = self.done.send(());
+        self.thread.join_within(LAB_T)
+    }
 }
 
 /// What the connecting side saw of a relayed connection that moved.
@@ -574,31 +628,13 @@ fn a_relayed_connection_moves_to_the_punched_path_once_punching_is_allowed_losin
             .peers(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone)
             .build();
         block_direct(&lab);
-        let (tell, told) = mpsc::channel();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let (turn, ip2) = (super::turn::server(&lab), lab.peer_ip(2));
-        let b = lab.spawn_in(lab.ns_peer(2), move || {
-            super::turn::runtime().block_on(async move {
-                let node = lab_node(turn, ip2, 2).await;
-                tell.send(node.record().clone()).unwrap();
-                let arrival = tokio::time::timeout(LAB_T, node.accept())
-                    .await
-                    .unwrap()
-                    .unwrap();
-                arrival
-                    .pipe
-                    .on_message(|m, reply| async move { reply.send(&m.data).await })
-                    .unwrap();
-                let _ = tokio::time::timeout(LAB_T * 2, done_rx).await;
-                node.stop(Duration::from_secs(2)).await
-            })
-        });
-        let record = told.recv_timeout(LAB_T).expect("b's record");
+        let b = EchoNode::start(&lab, true);
+        let record = b.record.clone();
         let (turn, ip1) = (super::turn::server(&lab), lab.peer_ip(1));
         let (won_tx, won_rx) = mpsc::channel();
         let a = lab.spawn_in(lab.ns_peer(1), move || {
             super::turn::runtime().block_on(async move {
-                let node = lab_node(turn, ip1, 1).await;
+                let node = lab_node(turn, ip1, 1, true).await;
                 let conn = node.connect(&record, proto).await.expect("connected");
                 won_tx.send(conn.report.winner).unwrap();
                 let seen = stream_across_the_move(conn).await;
@@ -617,8 +653,7 @@ fn a_relayed_connection_moves_to_the_punched_path_once_punching_is_allowed_losin
         }
         unblock_direct(&lab);
         let seen = a.join_within(LAB_T * 3);
-        let _ = done_tx.send(());
-        let stopped = b.join_within(LAB_T);
+        let (_, stopped) = b.stop();
         assert_eq!(seen.winner, Some(Strategy::Relay), "{proto}: {seen:?}");
         assert_eq!(seen.moved, Some(Strategy::Punch), "{proto}: {seen:?}");
         assert!(seen.out_of_order.is_empty(), "{proto}: {seen:?}");
@@ -678,48 +713,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn canaries_across(lab: &Lab, encrypt: bool, canary: &'static str) -> (Vec<String>, Vec<u8>) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tap = capture(lab, stop.clone());
-    let (tell, told) = mpsc::channel();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let (turn, ip2) = (super::turn::server(lab), lab.peer_ip(2));
-    let b = lab.spawn_in(lab.ns_peer(2), move || {
-        super::turn::runtime().block_on(async move {
-            let node = Node::builder(Identity::from_seed([2; 32]))
-                .bind(ip2.into())
-                .signal(format!("mqtt://{}", super::services::BROKER))
-                .stun(super::STUN_PRIMARY)
-                .turn(turn)
-                .encrypt(encrypt)
-                .start()
-                .await
-                .expect("b starts");
-            tell.send(node.record().clone()).unwrap();
-            let serve = async {
-                while let Some(a) = node.accept().await {
-                    a.pipe
-                        .on_message(|m, reply| async move { reply.send(&m.data).await })
-                        .unwrap();
-                }
-            };
-            tokio::select! {
-                () = serve => {}
-                _ = tokio::time::timeout(LAB_T * 2, done_rx) => {}
-            }
-            node.stop(Duration::from_secs(2)).await;
-        })
-    });
-    let record = told.recv_timeout(LAB_T).expect("b's record");
+    let b = EchoNode::start(lab, encrypt);
+    let record = b.record.clone();
     let (turn, ip1) = (super::turn::server(lab), lab.peer_ip(1));
     let ways = lab.run_in(lab.ns_peer(1), move || {
         super::turn::runtime().block_on(async move {
-            let node = Node::builder(Identity::from_seed([1; 32]))
-                .bind(ip1.into())
-                .signal(format!("mqtt://{}", super::services::BROKER))
-                .stun(super::STUN_PRIMARY)
-                .turn(turn)
-                .encrypt(encrypt)
-                .start()
-                .await
-                .expect("a starts");
+            let node = lab_node(turn, ip1, 1, encrypt).await;
             let mut ways = Vec::new();
             for proto in [Proto::Tcp, Proto::Udp] {
                 for strategy in [Strategy::Punch, Strategy::Relay] {
@@ -743,8 +742,7 @@ fn canaries_across(lab: &Lab, encrypt: bool, canary: &'static str) -> (Vec<Strin
             ways
         })
     });
-    let _ = done_tx.send(());
-    b.join_within(LAB_T);
+    b.stop();
     stop.store(true, std::sync::atomic::Ordering::Release);
     (ways, tap.join_within(LAB_T))
 }
@@ -781,34 +779,14 @@ fn a_stranger_sending_into_a_punched_hole_is_ignored_and_the_path_carries_on() {
     let lab = Lab::builder()
         .peers(NatKind::FullCone, NatKind::FullCone)
         .build();
-    let (tell, told) = mpsc::channel();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let (turn, ip2) = (super::turn::server(&lab), lab.peer_ip(2));
-    let b = lab.spawn_in(lab.ns_peer(2), move || {
-        super::turn::runtime().block_on(async move {
-            let node = lab_node(turn, ip2, 2).await;
-            tell.send(node.record().clone()).unwrap();
-            let a = tokio::time::timeout(LAB_T, node.accept())
-                .await
-                .unwrap()
-                .unwrap();
-            let peer = a.node_id();
-            a.pipe
-                .on_message(|m, reply| async move { reply.send(&m.data).await })
-                .unwrap();
-            let _ = tokio::time::timeout(LAB_T * 2, done_rx).await;
-            let next = tokio::time::timeout(crate::support::SHORT, node.accept()).await;
-            node.stop(Duration::from_secs(2)).await;
-            (peer, next.is_ok())
-        })
-    });
-    let record = told.recv_timeout(LAB_T).expect("b's record");
+    let b = EchoNode::start(&lab, true);
+    let record = b.record.clone();
     let (hole_tx, hole_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (turn, ip1) = (super::turn::server(&lab), lab.peer_ip(1));
     let a = lab.spawn_in(lab.ns_peer(1), move || {
         super::turn::runtime().block_on(async move {
-            let node = lab_node(turn, ip1, 1).await;
+            let node = lab_node(turn, ip1, 1, true).await;
             let opts = p2pipe::p2p::ConnectOptions {
                 strategies: vec![Strategy::Punch],
                 ..Default::default()
@@ -845,11 +823,10 @@ fn a_stranger_sending_into_a_punched_hole_is_ignored_and_the_path_carries_on() {
     });
     go_tx.send(()).unwrap();
     assert_eq!(a.join_within(LAB_T * 2), b"still here");
-    let _ = done_tx.send(());
-    let (peer, another) = b.join_within(LAB_T * 2);
+    let (arrived, _) = b.stop();
     assert!(!answered, "the stranger got an answer");
-    assert_eq!(peer, Identity::from_seed([1; 32]).node_id());
-    assert!(!another, "the stranger became an arrival");
+    let a_id = Identity::from_seed([1; 32]).node_id();
+    assert_eq!(arrived, [a_id], "only the connecting node arrived");
 }
 
 /// Runs of each strategy in the time-to-connect report.
@@ -867,32 +844,12 @@ fn median_p95(mut ms: Vec<f64>) -> (f64, f64) {
 /// in ms. B is an echoing node; A connects again and again with the same node.
 fn time_strategy(a: NatKind, b: NatKind, strategy: Strategy, proto: Proto) -> (Vec<f64>, Vec<f64>) {
     let lab = Lab::builder().peers(a, b).build();
-    let (tell, told) = mpsc::channel();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let (turn, ip2) = (super::turn::server(&lab), lab.peer_ip(2));
-    let server = lab.spawn_in(lab.ns_peer(2), move || {
-        super::turn::runtime().block_on(async move {
-            let node = lab_node(turn, ip2, 2).await;
-            tell.send(node.record().clone()).unwrap();
-            let serve = async {
-                while let Some(a) = node.accept().await {
-                    a.pipe
-                        .on_message(|m, reply| async move { reply.send(&m.data).await })
-                        .unwrap();
-                }
-            };
-            tokio::select! {
-                () = serve => {}
-                _ = tokio::time::timeout(LAB_T * 4, done_rx) => {}
-            }
-            node.stop(Duration::from_secs(2)).await;
-        })
-    });
-    let record = told.recv_timeout(LAB_T).expect("b's record");
+    let b = EchoNode::start(&lab, true);
+    let record = b.record.clone();
     let (turn, ip1) = (super::turn::server(&lab), lab.peer_ip(1));
     let times = lab.run_in_for(lab.ns_peer(1), LAB_T * 4, move || {
         super::turn::runtime().block_on(async move {
-            let node = lab_node(turn, ip1, 1).await;
+            let node = lab_node(turn, ip1, 1, true).await;
             let opts = p2pipe::p2p::ConnectOptions {
                 strategies: vec![strategy],
                 fast: true,
@@ -915,8 +872,7 @@ fn time_strategy(a: NatKind, b: NatKind, strategy: Strategy, proto: Proto) -> (V
             (connect, first)
         })
     });
-    let _ = done_tx.send(());
-    server.join_within(LAB_T);
+    b.stop();
     times
 }
 
