@@ -70,6 +70,7 @@ mod relay;
 mod report;
 mod request;
 mod secure;
+mod tunnel;
 mod upgrade;
 
 use std::fmt;
@@ -83,6 +84,7 @@ pub use connect::{ConnectOptions, Connection};
 pub use gather::{interface_entries, offerable, MAX_ADDRS, MAX_INTERFACES};
 pub use node::{Arrival, Builder, Node, StopReport};
 pub use report::{Attempt, Outcome, Report, Strategy};
+pub use tunnel::{FrameError, TableError, Tunnel, TunnelError, TunnelOptions, MAX_DATA};
 
 /// Errors of the p2p layer. Messages name nodes and addresses, never key material.
 #[derive(Debug, thiserror::Error)]
