@@ -76,6 +76,11 @@ pub struct FilerDocDoctests;
 #[doc = include_str!("../docs/traversal.md")]
 pub struct TraversalDoctests;
 
+/// The examples in docs/files-across-nats.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/files-across-nats.md")]
+pub struct FilesAcrossNatsDoctests;
+
 /// The examples in docs/p2p.md, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/p2p.md")]
