@@ -185,6 +185,9 @@ async fn streams_over_the_exits_limit_are_refused_with_a_reset_and_a_freed_slot_
     within(b.stop(crate::support::T)).await;
 }
 
+/// What a case's error must be.
+type Expected = fn(&TableError) -> bool;
+
 #[tokio::test]
 async fn garbage_from_the_peer_ends_the_tunnel_with_a_clear_error_and_the_node_serves_on() {
     const TEST: &str = "tunnel::garbage_from_the_peer_ends_the_tunnel";
@@ -194,7 +197,7 @@ async fn garbage_from_the_peer_ends_the_tunnel_with_a_clear_error_and_the_node_s
     let (a, b) = nodes(&broker, 45).await;
     let target = echo_server().await;
     // Garbage, then frames that parse but break the stream rules, each on a fresh path.
-    let cases: [(&[u8], fn(&TableError) -> bool); 4] = [
+    let cases: [(&[u8], Expected); 4] = [
         (b"garbage", |e| matches!(e, TableError::Frame(_))),
         (b"\0\0", |e| matches!(e, TableError::Frame(_))),
         (&[0, 0, 0, 7, 2, b'x'], |e| {
