@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 
 use p2pipe::identity::Identity;
-use p2pipe::p2p::{Node, TableError, Tunnel, TunnelError, TunnelOptions};
+use p2pipe::p2p::tunnel::TableError;
+use p2pipe::p2p::{Node, Tunnel, TunnelError, TunnelOptions};
 use p2pipe::Proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -248,7 +248,11 @@ impl Driver {
         cancel: CancellationToken,
         done: watch::Sender<Option<Result<(), TunnelError>>>,
     ) {
-        let result = self.serve(listener.as_ref(), &cancel).await;
+        // Cancelling also ends a wait inside `serve` (a full stream queue, a send).
+        let result = tokio::select! {
+            r = self.serve(listener.as_ref()) => r,
+            () = cancel.cancelled() => Ok(()),
+        };
         if let Err(e) = &result {
             tracing::debug!(error = %e, "tunnel ended");
         }
@@ -257,11 +261,7 @@ impl Driver {
         let _ = done.send(Some(result));
     }
 
-    async fn serve(
-        &mut self,
-        listener: Option<&TcpListener>,
-        cancel: &CancellationToken,
-    ) -> Result<(), TunnelError> {
+    async fn serve(&mut self, listener: Option<&TcpListener>) -> Result<(), TunnelError> {
         let accept = || async {
             match listener {
                 Some(l) => l.accept().await,
@@ -270,7 +270,6 @@ impl Driver {
         };
         loop {
             tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
                 msg = self.pipe.recv() => match msg {
                     Ok(m) => self.on_message(m.data).await?,
                     Err(PipeError::Ended(EndReason::Fin | EndReason::Closed)) => return Ok(()),
