@@ -81,6 +81,11 @@ pub struct TraversalDoctests;
 #[doc = include_str!("../docs/connect.md")]
 pub struct ConnectDocDoctests;
 
+/// The examples in docs/files-across-nats.md, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/files-across-nats.md")]
+pub struct FilesAcrossNatsDoctests;
+
 /// The examples in docs/p2p.md, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/p2p.md")]

@@ -9,13 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use p2pipe::filer::{Destination, Error, Fetched, FilerClient, StoreError};
 
+use super::node::NodeArgs;
+use super::via::{self, Via};
+
 /// Arguments of `p2pipe fetch`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The file's name on the node.
     name: String,
-    /// The node that has it.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The node that has it: HOST:PORT, or the signed address (`p2pipe1:...`) that
+    /// `p2pipe share --signal ...` prints, reached across NATs through a P2P node (the
+    /// options below).
+    #[arg(long, value_name = "HOST:PORT|p2pipe1:...")]
     from: String,
     /// Where to save it: an existing folder (the file keeps its name), or a new file
     /// in an existing folder (default: the current folder).
@@ -24,6 +29,8 @@ pub struct Args {
     /// Replace an existing file of other content (only by a verified download).
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 /// Downloads with a progress bar (on a terminal), verified, resumable.
@@ -31,8 +38,23 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let out = args.output.clone().unwrap_or_else(|| PathBuf::from("."));
     // Checked before anything is sent or written: the name, and where it goes.
     let dest = Destination::output(&out, &args.name)?.replace(args.force);
-    let target = p2pipe::Target::parse(&args.from, None)?;
-    let client = FilerClient::new(target);
+    if !via::is_signed(&args.from) {
+        let target = p2pipe::Target::parse(&args.from, None)?;
+        return download(&args, &dest, FilerClient::new(target)).await;
+    }
+    // A signed address: the same download, through a tunnel to the sharer's node.
+    let via = Via::start(&args.from, &args.node).await?;
+    let got = download(&args, &dest, FilerClient::new(via.entrance())).await;
+    via.stop().await;
+    got
+}
+
+/// Downloads through `client` into `dest`, with the progress bar; the summary line.
+async fn download(
+    args: &Args,
+    dest: &Destination,
+    client: FilerClient,
+) -> Result<(), Box<dyn std::error::Error>> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -43,7 +65,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     bar.set_message(args.name.clone());
     let (done, total) = (AtomicU64::new(0), AtomicU64::new(0));
-    let fetch = client.fetch_to(&args.name, &dest, |d, t| {
+    let fetch = client.fetch_to(&args.name, dest, |d, t| {
         done.store(d, Ordering::Relaxed);
         total.store(t, Ordering::Relaxed);
         bar.set_length(t);
@@ -53,7 +75,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         got = fetch => got,
         _ = super::stop_signal() => {
             bar.abandon();
-            return Err(interrupted(&dest, done.load(Ordering::Relaxed), total.load(Ordering::Relaxed)).into());
+            return Err(interrupted(dest, done.load(Ordering::Relaxed), total.load(Ordering::Relaxed)).into());
         }
     };
     bar.finish_and_clear();

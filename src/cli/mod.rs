@@ -14,6 +14,7 @@ mod search;
 mod servers;
 mod share;
 mod shell;
+mod via;
 
 use std::process::ExitCode;
 

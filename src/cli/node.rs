@@ -37,9 +37,34 @@ pub struct NodeArgs {
     /// interface that is up, except loopback and link-local ones.
     #[arg(long, value_name = "IP")]
     bind: Vec<std::net::IpAddr>,
+    /// Ask no STUN server (set by `p2pipe share --no-stun`).
+    #[arg(skip)]
+    no_stun: bool,
 }
 
 impl NodeArgs {
+    /// The options of the node `p2pipe share` runs beside its file node, from its own
+    /// options.
+    pub fn for_share(
+        signal: Vec<String>,
+        stun: Vec<String>,
+        no_stun: bool,
+        turn: Vec<String>,
+        key_file: Option<PathBuf>,
+        port: u16,
+        bind: Vec<std::net::IpAddr>,
+    ) -> NodeArgs {
+        NodeArgs {
+            signal,
+            stun,
+            turn,
+            key_file,
+            port,
+            bind,
+            no_stun,
+        }
+    }
+
     /// Starts the node these options describe.
     ///
     /// # Errors
@@ -51,7 +76,11 @@ impl NodeArgs {
         for b in &brokers {
             p2pipe::identity::check_broker_url(b).map_err(|e| format!("{e} (from {source})"))?;
         }
-        let (stun, _) = servers::servers(&self.stun)?;
+        let stun = if self.no_stun {
+            Vec::new()
+        } else {
+            servers::servers(&self.stun)?.0
+        };
         let (me, _, _) = super::id::identity(self.key_file.clone())?;
         let mut builder = Node::builder(me).port(self.port);
         for ip in &self.bind {

@@ -20,7 +20,7 @@ use p2pipe::filer::{Error, FilerClient, FilerNode, Hit, NodeConfig, QueryId};
 pub struct Args {
     /// The text a file name must contain (case-sensitive).
     key: String,
-    /// The node to ask.
+    /// The node to ask (HOST:PORT; a signed address is refused, see below).
     #[arg(long, value_name = "HOST:PORT")]
     via: String,
     /// The longest to wait for answers, in seconds.
@@ -80,6 +80,9 @@ pub async fn search_via(
     quiet: Duration,
     count: usize,
 ) -> Result<Vec<Hit>, Box<dyn std::error::Error>> {
+    if super::via::is_signed(via) {
+        return Err(NOT_THROUGH_A_TUNNEL.into());
+    }
     let target = p2pipe::Target::parse(via, None)?;
     let addrs = p2pipe::dns::resolve(&target, None).await?;
     let to = *addrs.first().ok_or("the node's name did not resolve")?;
@@ -120,6 +123,13 @@ pub async fn search_via(
     ret.shutdown(Duration::from_secs(1)).await;
     Ok(hits)
 }
+
+/// Why a search cannot go to a signed address (yet).
+pub const NOT_THROUGH_A_TUNNEL: &str = "search does not take a signed address yet: answers \
+    (RESP) come back as new TCP connections from each node that has the file to the \
+    searcher's own HOST:PORT, which a searcher behind a NAT cannot take, and a tunnel \
+    carries connections from the fetcher to the sharer only; fetch by name with \
+    \"p2pipe fetch NAME --from p2pipe1:...\" instead";
 
 /// The `--wait` option (of `search` and `shell`) as a duration.
 pub fn wait_secs(secs: f64) -> Result<Duration, String> {

@@ -10,6 +10,11 @@
 //! external address. Then it logs, at info level, the peers that join and leave, the
 //! searches it answers, the files it serves and the trusted operations it accepts or
 //! refuses.
+//!
+//! With `--signal` it also runs a P2P node beside the file node and prints its signed
+//! address (`p2p address p2pipe1:...`): `p2pipe fetch NAME --from p2pipe1:...` reaches
+//! the files from behind any NAT, every TCP path that arrives being served as a tunnel
+//! exit to the file node's own listener (see docs/files-across-nats.md).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -18,7 +23,10 @@ use std::time::Duration;
 use p2pipe::addr::{AddrClass, Af};
 use p2pipe::filer::{Error as FilerError, FilerNode, NodeConfig, PeerId, Skipped};
 use p2pipe::iface::Interface;
+use p2pipe::p2p::{Arrival, Node, Tunnel, TunnelOptions};
+use p2pipe::Proto;
 
+use super::node::NodeArgs;
 use super::servers;
 
 /// How long the background STUN request waits for an answer.
@@ -64,6 +72,23 @@ pub struct Args {
     /// Do not ask STUN servers for the external address.
     #[arg(long, conflicts_with = "stun")]
     no_stun: bool,
+    /// A signalling broker, mqtt://HOST:PORT (repeatable): runs a P2P node beside the
+    /// file node and prints its signed address, which `p2pipe fetch --from` takes to
+    /// reach this node across NATs. The P2P node uses the --stun servers and listens
+    /// on --bind (every interface by default).
+    #[arg(long = "signal", value_name = "URL")]
+    signal: Vec<String>,
+    /// A TURN server for the P2P node's relay, turn://USER:PASS@HOST:PORT (repeatable;
+    /// the first is used). Needs --signal.
+    #[arg(long = "turn", value_name = "URL", requires = "signal")]
+    turn: Vec<String>,
+    /// The P2P node's key file; created (mode 0600) when missing. Needs --signal.
+    /// Default: $XDG_CONFIG_HOME/p2pipe/node.key or ~/.config/p2pipe/node.key.
+    #[arg(long, value_name = "FILE", requires = "signal")]
+    key_file: Option<PathBuf>,
+    /// The port the P2P node listens on, TCP and UDP (default: one the system picks).
+    #[arg(long, value_name = "P", default_value_t = 0, requires = "signal")]
+    p2p_port: u16,
 }
 
 /// Reads a secret file: its bytes, without a trailing newline.
@@ -117,6 +142,16 @@ fn check(args: &Args) -> Result<Checked, String> {
         PeerId::new(h, 1).map_err(|e| format!("invalid --advertise {h}: {e}"))?;
     }
     let secret = args.secret_file.as_deref().map(read_secret).transpose()?;
+    if secret.is_some() && !args.signal.is_empty() && !args.trust_remote {
+        // A tunnel's connections reach the file node from loopback, where trusted
+        // operations are taken: say so rather than let remote peers pass as local.
+        return Err(
+            "--secret-file with --signal: peers reached through the p2p node \
+             connect from loopback, where trusted operations are allowed; pass \
+             --trust-remote to accept them from any address that proves the secret"
+                .into(),
+        );
+    }
     let loopback_only = args.bind.is_some_and(|ip| ip.is_loopback());
     // Asked when the node listens beyond loopback, or when servers are named.
     let stun = if args.no_stun || (loopback_only && args.stun.is_empty()) {
@@ -315,6 +350,66 @@ async fn external(list: Vec<String>, families: Vec<Af>, id: PeerId) {
     }
 }
 
+/// The P2P node's options, from `share`'s own.
+fn node_args(args: &Args) -> NodeArgs {
+    NodeArgs::for_share(
+        args.signal.clone(),
+        args.stun.clone(),
+        args.no_stun,
+        args.turn.clone(),
+        args.key_file.clone(),
+        args.p2p_port,
+        args.bind
+            .filter(|ip| !ip.is_unspecified())
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// Where a tunnel exit connects: the file node's listener (loopback for a wildcard).
+fn exit_target(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, bound.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, bound.port()).into(),
+        _ => bound,
+    }
+}
+
+/// Serves every TCP path that reaches the P2P node as a tunnel exit to `target`, until
+/// the node stops (or this future is dropped, which ends every tunnel).
+async fn serve_arrivals(node: &Node, target: SocketAddr) {
+    let mut tunnels = tokio::task::JoinSet::new();
+    loop {
+        let arrival = tokio::select! {
+            a = node.accept() => a,
+            Some(_) = tunnels.join_next() => continue,
+        };
+        let Some(arrival) = arrival else {
+            return;
+        };
+        let who = arrival.node_id();
+        let Arrival {
+            pipe,
+            strategy,
+            proto,
+            ..
+        } = arrival;
+        if proto != Proto::Tcp {
+            tracing::info!(peer = %who, %proto, "p2p path closed: files travel over tcp paths only");
+            tunnels.spawn(async move { pipe.close().await });
+            continue;
+        }
+        tracing::info!(peer = %who, %strategy, "p2p peer arrived over tcp by {strategy}: serving files through a tunnel");
+        let tunnel = Tunnel::exit(pipe, target, TunnelOptions::default());
+        tunnels.spawn(async move {
+            match tunnel.closed().await {
+                Ok(()) => tracing::info!(peer = %who, "p2p tunnel closed"),
+                Err(e) => tracing::warn!(peer = %who, error = %e, "p2p tunnel ended"),
+            }
+        });
+    }
+}
+
 /// Runs the node until Ctrl-C or SIGTERM, then leaves the network.
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let Checked {
@@ -329,6 +424,18 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let trusted = cfg.secret.is_some();
     let node = start(&args, cfg).await?;
+    // The P2P node starts after the file node, whose listener its tunnels reach.
+    let p2p = if args.signal.is_empty() {
+        None
+    } else {
+        match node_args(&args).start().await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                node.shutdown(Duration::from_secs(1)).await;
+                return Err(format!("cannot start the p2p node: {e}").into());
+            }
+        }
+    };
     let bound = node.local_addr();
     let id = node.id().clone();
     let files = node.files().await?;
@@ -354,6 +461,18 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "listening on {bound}{every}; others can reach it at {}",
             at.join(", ")
+        );
+    }
+    if let Some(p2p) = &p2p {
+        println!("p2p address {}", p2p.record().to_text());
+        println!(
+            "p2p node {} on {}: others behind any nat fetch with \"p2pipe fetch NAME --from p2pipe1:...\"",
+            p2p.node_id(),
+            p2p.local_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let skipped = node.skipped().await?;
@@ -385,9 +504,21 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tokio::pin!(stop);
     let _ = futures::poll!(stop.as_mut());
     println!("press Ctrl-C to leave the network");
-    stop.await;
+    match &p2p {
+        Some(p2p) => {
+            let serve = serve_arrivals(p2p, exit_target(bound));
+            tokio::select! {
+                () = serve => stop.await,
+                () = &mut stop => {}
+            }
+        }
+        None => stop.await,
+    }
     if let Some(t) = stun_task {
         t.abort();
+    }
+    if let Some(p2p) = p2p {
+        p2p.stop(Duration::from_secs(2)).await;
     }
     node.shutdown(Duration::from_secs(5)).await;
     println!("left the network");

@@ -210,6 +210,13 @@ type BoxError = Box<dyn std::error::Error>;
 
 /// Runs the shell until `quit`, `exit` or end of input, and saves the history.
 pub async fn run(args: Args) -> Result<(), BoxError> {
+    if super::via::is_signed(&args.node) {
+        return Err(
+            "the shell works with a node at HOST:PORT only; reach a signed \
+             address with \"p2pipe fetch NAME --from p2pipe1:...\""
+                .into(),
+        );
+    }
     let shell = Shell::connect(args).await?;
     // Until here Ctrl-C ends the process (a node that does not answer); from here on
     // it cancels the running command.

@@ -50,6 +50,12 @@
 //! - A secure path can move to another raw path with the same peer (a relay replaced by
 //!   a direct path) without the application noticing.
 //!
+//! # Byte streams
+//!
+//! A [`Tunnel`] carries many TCP connections over one TCP-proto pipe of a node, as
+//! `ssh -L` does: an entrance listening on 127.0.0.1, an exit connecting to one target
+//! (see [`tunnel`]). `p2pipe share` and `p2pipe fetch` run the file protocol through it.
+//!
 //! `handshake` and `secure` are sans-IO cores; `path` is their tokio driver, whose
 //! `initiate`, `respond` and `migrate` the node calls.
 
@@ -70,6 +76,7 @@ mod relay;
 mod report;
 mod request;
 mod secure;
+pub mod tunnel;
 mod upgrade;
 
 use std::fmt;
@@ -83,6 +90,7 @@ pub use connect::{ConnectOptions, Connection};
 pub use gather::{interface_entries, offerable, MAX_ADDRS, MAX_INTERFACES};
 pub use node::{Arrival, Builder, Node, StopReport};
 pub use report::{Attempt, Outcome, Report, Strategy};
+pub use tunnel::{Tunnel, TunnelError, TunnelOptions};
 
 /// Errors of the p2p layer. Messages name nodes and addresses, never key material.
 #[derive(Debug, thiserror::Error)]

@@ -24,4 +24,5 @@ mod skips;
 mod stun;
 mod support;
 mod tcppunch;
+mod tunnel;
 mod turn;

@@ -42,6 +42,7 @@ use crate::support::{in_ci, spawn_guard_blocking, which};
 
 mod bench;
 mod filer;
+mod files;
 mod mapping;
 mod nat;
 pub mod natdiscovery;
