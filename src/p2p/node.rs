@@ -714,11 +714,17 @@ fn known(report: Option<&NatReport>, listening: &[SocketAddr], af: Af) -> Family
     }
 }
 
-/// Asks the router for a mapping of each listening port, TCP and UDP, on the first
-/// private IPv4 address; what the router grants.
+/// Asks the router for a mapping of each listening port, TCP and UDP, on the first IPv4
+/// address that is not routed on the internet (private, carrier-grade shared, or a
+/// documentation or benchmarking block, as in the lab); what the router grants.
 async fn map_ports(listening: &[SocketAddr], limit: Duration) -> Vec<Mapping> {
+    use crate::addr::AddrClass;
     let private = |a: &&SocketAddr| {
-        a.is_ipv4() && crate::addr::classify(a.ip()) == crate::addr::AddrClass::Private
+        a.is_ipv4()
+            && matches!(
+                crate::addr::classify(a.ip()),
+                AddrClass::Private | AddrClass::Shared | AddrClass::Documentation
+            )
     };
     let Some(local) = listening.iter().find(private).copied() else {
         return Vec::new();

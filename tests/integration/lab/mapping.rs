@@ -42,7 +42,7 @@ pub struct MiniUpnpd {
 }
 
 /// Whether miniupnpd is installed; prints SKIPPED (or panics under CI=true) when not.
-fn miniupnpd_or_skip(test: &str) -> bool {
+pub(super) fn miniupnpd_or_skip(test: &str) -> bool {
     if which("miniupnpd").is_some() {
         return true;
     }

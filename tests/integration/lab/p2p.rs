@@ -964,3 +964,38 @@ fn time_to_connect_per_strategy() {
     }
     super::write_traversal_table("p2p-time", &md);
 }
+
+#[test]
+fn a_port_mapped_on_either_router_connects_where_nothing_else_can() {
+    lab_or_skip!();
+    const TEST: &str = "lab::p2p::a_port_mapped_on_either_router_connects_where_nothing_else_can";
+    if !super::mapping::miniupnpd_or_skip(TEST) {
+        return;
+    }
+    // The symmetric side can neither punch to the port-restricted one nor be reached:
+    // only the mapping works, made by B (A connects to it) or by A (B is asked to come).
+    for (mapper, kinds) in [
+        (2, (NatKind::Symmetric, NatKind::PortRestrictedCone)),
+        (1, (NatKind::PortRestrictedCone, NatKind::Symmetric)),
+    ] {
+        let lab = Lab::builder().peers(kinds.0, kinds.1).build();
+        let _upnpd = super::mapping::MiniUpnpd::start(&lab, mapper);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let listener = Listener::start(&lab, 2, &node_args(&lab, dir.path(), 2, false));
+        let args = node_args(&lab, dir.path(), 1, false);
+        for proto in ["tcp", "udp"] {
+            let at = format!("mapped by {mapper}, {proto}");
+            let c = connect(&lab, 1, &listener.addr, &args, &["--proto", proto]);
+            assert!(c.ok, "{at}: {}\n{}", c.json, c.stderr);
+            assert_eq!(c.json["strategy"], "upnp", "{at}: {}", c.json);
+            let punch = outcome(&c.json, "punch").unwrap_or_default();
+            assert!(punch.contains("unpredictable"), "{at}: {punch}");
+        }
+        let (status, stderr) = listener.stop();
+        assert!(status.success(), "{stderr}");
+        assert!(stderr.contains("by upnp"), "{stderr}");
+        if mapper == 2 {
+            assert!(stderr.contains("2 port mappings deleted"), "{stderr}");
+        }
+    }
+}
