@@ -50,6 +50,7 @@
 mod admit;
 mod node;
 pub mod session;
+mod via;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -68,6 +69,13 @@ pub enum Error {
     /// A listener could not be started.
     #[error(transparent)]
     Listen(#[from] crate::daemon::Error),
+    /// No P2P path reached the peer ([`Mesh::connect_via`]); the error carries the
+    /// connect's report.
+    #[error(transparent)]
+    P2p(#[from] crate::p2p::Error),
+    /// The tunnel over a P2P path failed.
+    #[error(transparent)]
+    Tunnel(#[from] crate::p2p::TunnelError),
     /// The node id is empty, over 64 bytes, or holds whitespace or control characters.
     #[error("invalid node id {0:?}")]
     BadId(String),

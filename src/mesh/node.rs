@@ -599,6 +599,17 @@ impl Mesh {
         }
     }
 
+    /// Keeps `tunnel` until it ends or the mesh stops (then it is closed).
+    pub(super) fn hold(&self, tunnel: crate::p2p::Tunnel) {
+        let stopping = self.inner().stopping.clone();
+        self.inner().tracker.spawn(async move {
+            tokio::select! {
+                _ = tunnel.closed() => {}
+                () = stopping.cancelled() => tunnel.close(),
+            }
+        });
+    }
+
     /// Keeps a connection to `addr` open: connects now, and again after it drops or
     /// fails, with `backoff` between tries, until the mesh stops. The task ends early if
     /// `addr` turns out to be this node.

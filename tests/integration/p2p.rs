@@ -236,3 +236,58 @@ async fn a_connect_request_sent_again_is_refused_and_a_malformed_one_gets_no_ans
     within(asker.stop()).await;
     within(b.stop(T)).await;
 }
+
+#[tokio::test]
+async fn a_mesh_connects_to_a_signed_address_and_messages_flow_both_ways_over_the_path() {
+    use p2pipe::mesh::{Event, Events, Mesh};
+    const TEST: &str = "p2p::a_mesh_connects_to_a_signed_address";
+    async fn message(events: &mut Events) -> (String, Vec<u8>) {
+        loop {
+            if let Event::Message(m) = within(events.recv()).await.expect("an event") {
+                return (m.from.to_string(), m.data.to_vec());
+            }
+        }
+    }
+    for ip in loopbacks(TEST) {
+        let Some(broker) = Mosquitto::start(TEST, ip).await else {
+            return;
+        };
+        let node_a = node(10, ip, &broker, None).await;
+        let node_b = node(11, ip, &broker, None).await;
+        let b_record = node_b.record().clone();
+        let listen = std::net::SocketAddr::new(ip, 0);
+        let (alice, mut alice_events) = within(Mesh::builder("alice").listen(listen).start())
+            .await
+            .unwrap();
+        let (bob, mut bob_events) = within(Mesh::builder("bob").listen(listen).start())
+            .await
+            .unwrap();
+        // Bob's side: every path that reaches his node is a connection to his mesh.
+        let serving = tokio::spawn({
+            let bob = bob.clone();
+            async move {
+                while let Some(a) = node_b.accept().await {
+                    bob.serve_arrival(a).expect("served");
+                }
+            }
+        });
+        let peer = within(alice.connect_via(&node_a, &b_record))
+            .await
+            .unwrap_or_else(|e| panic!("{ip}: {e}"));
+        assert_eq!(&*peer.id, "bob", "{ip}");
+        within(alice.send_to("bob", "hello across")).await.unwrap();
+        assert_eq!(
+            message(&mut bob_events).await,
+            ("alice".into(), b"hello across".to_vec())
+        );
+        within(bob.send_to("alice", "and back")).await.unwrap();
+        assert_eq!(
+            message(&mut alice_events).await,
+            ("bob".into(), b"and back".to_vec())
+        );
+        within(alice.stop(T)).await;
+        within(bob.stop(T)).await;
+        within(node_a.stop(T)).await;
+        serving.abort();
+    }
+}
