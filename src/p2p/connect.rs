@@ -124,14 +124,52 @@ pub(crate) async fn run(
         limit,
         fast: opts.fast,
     };
-    let started = Instant::now();
     let mut report = Report::new(record.node_id(), proto);
+    let won = race(&plan, record, &opts.strategies, &mut report).await;
+    let Some(path) = won else {
+        return Err(Error::Unreachable(Box::new(report)));
+    };
+    report.path = Some((
+        path.pipe.local_addr(),
+        path.pipe.peer_addr().unwrap_or(path.pipe.local_addr()),
+    ));
+    let winner = report.winner.unwrap_or(Strategy::Direct);
+    tracing::info!(peer = %report.peer, %proto, %winner, ms = report.elapsed.as_millis() as u64, "connected");
+    let (tx, via) = watch::channel(winner);
+    let upgradable = winner == Strategy::Relay
+        && opts.strategies.contains(&Strategy::Punch)
+        && plan.punchable().is_ok();
+    if let (true, Some(mover)) = (upgradable, path.mover) {
+        upgrade::start(
+            inner,
+            path.peer,
+            proto,
+            plan.af,
+            path.hello.token,
+            mover,
+            tx,
+        );
+    }
+    Ok(Connection {
+        pipe: path.pipe,
+        peer: path.peer,
+        report,
+        via,
+    })
+}
+
+/// Runs `strategies` by `plan` until one makes a path that the peer confirms, or the
+/// limit passes; records each in `report`. The others are dropped (stopped) on return.
+async fn race(
+    plan: &Plan<'_>,
+    record: &PeerRecord,
+    strategies: &[Strategy],
+    report: &mut Report,
+) -> Option<SecurePath> {
+    let started = Instant::now();
     let mut running = FuturesUnordered::new();
     let mut under_way = Vec::new();
-    for strategy in Strategy::ALL
-        .into_iter()
-        .filter(|s| opts.strategies.contains(s))
-    {
+    for strategy in Strategy::ALL.into_iter().filter(|s| strategies.contains(s)) {
         match plan.start(strategy, record) {
             Ok(fut) => {
                 under_way.push(strategy);
@@ -140,7 +178,7 @@ pub(crate) async fn run(
             Err(reason) => report.record(strategy, Outcome::Skipped(reason), started.elapsed()),
         }
     }
-    let deadline = started + limit;
+    let deadline = started + plan.limit;
     let mut won = None;
     while won.is_none() {
         let next = tokio::select! {
@@ -173,35 +211,13 @@ pub(crate) async fn run(
             Some(_) => Outcome::Cancelled,
             None => Outcome::Failed(format!(
                 "no path within the connect limit of {}",
-                secs(limit)
+                secs(plan.limit)
             )),
         };
         report.record(strategy, outcome, elapsed);
     }
     report.elapsed = elapsed;
-    match won {
-        Some(path) => {
-            report.path = Some((
-                path.pipe.local_addr(),
-                path.pipe.peer_addr().unwrap_or(path.pipe.local_addr()),
-            ));
-            tracing::info!(peer = %report.peer, %proto, strategy = ?report.winner, ms = elapsed.as_millis() as u64, "connected");
-            let winner = report.winner.unwrap_or(Strategy::Direct);
-            let (tx, via) = watch::channel(winner);
-            let upgradable = winner == Strategy::Relay && plan.punchable().is_ok();
-            if let (true, Some(mover)) = (upgradable, path.mover) {
-                let token = path.hello.token;
-                upgrade::start(inner, path.peer, proto, plan.af, token, mover, tx);
-            }
-            Ok(Connection {
-                pipe: path.pipe,
-                peer: path.peer,
-                report,
-                via,
-            })
-        }
-        None => Err(Error::Unreachable(Box::new(report))),
-    }
+    won
 }
 
 impl<'a> Plan<'a> {

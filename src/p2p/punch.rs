@@ -32,6 +32,15 @@ fn stun_of(inner: &Inner, af: Af) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Which end of a punch this node is.
+#[derive(Clone, Copy)]
+pub(crate) enum End<'a> {
+    /// It offers the punch to this peer.
+    Offer(&'a PublicKey),
+    /// It answers this offer.
+    Answer(&'a DeliveredRequest),
+}
+
 /// Punches a path to `peer` over `proto` from this node's address of family `af`, then
 /// authenticates it as the initiator; all within `limit`.
 pub(crate) async fn connect(
@@ -41,16 +50,17 @@ pub(crate) async fn connect(
     af: Af,
     limit: Duration,
 ) -> Result<SecurePath, String> {
-    let raw = punch_raw(inner, peer, proto, af, limit).await?;
+    let raw = punch_raw(inner, End::Offer(peer), proto, af, limit).await?;
     inner
         .initiate(raw, peer, Strategy::Punch, Inner::token())
         .await
 }
 
-/// Punches a raw path to `peer` (not yet authenticated), within `limit`.
+/// Punches a raw path (not yet authenticated) from this node's address of family `af`,
+/// as `end`, within `limit`.
 pub(crate) async fn punch_raw(
     inner: &Inner,
-    peer: &PublicKey,
+    end: End<'_>,
     proto: Proto,
     af: Af,
     limit: Duration,
@@ -61,9 +71,10 @@ pub(crate) async fn punch_raw(
         .ok_or("no signalling broker is configured")?;
     let local = bind_addr(inner, af)?;
     let family = inner.family(af);
+    let failed = |e: &dyn std::fmt::Display| e.to_string();
     match proto {
         Proto::Udp => {
-            let socket = bind::udp_socket(local, None).map_err(|e| e.to_string())?;
+            let socket = bind::udp_socket(local, None).map_err(|e| failed(&e))?;
             let cfg = udp::Config {
                 stun: stun_of(inner, af),
                 nat: family.nat,
@@ -71,31 +82,34 @@ pub(crate) async fn punch_raw(
                 pipe: PipeConfig::default(),
                 ..udp::Config::default()
             };
-            udp::punch(signaller, peer, socket, &cfg)
-                .await
-                .map_err(|e| e.to_string())
+            match end {
+                End::Offer(peer) => udp::punch(signaller, peer, socket, &cfg).await,
+                End::Answer(offer) => udp::answer(signaller, offer, socket, &cfg).await,
+            }
+            .map_err(|e| failed(&e))
         }
         Proto::Tcp => {
-            let port = PunchPort::bind(local, None).map_err(|e| e.to_string())?;
+            let port = PunchPort::bind(local, None).map_err(|e| failed(&e))?;
             let cfg = tcp::Config {
                 stun: stun_of(inner, af),
                 limit,
                 pipe: raw_config(),
                 ..tcp::Config::new(family.tcp())
             };
-            tcp::connect(signaller, peer, port, &cfg)
-                .await
-                .map_err(|e| e.to_string())
+            match end {
+                End::Offer(peer) => tcp::connect(signaller, peer, port, &cfg).await,
+                End::Answer(offer) => tcp::answer(signaller, offer, port, &cfg).await,
+            }
+            .map_err(|e| failed(&e))
         }
     }
 }
 
-/// Answers a punch offer from `request.from`, authenticates the punched path as the
-/// responder, and hands it to [`Node::accept`](super::Node::accept).
+/// Answers a punch offer from `request.from`: the punched path becomes a relayed path's
+/// new one when an upgrade announced it, else it is authenticated as the responder and
+/// handed to [`Node::accept`](super::Node::accept).
 pub(crate) async fn answer(inner: &Inner, request: &DeliveredRequest) {
-    let signaller = inner.signaller.as_ref().expect("started with signalling");
-    let incoming = Incoming::Request(request.clone());
-    let proto = if udp::is_offer(&incoming) {
+    let proto = if udp::is_offer(&Incoming::Request(request.clone())) {
         Proto::Udp
     } else {
         Proto::Tcp
@@ -107,43 +121,9 @@ pub(crate) async fn answer(inner: &Inner, request: &DeliveredRequest) {
     } else {
         Af::V6
     };
-    let Ok(local) = bind_addr(inner, af) else {
-        return;
-    };
-    let family = inner.family(af);
     let limit = inner.settings.limits.connect;
-    let raw = match proto {
-        Proto::Udp => {
-            let Ok(socket) = bind::udp_socket(local, None) else {
-                return;
-            };
-            let cfg = udp::Config {
-                stun: stun_of(inner, af),
-                nat: family.nat,
-                limit,
-                ..udp::Config::default()
-            };
-            udp::answer(signaller, request, socket, &cfg)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        Proto::Tcp => {
-            let Ok(port) = PunchPort::bind(local, None) else {
-                return;
-            };
-            let cfg = tcp::Config {
-                stun: stun_of(inner, af),
-                limit,
-                pipe: raw_config(),
-                ..tcp::Config::new(family.tcp())
-            };
-            tcp::answer(signaller, request, port, &cfg)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    };
     let peer = crate::identity::NodeId::from_key(&request.from);
-    let raw = match raw {
+    let raw = match punch_raw(inner, End::Answer(request), proto, af, limit).await {
         Ok(raw) => raw,
         Err(reason) => {
             tracing::info!(%peer, %proto, %reason, "punch answered, no path");

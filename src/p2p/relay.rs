@@ -184,31 +184,7 @@ pub(crate) async fn answer(inner: &Arc<Inner>, request: &DeliveredRequest, parse
     };
     let signaller = inner.signaller.as_ref().expect("started with signalling");
     let peer = NodeId::from_key(&request.from);
-    let limit = inner.settings.limits.turn;
-    let Some(server) = inner.settings.turn.first() else {
-        let refusal = Answer::refused(format!("the peer has {NO_RELAY}"));
-        let _ = signaller.respond(request, &refusal.to_bytes()).await;
-        return;
-    };
-    let made = async {
-        let relay = allocate(inner, server, proto == Proto::Tcp, limit).await?;
-        let udp_pipe = match (proto, relayed) {
-            (Proto::Udp, Some(theirs)) => {
-                Some(relay.pipe(theirs).await.map_err(|e| e.to_string())?)
-            }
-            (Proto::Udp, None) => {
-                return Err("a udp relay request without a relayed address".to_string())
-            }
-            (Proto::Tcp, _) => {
-                for p in &public {
-                    relay.permit(*p).await.map_err(|e| e.to_string())?;
-                }
-                None
-            }
-        };
-        Ok((relay, udp_pipe))
-    };
-    let (relay, udp_pipe) = match made.await {
+    let (relay, udp_pipe) = match prepare(inner, proto, relayed, &public).await {
         Ok(x) => x,
         Err(reason) => {
             tracing::info!(%peer, %reason, "relay request refused");
@@ -247,4 +223,32 @@ pub(crate) async fn answer(inner: &Arc<Inner>, request: &DeliveredRequest, parse
         }
         Err(reason) => tracing::info!(%peer, %reason, "relayed path refused"),
     }
+}
+
+/// The answering side's allocation: over UDP, with a channel to the asker's relayed
+/// address (its pipe); over TCP, with the asker's public addresses let in.
+async fn prepare(
+    inner: &Inner,
+    proto: Proto,
+    relayed: Option<SocketAddr>,
+    public: &[SocketAddr],
+) -> Result<(Relay, Option<Pipe>), String> {
+    let server = inner
+        .settings
+        .turn
+        .first()
+        .ok_or_else(|| format!("the peer has {NO_RELAY}"))?;
+    let limit = inner.settings.limits.turn;
+    let relay = allocate(inner, server, proto == Proto::Tcp, limit).await?;
+    let udp_pipe = match (proto, relayed) {
+        (Proto::Udp, Some(theirs)) => Some(relay.pipe(theirs).await.map_err(|e| e.to_string())?),
+        (Proto::Udp, None) => return Err("a udp relay request without a relayed address".into()),
+        (Proto::Tcp, _) => {
+            for p in public {
+                relay.permit(*p).await.map_err(|e| e.to_string())?;
+            }
+            None
+        }
+    };
+    Ok((relay, udp_pipe))
 }

@@ -89,7 +89,7 @@ async fn once(
     if let Answer::Refused { reason } = Answer::parse(&answer).map_err(|e| e.to_string())? {
         return Err(format!("the peer refused: {reason}"));
     }
-    let raw = punch::punch_raw(inner, peer, proto, af, limit).await?;
+    let raw = punch::punch_raw(inner, punch::End::Offer(peer), proto, af, limit).await?;
     path::migrate(mover, raw, limit)
         .await
         .map_err(|e| e.to_string())
