@@ -3,13 +3,10 @@
 //! the other's downloads the file through a tunnel over the P2P path, across a
 //! symmetric NAT and a port-restricted cone NAT, with the lab's broker, STUN and TURN.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 
+use super::p2p::Listener;
 use super::{lab_or_skip, Lab, NatKind, LAB_T};
-use crate::support::spawn_guard_blocking;
 
 /// The options of the P2P side of a command in peer `n`'s namespace: the lab's broker,
 /// STUN and TURN, a key file of its own, its IPv4 address only.
@@ -29,117 +26,17 @@ fn p2p_args(lab: &Lab, dir: &Path, who: &str, n: usize) -> Vec<String> {
     ]
 }
 
-/// A `p2pipe share` running in a peer's namespace.
-struct Sharer {
-    child: Child,
-    /// The signed address it printed.
-    addr: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Sharer {
-    /// Starts `p2pipe share DIR` in peer `n`'s namespace and waits for its signed
-    /// address.
-    fn start(lab: &Lab, n: usize, folder: &Path, keys: &Path) -> Sharer {
-        let mut cmd = Command::new(crate::support::which("ip").unwrap_or_else(|| "ip".into()));
-        cmd.args([
-            "netns",
-            "exec",
-            lab.ns_peer(n),
-            env!("CARGO_BIN_EXE_p2pipe"),
-            "share",
-        ])
-        .arg(folder)
-        .args(["--port", "0"])
-        .args(p2p_args(lab, keys, "sharer", n))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = {
-            let _guard = spawn_guard_blocking();
-            cmd.spawn().expect("spawn p2pipe share")
-        };
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().expect("piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let out = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(addr) = line.strip_prefix("p2p address ") {
-                        let _ = tx.send(addr.to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(LAB_T) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no signed address from p2pipe share: {e}\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-        };
-        Sharer {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    /// Stops it with SIGTERM; its exit status and what it wrote to stderr.
-    fn stop(mut self) -> (ExitStatus, String) {
-        // SAFETY: the child has not been reaped, so its pid still names it.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let (tx, rx) = mpsc::channel();
-        let mut child = self.child.take_over();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        let status = rx
-            .recv_timeout(LAB_T)
-            .expect("p2pipe share stops within the limit after SIGTERM")
-            .expect("wait");
-        (status, self.stderr.lock().unwrap().clone())
-    }
-}
-
-/// Moves a child out, leaving a finished one in its place.
-trait TakeOver {
-    fn take_over(&mut self) -> Child;
-}
-
-impl TakeOver for Child {
-    fn take_over(&mut self) -> Child {
-        let mut done = Command::new("true").spawn().expect("spawn true");
-        let _ = done.wait();
-        std::mem::replace(self, done)
-    }
-}
-
-impl Drop for Sharer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `p2pipe share FOLDER` with a P2P node in peer `n`'s namespace, and waits for
+/// its signed address.
+fn sharer(lab: &Lab, n: usize, folder: &Path, keys: &Path) -> Listener {
+    let mut args = vec![
+        "share".to_string(),
+        folder.display().to_string(),
+        "--port".into(),
+        "0".into(),
+    ];
+    args.extend(p2p_args(lab, keys, "sharer", n));
+    Listener::run(lab, n, &args, "p2p address ")
 }
 
 /// Bytes that are not all alike, so that a misplaced piece shows.
@@ -179,7 +76,7 @@ fn a_file_is_fetched_and_verified_across_a_symmetric_and_a_port_restricted_nat_b
         let out = tempfile::tempdir().expect("temp dir");
         let original = content(len, sharer_n as u32 * 7919);
         std::fs::write(shared.path().join("data.bin"), &original).unwrap();
-        let sharer = Sharer::start(&lab, sharer_n, shared.path(), keys.path());
+        let sharer = sharer(&lab, sharer_n, shared.path(), keys.path());
         assert!(sharer.addr.starts_with("p2pipe1:"), "{at}: {}", sharer.addr);
         let mut args: Vec<String> = vec![
             "fetch".into(),

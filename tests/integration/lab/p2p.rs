@@ -47,24 +47,33 @@ fn node_args(lab: &Lab, dir: &Path, n: usize, relay: bool) -> Vec<String> {
     args
 }
 
-/// A `p2pipe listen` running in a peer's namespace.
-struct Listener {
+/// A `p2pipe` command running in a peer's namespace until it is stopped, which prints
+/// a node's signed address on its stdout: `p2pipe listen`, `p2pipe share --signal`.
+pub(super) struct Listener {
     child: Child,
-    /// The signed address it printed first.
-    addr: String,
+    /// The signed address it printed.
+    pub(super) addr: String,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Listener {
-    /// Starts `p2pipe listen` in peer `n`'s namespace and waits for its address.
+    /// Starts `p2pipe listen ARGS` in peer `n`'s namespace and waits for its address,
+    /// the first line it prints.
     fn start(lab: &Lab, n: usize, args: &[String]) -> Listener {
+        let mut all = vec!["listen".to_string()];
+        all.extend_from_slice(args);
+        Listener::run(lab, n, &all, "")
+    }
+
+    /// Starts `p2pipe ARGS` in peer `n`'s namespace and waits for the first line of its
+    /// stdout that starts with `prefix`: the signed address follows it.
+    pub(super) fn run(lab: &Lab, n: usize, args: &[String], prefix: &'static str) -> Listener {
         let mut cmd = Command::new(which_ip());
         cmd.args([
             "netns",
             "exec",
             lab.ns_peer(n),
             env!("CARGO_BIN_EXE_p2pipe"),
-            "listen",
         ])
         .args(args)
         .stdin(Stdio::null())
@@ -72,7 +81,7 @@ impl Listener {
         .stderr(Stdio::piped());
         let mut child = {
             let _guard = spawn_guard_blocking();
-            cmd.spawn().expect("spawn p2pipe listen")
+            cmd.spawn().expect("spawn p2pipe")
         };
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("piped");
@@ -91,19 +100,22 @@ impl Listener {
         let out = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            let _ = tx.send(lines.next());
-            // Keep reading, so that the listener never blocks on a full pipe.
-            for _ in lines {}
+            // Read to the end, so that the command never blocks on a full pipe.
+            let mut told = false;
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let (false, Some(addr)) = (told, line.strip_prefix(prefix)) {
+                    told = tx.send(addr.to_string()).is_ok();
+                }
+            }
         });
-        let first = rx.recv_timeout(LAB_T);
-        let addr = match first {
-            Ok(Some(Ok(line))) => line,
-            other => {
+        let addr = match rx.recv_timeout(LAB_T) {
+            Ok(addr) => addr,
+            Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "no address from p2pipe listen: {other:?}\n{}",
+                    "no address from p2pipe {args:?}: {e}\n{}",
                     stderr.lock().unwrap()
                 );
             }
@@ -116,7 +128,7 @@ impl Listener {
     }
 
     /// Stops it with SIGTERM; its exit status and what it wrote to stderr.
-    fn stop(mut self) -> (ExitStatus, String) {
+    pub(super) fn stop(mut self) -> (ExitStatus, String) {
         // SAFETY: the child has not been reaped, so its pid still names it.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let (tx, rx) = mpsc::channel();
@@ -126,7 +138,7 @@ impl Listener {
         });
         let status = rx
             .recv_timeout(LAB_T)
-            .expect("p2pipe listen stops within the limit after SIGTERM")
+            .expect("p2pipe stops within the limit after SIGTERM")
             .expect("wait");
         (status, self.stderr.lock().unwrap().clone())
     }
