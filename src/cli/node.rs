@@ -25,7 +25,7 @@ pub struct NodeArgs {
     /// A TURN server for the relay strategy, turn://USER:PASS@HOST:PORT (repeatable;
     /// the first is used). Without one, no relay is tried.
     #[arg(long = "turn", value_name = "URL")]
-    turn: Vec<String>,
+    turn: Vec<TurnUrl>,
     /// The node key file; created (mode 0600) when missing. Default:
     /// $XDG_CONFIG_HOME/p2pipe/node.key or ~/.config/p2pipe/node.key.
     #[arg(long, value_name = "FILE")]
@@ -49,7 +49,7 @@ impl NodeArgs {
         signal: Vec<String>,
         stun: Vec<String>,
         no_stun: bool,
-        turn: Vec<String>,
+        turn: Vec<TurnUrl>,
         key_file: Option<PathBuf>,
         port: u16,
         bind: Vec<std::net::IpAddr>,
@@ -93,7 +93,7 @@ impl NodeArgs {
             builder = builder.stun(s);
         }
         for url in &self.turn {
-            builder = builder.turn(turn_server(url).await?);
+            builder = builder.turn(turn_server(&url.0).await?);
         }
         Ok(builder.start().await?)
     }
@@ -118,6 +118,26 @@ async fn resolve(list: &[String], default: u16) -> Result<Vec<SocketAddr>, Strin
         }
     }
     Ok(out)
+}
+
+/// A `--turn` URL. It holds a password: its `Debug` shows only the host part, so the
+/// options can be printed without it.
+#[derive(Clone)]
+pub struct TurnUrl(String);
+
+impl std::str::FromStr for TurnUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<TurnUrl, Self::Err> {
+        Ok(TurnUrl(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for TurnUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = self.0.rsplit_once('@').map_or("?", |(_, host)| host);
+        write!(f, "turn://...@{host}")
+    }
 }
 
 /// A TURN server from `turn://USER:PASS@HOST:PORT` (port 3478 when missing). The
@@ -147,6 +167,12 @@ async fn turn_server(url: &str) -> Result<TurnServer, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turn_url_debugs_without_its_password() {
+        let url: TurnUrl = "turn://alice:s3cret@203.0.113.10:3479".parse().unwrap();
+        assert_eq!(format!("{url:?}"), "turn://...@203.0.113.10:3479");
+    }
 
     #[tokio::test]
     async fn a_turn_url_gives_its_server_and_a_bad_one_never_shows_the_password() {

@@ -81,7 +81,7 @@ pub struct Args {
     /// A TURN server for the P2P node's relay, turn://USER:PASS@HOST:PORT (repeatable;
     /// the first is used). Needs --signal.
     #[arg(long = "turn", value_name = "URL", requires = "signal")]
-    turn: Vec<String>,
+    turn: Vec<super::node::TurnUrl>,
     /// The P2P node's key file; created (mode 0600) when missing. Needs --signal.
     /// Default: $XDG_CONFIG_HOME/p2pipe/node.key or ~/.config/p2pipe/node.key.
     #[arg(long, value_name = "FILE", requires = "signal")]
