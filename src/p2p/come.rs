@@ -24,10 +24,7 @@ pub(crate) async fn connect(
     to: Vec<SocketAddr>,
     limit: std::time::Duration,
 ) -> Result<SecurePath, String> {
-    let signaller = inner
-        .signaller
-        .as_ref()
-        .ok_or("no signalling broker is configured")?;
+    inner.signalling()?;
     let token = Inner::token();
     let arrived = inner.expect(token);
     let request = Request::Come {
@@ -37,14 +34,7 @@ pub(crate) async fn connect(
         to,
     };
     let asked = async {
-        let answer = signaller
-            .request(peer, &request.to_bytes(), limit)
-            .await
-            .map_err(|e| format!("the peer did not answer over signalling: {e}"))?;
-        match Answer::parse(&answer).map_err(|e| e.to_string())? {
-            Answer::Accepted { .. } => {}
-            Answer::Refused { reason } => return Err(format!("the peer refused: {reason}")),
-        }
+        inner.ask(peer, &request, limit).await?;
         arrived.await.map_err(|_| "the node stopped".to_string())
     };
     let result = tokio::time::timeout(limit, asked)

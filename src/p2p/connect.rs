@@ -296,7 +296,7 @@ impl<'a> Plan<'a> {
     /// names.
     fn signalled(&self, record: &PeerRecord) -> Result<(), String> {
         if self.inner.signaller.is_none() {
-            return Err("no signalling broker is configured".into());
+            return Err(super::node::NO_SIGNALLING.into());
         }
         let theirs = &record.signalling().brokers;
         if !self

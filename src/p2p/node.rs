@@ -14,7 +14,7 @@ use super::handshake::{Expect, Hello};
 use super::inbound;
 use super::path::{self, Mover, PathOptions, SecurePath};
 use super::report::Strategy;
-use super::request::{Token, Tokens};
+use super::request::{Answer, Request, Token, Tokens};
 use super::{commit, gather, Error};
 use crate::daemon::Daemon;
 use crate::identity::{unix_ms, Identity, NodeId, PeerRecord, PortMapping, PublicKey};
@@ -37,6 +37,9 @@ pub(crate) fn raw_config() -> PipeConfig {
         .framing(Framing::LengthPrefixed)
         .max_frame(MAX_RAW_FRAME)
 }
+
+/// The reason a strategy that signals cannot run on a node without a broker.
+pub(crate) const NO_SIGNALLING: &str = "no signalling broker is configured";
 
 /// Arrivals waiting for [`Node::accept`].
 const ARRIVALS: usize = 64;
@@ -297,6 +300,33 @@ impl Inner {
             .iter()
             .copied()
             .find(|a| Af::of(&a.ip()) == af)
+    }
+
+    /// The node's signaller, or the reason a strategy that needs one cannot run.
+    pub(crate) fn signalling(&self) -> Result<&Signaller, String> {
+        self.signaller
+            .as_ref()
+            .ok_or_else(|| NO_SIGNALLING.to_string())
+    }
+
+    /// Sends `request` to `peer` over signalling and takes its answer, at most `limit`:
+    /// the relayed address an acceptance carries, if any; a refusal, or no answer, as
+    /// the reason.
+    pub(crate) async fn ask(
+        &self,
+        peer: &PublicKey,
+        request: &Request,
+        limit: Duration,
+    ) -> Result<Option<SocketAddr>, String> {
+        let answer = self
+            .signalling()?
+            .request(peer, &request.to_bytes(), limit)
+            .await
+            .map_err(|e| format!("the peer did not answer over signalling: {e}"))?;
+        match Answer::parse(&answer).map_err(|e| e.to_string())? {
+            Answer::Accepted { relayed } => Ok(relayed),
+            Answer::Refused { reason } => Err(format!("the peer refused: {reason}")),
+        }
     }
 
     /// Authenticates `raw` as the initiator, expecting `peer`, saying `strategy` and

@@ -65,10 +65,7 @@ pub(crate) async fn punch_raw(
     af: Af,
     limit: Duration,
 ) -> Result<crate::Pipe, String> {
-    let signaller = inner
-        .signaller
-        .as_ref()
-        .ok_or("no signalling broker is configured")?;
+    let signaller = inner.signalling()?;
     let local = bind_addr(inner, af)?;
     let family = inner.family(af);
     let failed = |e: &dyn std::fmt::Display| e.to_string();

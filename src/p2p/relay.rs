@@ -40,10 +40,7 @@ pub(crate) async fn connect(
     limit: Duration,
 ) -> Result<SecurePath, String> {
     let server = inner.settings.turn.first().ok_or(NO_RELAY)?;
-    let signaller = inner
-        .signaller
-        .as_ref()
-        .ok_or("no signalling broker is configured")?;
+    inner.signalling()?;
     let token = Inner::token();
     let work = async {
         match proto {
@@ -55,7 +52,7 @@ pub(crate) async fn connect(
                     relayed: Some(relay.relayed_addr()),
                     public: Vec::new(),
                 };
-                let theirs = ask(signaller, peer, &request, limit).await?;
+                let theirs = ask(inner, peer, &request, limit).await?;
                 let raw = relay.pipe(theirs).await.map_err(|e| e.to_string())?;
                 let path = inner
                     .initiate(raw.clone(), peer, Strategy::Relay, token)
@@ -71,7 +68,7 @@ pub(crate) async fn connect(
                     relayed: None,
                     public,
                 };
-                let theirs = ask(signaller, peer, &request, limit).await?;
+                let theirs = ask(inner, peer, &request, limit).await?;
                 let raw =
                     Pipe::connect_with(Proto::Tcp, theirs, &raw_config().connect_timeout(limit))
                         .await
@@ -87,22 +84,15 @@ pub(crate) async fn connect(
 
 /// Sends a relay request and returns the peer's relayed address.
 async fn ask(
-    signaller: &crate::signal::Signaller,
+    inner: &Inner,
     peer: &PublicKey,
     request: &Request,
     limit: Duration,
 ) -> Result<SocketAddr, String> {
-    let answer = signaller
-        .request(peer, &request.to_bytes(), limit)
-        .await
-        .map_err(|e| format!("the peer did not answer over signalling: {e}"))?;
-    match Answer::parse(&answer).map_err(|e| e.to_string())? {
-        Answer::Accepted { relayed: Some(a) } => Ok(a),
-        Answer::Accepted { relayed: None } => {
-            Err("the peer accepted without a relayed address".into())
-        }
-        Answer::Refused { reason } => Err(format!("the peer refused: {reason}")),
-    }
+    inner
+        .ask(peer, request, limit)
+        .await?
+        .ok_or_else(|| "the peer accepted without a relayed address".into())
 }
 
 /// Allocates on `server`: a UDP relay reached by this node's transport, or a TCP relay

@@ -76,19 +76,10 @@ async fn once(
     token: Token,
     mover: &Mover,
 ) -> Result<(), String> {
-    let signaller = inner
-        .signaller
-        .as_ref()
-        .ok_or("no signalling broker is configured")?;
     let limit = inner.settings.limits.connect;
-    let request = Request::Upgrade { token, proto };
-    let answer = signaller
-        .request(peer, &request.to_bytes(), limit)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Answer::Refused { reason } = Answer::parse(&answer).map_err(|e| e.to_string())? {
-        return Err(format!("the peer refused: {reason}"));
-    }
+    inner
+        .ask(peer, &Request::Upgrade { token, proto }, limit)
+        .await?;
     let raw = punch::punch_raw(inner, punch::End::Offer(peer), proto, af, limit).await?;
     path::migrate(mover, raw, limit)
         .await
