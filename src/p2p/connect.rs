@@ -110,11 +110,7 @@ pub(crate) async fn run(
         });
     }
     let limit = opts.limit.unwrap_or(inner.settings.limits.connect);
-    let af = if inner.listening_on(Af::V4).is_some() {
-        Af::V4
-    } else {
-        Af::V6
-    };
+    let af = inner.nat_family();
     let plan = Plan {
         inner,
         peer: *record.public_key(),

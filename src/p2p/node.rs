@@ -294,6 +294,16 @@ impl Inner {
         }
     }
 
+    /// The family the NAT-dependent strategies (punch, relay to direct) use: IPv4 when
+    /// this node has it, as NATs are IPv4's; else IPv6.
+    pub(crate) fn nat_family(&self) -> Af {
+        if self.listening_on(Af::V4).is_some() {
+            Af::V4
+        } else {
+            Af::V6
+        }
+    }
+
     /// The listening address of family `af`, if any.
     pub(crate) fn listening_on(&self, af: Af) -> Option<SocketAddr> {
         self.listening

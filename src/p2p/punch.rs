@@ -111,13 +111,8 @@ pub(crate) async fn answer(inner: &Inner, request: &DeliveredRequest) {
     } else {
         Proto::Tcp
     };
-    // The family of the peer's candidates is not known here: punch from IPv4 when this
-    // node has it.
-    let af = if inner.listening_on(Af::V4).is_some() {
-        Af::V4
-    } else {
-        Af::V6
-    };
+    // Both sides choose the family by the same rule, so they punch on the same one.
+    let af = inner.nat_family();
     let limit = inner.settings.limits.connect;
     let peer = crate::identity::NodeId::from_key(&request.from);
     let raw = match punch_raw(inner, End::Answer(request), proto, af, limit).await {
