@@ -4,11 +4,20 @@
 //! with `--count` answers; otherwise once answers stop coming (no new one for
 //! `--quiet-ms` after the last), or at the `--wait` deadline, whichever is first. With
 //! no answer at all it says so on stderr and exits with a non-zero status.
+//!
+//! A node at `HOST:PORT` is sent a query whose answers come back as new connections to
+//! a return address this command listens on, as btfiler does. A signed address
+//! (`p2pipe1:...`) is reached across NATs through a P2P node and a tunnel, and asked to
+//! search on the searcher's behalf and answer on the same connection (`SRCH`), since no
+//! node of the sharer's network can connect back to a searcher behind a NAT.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use p2pipe::filer::{Error, FilerClient, FilerNode, Hit, NodeConfig, QueryId};
+use p2pipe::filer::{Answers, Error, FilerClient, FilerNode, Hit, NodeConfig, QueryId};
+
+use super::node::NodeArgs;
+use super::via::{self, Via};
 
 /// Arguments of `p2pipe search`.
 #[derive(Debug, clap::Args)]
@@ -20,8 +29,10 @@ use p2pipe::filer::{Error, FilerClient, FilerNode, Hit, NodeConfig, QueryId};
 pub struct Args {
     /// The text a file name must contain (case-sensitive).
     key: String,
-    /// The node to ask (HOST:PORT; a signed address is refused, see below).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The node to ask: HOST:PORT, or the signed address (`p2pipe1:...`) that `p2pipe
+    /// share --signal ...` prints, reached across NATs through a P2P node (the options
+    /// below).
+    #[arg(long, value_name = "HOST:PORT|p2pipe1:...")]
     via: String,
     /// The longest to wait for answers, in seconds.
     #[arg(long, default_value_t = 3.0)]
@@ -35,6 +46,8 @@ pub struct Args {
     /// Stop after this many answers (0: stop when answers stop coming).
     #[arg(long, default_value_t = 0)]
     count: usize,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 /// How long a search waits for a further answer after the last one, by default.
@@ -62,27 +75,70 @@ impl std::fmt::Display for NoAnswer {
 
 impl std::error::Error for NoAnswer {}
 
-/// Searches for `key` through the node at `via`: a temporary node, listening on the
-/// address that reaches `via`, is the return address for the answers (RESP). Returns
-/// the answers, distinct, in the order they came: once `count` have come (0: no
-/// limit), once none has come for `quiet` after the last, or when `wait` has passed.
-/// An empty list means no answer came within `wait`.
+/// How one search goes: the key, the hops, and when it stops (see [`Answers`]).
+#[derive(Debug, Clone)]
+pub struct Search {
+    /// The text a file name must contain.
+    pub key: String,
+    /// How many hops the query may travel.
+    pub ttl: u32,
+    /// The longest to wait.
+    pub wait: Duration,
+    /// After an answer, how long to wait for a further one.
+    pub quiet: Duration,
+    /// How many answers are enough (0: no limit).
+    pub count: usize,
+}
+
+/// Searches through the node at `via`: `HOST:PORT` (with a return address, as btfiler
+/// does) or a signed address, reached through a P2P node started from `node` and asked
+/// to search on the searcher's behalf ([`on_behalf`]). Returns the distinct answers in
+/// the order they came; an empty list means no answer came within the wait.
 ///
 /// # Cancel safety
 ///
-/// Cancel safe: the temporary node is dropped, and answers still on their way find
+/// Cancel safe: the temporary nodes are dropped, and answers still on their way find
 /// nobody listening.
 pub async fn search_via(
     via: &str,
-    key: &str,
-    ttl: u32,
-    wait: Duration,
-    quiet: Duration,
-    count: usize,
+    node: &NodeArgs,
+    s: &Search,
 ) -> Result<Vec<Hit>, Box<dyn std::error::Error>> {
-    if super::via::is_signed(via) {
-        return Err(NOT_THROUGH_A_TUNNEL.into());
+    if !via::is_signed(via) {
+        return with_return_address(via, s).await;
     }
+    let tunnel = Via::start(via, node).await?;
+    let hits = on_behalf(&FilerClient::new(tunnel.entrance()), s).await;
+    tunnel.stop().await;
+    hits
+}
+
+/// Asks the node behind `client` to search on the searcher's behalf and answer on the
+/// same connection (`SRCH`).
+///
+/// # Cancel safety
+///
+/// Cancel safe: the node's search ends on its own.
+pub async fn on_behalf(
+    client: &FilerClient,
+    s: &Search,
+) -> Result<Vec<Hit>, Box<dyn std::error::Error>> {
+    match client.search(&s.key, s.ttl, s.wait, s.quiet, s.count).await {
+        Err(Error::NoReply) => Err(NO_SRCH.into()),
+        r => Ok(r?),
+    }
+}
+
+/// What a node without the search extension means for a signed address.
+const NO_SRCH: &str = "the node does not search on a searcher's behalf (SRCH): it is not a \
+    p2pipe node, or an older one";
+
+/// Searches through the node at `HOST:PORT` as btfiler does: a temporary node, listening
+/// on the address that reaches `via`, is the return address for the answers (RESP).
+pub async fn with_return_address(
+    via: &str,
+    s: &Search,
+) -> Result<Vec<Hit>, Box<dyn std::error::Error>> {
     let target = p2pipe::Target::parse(via, None)?;
     let addrs = p2pipe::dns::resolve(&target, None).await?;
     let to = *addrs.first().ok_or("the node's name did not resolve")?;
@@ -97,39 +153,26 @@ pub async fn search_via(
     getrandom::fill(&mut id).map_err(|e| e.to_string())?;
     let qid = QueryId(u64::from_be_bytes(id));
     match c
-        .query_history(ret.id(), key, ttl, qid, std::slice::from_ref(ret.id()))
+        .query_history(ret.id(), &s.key, s.ttl, qid, std::slice::from_ref(ret.id()))
         .await
     {
-        Err(Error::NoReply) => c.query(ret.id(), key, ttl).await?,
+        Err(Error::NoReply) => c.query(ret.id(), &s.key, s.ttl).await?,
         other => other?,
     }
-    let mut hits: Vec<Hit> = Vec::new();
-    let deadline = Instant::now() + wait;
-    // Until the first answer, the deadline; after it, a quiet time past the last one.
-    let mut until = deadline;
-    while count == 0 || hits.len() < count {
-        let left = until.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx.recv()).await {
+    let mut answers = Answers::new(&s.key, Instant::now(), s.wait, s.quiet, s.count);
+    while !answers.is_done(Instant::now()) {
+        let until = tokio::time::Instant::from_std(answers.until());
+        match tokio::time::timeout_at(until, rx.recv()).await {
             Ok(Ok(hit)) => {
-                if hit.0.contains(key) && !hits.contains(&hit) {
-                    hits.push(hit);
-                    until = deadline.min(Instant::now() + quiet);
-                }
+                answers.offer(hit, Instant::now());
             }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
             Ok(Err(_)) | Err(_) => break,
         }
     }
     ret.shutdown(Duration::from_secs(1)).await;
-    Ok(hits)
+    Ok(answers.into_hits())
 }
-
-/// Why a search cannot go to a signed address (yet).
-pub const NOT_THROUGH_A_TUNNEL: &str = "search does not take a signed address yet: answers \
-    (RESP) come back as new TCP connections from each node that has the file to the \
-    searcher's own HOST:PORT, which a searcher behind a NAT cannot take, and a tunnel \
-    carries connections from the fetcher to the sharer only; fetch by name with \
-    \"p2pipe fetch NAME --from p2pipe1:...\" instead";
 
 /// The `--wait` option (of `search` and `shell`) as a duration.
 pub fn wait_secs(secs: f64) -> Result<Duration, String> {
@@ -141,15 +184,14 @@ pub fn wait_secs(secs: f64) -> Result<Duration, String> {
 /// caller prints on stderr.
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let wait = wait_secs(args.wait)?;
-    let hits = search_via(
-        &args.via,
-        &args.key,
-        args.ttl,
+    let search = Search {
+        key: args.key.clone(),
+        ttl: args.ttl,
         wait,
-        Duration::from_millis(args.quiet_ms),
-        args.count,
-    )
-    .await?;
+        quiet: Duration::from_millis(args.quiet_ms),
+        count: args.count,
+    };
+    let hits = search_via(&args.via, &args.node, &search).await?;
     if hits.is_empty() {
         return Err(Box::new(NoAnswer {
             key: args.key,

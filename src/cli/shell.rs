@@ -12,6 +12,12 @@
 //! already have started on the node. Ctrl-C at the prompt gives a new prompt. The
 //! history is saved whenever the shell ends: `quit`, `exit`, end of input, or an error.
 //!
+//! The node is `HOST:PORT`, or a signed address (`p2pipe1:...`) reached across NATs
+//! through a P2P node and a tunnel, as `p2pipe fetch --from` does; every command then
+//! goes through the tunnel, and `search` asks the node to search on the shell's behalf
+//! (`SRCH`). Trusted commands through a tunnel need the node started with
+//! `--trust-remote`.
+//!
 //! When stdin is not a terminal (a script piped in), the shell exits with a non-zero
 //! status if any command failed; at a terminal it exits with 0.
 
@@ -21,6 +27,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::search::Search;
+use super::via::{is_signed, Via};
 use p2pipe::filer::{Error as FilerError, FilerClient, Frame, Kind, PeerId, TrustedOp};
 use rustyline::completion::{Completer, Pair};
 use rustyline::config::{CompletionType, Config};
@@ -37,7 +45,9 @@ use rustyline::{Context, Editor, Helper};
     (commands piped in), the exit status is non-zero if any command failed."
 )]
 pub struct Args {
-    /// The node to work with.
+    /// The node to work with: HOST:PORT, or a signed address (`p2pipe1:...`) reached
+    /// across NATs through a P2P node (the options below).
+    #[arg(value_name = "HOST:PORT|p2pipe1:...")]
     node: String,
     /// A file holding the node's secret, for the trusted commands.
     #[arg(long, value_name = "FILE")]
@@ -45,6 +55,8 @@ pub struct Args {
     /// The longest `search` waits for answers, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     wait: f64,
+    #[command(flatten)]
+    p2p: super::node::NodeArgs,
 }
 
 const COMMANDS: &[(&str, &str)] = &[
@@ -210,13 +222,6 @@ type BoxError = Box<dyn std::error::Error>;
 
 /// Runs the shell until `quit`, `exit` or end of input, and saves the history.
 pub async fn run(args: Args) -> Result<(), BoxError> {
-    if super::via::is_signed(&args.node) {
-        return Err(
-            "the shell works with a node at HOST:PORT only; reach a signed \
-             address with \"p2pipe fetch NAME --from p2pipe1:...\""
-                .into(),
-        );
-    }
     let shell = Shell::connect(args).await?;
     // Until here Ctrl-C ends the process (a node that does not answer); from here on
     // it cancels the running command.
@@ -228,7 +233,11 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     if let Some(h) = &history {
         let _ = ed.load_history(h);
     }
-    let (mut ed, end, failed) = shell.read_eval(ed).await?;
+    let read = shell.read_eval(ed).await;
+    if let Some(via) = shell.via {
+        via.stop().await;
+    }
+    let (mut ed, end, failed) = read?;
     if let Some(h) = &history {
         save_history(&mut ed, h);
     }
@@ -285,6 +294,8 @@ struct Shell {
     names: Arc<Mutex<Vec<String>>>,
     /// The longest `search` waits.
     wait: Duration,
+    /// The P2P node and tunnel to a node at a signed address.
+    via: Option<Via>,
 }
 
 impl Shell {
@@ -295,10 +306,24 @@ impl Shell {
             Some(f) => Some(super::share::read_secret(f)?),
             None => None,
         };
-        let target = p2pipe::Target::parse(&args.node, None)?;
+        let (target, via) = if is_signed(&args.node) {
+            let via = Via::start(&args.node, &args.p2p).await?;
+            (p2pipe::Target::from(via.entrance()), Some(via))
+        } else {
+            (p2pipe::Target::parse(&args.node, None)?, None)
+        };
         let client = FilerClient::new(target).timeout(Duration::from_secs(30));
-        let id = client.name().await?;
+        let id = match client.name().await {
+            Ok(id) => id,
+            Err(e) => {
+                if let Some(via) = via {
+                    via.stop().await;
+                }
+                return Err(e.into());
+            }
+        };
         Ok(Shell {
+            via,
             client,
             node: args.node,
             id,
@@ -427,8 +452,17 @@ impl Shell {
 
     /// `search KEY`: who has a file; the names found join those seen so far.
     async fn search(&self, key: &str) -> Result<(), BoxError> {
-        let quiet = super::search::DEFAULT_QUIET;
-        let hits = super::search::search_via(&self.node, key, 8, self.wait, quiet, 0).await?;
+        let search = Search {
+            key: key.to_owned(),
+            ttl: 8,
+            wait: self.wait,
+            quiet: super::search::DEFAULT_QUIET,
+            count: 0,
+        };
+        let hits = match self.via {
+            Some(_) => super::search::on_behalf(&self.client, &search).await?,
+            None => super::search::with_return_address(&self.node, &search).await?,
+        };
         if hits.is_empty() {
             return Err(Box::new(super::search::NoAnswer {
                 key: key.to_owned(),

@@ -8,12 +8,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::answers::Answers;
+use super::core::Hit;
 use super::frame::{Decoder, Event, Frame, Kind};
-use super::msg::{reply, Nonce, QueryId, Request, TrustedOp};
+use super::msg::{reply, Nonce, QueryId, Request, TrustedOp, MAX_SEARCH_HITS, MAX_SEARCH_WAIT_MS};
 use super::peer::{Insert, PeerEntry, PeerId};
 use super::store::{Begun, Destination, Download, Expected};
 use super::Error;
@@ -118,22 +120,40 @@ impl FilerClient {
     ///
     /// Cancel safe: the connection is dropped.
     pub async fn exchange(&self, request: &Frame) -> Result<Vec<Frame>, Error> {
+        let mut out = Vec::new();
+        self.replies(request, self.timeout, |f| {
+            out.push(f);
+            if out.len() > MAX_REPLIES {
+                return Err(Error::TooLarge {
+                    len: out.len() as u64,
+                    max: MAX_REPLIES as u64,
+                });
+            }
+            Ok(true)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Sends `request` and hands `each` every reply frame until the peer closes or
+    /// `each` says it has enough (false); the whole exchange runs under `limit`.
+    async fn replies(
+        &self,
+        request: &Frame,
+        limit: Duration,
+        mut each: impl FnMut(Frame) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
         let run = async {
             let pipe = self.open(request).await?;
             let mut dec = Decoder::default();
             let mut buf = BytesMut::new();
-            let mut out = Vec::new();
             loop {
                 let eof = !read_more(&pipe, &mut buf).await?;
                 loop {
                     match dec.decode_next(&mut buf, eof)? {
                         Some(Event::Frame(f)) => {
-                            out.push(f);
-                            if out.len() > MAX_REPLIES {
-                                return Err(Error::TooLarge {
-                                    len: out.len() as u64,
-                                    max: MAX_REPLIES as u64,
-                                });
+                            if !each(f)? {
+                                return Ok(());
                             }
                         }
                         Some(_) => return Err(Error::BadReply("unexpected streamed reply")),
@@ -141,13 +161,78 @@ impl FilerClient {
                     }
                 }
                 if eof {
-                    return Ok(out);
+                    return Ok(());
                 }
             }
         };
-        tokio::time::timeout(self.timeout, run)
+        tokio::time::timeout(limit, run)
             .await
             .map_err(|_| Error::Timeout("btfiler exchange"))?
+    }
+
+    /// `SRCH`: asks the node to search the network for names containing `key` and to
+    /// answer on this connection; for a searcher no other node can connect to (behind
+    /// a NAT, or through a tunnel). Returns the distinct answers that contain `key`, in
+    /// the order they came: at most `max` (0: no limit), ending `quiet` after the last
+    /// one or `wait` after the request, as the node ends them. The wait is capped at
+    /// [`MAX_SEARCH_WAIT_MS`](super::wire::MAX_SEARCH_WAIT_MS) and `max` at
+    /// [`MAX_SEARCH_HITS`](super::wire::MAX_SEARCH_HITS).
+    ///
+    /// # Errors
+    ///
+    /// As [`exchange`](Self::exchange) (its limit is this client's timeout on top of
+    /// `wait`); [`Error::NoReply`] from a node without the extension (an original one);
+    /// [`Error::Refused`] when the node is busy; a malformed answer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the connection is dropped, and the node's search ends on its own.
+    pub async fn search(
+        &self,
+        key: &str,
+        ttl: u32,
+        wait: Duration,
+        quiet: Duration,
+        max: usize,
+    ) -> Result<Vec<Hit>, Error> {
+        let wait_ms = u32::try_from(wait.as_millis())
+            .map_or(MAX_SEARCH_WAIT_MS, |w| w.min(MAX_SEARCH_WAIT_MS));
+        let quiet_ms = u32::try_from(quiet.as_millis()).map_or(wait_ms, |q| q.min(wait_ms));
+        let cap = MAX_SEARCH_HITS as usize;
+        let max = if max == 0 { cap } else { max.min(cap) };
+        let request = Request::Srch {
+            key: key.to_owned(),
+            ttl,
+            wait_ms,
+            quiet_ms,
+            max: max as u32,
+        };
+        // The node times the search; this side only bounds it.
+        let limit = Duration::from_millis(wait_ms.into()) + self.timeout;
+        let mut answers = Answers::new(key, Instant::now(), limit, limit, max);
+        let (mut acked, mut frames) = (false, 0);
+        self.replies(&request.to_frame(), limit, |f| {
+            if !acked {
+                reply::expect_repl(&f)?;
+                acked = true;
+                return Ok(true);
+            }
+            frames += 1;
+            if frames > MAX_REPLIES {
+                return Err(Error::TooLarge {
+                    len: frames as u64,
+                    max: MAX_REPLIES as u64,
+                });
+            }
+            let hit = reply::parse_search_hit(&f)?;
+            answers.offer(hit, Instant::now());
+            Ok(answers.hits().len() < max)
+        })
+        .await?;
+        if !acked {
+            return Err(Error::NoReply);
+        }
+        Ok(answers.into_hits())
     }
 
     /// Sends `request` and expects exactly one reply frame.

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::auth::Challenges;
 use super::frame::{Frame, Header, Kind};
@@ -81,6 +81,16 @@ pub(crate) enum Step {
     FileList,
     /// Send `accepted`, carry out `work`, and send [`outcome`] of it.
     Trusted { accepted: Frame, work: Work },
+    /// Search for the asker and answer on its connection (SRCH): [`Core::search_for`]
+    /// with a fresh query id, then the hits as they come, gathered by
+    /// [`Answers`](super::Answers).
+    Search {
+        key: String,
+        ttl: u32,
+        wait: Duration,
+        quiet: Duration,
+        max: usize,
+    },
 }
 
 /// A trusted operation that the node carries out after accepting it.
@@ -224,6 +234,19 @@ impl Core {
             Request::Chal => Step::Challenge,
             Request::Trst { nonce, mac, op } => self.trusted(from, nonce, mac, op, now),
             Request::Flst => Step::FileList,
+            Request::Srch {
+                key,
+                ttl,
+                wait_ms,
+                quiet_ms,
+                max,
+            } => Step::Search {
+                key,
+                ttl,
+                wait: Duration::from_millis(wait_ms.into()),
+                quiet: Duration::from_millis(quiet_ms.into()),
+                max: max as usize,
+            },
             Request::Ping | Request::Unknown(_) => Step::Reply(Vec::new()),
         }
     }
@@ -353,6 +376,28 @@ impl Core {
         };
         let _ = self.first_time(&q, now);
         self.forwards(&me, key, ttl, q.history.as_ref())
+    }
+
+    /// What becomes of a search this node runs for an asker who waits on its connection
+    /// (SRCH): a query under `qid` with this node as the return address, remembered and
+    /// answered as any new query ([`answer`](Self::answer)): hits to hand to the asker,
+    /// or forwards whose results come back to this node.
+    pub(crate) fn search_for(
+        &mut self,
+        key: &str,
+        qid: QueryId,
+        ttl: u32,
+        local: &[SharedFile],
+        now: Instant,
+    ) -> Answer {
+        let q = Query {
+            ret: self.id.clone(),
+            key: key.to_owned(),
+            ttl,
+            history: Some((qid, Vec::new())),
+        };
+        let _ = self.first_time(&q, now);
+        self.answer(&q, local)
     }
 
     /// The query for every neighbour not already visited and not the asker: `QHST` with
@@ -817,6 +862,61 @@ mod tests {
             c.answer(&spent, &[]),
             Answer::Hits { learned: true, .. }
         ));
+    }
+
+    #[test]
+    fn a_search_for_an_asker_is_answered_here_or_forwarded_with_this_node_as_return() {
+        let mut c = core();
+        for p in ["10.0.0.2:7000", "10.0.0.3:7000"] {
+            let _ = ask(&mut c, join(p), "10.0.0.9:1");
+        }
+        let srch = Request::Srch {
+            key: "song".into(),
+            ttl: 4,
+            wait_ms: 2000,
+            quiet_ms: 200,
+            max: 5,
+        };
+        assert_eq!(
+            ask(&mut c, srch, "127.0.0.1:1"),
+            Step::Search {
+                key: "song".into(),
+                ttl: 4,
+                wait: Duration::from_secs(2),
+                quiet: Duration::from_millis(200),
+                max: 5,
+            }
+        );
+        let now = Instant::now();
+        let here = c.search_for("song", QueryId(1), 4, &[file("a-song.mp3")], now);
+        assert_eq!(
+            here,
+            Answer::Hits {
+                hits: vec![("a-song.mp3".into(), pid("10.0.0.1:7000"))],
+                learned: false
+            }
+        );
+        let Answer::Forward(fw) = c.search_for("song", QueryId(2), 4, &[], now) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(fw.len(), 2, "to every neighbour: {fw:?}");
+        let Request::Qhst {
+            ret, ttl, visited, ..
+        } = &fw[0].request
+        else {
+            panic!("not a qhst");
+        };
+        assert_eq!(*ret, pid("10.0.0.1:7000"), "results come back to this node");
+        assert_eq!((*ttl, visited.clone()), (3, vec![pid("10.0.0.1:7000")]));
+        // The query is remembered: the same id coming back is a duplicate.
+        let back = Query {
+            ret: ret.clone(),
+            key: "song".into(),
+            ttl: 2,
+            history: Some((QueryId(2), visited.clone())),
+        };
+        assert!(!c.first_time(&back, now));
+        assert_eq!(c.search_for("song", QueryId(3), 0, &[], now), Answer::Stop);
     }
 
     #[test]

@@ -70,6 +70,8 @@ impl Kind {
     pub const FLST: Kind = Kind(*b"FLST");
     /// `FPFX`: the SHA-256 of the start of a file (p2pipe extension).
     pub const FPFX: Kind = Kind(*b"FPFX");
+    /// `SRCH`: a search answered on the asker's own connection (p2pipe extension).
+    pub const SRCH: Kind = Kind(*b"SRCH");
 
     /// A type from its four bytes, upper-cased as receivers do.
     pub const fn new(bytes: [u8; 4]) -> Kind {

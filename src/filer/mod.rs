@@ -54,12 +54,14 @@
 //! | `FLST` | `REPL <count>`, then `count` × `REPL <name> <owner-pid> <size or ->`: the node's files and the names it learned from results |
 //! | `CHAL` | `REPL <nonce: 32 lowercase hex>`, `ERRO Challenge: incorrect arguments` |
 //! | `TRST <nonce> <mac: 64 lowercase hex> <OP> <args>` | `REPL Trust: accepted`, `ERRO Trust: not authorized`, `ERRO Trust: incorrect arguments` |
+//! | `SRCH <key> <ttl> <wait-ms> <quiet-ms> <max>` | `REPL Search ACK: <key>`, then `REPL <name> <owner-pid>` per answer as it comes, then the close; `ERRO Search: busy`, `ERRO Search: incorrect arguments` |
 //!
 //! A trusted request's MAC covers [`wire::mac_input`]: the nonce's hex, one space, and the
 //! operation's canonical text ([`TrustedOp`]'s `Display`), so the secret never
 //! crosses the wire. The operations are `FIND <key>`, `SHAR <name>`,
 //! `ADDP <pid> <host> <port>`, `DELP <pid>` and `RBLD <host> <port> <hops>`.
 
+mod answers;
 mod auth;
 mod client;
 mod core;
@@ -71,11 +73,12 @@ mod seen;
 mod shared;
 mod store;
 
+pub use answers::Answers;
 pub use client::{Fetched, FilerClient};
 pub use frame::{Frame, Kind};
 pub use msg::reply::FileInfo;
 pub use msg::{ParseError, QueryId, TrustedOp};
-pub use node::{FilerNode, Hit, NodeConfig, NodeStats};
+pub use node::{FilerNode, Hit, NodeConfig, NodeStats, MAX_SEARCHES_FOR_OTHERS};
 pub use peer::{Insert, PeerEntry, PeerId};
 pub use shared::{SharedFile, Skipped};
 pub use store::{Destination, StoreError};
@@ -88,7 +91,7 @@ pub mod wire {
     };
     pub use super::msg::{
         mac_input, Mac, Nonce, ParseError, QueryId, Request, TrustedOp, MAX_HISTORY, MAX_HOPS,
-        MAX_NAME_LEN, MAX_TTL,
+        MAX_NAME_LEN, MAX_SEARCH_HITS, MAX_SEARCH_WAIT_MS, MAX_TTL,
     };
 }
 

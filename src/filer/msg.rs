@@ -20,6 +20,7 @@
 //! | `QHST` | `<return-pid> <key> <ttl> <qid> <visited>`: `qid` is 16 lowercase hex digits, `visited` 1 to [`MAX_HISTORY`] peer ids joined by `,` (the senders so far) |
 //! | `CHAL` | empty |
 //! | `TRST` | `<nonce> <mac> <OP> <args...>`: `nonce` 32 and `mac` 64 lowercase hex digits; see [`TrustedOp`] and [`mac_input`] |
+//! | `SRCH` | `<key> <ttl> <wait-ms> <quiet-ms> <max>`: `wait-ms` at most [`MAX_SEARCH_WAIT_MS`], `quiet-ms` at most `wait-ms`, `max` 1 to [`MAX_SEARCH_HITS`] |
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,6 +42,12 @@ pub const MAX_HISTORY: usize = 64;
 /// The longest file name or search key, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 
+/// The longest a `SRCH` may ask the node to wait for answers, in milliseconds.
+pub const MAX_SEARCH_WAIT_MS: u32 = 30_000;
+
+/// The most answers one `SRCH` gets.
+pub const MAX_SEARCH_HITS: u32 = 256;
+
 /// Why a request frame could not be parsed, and what to answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad {} request: {reason}", .kind.to_lowercase())]
@@ -61,6 +68,7 @@ impl ParseError {
             Kind::FRNG | Kind::FPFX => Some(reply::range_bad_args()),
             Kind::CHAL => Some(reply::challenge_bad_args()),
             Kind::TRST => Some(reply::trust_bad_args()),
+            Kind::SRCH => Some(reply::search_bad_args()),
             _ => None,
         };
         ParseError {
@@ -87,7 +95,7 @@ impl ParseError {
     /// QUIT: `ERRO Quit: peer not found: <payload, trimmed>` as an original node answers,
     /// when that text is UTF-8 of at most 300 bytes (the longest peer id), else nothing. RESP: nothing.
     /// Extensions: `ERRO Info: ...`, `ERRO Range: ...`, `ERRO Challenge: ...`,
-    /// `ERRO Trust: incorrect arguments`.
+    /// `ERRO Trust: incorrect arguments`, `ERRO Search: incorrect arguments`.
     pub fn reply(&self) -> Option<&Frame> {
         self.reply.as_ref()
     }
@@ -414,6 +422,24 @@ pub enum Request {
     /// `FLST`: the files the node knows, its own and those learned from results: `REPL
     /// <count>`, then `count` × `REPL <name> <owner-pid> <size or ->`.
     Flst,
+    /// `SRCH <key> <ttl> <wait-ms> <quiet-ms> <max>`: a search the node runs itself and
+    /// answers on this connection: `REPL Search ACK: <key>`, then one `REPL <name>
+    /// <owner-pid>` per answer as it comes, then the close. It ends after `max` answers,
+    /// `quiet-ms` after the last one, or `wait-ms` after the request, whichever is
+    /// first. For a searcher that no other node can connect to (behind a NAT, or
+    /// through a tunnel), which `QUER`'s return address does not reach.
+    Srch {
+        /// The key.
+        key: String,
+        /// How many hops the node's query may travel (≤ [`MAX_TTL`]).
+        ttl: u32,
+        /// The longest to wait, in milliseconds (≤ [`MAX_SEARCH_WAIT_MS`]).
+        wait_ms: u32,
+        /// After an answer, how long to wait for a further one (≤ `wait_ms`).
+        quiet_ms: u32,
+        /// The most answers (1 to [`MAX_SEARCH_HITS`]).
+        max: u32,
+    },
     /// Any other type, stray `REPL` and `ERRO` included: the node closes without a reply.
     Unknown(Kind),
 }
@@ -583,6 +609,22 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn srch(&self) -> Result<Request, ParseError> {
+        let [key, ttl, wait, quiet, max] = self.exact("expected 5 fields")?;
+        let wait_ms = bounded(wait, MAX_SEARCH_WAIT_MS).ok_or_else(|| self.bad("bad wait"))?;
+        let quiet_ms = bounded(quiet, wait_ms).ok_or_else(|| self.bad("bad quiet time"))?;
+        let max = bounded(max, MAX_SEARCH_HITS)
+            .filter(|&m| m > 0)
+            .ok_or_else(|| self.bad("bad answer count"))?;
+        Ok(Request::Srch {
+            key: self.name(key)?,
+            ttl: self.ttl(ttl)?,
+            wait_ms,
+            quiet_ms,
+            max,
+        })
+    }
+
     fn chal(&self) -> Result<Request, ParseError> {
         if fields(self.p).next().is_some() {
             return Err(self.bad("expected no fields"));
@@ -636,6 +678,7 @@ impl Request {
             Kind::QHST => r.qhst(),
             Kind::CHAL => r.chal(),
             Kind::TRST => r.trst(),
+            Kind::SRCH => r.srch(),
             other => Ok(Request::Unknown(other)),
         }
     }
@@ -658,6 +701,7 @@ impl Request {
             Request::Chal => Kind::CHAL,
             Request::Trst { .. } => Kind::TRST,
             Request::Flst => Kind::FLST,
+            Request::Srch { .. } => Kind::SRCH,
             Request::Unknown(kind) => *kind,
         }
     }
@@ -693,6 +737,13 @@ impl Request {
                 format!("{ret} {key} {ttl} {qid} {}", visited.join(","))
             }
             Request::Trst { nonce, mac, op } => format!("{nonce} {mac} {op}"),
+            Request::Srch {
+                key,
+                ttl,
+                wait_ms,
+                quiet_ms,
+                max,
+            } => format!("{key} {ttl} {wait_ms} {quiet_ms} {max}"),
         };
         Frame::control(self.kind(), text)
     }
@@ -796,6 +847,37 @@ pub mod reply {
     /// `ERRO Query: incorrect arguments`.
     pub fn query_bad_args() -> Frame {
         erro("Query: incorrect arguments")
+    }
+
+    /// `REPL Search ACK: <key>`, the first answer to SRCH.
+    pub fn search_ack(key: &str) -> Frame {
+        repl(format!("Search ACK: {key}"))
+    }
+
+    /// `REPL <name> <owner-pid>`: one answer to SRCH.
+    pub fn search_hit(name: &str, owner: &PeerId) -> Frame {
+        repl(format!("{name} {owner}"))
+    }
+
+    /// Reads one answer to SRCH.
+    ///
+    /// # Errors
+    ///
+    /// Not a `REPL` of two fields with a valid owner.
+    pub fn parse_search_hit(frame: &Frame) -> Result<(String, PeerId), Error> {
+        let [name, owner] = exact(expect_repl(frame)?).ok_or(Error::BadReply("search answer"))?;
+        let owner = PeerId::parse(owner).map_err(|_| Error::BadReply("search answer owner"))?;
+        Ok((name.to_owned(), owner))
+    }
+
+    /// `ERRO Search: incorrect arguments`.
+    pub fn search_bad_args() -> Frame {
+        erro("Search: incorrect arguments")
+    }
+
+    /// `ERRO Search: busy`: the node runs as many searches for others as it takes.
+    pub fn search_busy() -> Frame {
+        erro("Search: busy")
     }
 
     #[cfg(test)]

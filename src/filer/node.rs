@@ -36,6 +36,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast;
 
+use super::answers::Answers;
 use super::client::FilerClient;
 use super::core::{self, Answer, Build, Core, Forward, Query, Step, Work};
 use super::frame::{Frame, HEADER_LEN};
@@ -54,6 +55,10 @@ pub use super::core::Hit;
 /// The most queries handled at once; more are dropped and counted (a flood cannot make
 /// a task per query without bound, as the original made a thread per query).
 pub const MAX_QUERIES_IN_FLIGHT: usize = 256;
+
+/// The most searches a node runs at once for askers who wait on their connection
+/// (`SRCH`); more are answered `ERRO Search: busy`.
+pub const MAX_SEARCHES_FOR_OTHERS: usize = 8;
 
 /// Bytes read from disk at a time when serving a file.
 const CHUNK: usize = 64 * 1024;
@@ -158,6 +163,7 @@ struct Inner {
     hashes: Mutex<HashMap<FileKey, [u8; 32]>>,
     counters: Counters,
     query_slots: Arc<tokio::sync::Semaphore>,
+    search_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running file-sharing node.
@@ -206,6 +212,7 @@ impl FilerNode {
             hashes: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             query_slots: Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES_IN_FLIGHT)),
+            search_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SEARCHES_FOR_OTHERS)),
             cfg,
         });
         let wildcard_v6 = matches!(bind.ip(), IpAddr::V6(ip) if ip.is_unspecified());
@@ -377,6 +384,13 @@ impl Drop for FilerNode {
             s.abort();
         }
     }
+}
+
+/// A fresh id for a search this node starts.
+fn random_qid() -> QueryId {
+    let mut id = [0u8; 8];
+    let _ = getrandom::fill(&mut id);
+    QueryId(u64::from_be_bytes(id))
 }
 
 struct NodeHandler(Arc<Inner>);
@@ -583,7 +597,77 @@ impl Inner {
                 let result = self.work(work).await;
                 self.send(pipe, &core::outcome(result)).await
             }
+            Step::Search {
+                key,
+                ttl,
+                wait,
+                quiet,
+                max,
+            } => {
+                let answers = Answers::new(&key, Instant::now(), wait, quiet, max);
+                self.search_for(pipe, msg.peer, ttl, answers).await
+            }
         }
+    }
+
+    /// Answers `SRCH`: searches as for a query with this node as the return address,
+    /// and sends the asker each answer as it comes, until `answers` is done. The
+    /// forwards go on in the background when the asker's answers are complete.
+    async fn search_for(
+        self: &Arc<Self>,
+        pipe: &Pipe,
+        from: SocketAddr,
+        ttl: u32,
+        mut answers: Answers,
+    ) -> Result<(), Error> {
+        let Ok(_slot) = self.search_slots.clone().try_acquire_owned() else {
+            self.counters.queries_shed.fetch_add(1, Ordering::Relaxed);
+            return self.send(pipe, &reply::search_busy()).await;
+        };
+        let key = answers.key().to_owned();
+        self.send(pipe, &reply::search_ack(&key)).await?;
+        // Subscribed before any query leaves, so no result is missed.
+        let mut results = self.results.subscribe();
+        let local = self.shared.index().await.unwrap_or_default();
+        let answer = lock(&self.core).search_for(&key, random_qid(), ttl, &local, Instant::now());
+        match answer {
+            // The node's own files, or names it learned: the whole answer, as a
+            // return address would get it.
+            Answer::Hits { hits, .. } => {
+                for hit in hits {
+                    self.offer(pipe, &mut answers, hit).await?;
+                }
+            }
+            Answer::Forward(forwards) => {
+                let me = self.clone();
+                tokio::spawn(async move { me.forward(forwards).await });
+                while !answers.is_done(Instant::now()) {
+                    let until = tokio::time::Instant::from_std(answers.until());
+                    let next = tokio::select! {
+                        r = tokio::time::timeout_at(until, results.recv()) => r,
+                        // An asker who left frees its slot at once.
+                        _ = pipe.ended() => break,
+                    };
+                    match next {
+                        Ok(Ok(hit)) => self.offer(pipe, &mut answers, hit).await?,
+                        Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                        Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
+                    }
+                }
+            }
+            Answer::Stop => {}
+        }
+        tracing::info!(key = ?key, %from, answers = answers.hits().len(), "search for an asker answered");
+        Ok(())
+    }
+
+    /// Sends the asker of a `SRCH` an answer that counts.
+    async fn offer(&self, pipe: &Pipe, answers: &mut Answers, hit: Hit) -> Result<(), Error> {
+        let frame = reply::search_hit(&hit.0, &hit.1);
+        if answers.offer(hit, Instant::now()) {
+            self.send(pipe, &frame).await?;
+        }
+        Ok(())
     }
 
     async fn file_hash(&self, name: &str) -> Result<(SharedFile, [u8; 32]), SharedError> {
@@ -770,10 +854,8 @@ impl Inner {
 
     async fn search(self: &Arc<Self>, key: &str) -> broadcast::Receiver<Hit> {
         let rx = self.results.subscribe();
-        let mut id = [0u8; 8];
-        let _ = getrandom::fill(&mut id);
-        let qid = QueryId(u64::from_be_bytes(id));
-        let forwards = lock(&self.core).search(key, qid, self.cfg.search_ttl, Instant::now());
+        let forwards =
+            lock(&self.core).search(key, random_qid(), self.cfg.search_ttl, Instant::now());
         self.forward(forwards).await;
         rx
     }

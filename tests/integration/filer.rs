@@ -457,6 +457,11 @@ async fn interop_with_an_independent_btfiler_node() {
     assert!(rust_a.peers().iter().any(|p| p.pid.to_string() == py.id));
     let py_list = within(FilerClient::new(py.addr()).list()).await.unwrap();
     assert!(py_list.iter().any(|p| p.pid == *rust_a.id()), "{py_list:?}");
+    // An original node closes on a search for an asker (SRCH) without a reply.
+    let quiet = Duration::from_millis(100);
+    let original = FilerClient::new(py.addr());
+    let srch = original.search("from", 1, Duration::from_millis(300), quiet, 0);
+    assert!(matches!(within(srch).await, Err(Error::NoReply)));
     // A second p2pipe node joins through the Python node.
     let (rust_b, db) = node("127.0.0.1", &[]).await;
     let added = within(rust_b.join("127.0.0.1", py.addr().port(), 2))
@@ -1347,4 +1352,106 @@ async fn a_port_in_use_is_a_listen_error_naming_the_address() {
             format!("cannot listen on {at}: address in use")
         );
     }
+}
+
+/// `SRCH`: a node searches on the asker's behalf and answers on the asker's own
+/// connection, as a searcher behind a NAT needs: its own files at once, a neighbour's
+/// file two hops away once the result comes back to it, and nothing for a key nobody
+/// has. Over 127.0.0.1 and ::1.
+#[tokio::test]
+async fn a_node_searches_for_an_asker_and_answers_on_the_askers_connection() {
+    let mut ips = vec!["127.0.0.1"];
+    if ipv6_usable("a_node_searches_for_an_asker_and_answers_on_the_askers_connection") {
+        ips.push("::1");
+    }
+    for ip in ips {
+        let (a, _da) = node(
+            ip,
+            &[("music/track-07.flac", b"far"), ("track-08.ogg", b"x")],
+        )
+        .await;
+        let (b, _db) = node(ip, &[]).await;
+        let (c, _dc) = node(ip, &[("notes-c.txt", b"c's own")]).await;
+        let host = a.local_addr().ip().to_string();
+        within(b.join(&host, a.local_addr().port(), 1))
+            .await
+            .unwrap();
+        within(c.join(&host, b.local_addr().port(), 1))
+            .await
+            .unwrap();
+        let asker = FilerClient::new(c.local_addr());
+        let (wait, quiet) = (Duration::from_secs(8), Duration::from_millis(500));
+        // Two hops away: the result goes to c, and c hands it on.
+        let mut far = within(asker.search("track", 4, wait, quiet, 0))
+            .await
+            .unwrap();
+        far.sort();
+        assert_eq!(
+            far,
+            [
+                ("music/track-07.flac".to_string(), a.id().clone()),
+                ("track-08.ogg".to_string(), a.id().clone())
+            ],
+            "{ip}"
+        );
+        // `max` ends the search at the first answer.
+        let one = within(asker.search("track", 4, wait, quiet, 1))
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1, "{ip}: {one:?}");
+        // c's own file: answered from c alone, as a query to c would be.
+        let own = within(asker.search("notes", 4, wait, quiet, 0))
+            .await
+            .unwrap();
+        assert_eq!(own, [("notes-c.txt".to_string(), c.id().clone())], "{ip}");
+        // Nobody has it: an empty answer at the end of the wait.
+        let none = within(asker.search("absent", 4, Duration::from_millis(400), quiet, 0))
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "{ip}: {none:?}");
+    }
+}
+
+/// A node runs a bounded number of searches for askers: one more is told the node is
+/// busy, and an asker who hangs up frees its slot at once, long before its wait is over.
+#[tokio::test]
+async fn searches_beyond_the_limit_are_refused_as_busy_and_a_leaving_asker_frees_its_slot() {
+    let (a, _da) = node("127.0.0.1", &[]).await;
+    let (b, _db) = node("127.0.0.1", &[]).await;
+    within(b.join("127.0.0.1", a.local_addr().port(), 1))
+        .await
+        .unwrap();
+    // A search of 30 s that b forwards to a, where nothing matches: it waits.
+    let srch = frame(b"SRCH", b"nothing-matches 2 30000 30000 1");
+    let ack = frame(b"REPL", b"Search ACK: nothing-matches");
+    let mut held = Vec::new();
+    for _ in 0..p2pipe::filer::MAX_SEARCHES_FOR_OTHERS {
+        let mut s = within(TcpStream::connect(b.local_addr())).await.unwrap();
+        within(s.write_all(&srch)).await.unwrap();
+        let mut got = vec![0u8; ack.len()];
+        within(s.read_exact(&mut got)).await.unwrap();
+        assert_eq!(got, ack);
+        held.push(s);
+    }
+    let busy = FilerClient::new(b.local_addr());
+    let quiet = Duration::from_millis(100);
+    let refused = within(busy.search("k", 1, Duration::from_secs(1), quiet, 0)).await;
+    assert!(
+        matches!(&refused, Err(Error::Refused(t)) if t == "Search: busy"),
+        "{refused:?}"
+    );
+    // One asker hangs up: a search gets in again (its 30 s wait is not waited out).
+    drop(held.pop());
+    within(async {
+        loop {
+            match busy
+                .search("k", 0, Duration::from_millis(50), quiet, 0)
+                .await
+            {
+                Err(Error::Refused(_)) => tokio::task::yield_now().await,
+                other => break assert!(other.unwrap().is_empty()),
+            }
+        }
+    })
+    .await;
 }

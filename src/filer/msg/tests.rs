@@ -120,6 +120,16 @@ fn extension_requests_both_ways() {
         ),
         ("CHAL".into(), Request::Chal),
         (
+            "SRCH song 8 3000 300 256".into(),
+            Request::Srch {
+                key: "song".into(),
+                ttl: 8,
+                wait_ms: 3000,
+                quiet_ms: 300,
+                max: 256,
+            },
+        ),
+        (
             format!("TRST {nonce} {mac} FIND song"),
             Request::Trst {
                 nonce,
@@ -274,6 +284,20 @@ fn other_malformed_requests() {
     );
     let max = format!("a {} 0", u64::MAX);
     assert!(Request::parse(&Frame::control(Kind::FRNG, max)).is_ok());
+    let search_bad = Some(b"ERRO\0\0\0\x1bSearch: incorrect arguments".to_vec());
+    for (payload, reason) in [
+        ("song 8 3000 300", "expected 5 fields"),
+        ("song 65 3000 300 1", "bad ttl"),
+        ("song 8 30001 300 1", "bad wait"),
+        ("song 8 3000 3001 1", "bad quiet time"),
+        ("song 8 3000 300 0", "bad answer count"),
+        ("song 8 3000 300 257", "bad answer count"),
+        ("song 8 -1 300 1", "bad wait"),
+    ] {
+        let e = Request::parse(&Frame::control(Kind::SRCH, payload)).unwrap_err();
+        assert_eq!(e.reason(), reason, "{payload}");
+        assert_eq!(e.reply().map(wire), search_bad, "{payload}");
+    }
     assert_eq!(
         bad_reply(b"CHAL\0\0\0\x01x"),
         Some(b"ERRO\0\0\0\x1eChallenge: incorrect arguments".to_vec())
