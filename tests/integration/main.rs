@@ -10,6 +10,7 @@ mod daemon;
 mod faults;
 mod fetch;
 mod filer;
+mod files_via;
 mod identity;
 mod iface;
 mod lab;

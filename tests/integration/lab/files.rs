@@ -114,3 +114,99 @@ fn a_file_is_fetched_and_verified_across_a_symmetric_and_a_port_restricted_nat_b
         assert!(log.contains("file served"), "{at}: {log}");
     }
 }
+
+/// `p2pipe search --via p2pipe1:...` and `p2pipe shell p2pipe1:...` from behind a
+/// port-restricted cone NAT, to a sharer behind a symmetric NAT whose neighbour (a
+/// plain node in the sharer's network, which the searcher cannot reach) has the file:
+/// the sharer searches on the searcher's behalf and the answer comes back over the
+/// relayed path; the shell lists the sharer's peers, searches, and has the sharer fetch
+/// the neighbour's file into its folder.
+#[test]
+fn search_and_the_shell_reach_a_sharer_behind_a_symmetric_nat_by_its_signed_address() {
+    lab_or_skip!();
+    let lab = Lab::builder()
+        .peers(NatKind::Symmetric, NatKind::PortRestrictedCone)
+        .build();
+    let (sharer_n, searcher_n) = (1, 2);
+    let keys = tempfile::tempdir().expect("temp dir");
+    let (shared, near) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(shared.path().join("own.txt"), b"the sharer's own").unwrap();
+    let song = content(250_000, 31);
+    std::fs::write(near.path().join("song-near.mp3"), &song).unwrap();
+    let secret = keys.path().join("secret");
+    std::fs::write(&secret, "open sesame\n").unwrap();
+    let ip = lab.peer_ip(sharer_n).to_string();
+    let mut args: Vec<String> = ["share", &shared.path().display().to_string()]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--port", "7102", "--secret-file"].map(String::from));
+    args.push(secret.display().to_string());
+    args.push("--trust-remote".into());
+    args.extend(p2p_args(&lab, keys.path(), "sharer", sharer_n));
+    let sharer = Listener::run(&lab, sharer_n, &args, "p2p address ");
+    // The neighbour joins the sharer, so each has the other in its table once it says so.
+    let near_args: Vec<String> = [
+        "share",
+        &near.path().display().to_string(),
+        "--bind",
+        &ip,
+        "--port",
+        "7101",
+        "--no-stun",
+        "--join",
+        &format!("{ip}:7102"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let neighbour = Listener::run(&lab, sharer_n, &near_args, "joined through ");
+    let neighbour_id = format!("{ip}:7101");
+
+    let mut args: Vec<String> = ["search", "song", "--via", &sharer.addr, "--wait", "10"]
+        .map(String::from)
+        .to_vec();
+    args.extend(p2p_args(&lab, keys.path(), "searcher", searcher_n));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ns = lab.ns_peer(searcher_n);
+    let exec = lab.exec_for(ns, LAB_T, env!("CARGO_BIN_EXE_p2pipe"), &args);
+    let (stdout, stderr) = (exec.stdout(), exec.stderr());
+    assert!(exec.success(), "search failed\n{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("song-near.mp3 {neighbour_id}"),
+        "{stderr}"
+    );
+    assert_eq!(strategy_of(&stderr).as_deref(), Some("relay"), "{stderr}");
+
+    let mut args: Vec<String> = ["shell", &sharer.addr, "--secret-file"]
+        .map(String::from)
+        .to_vec();
+    args.push(secret.display().to_string());
+    args.extend(p2p_args(&lab, keys.path(), "searcher", searcher_n));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let script = "peers\nsearch song\nfetch song-near\nfiles\n";
+    let bin = env!("CARGO_BIN_EXE_p2pipe");
+    let exec = lab.exec_with_input(ns, LAB_T, bin, &args, Some(script));
+    let (stdout, stderr) = (exec.stdout(), exec.stderr());
+    assert!(exec.success(), "shell failed\n{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("  {neighbour_id} (")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("song-near.mp3  at {neighbour_id}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "song-near.mp3  {} bytes  at {ip}:7102",
+            song.len()
+        )),
+        "the sharer now shares the neighbour's file: {stdout}"
+    );
+    assert!(std::fs::read(shared.path().join("song-near.mp3")).unwrap() == song);
+    let (status, log) = neighbour.stop();
+    assert!(status.success(), "{status}: {log}");
+    let (status, log) = sharer.stop();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("search for an asker answered"),
+        "the sharer did not log the search it ran: {log}"
+    );
+}

@@ -684,10 +684,22 @@ impl Lab {
     /// As [`Lab::exec`], with an explicit limit, returning the wall time and
     /// whether the command was killed.
     pub fn exec_for(&self, ns: &str, limit: Duration, program: &str, args: &[&str]) -> Exec {
+        self.exec_with_input(ns, limit, program, args, None)
+    }
+
+    /// As [`Lab::exec_for`], with `input` written to the command's stdin (then closed).
+    pub fn exec_with_input(
+        &self,
+        ns: &str,
+        limit: Duration,
+        program: &str,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Exec {
         let program = which(program).unwrap_or_else(|| PathBuf::from(program));
         let mut cmd = ip(&["netns", "exec", ns]);
         cmd.arg(program).args(args);
-        run(cmd, None, limit)
+        run(cmd, input, limit)
     }
 
     /// Runs `f` on a fresh thread inside namespace `ns` and returns its
