@@ -12,8 +12,8 @@
 //! refuses.
 //!
 //! With `--signal` it also runs a P2P node beside the file node and prints its signed
-//! address (`p2p address p2pipe1:...`): `p2pipe fetch NAME --from p2pipe1:...` reaches
-//! the files from behind any NAT, every TCP path that arrives being served as a tunnel
+//! address (`p2p address p2pipe1:...`): `p2pipe fetch --from`, `search --via` and
+//! `shell` with that address reach the node from behind any NAT, every TCP path that arrives being served as a tunnel
 //! exit to the file node's own listener (see docs/files-across-nats.md).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -466,7 +466,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(p2p) = &p2p {
         println!("p2p address {}", p2p.record().to_text());
         println!(
-            "p2p node {} on {}: others behind any nat fetch with \"p2pipe fetch NAME --from p2pipe1:...\"",
+            "p2p node {} on {}: others behind any nat use the address with \"p2pipe fetch NAME --from\", \"p2pipe search KEY --via\" or \"p2pipe shell\"",
             p2p.node_id(),
             p2p.local_addrs()
                 .iter()

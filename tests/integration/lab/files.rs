@@ -1,7 +1,8 @@
-//! Files across NATs, as a user fetches them: `p2pipe share --signal ...` in one peer's
-//! namespace prints its signed address, and `p2pipe fetch NAME --from p2pipe1:...` in
-//! the other's downloads the file through a tunnel over the P2P path, across a
-//! symmetric NAT and a port-restricted cone NAT, with the lab's broker, STUN and TURN.
+//! Files across NATs, as a user fetches and searches them: `p2pipe share --signal ...`
+//! in one peer's namespace prints its signed address, and `p2pipe fetch NAME --from
+//! p2pipe1:...`, `p2pipe search KEY --via p2pipe1:...` and the shell in the other's reach
+//! the file node through a tunnel over the P2P path, across a symmetric NAT and a
+//! port-restricted cone NAT, with the lab's broker, STUN and TURN.
 
 use std::path::Path;
 
