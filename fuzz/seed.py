@@ -50,6 +50,8 @@ REQUESTS = [
     (b"TRST", f"{NONCE} {MAC} DELP [::1]:9"),
     (b"TRST", f"{NONCE} {MAC} RBLD 10.0.0.9 5000 3"),
     (b"FLST", ""),
+    (b"FPFX", "song.mp3 4096"),
+    (b"SRCH", "song 8 3000 300 16"),
 ]
 REPLIES = [
     (b"REPL", "10.0.0.1:5000"),
@@ -91,9 +93,10 @@ btpeer.append(("truncated-body", bytes([0x0F, 2]) + b"REPL\0\0\0\x05abc"))
 write("btpeer_frame", btpeer)
 
 # ---------------------------------------------------------------- filer_request
-# Byte 0: index into the target's KINDS (below), or >= 18 for bytes 1..5 as the type.
+# Byte 0: index into the target's KINDS (below), or >= 20 for bytes 1..5 as the type.
 KINDS = [b"NAME", b"LIST", b"JOIN", b"QUER", b"RESP", b"FGET", b"QUIT", b"PING", b"REPL",
-         b"ERRO", b"FINF", b"FRNG", b"QHST", b"CHAL", b"TRST", b"FLST"]
+         b"ERRO", b"FINF", b"FRNG", b"QHST", b"CHAL", b"TRST", b"FLST", b"quer", b"trst",
+         b"FPFX", b"SRCH"]
 req = []
 for i, (k, p) in enumerate(REQUESTS + REPLIES):
     req.append((f"{k.decode().lower()}-{i:02}", bytes([KINDS.index(k)]) + p.encode()))
@@ -109,6 +112,9 @@ bad = [
     (b"QHST", "10.0.0.1:5000 song 4 0123456789abcdef " + ",".join(f"10.0.0.{i}:1" for i in range(65))),
     (b"CHAL", "x"),
     (b"TRST", f"{NONCE} {MAC} FIND"),
+    (b"FPFX", "f x"),
+    (b"SRCH", "song 8 30001 300 1"),
+    (b"SRCH", "song 8 3000 300 0"),
 ]
 for i, (k, p) in enumerate(bad):
     req.append((f"bad-{k.decode().lower()}-{i:02}", bytes([KINDS.index(k)]) + p.encode()))

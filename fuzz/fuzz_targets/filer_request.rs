@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use p2pipe::filer::wire::{Decoder, Event, Frame, Kind, Request, TrustedOp};
 
-const KINDS: [Kind; 18] = [
+const KINDS: [Kind; 20] = [
     Kind::NAME,
     Kind::LIST,
     Kind::JOIN,
@@ -35,6 +35,8 @@ const KINDS: [Kind; 18] = [
     Kind::FLST,
     Kind::new(*b"quer"),
     Kind::new(*b"trst"),
+    Kind::FPFX,
+    Kind::SRCH,
 ];
 
 /// Whether the type is one the node answers with a reply when the arguments are bad.
@@ -48,6 +50,8 @@ fn has_bad_args_reply(kind: Kind) -> bool {
         Kind::FRNG,
         Kind::CHAL,
         Kind::TRST,
+        Kind::FPFX,
+        Kind::SRCH,
     ]
     .contains(&kind)
 }
