@@ -10,7 +10,7 @@
 //! Stream ids are chosen by the entrance alone, from 1 upwards, each larger than the
 //! last, so a late frame of a finished stream is never taken for a new stream's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The bytes before a frame's payload: the stream id and the kind.
 pub const HEADER: usize = 5;
@@ -152,6 +152,9 @@ pub enum TableError {
     /// A frame for a stream never opened.
     #[error("a frame for stream {0}, which was never opened")]
     Unopened(u32),
+    /// Data or a second fin on a stream the peer has finished.
+    #[error("data on stream {0} after the peer's fin")]
+    AfterFin(u32),
 }
 
 /// The open streams of one tunnel end, each with the driver's handle `T`, and the
@@ -163,6 +166,8 @@ pub struct Table<T> {
     /// The highest id opened (or refused) so far.
     last: u32,
     open: HashMap<u32, T>,
+    /// The open streams the peer has finished (sent its fin on).
+    finished: HashSet<u32>,
 }
 
 impl<T> Table<T> {
@@ -173,6 +178,7 @@ impl<T> Table<T> {
             max,
             last: 0,
             open: HashMap::new(),
+            finished: HashSet::new(),
         }
     }
 
@@ -218,11 +224,17 @@ impl<T> Table<T> {
         if id > self.last {
             return Err(TableError::Unopened(id));
         }
-        Ok(if self.open.contains_key(&id) {
-            Route::Deliver
-        } else {
-            Route::Ignore
-        })
+        if !self.open.contains_key(&id) {
+            return Ok(Route::Ignore);
+        }
+        match frame.kind {
+            Kind::Data | Kind::Fin if self.finished.contains(&id) => Err(TableError::AfterFin(id)),
+            Kind::Fin => {
+                self.finished.insert(id);
+                Ok(Route::Deliver)
+            }
+            _ => Ok(Route::Deliver),
+        }
     }
 
     /// Records a stream started after [`Route::Start`].
@@ -237,6 +249,7 @@ impl<T> Table<T> {
 
     /// The stream is over here: later frames for it are ignored.
     pub fn remove(&mut self, id: u32) -> Option<T> {
+        self.finished.remove(&id);
         self.open.remove(&id)
     }
 }
@@ -342,6 +355,25 @@ mod tests {
         assert_eq!(t.route(&frame(1, Kind::Data)), Ok(Route::Ignore));
         assert_eq!(t.route(&frame(5, Kind::Open)), Ok(Route::Start));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn data_or_a_second_fin_after_the_peers_fin_breaks_the_rules_but_a_reset_does_not() {
+        let mut t: Table<()> = Table::new(Role::Exit, 4);
+        for id in [1, 2] {
+            assert_eq!(t.route(&frame(id, Kind::Open)), Ok(Route::Start));
+            t.insert(id, ());
+        }
+        assert_eq!(t.route(&frame(1, Kind::Fin)), Ok(Route::Deliver));
+        assert_eq!(t.route(&frame(1, Kind::Data)), Err(TableError::AfterFin(1)));
+        assert_eq!(t.route(&frame(1, Kind::Fin)), Err(TableError::AfterFin(1)));
+        assert_eq!(t.route(&frame(1, Kind::Reset)), Ok(Route::Deliver));
+        // The other stream is untouched, and a finished stream's late frames, once it
+        // is over here, are only late.
+        assert_eq!(t.route(&frame(2, Kind::Data)), Ok(Route::Deliver));
+        t.remove(1);
+        assert_eq!(t.route(&frame(1, Kind::Data)), Ok(Route::Ignore));
+        assert!(t.finished.is_empty());
     }
 
     #[test]
