@@ -599,15 +599,24 @@ impl Mesh {
         }
     }
 
-    /// Keeps `tunnel` until it ends or the mesh stops (then it is closed).
-    pub(super) fn hold(&self, tunnel: crate::p2p::Tunnel) {
+    /// Keeps `tunnel` until it ends, until `done` fires (the mesh connection it carries
+    /// ended), or until the mesh stops; in the last two cases it is closed.
+    pub(super) fn hold(&self, tunnel: crate::p2p::Tunnel, done: Option<CancellationToken>) {
         let stopping = self.inner().stopping.clone();
+        let done = done.unwrap_or_default();
         self.inner().tracker.spawn(async move {
             tokio::select! {
                 _ = tunnel.closed() => {}
                 () = stopping.cancelled() => tunnel.close(),
+                () = done.cancelled() => tunnel.close(),
             }
         });
+    }
+
+    /// The token that fires when the connection to `id` ends, if there is one.
+    pub(super) fn ended_token(&self, id: &str) -> Option<CancellationToken> {
+        let conns = self.inner().conns.lock().unwrap();
+        conns.get(id).map(|c| c.ended.clone())
     }
 
     /// Keeps a connection to `addr` open: connects now, and again after it drops or

@@ -16,7 +16,8 @@ impl Mesh {
     /// Connects to the mesh node beside the P2P node whose signed address is `record`,
     /// through `node` (a TCP path, whatever NATs lie between), and completes the mesh
     /// handshake. The peer must serve its node's arrivals with
-    /// [`Mesh::serve_arrival`]. The tunnel lives until it ends or the mesh stops.
+    /// [`Mesh::serve_arrival`]. The tunnel, and the path under it, close when this
+    /// connection ends or the mesh stops.
     ///
     /// # Errors
     ///
@@ -33,13 +34,20 @@ impl Mesh {
             .local_addr()
             .expect("a tunnel entrance has a local address");
         let peer = self.connect(at).await?;
-        self.hold(tunnel);
+        // The tunnel carries this one connection: it closes when the connection ends,
+        // and the path with it, which ends the peer's exit too.
+        match self.ended_token(&peer.id) {
+            Some(ended) => self.hold(tunnel, Some(ended)),
+            // Already over.
+            None => tunnel.close(),
+        }
         Ok(peer)
     }
 
     /// Serves `arrival`, a path that reached this side's P2P node, as a connection to
     /// this mesh: a tunnel exit to the mesh's first listener (on loopback when it
-    /// listens on every address).
+    /// listens on every address). The tunnel ends when the connecting side closes the
+    /// path, as it does when the connection ends, or when this mesh stops.
     ///
     /// # Errors
     ///
@@ -54,7 +62,11 @@ impl Mesh {
             ip => ip,
         };
         let target = SocketAddr::new(ip, listen.port());
-        self.hold(Tunnel::exit(arrival.pipe, target, TunnelOptions::default()));
+        // Closed when the path ends: the connecting side closes it with its connection.
+        self.hold(
+            Tunnel::exit(arrival.pipe, target, TunnelOptions::default()),
+            None,
+        );
         Ok(())
     }
 }

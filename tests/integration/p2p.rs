@@ -238,7 +238,7 @@ async fn a_connect_request_sent_again_is_refused_and_a_malformed_one_gets_no_ans
 }
 
 #[tokio::test]
-async fn a_mesh_connects_to_a_signed_address_and_messages_flow_both_ways_over_the_path() {
+async fn a_mesh_connects_to_a_signed_address_and_the_path_lives_as_long_as_the_connection() {
     use p2pipe::mesh::{Event, Events, Mesh};
     const TEST: &str = "p2p::a_mesh_connects_to_a_signed_address";
     async fn message(events: &mut Events) -> (String, Vec<u8>) {
@@ -263,10 +263,12 @@ async fn a_mesh_connects_to_a_signed_address_and_messages_flow_both_ways_over_th
             .await
             .unwrap();
         // Bob's side: every path that reaches his node is a connection to his mesh.
+        let (paths_tx, mut paths) = tokio::sync::mpsc::unbounded_channel();
         let serving = tokio::spawn({
             let bob = bob.clone();
             async move {
                 while let Some(a) = node_b.accept().await {
+                    let _ = paths_tx.send(a.pipe.clone());
                     bob.serve_arrival(a).expect("served");
                 }
             }
@@ -285,6 +287,11 @@ async fn a_mesh_connects_to_a_signed_address_and_messages_flow_both_ways_over_th
             message(&mut alice_events).await,
             ("bob".into(), b"and back".to_vec())
         );
+        // Bob ends the connection: the tunnel and the path under it close with it, on
+        // both sides, while both meshes run on.
+        let path = within(paths.recv()).await.expect("bob's side of the path");
+        assert!(within(bob.disconnect("alice")).await, "{ip}");
+        within(path.ended()).await;
         within(alice.stop(T)).await;
         within(bob.stop(T)).await;
         within(node_a.stop(T)).await;
