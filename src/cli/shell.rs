@@ -220,9 +220,20 @@ type LineEditor = Editor<ShellHelper, rustyline::history::FileHistory>;
 /// A boxed error, as the commands return them.
 type BoxError = Box<dyn std::error::Error>;
 
-/// Runs the shell until `quit`, `exit` or end of input, and saves the history.
+/// Runs the shell until `quit`, `exit` or end of input, and saves the history; a P2P
+/// node started for a signed address is stopped however the session ends.
 pub async fn run(args: Args) -> Result<(), BoxError> {
-    let shell = Shell::connect(args).await?;
+    let mut shell = Shell::connect(args).await?;
+    let via = shell.via.take();
+    let ended = session(&shell).await;
+    if let Some(via) = via {
+        via.stop().await;
+    }
+    ended
+}
+
+/// The session: Ctrl-C handling, the line editor with its history, and the commands.
+async fn session(shell: &Shell) -> Result<(), BoxError> {
     // Until here Ctrl-C ends the process (a node that does not answer); from here on
     // it cancels the running command.
     catch_ctrl_c()?;
@@ -233,11 +244,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     if let Some(h) = &history {
         let _ = ed.load_history(h);
     }
-    let read = shell.read_eval(ed).await;
-    if let Some(via) = shell.via {
-        via.stop().await;
-    }
-    let (mut ed, end, failed) = read?;
+    let (mut ed, end, failed) = shell.read_eval(ed).await?;
     if let Some(h) = &history {
         save_history(&mut ed, h);
     }
@@ -294,8 +301,12 @@ struct Shell {
     names: Arc<Mutex<Vec<String>>>,
     /// The longest `search` waits.
     wait: Duration,
-    /// The P2P node and tunnel to a node at a signed address.
+    /// The P2P node and tunnel to a node at a signed address (taken by [`run`] to
+    /// stop it at the end).
     via: Option<Via>,
+    /// Whether the node is reached through a tunnel: then it searches on the shell's
+    /// behalf.
+    tunnelled: bool,
 }
 
 impl Shell {
@@ -323,6 +334,7 @@ impl Shell {
             }
         };
         Ok(Shell {
+            tunnelled: via.is_some(),
             via,
             client,
             node: args.node,
@@ -459,9 +471,10 @@ impl Shell {
             quiet: super::search::DEFAULT_QUIET,
             count: 0,
         };
-        let hits = match self.via {
-            Some(_) => super::search::on_behalf(&self.client, &search).await?,
-            None => super::search::with_return_address(&self.node, &search).await?,
+        let hits = if self.tunnelled {
+            super::search::on_behalf(&self.client, &search).await?
+        } else {
+            super::search::with_return_address(&self.node, &search).await?
         };
         if hits.is_empty() {
             return Err(Box::new(super::search::NoAnswer {
