@@ -410,6 +410,69 @@ async fn serve_arrivals(node: &Node, target: SocketAddr) {
     }
 }
 
+/// Says what is shared, where others reach it, and the P2P node's signed address.
+async fn announce(
+    node: &FilerNode,
+    dir: &Path,
+    trusted: bool,
+    p2p: Option<&p2pipe::p2p::Node>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let bound = node.local_addr();
+    let id = node.id().clone();
+    let files = node.files().await?;
+    println!(
+        "sharing {} as {id} ({}{})",
+        dir.display(),
+        crate::cli::count(files.len() as u64, "file"),
+        if trusted {
+            ", trusted operations on"
+        } else {
+            ""
+        }
+    );
+    if bound.ip().is_loopback() {
+        println!("listening on {bound}: only this machine can reach it");
+    } else {
+        let at = reachable(bound, &id);
+        let every = if bound.ip().is_unspecified() {
+            " (every interface)"
+        } else {
+            ""
+        };
+        println!(
+            "listening on {bound}{every}; others can reach it at {}",
+            at.join(", ")
+        );
+    }
+    if let Some(p2p) = p2p {
+        println!("p2p address {}", p2p.record().to_text());
+        println!(
+            "p2p node {} on {}: others behind any nat use the address with \"p2pipe fetch NAME --from\", \"p2pipe search KEY --via\" or \"p2pipe shell\"",
+            p2p.node_id(),
+            p2p.local_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Joins through each contact, as btfiler's buildpeers does, and says how it went.
+async fn join(node: &FilerNode, joins: &[(String, String, u16)], hops: u32) {
+    for (j, host, port) in joins {
+        match node.join(host, *port, hops).await {
+            Ok(n) => println!(
+                "joined through {j}: {} added, {} in the table",
+                crate::cli::count(n as u64, "peer"),
+                crate::cli::count(node.peers().len() as u64, "peer")
+            ),
+            Err(e) => eprintln!("p2pipe: cannot join through {j}: {e}"),
+        }
+    }
+}
+
 /// Runs the node until Ctrl-C or SIGTERM, then leaves the network.
 pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let Checked {
@@ -438,43 +501,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let bound = node.local_addr();
     let id = node.id().clone();
-    let files = node.files().await?;
-    println!(
-        "sharing {} as {id} ({}{})",
-        dir.display(),
-        crate::cli::count(files.len() as u64, "file"),
-        if trusted {
-            ", trusted operations on"
-        } else {
-            ""
-        }
-    );
-    if bound.ip().is_loopback() {
-        println!("listening on {bound}: only this machine can reach it");
-    } else {
-        let at = reachable(bound, &id);
-        let every = if bound.ip().is_unspecified() {
-            " (every interface)"
-        } else {
-            ""
-        };
-        println!(
-            "listening on {bound}{every}; others can reach it at {}",
-            at.join(", ")
-        );
-    }
-    if let Some(p2p) = &p2p {
-        println!("p2p address {}", p2p.record().to_text());
-        println!(
-            "p2p node {} on {}: others behind any nat use the address with \"p2pipe fetch NAME --from\", \"p2pipe search KEY --via\" or \"p2pipe shell\"",
-            p2p.node_id(),
-            p2p.local_addrs()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    announce(&node, &dir, trusted, p2p.as_ref()).await?;
     let skipped = node.skipped().await?;
     if skipped.count > 0 {
         println!("{}", skipped_line(&skipped));
@@ -489,16 +516,7 @@ pub async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if joins.is_empty() {
         println!("not joined to a network: others join this one with \"p2pipe share --join {id}\"");
     }
-    for (j, host, port) in &joins {
-        match node.join(host, *port, args.hops).await {
-            Ok(n) => println!(
-                "joined through {j}: {} added, {} in the table",
-                crate::cli::count(n as u64, "peer"),
-                crate::cli::count(node.peers().len() as u64, "peer")
-            ),
-            Err(e) => eprintln!("p2pipe: cannot join through {j}: {e}"),
-        }
-    }
+    join(&node, &joins, args.hops).await;
     // The signal handlers are in place before the user is told how to stop.
     let stop = super::stop_signal();
     tokio::pin!(stop);
