@@ -2,8 +2,9 @@
 //! peers' signalling requests, each answered by the strategy it asks for.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use super::admit::{ticket, Admission};
 use super::handshake::Expect;
 use super::node::{raw_config, Inner};
 use super::report::Strategy;
@@ -107,9 +108,11 @@ async fn arrived(inner: Arc<Inner>, raw: Pipe) {
 }
 
 /// Reads the node's signalling and answers each request by the strategy it asks for,
-/// in a task of its own, until the node stops.
+/// in a task of its own, until the node stops; a request over the bounds of
+/// [`admit`](super::admit) is dropped.
 pub(crate) async fn signals(inner: Arc<Inner>) {
     let signaller = inner.signaller.as_ref().expect("started with signalling");
+    let admission = Arc::new(Mutex::new(Admission::default()));
     loop {
         let incoming = tokio::select! {
             i = signaller.recv() => i,
@@ -120,9 +123,14 @@ pub(crate) async fn signals(inner: Arc<Inner>) {
             tracing::debug!(from = %incoming.node_id(), "a one-way signal nobody waits for");
             continue;
         };
+        let Some(ticket) = ticket(&admission, &request.from) else {
+            tracing::debug!(from = %NodeId::from_key(&request.from), "a signalling request dropped: too many being answered");
+            continue;
+        };
         let node = inner.clone();
         let stopping = inner.stopping.clone();
         inner.tasks.spawn(async move {
+            let _ticket = ticket;
             tokio::select! {
                 () = answer(node, request) => {}
                 () = stopping.cancelled() => {}

@@ -59,6 +59,7 @@
 //! `handshake` and `secure` are sans-IO cores; `path` is their tokio driver, whose
 //! `initiate`, `respond` and `migrate` the node calls.
 
+mod admit;
 mod come;
 mod commit;
 mod connect;
