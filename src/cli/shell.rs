@@ -223,8 +223,7 @@ type BoxError = Box<dyn std::error::Error>;
 /// Runs the shell until `quit`, `exit` or end of input, and saves the history; a P2P
 /// node started for a signed address is stopped however the session ends.
 pub async fn run(args: Args) -> Result<(), BoxError> {
-    let mut shell = Shell::connect(args).await?;
-    let via = shell.via.take();
+    let (shell, via) = Shell::connect(args).await?;
     let ended = session(&shell).await;
     if let Some(via) = via {
         via.stop().await;
@@ -301,17 +300,15 @@ struct Shell {
     names: Arc<Mutex<Vec<String>>>,
     /// The longest `search` waits.
     wait: Duration,
-    /// The P2P node and tunnel to a node at a signed address (taken by [`run`] to
-    /// stop it at the end).
-    via: Option<Via>,
     /// Whether the node is reached through a tunnel: then it searches on the shell's
     /// behalf.
     tunnelled: bool,
 }
 
 impl Shell {
-    /// Reads the secret and asks the node its name.
-    async fn connect(args: Args) -> Result<Shell, BoxError> {
+    /// Reads the secret and asks the node its name; for a signed address, also returns
+    /// the P2P node and tunnel that reach it, for [`run`] to stop at the end.
+    async fn connect(args: Args) -> Result<(Shell, Option<Via>), BoxError> {
         let wait = super::search::wait_secs(args.wait)?;
         let secret = match &args.secret_file {
             Some(f) => Some(super::share::read_secret(f)?),
@@ -333,16 +330,16 @@ impl Shell {
                 return Err(e.into());
             }
         };
-        Ok(Shell {
+        let shell = Shell {
             tunnelled: via.is_some(),
-            via,
             client,
             node: args.node,
             id,
             secret,
             names: Arc::new(Mutex::new(Vec::new())),
             wait,
-        })
+        };
+        Ok((shell, via))
     }
 
     /// Reads and runs commands until `quit`, `exit`, end of input or a line-editor

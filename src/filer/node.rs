@@ -663,11 +663,12 @@ impl Inner {
 
     /// Sends the asker of a `SRCH` an answer that counts.
     async fn offer(&self, pipe: &Pipe, answers: &mut Answers, hit: Hit) -> Result<(), Error> {
-        let frame = reply::search_hit(&hit.0, &hit.1);
-        if answers.offer(hit, Instant::now()) {
-            self.send(pipe, &frame).await?;
+        if !answers.offer(hit, Instant::now()) {
+            return Ok(());
         }
-        Ok(())
+        let (name, owner) = answers.hits().last().expect("the answer just taken");
+        let frame = reply::search_hit(name, owner);
+        self.send(pipe, &frame).await
     }
 
     async fn file_hash(&self, name: &str) -> Result<(SharedFile, [u8; 32]), SharedError> {
